@@ -1,0 +1,139 @@
+import Tensor
+
+/// Which heads a rank computes. On one rank all of them; under tensor parallelism a
+/// contiguous block of query heads, and either a block of KV heads or all of them
+/// (replicated, when there are fewer KV heads than TP ranks, as with multi-query attention).
+public struct HeadSlice: Sendable, Equatable {
+    public let qHeads: Int        // local query heads
+    public let kvHeads: Int       // local KV heads
+    public let qHeadBase: Int     // global index of the first local query head
+    public let kvHeadBase: Int    // global index of the first local KV head
+    public let groupSize: Int     // global H / G: query heads sharing one KV head
+    public let headDim: Int
+
+    public init(qHeads: Int, kvHeads: Int, qHeadBase: Int, kvHeadBase: Int, groupSize: Int, headDim: Int) {
+        self.qHeads = qHeads; self.kvHeads = kvHeads; self.qHeadBase = qHeadBase
+        self.kvHeadBase = kvHeadBase; self.groupSize = groupSize; self.headDim = headDim
+    }
+
+    public static func full(_ c: ModelConfig) -> HeadSlice {
+        HeadSlice(qHeads: c.heads, kvHeads: c.kvHeads, qHeadBase: 0, kvHeadBase: 0,
+                  groupSize: c.heads / c.kvHeads, headDim: c.headDim)
+    }
+
+    /// Local KV head used by local query head `h`.
+    @inline(__always) func kvHead(for h: Int) -> Int { (qHeadBase + h) / groupSize - kvHeadBase }
+}
+
+/// Causal self-attention with rotary positions and grouped KV heads (MHA when G = H,
+/// multi-query when G = 1). Forward caches q, k, v (after rotation), the softmax P and the
+/// concatenated head outputs; the backward is the hand-derived chain rule below.
+public enum Attention {
+    public struct Weights {
+        public let wq: Tensor  // (Hl*D, C)
+        public let wk: Tensor  // (Gl*D, C)
+        public let wv: Tensor  // (Gl*D, C)
+        public let wo: Tensor  // (C, Hl*D)
+        public init(wq: Tensor, wk: Tensor, wv: Tensor, wo: Tensor) { self.wq = wq; self.wk = wk; self.wv = wv; self.wo = wo }
+    }
+
+    public struct Cache {
+        let x: Tensor      // (N, C) the normalised input
+        let q: Tensor      // (N, Hl*D)
+        let k: Tensor      // (N, Gl*D)
+        let v: Tensor      // (N, Gl*D)
+        let probs: Tensor  // (B, Hl, T, T)
+        let o: Tensor      // (N, Hl*D)
+        public var floatCount: Int { x.count + q.count + k.count + v.count + probs.count + o.count }
+    }
+
+    /// x (N, C) -> y (N, C). Under tensor parallelism y is this rank's partial sum
+    /// (row-parallel output projection) and the caller all-reduces it.
+    public static func forward(_ x: Tensor, _ w: Weights, heads hs: HeadSlice, seqLen T: Int,
+                               rotary: Rotary, y: Tensor) -> Cache {
+        let n = x.rows, B = n / T, D = hs.headDim
+        let qw = hs.qHeads * D, kw = hs.kvHeads * D
+        let q = Tensor(zeros: [n, qw]), k = Tensor(zeros: [n, kw]), v = Tensor(zeros: [n, kw])
+        Kernels.linearForward(x, w.wq, into: q)
+        Kernels.linearForward(x, w.wk, into: k)
+        Kernels.linearForward(x, w.wv, into: v)
+        rotary.apply(q, heads: hs.qHeads)
+        rotary.apply(k, heads: hs.kvHeads)
+        let probs = Tensor(zeros: [B, hs.qHeads, T, T])
+        let o = Tensor(zeros: [n, qw])
+        let scale = 1 / Float(D).squareRoot()
+        for b in 0..<B {
+            for h in 0..<hs.qHeads {
+                let g = hs.kvHead(for: h)
+                let qp = q.ptr + b * T * qw + h * D, kp = k.ptr + b * T * kw + g * D, vp = v.ptr + b * T * kw + g * D
+                let p = probs.ptr + (b * hs.qHeads + h) * T * T
+                // S = q k^T * scale (T, T), then causal softmax row by row.
+                Kernels.gemm(transA: false, transB: true, m: T, n: T, k: D, alpha: scale, a: qp, lda: qw,
+                             b: kp, ldb: kw, beta: 0, c: p, ldc: T)
+                for i in 0..<T {
+                    let row = p + i * T
+                    var m = -Float.infinity
+                    for j in 0...i { m = max(m, row[j]) }
+                    var sum: Float = 0
+                    for j in 0...i { let e = expf(row[j] - m); row[j] = e; sum += e }
+                    let inv = 1 / sum
+                    for j in 0...i { row[j] *= inv }
+                    if i + 1 < T { (row + i + 1).update(repeating: 0, count: T - i - 1) }
+                }
+                // O = P v (T, D) into the head's columns of o.
+                Kernels.gemm(transA: false, transB: false, m: T, n: D, k: T, a: p, lda: T, b: vp, ldb: kw,
+                             beta: 0, c: o.ptr + b * T * qw + h * D, ldc: qw)
+            }
+        }
+        Kernels.linearForward(o, w.wo, into: y)
+        return Cache(x: x, q: q, k: k, v: v, probs: probs, o: o)
+    }
+
+    /// dy (N, C) -> dx (N, C), accumulating weight gradients into `dw`.
+    /// With `accumulate` the input gradient is added to `dx`.
+    public static func backward(_ cache: Cache, _ w: Weights, heads hs: HeadSlice, seqLen T: Int,
+                                rotary: Rotary, dy: Tensor, dw: Weights, dx: Tensor, accumulate: Bool) {
+        let n = cache.x.rows, B = n / T, D = hs.headDim
+        let qw = hs.qHeads * D, kw = hs.kvHeads * D
+        let dO = Tensor(zeros: [n, qw])
+        Kernels.linearBackward(cache.o, w.wo, dy, dx: dO, dw: dw.wo)
+        let dq = Tensor(zeros: [n, qw]), dk = Tensor(zeros: [n, kw]), dv = Tensor(zeros: [n, kw])
+        let dP = Tensor(zeros: [T, T])
+        let scale = 1 / Float(D).squareRoot()
+        for b in 0..<B {
+            for h in 0..<hs.qHeads {
+                let g = hs.kvHead(for: h)
+                let qOff = b * T * qw + h * D, kvOff = b * T * kw + g * D
+                let p = cache.probs.ptr + (b * hs.qHeads + h) * T * T
+                let dOh = dO.ptr + qOff
+                // dP = dO v^T ; dv += P^T dO
+                Kernels.gemm(transA: false, transB: true, m: T, n: T, k: D, a: dOh, lda: qw,
+                             b: cache.v.ptr + kvOff, ldb: kw, beta: 0, c: dP.ptr, ldc: T)
+                Kernels.gemm(transA: true, transB: false, m: T, n: D, k: T, a: p, lda: T, b: dOh, ldb: qw,
+                             beta: 1, c: dv.ptr + kvOff, ldc: kw)
+                // dS = P * (dP - rowsum(dP * P)) * scale (masked entries have P = 0).
+                for i in 0..<T {
+                    let pr = p + i * T, dr = dP.ptr + i * T
+                    var s: Float = 0
+                    for j in 0...i { s += pr[j] * dr[j] }
+                    for j in 0...i { dr[j] = pr[j] * (dr[j] - s) * scale }
+                    if i + 1 < T { (dr + i + 1).update(repeating: 0, count: T - i - 1) }
+                }
+                // dq = dS k ; dk += dS^T q
+                Kernels.gemm(transA: false, transB: false, m: T, n: D, k: T, a: dP.ptr, lda: T,
+                             b: cache.k.ptr + kvOff, ldb: kw, beta: 0, c: dq.ptr + qOff, ldc: qw)
+                Kernels.gemm(transA: true, transB: false, m: T, n: D, k: T, a: dP.ptr, lda: T,
+                             b: cache.q.ptr + qOff, ldb: qw, beta: 1, c: dk.ptr + kvOff, ldc: kw)
+            }
+        }
+        rotary.apply(dq, heads: hs.qHeads, inverse: true)
+        rotary.apply(dk, heads: hs.kvHeads, inverse: true)
+        Kernels.linearBackward(cache.x, w.wq, dq, dx: dx, dw: dw.wq, accumulateDx: accumulate)
+        Kernels.linearBackward(cache.x, w.wk, dk, dx: dx, dw: dw.wk, accumulateDx: true)
+        Kernels.linearBackward(cache.x, w.wv, dv, dx: dx, dw: dw.wv, accumulateDx: true)
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -1,0 +1,15 @@
+import Tensor
+
+/// Token embedding: x_n = W[token_n]  (W: (V, C)).
+public enum Embedding {
+    public static func forward(tokens: [Int32], table w: Tensor, y: Tensor) {
+        let c = w.cols
+        for (n, tok) in tokens.enumerated() { (y.ptr + n * c).update(from: w.ptr + Int(tok) * c, count: c) }
+    }
+
+    /// dW[token_n] += dy_n.
+    public static func backward(tokens: [Int32], dy: Tensor, dTable: Tensor) {
+        let c = dTable.cols
+        for (n, tok) in tokens.enumerated() { Kernels.axpy(c, 1, dy.ptr + n * c, dTable.ptr + Int(tok) * c) }
+    }
+}

@@ -1,0 +1,190 @@
+import Tensor
+
+/// The whole model on one rank: embedding, L pre-norm blocks, final norm, LM head, loss.
+///
+///     h_0 = Emb[tokens]
+///     a_l = h_l + Attn(RMSNorm(h_l; attn_norm))
+///     h_{l+1} = a_l + FFN_or_MoE(RMSNorm(a_l; ffn_norm))
+///     logits = RMSNorm(h_L; norm_f) W_head^T,   W_head = tok_emb when tied
+///
+/// Each piece is a forward/backward pair over flat buffers; this type only wires them.
+public final class Transformer {
+    public let config: ModelConfig
+    public let params: Parameters
+    let rotary: Rotary
+    let heads: HeadSlice
+    let moeOptions: MoE.Options
+    let eps: Float
+
+    public init(config: ModelConfig, params: Parameters) {
+        self.config = config
+        self.params = params
+        rotary = Rotary(headDim: config.headDim, seqLen: config.seqLen, theta: config.ropeTheta)
+        heads = .full(config)
+        moeOptions = MoE.Options(config: config)
+        eps = Float(config.normEps)
+    }
+
+    // MARK: - Blocks
+
+    enum FFNCache { case dense(FeedForward.Cache), moe(MoE.Cache) }
+
+    struct BlockCache {
+        let x: Tensor, xn1: Tensor, rstd1: Tensor, attn: Attention.Cache
+        let a: Tensor, xn2: Tensor, rstd2: Tensor, ffn: FFNCache
+        var floatCount: Int {
+            let f: Int
+            switch ffn { case .dense(let c): f = c.floatCount; case .moe(let c): f = c.floatCount }
+            return x.count + xn1.count + rstd1.count + attn.floatCount + a.count + xn2.count + rstd2.count + f
+        }
+    }
+
+    func attnWeights(_ l: Int, grads: Bool = false) -> Attention.Weights {
+        let get = grads ? params.grad : params.value
+        return Attention.Weights(wq: get("layers.\(l).attn.wq"), wk: get("layers.\(l).attn.wk"),
+                                 wv: get("layers.\(l).attn.wv"), wo: get("layers.\(l).attn.wo"))
+    }
+
+    func moeWeights(_ l: Int, grads: Bool = false) -> MoE.Weights {
+        let get = grads ? params.grad : params.value
+        return MoE.Weights(router: get("layers.\(l).moe.router"), wUp: get("layers.\(l).moe.w_up"),
+                           wDown: get("layers.\(l).moe.w_down"))
+    }
+
+    func blockForward(_ l: Int, _ x: Tensor) -> (Tensor, BlockCache) {
+        let n = x.rows, c = x.cols
+        let xn1 = Tensor(zeros: [n, c]), rstd1 = Tensor(zeros: [n])
+        RMSNorm.forward(x, params.value("layers.\(l).attn_norm"), eps: eps, y: xn1, rstd: rstd1)
+        let a = Tensor(zeros: [n, c])
+        let attn = Attention.forward(xn1, attnWeights(l), heads: heads, seqLen: config.seqLen, rotary: rotary, y: a)
+        Kernels.axpy(n * c, 1, x.ptr, a.ptr)  // residual
+        let xn2 = Tensor(zeros: [n, c]), rstd2 = Tensor(zeros: [n])
+        RMSNorm.forward(a, params.value("layers.\(l).ffn_norm"), eps: eps, y: xn2, rstd: rstd2)
+        let out = Tensor(zeros: [n, c])
+        let ffn: FFNCache
+        if config.isMoE(layer: l) {
+            ffn = .moe(MoE.forward(xn2, moeWeights(l), options: moeOptions, y: out))
+        } else {
+            ffn = .dense(FeedForward.forward(xn2, wUp: params.value("layers.\(l).ffn.w_up"),
+                                             wDown: params.value("layers.\(l).ffn.w_down"), y: out))
+        }
+        Kernels.axpy(n * c, 1, a.ptr, out.ptr)  // residual
+        return (out, BlockCache(x: x, xn1: xn1, rstd1: rstd1, attn: attn, a: a, xn2: xn2, rstd2: rstd2, ffn: ffn))
+    }
+
+    /// dOut (N, C) -> dx (N, C).
+    func blockBackward(_ l: Int, _ cache: BlockCache, dOut: Tensor, scale: LossScale) -> Tensor {
+        let n = dOut.rows, c = dOut.cols
+        // FFN branch: da = dOut + d(FFN(norm(a)))/da
+        let dxn2 = Tensor(zeros: [n, c])
+        switch cache.ffn {
+        case .moe(let mc):
+            MoE.backward(mc, moeWeights(l), options: moeOptions, scale: scale, dy: dOut,
+                         dw: moeWeights(l, grads: true), dx: dxn2, accumulate: false)
+        case .dense(let fc):
+            FeedForward.backward(fc, wUp: params.value("layers.\(l).ffn.w_up"), wDown: params.value("layers.\(l).ffn.w_down"),
+                                 dy: dOut, dwUp: params.grad("layers.\(l).ffn.w_up"),
+                                 dwDown: params.grad("layers.\(l).ffn.w_down"), dx: dxn2, accumulate: false)
+        }
+        let da = dOut.copy()
+        RMSNorm.backward(cache.a, params.value("layers.\(l).ffn_norm"), rstd: cache.rstd2, dy: dxn2, dx: da,
+                         dw: params.grad("layers.\(l).ffn_norm"), accumulate: true)
+        // Attention branch: dx = da + d(Attn(norm(x)))/dx
+        let dxn1 = Tensor(zeros: [n, c])
+        Attention.backward(cache.attn, attnWeights(l), heads: heads, seqLen: config.seqLen, rotary: rotary,
+                           dy: da, dw: attnWeights(l, grads: true), dx: dxn1, accumulate: false)
+        let dx = da
+        RMSNorm.backward(cache.x, params.value("layers.\(l).attn_norm"), rstd: cache.rstd1, dy: dxn1, dx: dx,
+                         dw: params.grad("layers.\(l).attn_norm"), accumulate: true)
+        return dx
+    }
+
+    var headName: String { config.tieEmbeddings ? "tok_emb" : "lm_head" }
+
+    // MARK: - Whole micro-batch
+
+    /// Forward and backward of one micro-batch of B = tokens.count / T sequences, accumulating
+    /// gradients (scaled by `scale`) into `params.grads`.
+    public func forwardBackward(tokens: [Int32], targets: [Int32], scale: LossScale) -> MicroBatchStats {
+        let T = config.seqLen, c = config.dModel
+        precondition(tokens.count == targets.count && tokens.count % T == 0, "micro-batch must hold whole sequences")
+        let n = tokens.count
+        var stats = MicroBatchStats(layers: config.layers, experts: config.experts)
+        var x = Tensor(zeros: [n, c])
+        Embedding.forward(tokens: tokens, table: params.value("tok_emb"), y: x)
+        var caches: [BlockCache] = []
+        var live = x.count
+        for l in 0..<config.layers {
+            let (out, cache) = blockForward(l, x)
+            live += cache.floatCount
+            if case .moe(let mc) = cache.ffn { stats.record(layer: l, routing: mc.routing) }
+            caches.append(cache)
+            x = out
+        }
+        // Head: final norm, logits, loss (fused with its gradient).
+        let xf = Tensor(zeros: [n, c]), rstdF = Tensor(zeros: [n])
+        RMSNorm.forward(x, params.value("norm_f"), eps: eps, y: xf, rstd: rstdF)
+        let logits = Tensor(zeros: [n, config.vocab])
+        Kernels.linearForward(xf, params.value(headName), into: logits)
+        live += x.count + xf.count + logits.count
+        stats.peakActivationFloats = max(stats.peakActivationFloats, live)
+        stats.lossSum = CrossEntropy.forwardBackward(logits: logits, targets: targets, gradScale: 1 / Float(scale.tokens))
+        stats.tokens = n
+        let dxf = Tensor(zeros: [n, c])
+        Kernels.linearBackward(xf, params.value(headName), logits, dx: dxf, dw: params.grad(headName))
+        var dx = Tensor(zeros: [n, c])
+        RMSNorm.backward(x, params.value("norm_f"), rstd: rstdF, dy: dxf, dx: dx, dw: params.grad("norm_f"), accumulate: false)
+        for l in stride(from: config.layers - 1, through: 0, by: -1) {
+            dx = blockBackward(l, caches[l], dOut: dx, scale: scale)
+            caches.removeLast()
+        }
+        Embedding.backward(tokens: tokens, dy: dx, dTable: params.grad("tok_emb"))
+        return stats
+    }
+
+    /// Forward only, returning the summed LM loss over the tokens (for evaluation and tests).
+    public func loss(tokens: [Int32], targets: [Int32]) -> Double {
+        let n = tokens.count, c = config.dModel
+        var x = Tensor(zeros: [n, c])
+        Embedding.forward(tokens: tokens, table: params.value("tok_emb"), y: x)
+        for l in 0..<config.layers { x = blockForward(l, x).0 }
+        let xf = Tensor(zeros: [n, c]), rstdF = Tensor(zeros: [n])
+        RMSNorm.forward(x, params.value("norm_f"), eps: eps, y: xf, rstd: rstdF)
+        let logits = Tensor(zeros: [n, config.vocab])
+        Kernels.linearForward(xf, params.value(headName), into: logits)
+        return CrossEntropy.forwardBackward(logits: logits, targets: targets, gradScale: 0)
+    }
+}
+
+/// What one micro-batch reports: summed losses and the experts' load.
+public struct MicroBatchStats: Sendable {
+    public var tokens = 0
+    public var lossSum = 0.0
+    /// Sum over sequences and MoE layers of the per-sequence load-balancing loss.
+    public var auxSum = 0.0
+    /// Sum over tokens and MoE layers of the router's squared log-sum-exp.
+    public var zSum = 0.0
+    /// Kept assignments per (MoE layer, expert); rows of dense layers stay zero.
+    public var load: [[Int]]
+    public var dropped = 0
+    public var assignments = 0
+    public var peakActivationFloats = 0
+
+    public init(layers: Int, experts: Int) { load = Array(repeating: Array(repeating: 0, count: experts), count: layers) }
+
+    mutating func record(layer: Int, routing r: Routing) {
+        auxSum += r.auxSum
+        zSum += r.zSum
+        for e in 0..<r.experts { load[layer][e] += r.load[e] }
+        dropped += r.dropped
+        assignments += r.tokens * r.k
+    }
+
+    /// Adds another micro-batch's figures.
+    public mutating func merge(_ o: MicroBatchStats) {
+        tokens += o.tokens; lossSum += o.lossSum; auxSum += o.auxSum; zSum += o.zSum
+        for l in load.indices { for e in load[l].indices { load[l][e] += o.load[l][e] } }
+        dropped += o.dropped; assignments += o.assignments
+        peakActivationFloats = max(peakActivationFloats, o.peakActivationFloats)
+    }
+}

@@ -1,0 +1,67 @@
+import CBLAS
+
+/// Elementwise and BLAS kernels. Every matmul of the model goes through `gemm`, the one
+/// place where a later cost model counts FLOPs from the shapes actually run.
+public enum Kernels {
+    /// C = alpha * op(A) * op(B) + beta * C, row-major, `op` = transpose when the flag is set.
+    /// op(A) is m x k, op(B) is k x n, C is m x n; lda/ldb/ldc are row strides.
+    @inline(__always)
+    public static func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int,
+                            alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+                            b: UnsafePointer<Float>, ldb: Int,
+                            beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        if m == 0 || n == 0 { return }
+        if k == 0 {
+            if beta == 0 { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
+            else if beta != 1 { for i in 0..<m { for j in 0..<n { c[i * ldc + j] *= beta } } }
+            return
+        }
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                    Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+
+    /// y[n, out] (+)= x[n, in] * W[out, in]^T: the forward of a linear layer, PyTorch weight layout.
+    public static func linearForward(_ x: Tensor, _ w: Tensor, into y: Tensor, accumulate: Bool = false) {
+        let n = x.rows, inDim = x.cols, outDim = w.shape[0]
+        precondition(w.cols == inDim && y.rows == n && y.cols == outDim, "linear shape mismatch")
+        gemm(transA: false, transB: true, m: n, n: outDim, k: inDim, a: x.ptr, lda: inDim,
+             b: w.ptr, ldb: inDim, beta: accumulate ? 1 : 0, c: y.ptr, ldc: outDim)
+    }
+
+    /// dx[n, in] (+)= dy[n, out] * W[out, in]; dW[out, in] += dy^T * x.
+    public static func linearBackward(_ x: Tensor, _ w: Tensor, _ dy: Tensor,
+                                      dx: Tensor?, dw: Tensor, accumulateDx: Bool = false) {
+        let n = x.rows, inDim = x.cols, outDim = w.shape[0]
+        precondition(dy.rows == n && dy.cols == outDim && dw.count == w.count, "linear backward shape mismatch")
+        if let dx {
+            gemm(transA: false, transB: false, m: n, n: inDim, k: outDim, a: dy.ptr, lda: outDim,
+                 b: w.ptr, ldb: inDim, beta: accumulateDx ? 1 : 0, c: dx.ptr, ldc: inDim)
+        }
+        gemm(transA: true, transB: false, m: outDim, n: inDim, k: n, a: dy.ptr, lda: outDim,
+             b: x.ptr, ldb: inDim, beta: 1, c: dw.ptr, ldc: inDim)
+    }
+
+    /// y += a * x
+    @inline(__always)
+    public static func axpy(_ n: Int, _ a: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
+        for i in 0..<n { y[i] += a * x[i] }
+    }
+
+    @inline(__always)
+    public static func dot(_ n: Int, _ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>) -> Float {
+        var s: Float = 0
+        for i in 0..<n { s += x[i] * y[i] }
+        return s
+    }
+
+    /// Sum of squares accumulated in Double (used for gradient norms).
+    public static func sumOfSquares(_ n: Int, _ x: UnsafePointer<Float>) -> Double {
+        var s = 0.0
+        for i in 0..<n { let v = Double(x[i]); s += v * v }
+        return s
+    }
+
+    /// The number of threads OpenBLAS will use in this process.
+    public static var blasThreads: Int { Int(openblas_get_num_threads()) }
+    public static func setBlasThreads(_ n: Int) { openblas_set_num_threads(Int32(n)) }
+}

@@ -1,0 +1,93 @@
+/// Flat fp32 storage with named, shaped views.
+///
+/// All parameters of a model live in one `Storage` (as in llm.c), so that a parameter
+/// is an offset and a shape, and sharding (tensor parallel slices, ZeRO-1 partitions)
+/// is arithmetic on offsets. Activations use their own small storages.
+
+/// An owned, zero-initialised block of `Float`s. The pointer never escapes the
+/// lifetime of the object: every `Tensor` that views it holds a strong reference.
+public final class Storage: @unchecked Sendable {
+    public let count: Int
+    public let base: UnsafeMutablePointer<Float>
+
+    public init(count: Int) {
+        precondition(count >= 0, "negative storage size")
+        self.count = count
+        base = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+        base.initialize(repeating: 0, count: max(count, 1))
+    }
+
+    deinit { base.deallocate() }
+}
+
+/// A row-major view of `shape` into a `Storage`, starting at `offset`.
+public struct Tensor: @unchecked Sendable {
+    public let storage: Storage
+    public let offset: Int
+    public let shape: [Int]
+    public let count: Int
+
+    /// A fresh zero tensor of the given shape.
+    public init(zeros shape: [Int]) {
+        let n = shape.reduce(1, *)
+        self.storage = Storage(count: n)
+        self.offset = 0
+        self.shape = shape
+        self.count = n
+    }
+
+    /// A view of `shape` elements of `storage` starting at `offset`.
+    public init(view storage: Storage, offset: Int, shape: [Int]) {
+        let n = shape.reduce(1, *)
+        precondition(offset >= 0 && offset + n <= storage.count, "view out of range")
+        self.storage = storage
+        self.offset = offset
+        self.shape = shape
+        self.count = n
+    }
+
+    /// A tensor holding a copy of `values`.
+    public init(_ values: [Float], shape: [Int]) {
+        precondition(values.count == shape.reduce(1, *), "shape does not match value count")
+        self.init(zeros: shape)
+        values.withUnsafeBufferPointer { src in
+            if let s = src.baseAddress { ptr.update(from: s, count: values.count) }
+        }
+    }
+
+    /// Pointer to the first element. Valid while this tensor (or its storage) lives.
+    @inline(__always) public var ptr: UnsafeMutablePointer<Float> { storage.base + offset }
+
+    @inline(__always) public subscript(i: Int) -> Float {
+        get { ptr[i] }
+        nonmutating set { ptr[i] = newValue }
+    }
+
+    /// Rows x columns when the tensor is read as a matrix (all leading dimensions folded).
+    public var rows: Int { shape.count <= 1 ? 1 : count / shape.last! }
+    public var cols: Int { shape.last ?? 1 }
+
+    public var array: [Float] { Array(UnsafeBufferPointer(start: ptr, count: count)) }
+
+    public func fill(_ value: Float) { ptr.update(repeating: value, count: count) }
+    public func zero() { fill(0) }
+
+    /// A deep copy with its own storage.
+    public func copy() -> Tensor {
+        let t = Tensor(zeros: shape)
+        t.ptr.update(from: ptr, count: count)
+        return t
+    }
+
+    /// A view of rows `[start, start+n)` of this tensor read as a matrix.
+    public func rowSlice(_ start: Int, _ n: Int) -> Tensor {
+        precondition(start >= 0 && start + n <= rows, "row slice out of range")
+        return Tensor(view: storage, offset: offset + start * cols, shape: [n, cols])
+    }
+
+    /// Same storage, new shape with the same element count.
+    public func reshaped(_ newShape: [Int]) -> Tensor {
+        precondition(newShape.reduce(1, *) == count, "reshape changes element count")
+        return Tensor(view: storage, offset: offset, shape: newShape)
+    }
+}

@@ -1,0 +1,128 @@
+import Foundation
+import Model
+
+/// Reads a run configuration from JSON. Every key is optional and overrides the built-in
+/// default; an unknown key, a wrong type or malformed JSON is an error naming the file and key.
+public enum ConfigFile {
+    /// Loads `path` on top of the defaults.
+    public static func load(_ path: String) throws -> RunConfig {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw RunConfig.ConfigError("config file \(path) does not exist")
+        }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw RunConfig.ConfigError("config file \(path) cannot be read")
+        }
+        return try parse(data, name: path)
+    }
+
+    public static func parse(_ data: Data, name: String) throws -> RunConfig {
+        let object: Any
+        do { object = try JSONSerialization.jsonObject(with: data) } catch {
+            throw RunConfig.ConfigError("config file \(name) is not valid JSON: \(describe(error))")
+        }
+        guard let dict = object as? [String: Any] else {
+            throw RunConfig.ConfigError("config file \(name) must hold a JSON object at the top level")
+        }
+        var config = RunConfig()
+        for key in dict.keys.sorted() {
+            guard let setter = setters[key] else {
+                if key == "comment" || key.hasPrefix("_") { continue }  // free-text notes
+                let known = setters.keys.sorted().joined(separator: ", ")
+                throw RunConfig.ConfigError("config file \(name): unknown key \"\(key)\" (known keys: \(known))")
+            }
+            do { try setter(&config, dict[key]!) } catch let e as TypeMismatch {
+                throw RunConfig.ConfigError("config file \(name): key \"\(key)\" must be \(e.expected)")
+            }
+        }
+        return config
+    }
+
+    struct TypeMismatch: Error { let expected: String }
+
+    /// JSON true/false arrive as a boolean-typed NSNumber; tell them apart from 0 and 1.
+    static func isBool(_ v: Any) -> Bool { String(describing: type(of: v)).contains("Boolean") }
+
+    static func int(_ v: Any) throws -> Int {
+        if let n = v as? NSNumber, !isBool(v), n.doubleValue == n.doubleValue.rounded(), abs(n.doubleValue) < 1e15 {
+            return n.intValue
+        }
+        throw TypeMismatch(expected: "an integer")
+    }
+    static func double(_ v: Any) throws -> Double {
+        if let n = v as? NSNumber, !isBool(v) { return n.doubleValue }
+        throw TypeMismatch(expected: "a number")
+    }
+    static func bool(_ v: Any) throws -> Bool {
+        if let n = v as? NSNumber, isBool(v) { return n.boolValue }
+        throw TypeMismatch(expected: "true or false")
+    }
+    static func string(_ v: Any) throws -> String {
+        if let s = v as? String { return s }
+        throw TypeMismatch(expected: "a string")
+    }
+
+    typealias Setter = (inout RunConfig, Any) throws -> Void
+
+    /// One entry per accepted key: the single list of what a config file may say.
+    static let setters: [String: Setter] = [
+        // model
+        "vocab": { $0.model.vocab = try int($1) },
+        "d_model": { $0.model.dModel = try int($1) },
+        "layers": { $0.model.layers = try int($1) },
+        "heads": { $0.model.heads = try int($1) },
+        "kv_heads": { $0.model.kvHeads = try int($1) },
+        "ffn_hidden": { $0.model.ffnHidden = try int($1) },
+        "experts": { $0.model.experts = try int($1) },
+        "top_k": { $0.model.topK = try int($1) },
+        "moe_every": { $0.model.moeEvery = try int($1) },
+        "capacity_factor": { $0.model.capacityFactor = try double($1) },
+        "aux_loss_coef": { $0.model.auxLossCoef = try double($1) },
+        "z_loss_coef": { $0.model.zLossCoef = try double($1) },
+        "tie_embeddings": { $0.model.tieEmbeddings = try bool($1) },
+        "seq_len": { $0.model.seqLen = try int($1) },
+        "rope_theta": { $0.model.ropeTheta = try double($1) },
+        "norm_eps": { $0.model.normEps = try double($1) },
+        "init_std": { $0.model.initStd = try double($1) },
+        "router_init_scale": { $0.model.routerInitScale = try double($1) },
+        // layout
+        "tp": { $0.tp = try int($1) },
+        "pp": { $0.pp = try int($1) },
+        "dp": { $0.dp = try int($1) },
+        "ep": { $0.ep = try int($1) },
+        // batch
+        "global_batch": { $0.globalBatch = try int($1) },
+        "micro_batch_size": { $0.microBatchSize = try int($1) },
+        "micro_batches": { $0.microBatches = try int($1) },
+        // optimisation
+        "steps": { $0.steps = try int($1) },
+        "lr": { $0.lr = try double($1) },
+        "min_lr_ratio": { $0.minLRRatio = try double($1) },
+        "warmup_steps": { $0.warmupSteps = try int($1) },
+        "weight_decay": { $0.weightDecay = try double($1) },
+        "beta1": { $0.beta1 = try double($1) },
+        "beta2": { $0.beta2 = try double($1) },
+        "adam_eps": { $0.adamEps = try double($1) },
+        "grad_clip": { $0.gradClip = try double($1) },
+        "seed": { $0.seed = UInt64(try nonNegative($1)) },
+        // data
+        "data": { $0.data = try string($1) },
+        "markov_order": { $0.markov.order = try int($1) },
+        "markov_alphabet": { $0.markov.alphabet = try int($1) },
+        "markov_branching": { $0.markov.branching = try int($1) },
+        "markov_seed": { $0.markov.seed = UInt64(try nonNegative($1)) },
+        // output
+        "log_every": { $0.logEvery = try int($1) },
+    ]
+
+    static func nonNegative(_ v: Any) throws -> Int {
+        let n = try int(v)
+        if n < 0 { throw TypeMismatch(expected: "a non-negative integer") }
+        return n
+    }
+
+    static func describe(_ error: Error) -> String {
+        let ns = error as NSError
+        if let d = ns.userInfo[NSDebugDescriptionErrorKey] as? String { return d }
+        return ns.localizedDescription
+    }
+}

@@ -1,0 +1,92 @@
+import Foundation
+import Comm
+import Model
+import Parallel
+import Tensor
+
+/// Rank and world size as the MPI launcher announces them in the environment, readable
+/// before MPI is initialised: bad input is rejected by every rank before any MPI call, so
+/// that no rank can hang waiting for another that already gave up.
+public struct LaunchEnvironment: Sendable {
+    public let rank: Int
+    public let worldSize: Int
+
+    public static var current: LaunchEnvironment {
+        let env = ProcessInfo.processInfo.environment
+        func int(_ keys: [String]) -> Int? { keys.lazy.compactMap { env[$0].flatMap(Int.init) }.first }
+        return LaunchEnvironment(rank: int(["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"]) ?? 0,
+                                 worldSize: int(["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]) ?? 1)
+    }
+}
+
+/// An error in what the user asked for. Printed once by rank 0; every rank exits with status 2.
+public struct UsageError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+/// Runs a training job from a resolved configuration: checks it, initialises MPI, trains,
+/// writes the summary, finalises.
+public enum Launcher {
+    /// Checks everything that can be checked without MPI and returns the data source.
+    public static func preflight(_ config: RunConfig, env: LaunchEnvironment) throws -> (Topology, DataSource) {
+        do {
+            try config.validate()
+            let topo = try Topology(world: env.worldSize, tp: config.tp, pp: config.pp, dp: config.dp, ep: config.ep,
+                                    model: config.model)
+            guard topo.world == 1 else {
+                throw UsageError("the layout is valid (tp \(topo.tp) x pp \(topo.pp) x dp \(topo.dp), ep \(topo.ep)), but training on \(topo.world) ranks is not implemented yet: this build trains with world size 1 (tensor, expert, data and pipeline parallelism arrive in later issues); run with -np 1")
+            }
+            _ = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
+                              microBatches: config.microBatches, dp: topo.dp)
+            let data: DataSource = config.data == "markov"
+                ? MarkovSource(spec: config.markov, seed: config.seed)
+                : try TextFileSource(path: config.data, seed: config.seed, seqLen: config.model.seqLen)
+            if let dir = config.dumpDir, let step = config.dumpStep {
+                let path = dir + "/" + Dump.fileName(step: step)
+                if FileManager.default.fileExists(atPath: path) {
+                    throw UsageError("dump file \(path) already exists; choose another --dump-dir or remove it")
+                }
+            }
+            if let s = config.summaryJSON {
+                let dir = URL(fileURLWithPath: s).deletingLastPathComponent().path
+                var isDir: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+                    throw UsageError("--summary-json \(s): directory \(dir) does not exist")
+                }
+            }
+            return (topo, data)
+        } catch let e as UsageError { throw e } catch {
+            throw UsageError(String(describing: error))
+        }
+    }
+
+    /// Trains; returns normally on success. Throws `UsageError` for bad input (before MPI starts).
+    public static func train(_ config: RunConfig, log: @escaping (String) -> Void) throws {
+        let env = LaunchEnvironment.current
+        let (topology, data) = try preflight(config, env: env)
+        ensureSingleThreadedBLAS(rank: env.rank, log: log)
+        let world = Communicator.initWorld()
+        defer { Communicator.finalize() }
+        let groups = ProcessGroups(world: world, topology: topology)
+        let trainer: Trainer
+        do { trainer = try Trainer(config: config, groups: groups, data: data, log: log) } catch {
+            throw UsageError(String(describing: error))
+        }
+        try trainer.run()
+        if world.rank == 0, let path = config.summaryJSON {
+            try AtomicFile.write(JSONText.encode(trainer.summary()), to: path)
+            log("summary written to \(path)")
+        }
+    }
+
+    /// Ranks are processes sharing few cores: each must use exactly one BLAS thread.
+    static func ensureSingleThreadedBLAS(rank: Int, log: (String) -> Void) {
+        let env = ProcessInfo.processInfo.environment["OPENBLAS_NUM_THREADS"]
+        if env != "1" && rank == 0 {
+            log("note: OPENBLAS_NUM_THREADS is \(env.map { "\"\($0)\"" } ?? "unset"); forcing 1 BLAS thread per rank")
+        }
+        Kernels.setBlasThreads(1)
+        precondition(Kernels.blasThreads == 1, "OpenBLAS still uses \(Kernels.blasThreads) threads")
+    }
+}

@@ -1,0 +1,138 @@
+import Foundation
+import Model
+
+/// Everything a training run is configured by: the model, the layout, the batch, the
+/// optimizer and the data. Loaded from a JSON file (snake_case keys, all optional) and
+/// then overridden by command-line flags.
+public struct RunConfig: Equatable, Sendable {
+    public var model = ModelConfig()
+
+    // Layout
+    public var tp = 1
+    public var pp = 1
+    public var dp: Int? = nil          // derived from the world size when nil
+    public var ep = 1
+
+    // Batch: any two of the three determine the third (see `BatchPlan`).
+    public var globalBatch: Int? = 8   // sequences per optimizer step, over all data-parallel ranks
+    public var microBatchSize: Int? = 4
+    public var microBatches: Int? = nil
+
+    // Optimisation
+    public var steps = 100
+    public var lr = 3e-3
+    public var minLRRatio = 0.1        // cosine decays to lr * ratio
+    public var warmupSteps = 10
+    public var weightDecay = 0.1
+    public var beta1 = 0.9
+    public var beta2 = 0.95
+    public var adamEps = 1e-8
+    public var gradClip = 1.0          // 0 disables clipping
+    public var seed: UInt64 = 1234
+
+    // Data
+    public var data = "markov"         // "markov" (embedded synthetic source) or a text file path
+    public var markov = MarkovSpec()
+
+    // Output
+    public var logEvery = 10
+    public var summaryJSON: String? = nil
+    public var dumpStep: Int? = nil
+    public var dumpDir: String? = nil
+
+    public init() {}
+
+    public struct ConfigError: Error, CustomStringConvertible {
+        public let description: String
+        public init(_ d: String) { description = d }
+    }
+
+    /// Checks the settings that do not depend on the world size.
+    public func validate() throws {
+        func need(_ ok: Bool, _ msg: String) throws { if !ok { throw ConfigError(msg) } }
+        try model.validate()
+        try need(steps >= 1, "--steps must be at least 1 (got \(steps))")
+        try need(lr > 0 && lr.isFinite, "--lr must be a positive number (got \(lr))")
+        try need(minLRRatio >= 0 && minLRRatio <= 1, "min_lr_ratio must be in [0, 1] (got \(minLRRatio))")
+        try need(warmupSteps >= 0, "--warmup-steps must be >= 0 (got \(warmupSteps))")
+        try need(weightDecay >= 0, "--weight-decay must be >= 0 (got \(weightDecay))")
+        try need(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, "Adam betas must be in [0, 1)")
+        try need(adamEps > 0, "adam_eps must be positive")
+        try need(gradClip >= 0, "--grad-clip must be >= 0, 0 meaning no clipping (got \(gradClip))")
+        try need(logEvery >= 1, "--log-every must be at least 1 (got \(logEvery))")
+        if let g = globalBatch { try need(g >= 1, "--global-batch must be at least 1 (got \(g))") }
+        if let b = microBatchSize { try need(b >= 1, "--micro-batch-size must be at least 1 (got \(b))") }
+        if let m = microBatches { try need(m >= 1, "--micro-batches must be at least 1 (got \(m))") }
+        try need(globalBatch != nil || (microBatchSize != nil && microBatches != nil),
+                 "set --global-batch, or both --micro-batch-size and --micro-batches")
+        if let s = dumpStep {
+            try need(s >= 1 && s <= steps, "--dump-step must be between 1 and --steps \(steps) (got \(s))")
+            try need(dumpDir != nil, "--dump-step needs --dump-dir")
+        }
+        if data == "markov" { try markov.validate() }
+    }
+}
+
+/// The embedded synthetic data source: an order-k Markov chain over a small alphabet.
+public struct MarkovSpec: Equatable, Sendable {
+    public var order = 2
+    public var alphabet = 12
+    public var branching = 3
+    public var seed: UInt64 = 7
+
+    public init() {}
+
+    func validate() throws {
+        guard order >= 1 && order <= 4 else { throw RunConfig.ConfigError("markov_order must be between 1 and 4 (got \(order))") }
+        guard alphabet >= 2 && alphabet <= 64 else { throw RunConfig.ConfigError("markov_alphabet must be between 2 and 64 (got \(alphabet))") }
+        guard branching >= 1 && branching <= alphabet else {
+            throw RunConfig.ConfigError("markov_branching must be between 1 and the alphabet size \(alphabet) (got \(branching))")
+        }
+        var contexts = 1
+        for _ in 0..<order { contexts *= alphabet }
+        guard contexts <= 65536 else {
+            throw RunConfig.ConfigError("markov_alphabet \(alphabet) ^ markov_order \(order) = \(contexts) contexts; at most 65536 are supported")
+        }
+    }
+}
+
+/// How the global batch is cut: each data-parallel rank runs `microBatches` micro-batches of
+/// `microBatchSize` sequences per step; sequence `i` of the step's global batch goes to
+/// data-parallel rank i / (global / dp). The global batch never depends on the layout.
+public struct BatchPlan: Equatable, Sendable {
+    public let globalBatch: Int
+    public let microBatchSize: Int
+    public let microBatches: Int
+    public let dp: Int
+
+    public var perRank: Int { microBatchSize * microBatches }
+
+    public init(globalBatch g: Int?, microBatchSize b: Int?, microBatches m: Int?, dp: Int) throws {
+        func fail(_ s: String) -> RunConfig.ConfigError { RunConfig.ConfigError(s) }
+        switch (g, b, m) {
+        case let (g?, b?, m?):
+            guard g == b * m * dp else {
+                throw fail("--global-batch \(g) differs from micro-batch-size \(b) x micro-batches \(m) x dp \(dp) = \(b * m * dp)")
+            }
+            globalBatch = g; microBatchSize = b; microBatches = m
+        case let (g?, b?, nil):
+            guard g % (b * dp) == 0 else {
+                throw fail("global batch \(g) is not divisible by micro-batch-size \(b) x dp \(dp) = \(b * dp)")
+            }
+            globalBatch = g; microBatchSize = b; microBatches = g / (b * dp)
+        case let (g?, nil, m?):
+            guard g % (m * dp) == 0 else {
+                throw fail("global batch \(g) is not divisible by micro-batches \(m) x dp \(dp) = \(m * dp)")
+            }
+            globalBatch = g; microBatchSize = g / (m * dp); microBatches = m
+        case let (nil, b?, m?):
+            globalBatch = b * m * dp; microBatchSize = b; microBatches = m
+        case let (g?, nil, nil):
+            guard g % dp == 0 else { throw fail("global batch \(g) is not divisible by dp \(dp)") }
+            globalBatch = g; microBatchSize = 1; microBatches = g / dp
+        default:
+            throw fail("set --global-batch, or both --micro-batch-size and --micro-batches")
+        }
+        self.dp = dp
+    }
+}

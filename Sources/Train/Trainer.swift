@@ -1,0 +1,191 @@
+import Foundation
+import Comm
+import Model
+import Parallel
+import Tensor
+
+/// The training loop: for each step, run the rank's micro-batches (forward and backward,
+/// gradients accumulated), clip by the global norm, step AdamW, log, and at the end write
+/// the summary. This loop runs on one rank; the layout-specific pieces (gradient
+/// reduction, sharded optimizer, pipeline schedule) plug in at the marked places.
+public final class Trainer {
+    public let config: RunConfig
+    public let groups: ProcessGroups
+    public let plan: BatchPlan
+    public let data: DataSource
+    public let model: Transformer
+    public let params: Parameters
+    let optimizer: AdamW
+    let schedule: LRSchedule
+    let log: (String) -> Void
+    public private(set) var records: [StepRecord] = []
+    public private(set) var wallSeconds = 0.0
+
+    var isLogger: Bool { groups.world.rank == 0 }
+
+    public init(config: RunConfig, groups: ProcessGroups, data: DataSource, log: @escaping (String) -> Void) throws {
+        self.config = config
+        self.groups = groups
+        self.data = data
+        self.log = log
+        let topo = groups.topology
+        plan = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
+                             microBatches: config.microBatches, dp: topo.dp)
+        precondition(topo.world == 1, "multi-rank training is rejected in Launcher.preflight")
+        let layout = ParameterLayout(config: config.model)
+        params = Parameters(layout: layout)
+        layout.initialize(params.values, seed: config.seed)
+        model = Transformer(config: config.model, params: params)
+        optimizer = AdamW(layout: layout, range: 0..<layout.totalCount,
+                          hyper: .init(beta1: config.beta1, beta2: config.beta2, eps: config.adamEps, weightDecay: config.weightDecay))
+        schedule = LRSchedule(peak: config.lr, minRatio: config.minLRRatio, warmup: config.warmupSteps, total: config.steps)
+    }
+
+    var moeLayers: [Int] { (0..<config.model.layers).filter { config.model.isMoE(layer: $0) } }
+
+    // MARK: - Loop
+
+    public func run() throws {
+        if isLogger { printHeader() }
+        let start = DispatchTime.now().uptimeNanoseconds
+        for step in 1...config.steps {
+            let record = try trainStep(step)
+            records.append(record)
+            if isLogger && (step == 1 || step % config.logEvery == 0 || step == config.steps) { log(format(record)) }
+        }
+        wallSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        if isLogger { printFooter() }
+    }
+
+    func trainStep(_ step: Int) throws -> StepRecord {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        let c = config.model
+        let T = c.seqLen
+        let scale = LossScale(tokens: plan.globalBatch * T, sequences: plan.globalBatch)
+        params.zeroGrads()
+        var stats = MicroBatchStats(layers: c.layers, experts: c.experts)
+        let rankFirst = groups.coordinates.dp * plan.perRank
+        var stepTokens: [Int32] = [], stepTargets: [Int32] = []
+        for m in 0..<plan.microBatches {
+            let batch = data.batch(step: step, first: rankFirst + m * plan.microBatchSize, count: plan.microBatchSize, seqLen: T)
+            stats.merge(model.forwardBackward(tokens: batch.tokens, targets: batch.targets, scale: scale))
+            if config.dumpStep == step { stepTokens += batch.tokens; stepTargets += batch.targets }
+        }
+        // (Data-parallel gradient reduction attaches here.)
+        let sumSq = Kernels.sumOfSquares(params.grads.count, params.grads.base)
+        let gradNorm = sumSq.squareRoot()
+        let moeCount = Double(max(moeLayers.count, 1))
+        let loss = stats.lossSum / Double(scale.tokens)
+        let aux = stats.auxSum / Double(scale.sequences) / moeCount
+        let z = stats.zSum / Double(scale.tokens) / moeCount
+        let lr = schedule.rate(step: step)
+        if config.dumpStep == step, let dir = config.dumpDir {
+            try Dump.write(dir: dir, step: step, params: params, tokens: stepTokens, targets: stepTargets,
+                           sequences: plan.globalBatch, seqLen: T,
+                           record: ["step": step, "loss": loss, "aux_loss": aux, "z_loss": z, "grad_norm": gradNorm])
+        }
+        let skipped = !gradNorm.isFinite || !loss.isFinite
+        if skipped {
+            if isLogger { log("warning: step \(step) has a non-finite loss or gradient norm; the update is skipped") }
+        } else {
+            let clip = config.gradClip > 0 && gradNorm > config.gradClip ? Float(config.gradClip / (gradNorm + 1e-6)) : 1
+            optimizer.step(params: params.values, grads: params.grads, lr: lr, gradScale: clip)
+        }
+        let wall = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        return StepRecord(step: step, loss: loss, aux: aux, zLoss: z, gradNorm: gradNorm, lr: lr, load: stats.load,
+                          dropped: stats.dropped, assignments: stats.assignments, skipped: skipped,
+                          wallSeconds: wall, tokens: scale.tokens)
+    }
+
+    // MARK: - Output
+
+    func printHeader() {
+        let c = config.model, layout = params.layout, topo = groups.topology
+        log("moe-train: \(topo.world) rank(s), tp \(topo.tp) pp \(topo.pp) dp \(topo.dp) ep \(topo.ep)")
+        log(String(format: "model: %d layers, d_model %d, %d heads (%d KV), %d experts top-%d (ffn %d), seq %d, %@ | params %@ total, %@ active per token",
+                   c.layers, c.dModel, c.heads, c.kvHeads, c.experts, c.topK, c.ffnHidden, c.seqLen,
+                   c.kvHeads == 1 ? "MQA" : (c.kvHeads == c.heads ? "MHA" : "GQA"),
+                   Self.human(layout.totalCount), Self.human(layout.activeCount(config: c))))
+        log("batch: \(plan.globalBatch) sequences x \(c.seqLen) tokens per step = \(plan.microBatches) micro-batches of \(plan.microBatchSize) per data-parallel rank")
+        log("data: \(data.description)")
+        if let floor = data.entropyFloor(seqLen: c.seqLen) {
+            log(String(format: "entropy floor: %.4f nats/token (the lowest loss any model can reach on this data)", floor))
+        }
+        if let cap = c.expertCapacity { log("expert capacity: \(cap) assignments per expert per sequence (factor \(c.capacityFactor))") }
+    }
+
+    public func format(_ r: StepRecord) -> String {
+        var s = String(format: "step %5d/%d | loss %.4f | aux %.3f | gnorm %.3f | lr %.2e", r.step, config.steps,
+                       r.loss, r.aux, r.gradNorm, r.lr)
+        if let l = r.loadSummary(moeLayers: moeLayers) {
+            s += String(format: " | load %d/%.1f/%d drop %.1f%%", l.min, l.mean, l.max, 100 * r.droppedFraction)
+        }
+        s += String(format: " | %.0f tok/s (wall)", Double(r.tokens) / max(r.wallSeconds, 1e-9))
+        if r.skipped { s += " | SKIPPED" }
+        return s
+    }
+
+    func printFooter() {
+        guard let last = records.last, let first = records.first else { return }
+        var s = String(format: "done: %d steps in %.1f s wall, loss %.4f -> %.4f", records.count, wallSeconds, first.loss, last.loss)
+        if let floor = data.entropyFloor(seqLen: config.model.seqLen) {
+            s += String(format: " (floor %.4f, gap %.4f)", floor, last.loss - floor)
+        }
+        log(s)
+        log("param checksum: \(parameterChecksum())")
+    }
+
+    /// SHA-256 over all parameters in the single-rank layout and order, as little-endian fp32.
+    public func parameterChecksum() -> String {
+        var h = SHA256()
+        h.update(floats: params.values.base, count: params.layout.totalCount)
+        return SHA256.hex(h.finalize())
+    }
+
+    static func human(_ n: Int) -> String {
+        if n >= 1_000_000_000 { return String(format: "%.2fB", Double(n) / 1e9) }
+        if n >= 1_000_000 { return String(format: "%.2fM", Double(n) / 1e6) }
+        if n >= 1_000 { return String(format: "%.1fK", Double(n) / 1e3) }
+        return "\(n)"
+    }
+
+    /// The machine-readable result of the run.
+    public func summary() -> [String: Any] {
+        let topo = groups.topology, c = config.model
+        let losses = records.map(\.loss)
+        var totalLoad = Array(repeating: Array(repeating: 0, count: c.experts), count: c.layers)
+        var dropped = 0, assignments = 0
+        for r in records {
+            for l in r.load.indices { for e in r.load[l].indices { totalLoad[l][e] += r.load[l][e] } }
+            dropped += r.dropped; assignments += r.assignments
+        }
+        let moe = moeLayers
+        var out: [String: Any] = [
+            "world_size": topo.world, "tp": topo.tp, "pp": topo.pp, "dp": topo.dp, "ep": topo.ep,
+            "steps": records.count,
+            "losses": losses,
+            "aux_losses": records.map(\.aux),
+            "grad_norms": records.map(\.gradNorm),
+            "learning_rates": records.map(\.lr),
+            "skipped_steps": records.filter(\.skipped).map(\.step),
+            "final_loss": losses.last ?? Double.nan,
+            "param_checksum": parameterChecksum(),
+            "wall_time_s": wallSeconds,
+            "tokens_per_s_wall": Double(records.reduce(0) { $0 + $1.tokens }) / max(wallSeconds, 1e-9),
+            "total_params": params.layout.totalCount,
+            "active_params": params.layout.activeCount(config: c),
+            "global_batch": plan.globalBatch, "micro_batch_size": plan.microBatchSize, "micro_batches": plan.microBatches,
+            "seq_len": c.seqLen, "seed": Int(config.seed),
+            "data": data.description,
+            "expert_load": [
+                "moe_layers": moe,
+                "per_layer_total": moe.map { totalLoad[$0] },
+                "per_layer_last_step": moe.map { records.last?.load[$0] ?? [] },
+                "dropped_fraction": assignments == 0 ? 0.0 : Double(dropped) / Double(assignments),
+                "capacity_per_sequence": c.expertCapacity.map { $0 as Any } ?? NSNull(),
+            ] as [String: Any],
+        ]
+        out["entropy_floor"] = data.entropyFloor(seqLen: c.seqLen).map { $0 as Any } ?? NSNull()
+        return out
+    }
+}

@@ -1,0 +1,86 @@
+import ArgumentParser
+import Foundation
+import Train
+
+/// `moe-train [train]`: flags override the config file, which overrides the built-in defaults.
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train the model (the default subcommand)."
+    )
+
+    @Option(help: "JSON config file (snake_case keys; flags override it).") var config: String?
+
+    // Layout
+    @Option(help: "Tensor-parallel ranks.") var tp: Int?
+    @Option(help: "Pipeline stages.") var pp: Int?
+    @Option(help: "Data-parallel ranks (derived from the world size; given, it must match).") var dp: Int?
+    @Option(help: "Expert-parallel ranks (divides tp*dp and the expert count).") var ep: Int?
+
+    // Model
+    @Option(help: "Experts per MoE layer.") var experts: Int?
+    @Option(name: .customLong("top-k"), help: "Experts chosen per token.") var topK: Int?
+    @Option(help: "Transformer layers.") var layers: Int?
+    @Option(name: .customLong("d-model"), help: "Model width.") var dModel: Int?
+    @Option(help: "Query heads.") var heads: Int?
+    @Option(name: .customLong("kv-heads"), help: "Key/value heads (1 = multi-query attention).") var kvHeads: Int?
+    @Option(name: .customLong("ffn-hidden"), help: "Hidden size of each expert / dense FFN.") var ffnHidden: Int?
+    @Option(name: .customLong("moe-every"), help: "Every n-th layer is MoE (1 = all, 0 = none).") var moeEvery: Int?
+    @Option(name: .customLong("capacity-factor"), help: "Expert capacity factor per sequence (0 = unlimited).") var capacityFactor: Double?
+    @Option(name: .customLong("aux-loss-coef"), help: "Load-balancing loss coefficient.") var auxLossCoef: Double?
+    @Option(name: .customLong("z-loss-coef"), help: "Router z-loss coefficient.") var zLossCoef: Double?
+    @Option(name: .customLong("seq-len"), help: "Tokens per sequence.") var seqLen: Int?
+
+    // Batch and optimisation
+    @Option(name: .customLong("global-batch"), help: "Sequences per optimizer step (all data-parallel ranks).") var globalBatch: Int?
+    @Option(name: .customLong("micro-batch-size"), help: "Sequences per micro-batch.") var microBatchSize: Int?
+    @Option(name: .customLong("micro-batches"), help: "Micro-batches per step per data-parallel rank.") var microBatches: Int?
+    @Option(help: "Optimizer steps.") var steps: Int?
+    @Option(help: "Peak learning rate.") var lr: Double?
+    @Option(name: .customLong("warmup-steps"), help: "Linear warm-up steps.") var warmupSteps: Int?
+    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay.") var weightDecay: Double?
+    @Option(name: .customLong("grad-clip"), help: "Global gradient-norm clip (0 = off).") var gradClip: Double?
+    @Option(help: "Seed for initialisation and data order.") var seed: UInt64?
+
+    // Data and output
+    @Option(help: "\"markov\" (embedded synthetic data) or a text file path.") var data: String?
+    @Option(name: .customLong("summary-json"), help: "Write the run's summary JSON here.") var summaryJSON: String?
+    @Option(name: .customLong("log-every"), help: "Log every n steps.") var logEvery: Int?
+    @Option(name: .customLong("dump-step"), help: "Dump parameters and gradients of this step.") var dumpStep: Int?
+    @Option(name: .customLong("dump-dir"), help: "Directory for --dump-step.") var dumpDir: String?
+
+    /// The config file (or defaults) with every given flag applied on top.
+    func resolvedConfig() throws -> RunConfig {
+        var c = try config.map(ConfigFile.load) ?? RunConfig()
+        func set<T>(_ v: T?, _ apply: (T) -> Void) { if let v { apply(v) } }
+        set(tp) { c.tp = $0 }; set(pp) { c.pp = $0 }; set(dp) { c.dp = $0 }; set(ep) { c.ep = $0 }
+        set(experts) { c.model.experts = $0 }; set(topK) { c.model.topK = $0 }; set(layers) { c.model.layers = $0 }
+        set(dModel) { c.model.dModel = $0 }; set(heads) { c.model.heads = $0 }; set(kvHeads) { c.model.kvHeads = $0 }
+        set(ffnHidden) { c.model.ffnHidden = $0 }; set(moeEvery) { c.model.moeEvery = $0 }
+        set(capacityFactor) { c.model.capacityFactor = $0 }; set(auxLossCoef) { c.model.auxLossCoef = $0 }
+        set(zLossCoef) { c.model.zLossCoef = $0 }; set(seqLen) { c.model.seqLen = $0 }
+        // Batch: a flag for one of (micro-batch-size, micro-batches) lets the other be derived.
+        switch (microBatchSize, microBatches) {
+        case let (b?, m?): c.microBatchSize = b; c.microBatches = m; if globalBatch == nil { c.globalBatch = nil }
+        case let (b?, nil): c.microBatchSize = b; c.microBatches = nil
+        case let (nil, m?): c.microBatches = m; c.microBatchSize = nil
+        case (nil, nil): break
+        }
+        set(globalBatch) { c.globalBatch = $0 }
+        set(steps) { c.steps = $0 }; set(lr) { c.lr = $0 }; set(warmupSteps) { c.warmupSteps = $0 }
+        set(weightDecay) { c.weightDecay = $0 }; set(gradClip) { c.gradClip = $0 }; set(seed) { c.seed = $0 }
+        set(data) { c.data = $0 }; set(summaryJSON) { c.summaryJSON = $0 }; set(logEvery) { c.logEvery = $0 }
+        set(dumpStep) { c.dumpStep = $0 }; set(dumpDir) { c.dumpDir = $0 }
+        return c
+    }
+
+    func run() throws {
+        let config: RunConfig
+        do { config = try resolvedConfig() } catch { throw ValidationError(String(describing: error)) }
+        do {
+            try Launcher.train(config) { print($0); fflush(stdout) }
+        } catch let e as UsageError {
+            throw ValidationError(e.description)
+        }
+    }
+}

@@ -1,0 +1,22 @@
+import ArgumentParser
+import Foundation
+import Train
+
+/// Entry point: parse, run, and turn every user error into one message from rank 0 and
+/// exit status 2 on every rank (ArgumentParser's own codes are remapped).
+let launch = LaunchEnvironment.current
+do {
+    var command = try MoeTrain.parseAsRoot()
+    try command.run()
+} catch {
+    let code = MoeTrain.exitCode(for: error)
+    if code == .success {
+        print(MoeTrain.fullMessage(for: error))
+        exit(0)
+    }
+    if launch.rank == 0 {
+        let message = MoeTrain.message(for: error)
+        FileHandle.standardError.write(Data("moe-train: error: \(message)\n".utf8))
+    }
+    exit(2)
+}
