@@ -47,7 +47,7 @@ public struct TextFileSource: DataSource {
     public var description: String { "text file \(path) (\(bytes.count) bytes, byte-level)" }
 
     public func sample(step: Int, index: Int, length: Int) -> [Int32] {
-        let key = hashKey(seed, stableHash("text-window"), UInt64(step), UInt64(index))
+        let key = hashKey(seed, stableHash("text-window"), UInt64(bitPattern: Int64(step)), UInt64(index))
         let start = Int(key % UInt64(bytes.count - length + 1))
         return bytes[start..<(start + length)].map { Int32($0) }
     }

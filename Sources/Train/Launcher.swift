@@ -90,3 +90,29 @@ public enum Launcher {
         precondition(Kernels.blasThreads == 1, "OpenBLAS still uses \(Kernels.blasThreads) threads")
     }
 }
+
+extension Launcher {
+    /// `moe-train comm-check`: runs every Communicator operation on the world and on the
+    /// groups of a tp x pp grid and checks the results. Returns the number of checks passed.
+    public static func commCheck(tp: Int, pp: Int, ep: Int, log: @escaping (String) -> Void) throws -> Bool {
+        let env = LaunchEnvironment.current
+        // A model shape that any valid grid can hold: only the rank arithmetic is under test.
+        var model = ModelConfig()
+        model.layers = max(pp, 1); model.heads = max(tp, 1); model.kvHeads = 1; model.dModel = 2 * max(tp, 1)
+        model.vocab = 256 * max(tp, 1); model.ffnHidden = max(tp, 1); model.experts = max(ep, 1)
+        let topology: Topology
+        do { topology = try Topology(world: env.worldSize, tp: tp, pp: pp, ep: ep, model: model) } catch {
+            throw UsageError(String(describing: error))
+        }
+        let world = Communicator.initWorld()
+        defer { Communicator.finalize() }
+        let report = CommCheck.run(world: world, topology: topology)
+        let failures = world.allGather([Int32(report.failures.count)]).reduce(0, +)
+        for f in report.failures { log("FAIL \(f)") }
+        if world.rank == 0 {
+            log("comm-check: \(report.checks) checks per rank on \(world.size) ranks (tp \(tp) pp \(pp) dp \(topology.dp) ep \(ep)): "
+                + (failures == 0 ? "all passed" : "\(failures) FAILED"))
+        }
+        return failures == 0
+    }
+}

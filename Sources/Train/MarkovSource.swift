@@ -74,12 +74,16 @@ public struct MarkovSource: DataSource {
 
     /// H(X_0..X_{m-1}) under the stationary start, for m <= k (marginal of the context distribution).
     func prefixEntropy(_ m: Int) -> Double {
-        if m == 0 { return 0 }
+        -prefixMarginal(m).reduce(0.0) { $1 > 0 ? $0 + $1 * log($1) : $0 }
+    }
+
+    /// Distribution of the first m symbols (m <= k) of a sequence, indexed base-A oldest first.
+    func prefixMarginal(_ m: Int) -> [Double] {
         let A = spec.alphabet, k = spec.order
         let divisor = Int(pow(Double(A), Double(k - m)))  // context index / divisor = first m symbols
         var marginal = [Double](repeating: 0, count: Int(pow(Double(A), Double(m))))
         for s in stationary.indices { marginal[s / divisor] += stationary[s] }
-        return -marginal.reduce(0.0) { $1 > 0 ? $0 + $1 * log($1) : $0 }
+        return marginal
     }
 
     public func entropyFloor(seqLen T: Int) -> Double? {
@@ -92,10 +96,34 @@ public struct MarkovSource: DataSource {
         return total / Double(T)
     }
 
+    /// Monte Carlo estimate of the loss of the exact predictor (the chain's own conditional
+    /// probabilities) on `samples` sequences: should agree with `entropyFloor`.
+    public func empiricalLoss(samples: Int, seqLen T: Int) -> Double {
+        let A = spec.alphabet, k = spec.order
+        let index = Dictionary(uniqueKeysWithValues: symbols.enumerated().map { ($1, $0) })
+        let marginals = (0...k).map { prefixMarginal($0) }
+        var total = 0.0
+        for n in 0..<samples {
+            let seq = sample(step: -1, index: n, length: T + 1).map { index[$0]! }
+            for i in 1...T {
+                if i < k {
+                    // P(x_0..x_i) / P(x_0..x_{i-1}) from the stationary start's marginals.
+                    let num = seq[0...i].reduce(0) { $0 * A + $1 }, den = seq[0..<i].reduce(0) { $0 * A + $1 }
+                    total -= log(marginals[i + 1][num] / marginals[i][den])
+                } else {
+                    let context = seq[(i - k)..<i].reduce(0) { $0 * A + $1 }
+                    let j = next[context].firstIndex(of: seq[i])!
+                    total -= log(probability[context][j])
+                }
+            }
+        }
+        return total / Double(samples * T)
+    }
+
     public func sample(step: Int, index: Int, length: Int) -> [Int32] {
         let A = spec.alphabet, k = spec.order
         let contexts = stationary.count
-        var rng = SplitMix(key: hashKey(seed, stableHash("markov-sample"), UInt64(step), UInt64(index)))
+        var rng = SplitMix(key: hashKey(seed, stableHash("markov-sample"), UInt64(bitPattern: Int64(step)), UInt64(index)))
         var state = pick(stationaryCumulative, rng.nextDouble())
         var out = [Int32]()
         out.reserveCapacity(length)

@@ -1,0 +1,48 @@
+# moe-train: two commands do everything on a fresh Debian machine.
+#   make run    install what is missing, build (release), train the default config
+#   make test   install what is missing, build once, run every test
+SHELL := /bin/bash
+
+# Ranks are processes: one BLAS thread each. Open MPI needs these to run as root (CI does)
+# and to place more ranks than cores.
+export OPENBLAS_NUM_THREADS := 1
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+export OMPI_MCA_rmaps_base_oversubscribe := 1
+
+CONFIG ?= configs/default.json
+# Ranks for `make run`: this build trains on one rank (parallel layouts land in later issues).
+NP ?= 1
+ARGS ?=
+PREFIX ?= /usr/local
+BIN := .build/release/moe-train
+
+.PHONY: all deps build run test install comm-check clean
+
+all: build
+
+deps:
+	@launch/install-deps.sh
+
+build: deps
+	swift build -c release --product moe-train
+
+run: build
+	launch/run.sh -np $(NP) -- --config $(CONFIG) $(ARGS)
+
+# Unit and integration tests, built once in release mode (debug Swift is 10-50x slower in
+# numeric loops); integration tests run the release binary under real mpirun, serialized.
+test: build
+	@launch/install-deps.sh --with-python
+	MOE_TRAIN_BIN=$(abspath $(BIN)) swift test -c release --no-parallel --disable-swift-testing
+
+comm-check: build
+	launch/run.sh -np 4 -- comm-check --tp 2
+
+install: build
+	install -d $(PREFIX)/bin
+	install -m 755 $(BIN) $(PREFIX)/bin/moe-train
+	@echo "installed $(PREFIX)/bin/moe-train; for mpirun as root or with more ranks than cores: source launch/env.sh"
+
+clean:
+	rm -rf .build

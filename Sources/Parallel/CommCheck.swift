@@ -1,0 +1,115 @@
+import Comm
+
+/// A self-test of the Communicator over real MPI, in the spirit of nccl-tests: every
+/// operation is run on the world and on the sub-groups of a topology, and its result is
+/// compared with the value it must have. Used by `moe-train comm-check` and the tests.
+public enum CommCheck {
+    public struct Report: Sendable {
+        public var checks = 0
+        public var failures: [String] = []
+    }
+
+    public static func run(world: Communicator, topology: Topology) -> Report {
+        var report = Report()
+        func expect(_ ok: Bool, _ what: @autoclosure () -> String) {
+            report.checks += 1
+            if !ok { report.failures.append("rank \(world.rank): \(what())") }
+        }
+        let groups = ProcessGroups(world: world, topology: topology)
+        for comm in [groups.world, groups.tp, groups.pp, groups.dp, groups.ep, groups.edp] {
+            check(comm, expect)
+        }
+        // Each group must hold exactly the ranks the topology says, in its order.
+        for (g, comm) in [(Topology.Group.tp, groups.tp), (.pp, groups.pp), (.dp, groups.dp), (.ep, groups.ep), (.edp, groups.edp)] {
+            let members = comm.allGather([Int32(world.rank)]).map(Int.init)
+            expect(members == topology.members(g, of: world.rank),
+                   "\(g.rawValue) group holds \(members), topology says \(topology.members(g, of: world.rank))")
+        }
+        return report
+    }
+
+    static func check(_ c: Communicator, _ expect: (Bool, @autoclosure () -> String) -> Void) {
+        let n = c.size, r = c.rank, name = c.name
+        c.barrier()
+
+        // broadcast from the last rank
+        var b: [Float] = (0..<5).map { Float(r * 10 + $0) }
+        c.broadcast(&b, root: n - 1)
+        expect(b == (0..<5).map { Float((n - 1) * 10 + $0) }, "\(name): broadcast gave \(b)")
+
+        // all-reduce sum and max, Float and Double
+        var s: [Float] = (0..<7).map { Float(r + $0) }
+        c.allReduce(&s)
+        expect(s == (0..<7).map { Float(n * (n - 1) / 2 + n * $0) }, "\(name): all-reduce sum gave \(s)")
+        var m: [Double] = [Double(r), -Double(r)]
+        c.allReduce(&m, op: .max)
+        expect(m == [Double(n - 1), 0], "\(name): all-reduce max gave \(m)")
+
+        // reduce-scatter: element j of rank i's input is i + j; block r of the sum comes back.
+        let per = 3
+        let send: [Float] = (0..<(per * n)).map { Float(r + $0) }
+        var recv = [Float](repeating: -1, count: per)
+        send.withUnsafeBufferPointer { sp in
+            recv.withUnsafeMutableBufferPointer { rp in c.reduceScatter(sp.baseAddress!, rp.baseAddress!, countPerRank: per) }
+        }
+        let wantRS = (0..<per).map { Float(n * (n - 1) / 2 + n * (r * per + $0)) }
+        expect(recv == wantRS, "\(name): reduce-scatter gave \(recv), want \(wantRS)")
+
+        // all-gather
+        let gathered = c.allGather([Float(r), Float(r * r)])
+        expect(gathered == (0..<n).flatMap { [Float($0), Float($0 * $0)] }, "\(name): all-gather gave \(gathered)")
+
+        // all-to-all-v: rank r sends (j + 1) copies of (100 r + j) to rank j; counts exchanged first.
+        let sendCounts = (0..<n).map { $0 + 1 }
+        let recvCounts = c.allToAll(sendCounts.map { Int32($0) }, countPerRank: 1).map(Int.init)
+        expect(recvCounts == Array(repeating: r + 1, count: n), "\(name): count exchange gave \(recvCounts)")
+        let sendDispls = prefixSums(sendCounts), recvDispls = prefixSums(recvCounts)
+        let payload: [Float] = (0..<n).flatMap { j in Array(repeating: Float(100 * r + j), count: j + 1) }
+        var got = [Float](repeating: -1, count: recvCounts.reduce(0, +))
+        payload.withUnsafeBufferPointer { sp in
+            got.withUnsafeMutableBufferPointer { rp in
+                c.allToAllV(sp.baseAddress!, sendCounts: sendCounts, sendDispls: sendDispls,
+                            rp.baseAddress!, recvCounts: recvCounts, recvDispls: recvDispls)
+            }
+        }
+        let wantA2A: [Float] = (0..<n).flatMap { i in Array(repeating: Float(100 * i + r), count: r + 1) }
+        expect(got == wantA2A, "\(name): all-to-all-v gave \(got), want \(wantA2A)")
+
+        // ring send/recv, non-blocking both ways (no deadlock whatever the order)
+        if n > 1 {
+            let next = (r + 1) % n, prev = (r + n - 1) % n
+            var out: [Float] = [Float(r), 0.5]
+            var inbox: [Float] = [-1, -1]
+            out.withUnsafeMutableBufferPointer { op in
+                inbox.withUnsafeMutableBufferPointer { ip in
+                    var rq = c.irecv(ip.baseAddress!, count: 2, from: prev, tag: 7)
+                    var sq = c.isend(UnsafePointer(op.baseAddress!), count: 2, to: next, tag: 7)
+                    c.wait(&sq); c.wait(&rq)
+                }
+            }
+            expect(inbox == [Float(prev), 0.5], "\(name): ring isend/irecv gave \(inbox)")
+            // blocking pair exchange, ordered by rank parity to avoid a cycle
+            var v: [Int64] = [Int64(r)]
+            var w: [Int64] = [-1]
+            v.withUnsafeMutableBufferPointer { vp in
+                w.withUnsafeMutableBufferPointer { wp in
+                    if r % 2 == 0 {
+                        c.send(UnsafePointer(vp.baseAddress!), count: 1, to: next, tag: 9)
+                        c.recv(wp.baseAddress!, count: 1, from: prev, tag: 9)
+                    } else {
+                        c.recv(wp.baseAddress!, count: 1, from: prev, tag: 9)
+                        c.send(UnsafePointer(vp.baseAddress!), count: 1, to: next, tag: 9)
+                    }
+                }
+            }
+            expect(w == [Int64(prev)], "\(name): blocking send/recv gave \(w)")
+        }
+        c.barrier()
+    }
+
+    static func prefixSums(_ a: [Int]) -> [Int] {
+        var out = [Int](), acc = 0
+        for x in a { out.append(acc); acc += x }
+        return out
+    }
+}

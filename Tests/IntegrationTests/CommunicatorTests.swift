@@ -1,0 +1,25 @@
+import Foundation
+import XCTest
+import TestSupport
+
+/// Every Communicator operation over real MPI, on the world and on tp/pp/dp/ep sub-groups.
+final class CommunicatorTests: XCTestCase {
+    override func setUpWithError() throws {
+        guard Subprocess.binary != nil else { throw XCTSkip("MOE_TRAIN_BIN not set; run through `make test`") }
+    }
+
+    func check(np: Int, _ args: [String], extraMPIArgs: [String] = []) throws {
+        let r = try Subprocess.mpirun(np: np, ["comm-check"] + args, extraMPIArgs: extraMPIArgs, timeout: 120)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.stdout.contains("all passed"), r.output)
+        XCTAssertFalse(r.stdout.contains("FAIL"), r.output)
+    }
+
+    func testTwoRanks() throws { try check(np: 2, ["--tp", "2"]) }
+    func testFourRanksTPxDPwithEP() throws { try check(np: 4, ["--tp", "2", "--ep", "4"]) }
+    func testFourRanksTPxPP() throws { try check(np: 4, ["--tp", "2", "--pp", "2"]) }
+    /// The transport used between hosts, on loopback.
+    func testFourRanksOverTCP() throws {
+        try check(np: 4, ["--tp", "2", "--ep", "2"], extraMPIArgs: ["--mca", "btl", "self,tcp"])
+    }
+}
