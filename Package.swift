@@ -18,12 +18,13 @@ let package = Package(
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
 
-        // Dependencies point down only: moe-train -> Train -> Parallel -> Model -> Comm -> Tensor.
+        // Dependencies point down only: moe-train -> Train -> Parallel -> {Model, Comm -> Emulation} -> Tensor.
         .target(name: "Tensor", dependencies: ["CBLAS"]),
-        .target(name: "Comm", dependencies: ["CMPI", "Tensor"]),
+        .target(name: "Emulation", dependencies: ["Tensor"]),
+        .target(name: "Comm", dependencies: ["CMPI", "Emulation", "Tensor"]),
         .target(name: "Model", dependencies: ["Tensor"]),
-        .target(name: "Parallel", dependencies: ["Comm", "Model", "Tensor"]),
-        .target(name: "Train", dependencies: ["Parallel", "Model", "Comm", "Tensor"]),
+        .target(name: "Parallel", dependencies: ["Comm", "Emulation", "Model", "Tensor"]),
+        .target(name: "Train", dependencies: ["Parallel", "Model", "Comm", "Emulation", "Tensor"]),
         .executableTarget(name: "moe-train", dependencies: [
             "Train",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -31,6 +32,7 @@ let package = Package(
 
         .target(name: "TestSupport", dependencies: ["Model", "Tensor"], path: "Tests/TestSupport"),
         .testTarget(name: "TensorTests", dependencies: ["Tensor", "TestSupport"]),
+        .testTarget(name: "EmulationTests", dependencies: ["Emulation", "Tensor"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Tensor", "TestSupport"]),
         .testTarget(name: "ParallelTests", dependencies: ["Parallel", "Model"]),
         .testTarget(name: "TrainTests", dependencies: ["Train", "Model", "Tensor"]),

@@ -5,6 +5,36 @@ public enum CommKind: String, Sendable, CaseIterable {
     case allGather = "all-gather", allToAll = "all-to-all", send, recv
 }
 
+import Emulation
+
+extension CommKind {
+    /// The span this operation records on the emulated clock.
+    var span: SpanKind {
+        switch self {
+        case .barrier: return .barrier
+        case .broadcast: return .broadcast
+        case .allReduce: return .allReduce
+        case .reduceScatter: return .reduceScatter
+        case .allGather: return .allGather
+        case .allToAll: return .allToAll
+        case .send: return .send
+        case .recv: return .recvWait
+        }
+    }
+
+    /// The cost-model formula of a collective.
+    var collective: CostModel.Collective {
+        switch self {
+        case .barrier: return .barrier
+        case .broadcast: return .broadcast
+        case .allReduce: return .allReduce
+        case .reduceScatter: return .reduceScatter
+        case .allGather: return .allGather
+        case .allToAll, .send, .recv: return .allToAll
+        }
+    }
+}
+
 /// One operation as seen by an observer: its kind, the group it ran on, the bytes this
 /// rank contributed, and the peer for point-to-point messages.
 public struct CommEvent: Sendable {

@@ -1,4 +1,5 @@
 import CMPI
+import Emulation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,15 +14,26 @@ import Glibc
 /// the choke point where observers (byte counters, the emulated clock, tracing) attach.
 public struct Communicator: @unchecked Sendable {
     let handle: MPI_Comm
+    /// A duplicate of `handle` that carries only emulated-clock values, so that they never
+    /// match a data message's tag.
+    let clockHandle: MPI_Comm
     public let rank: Int
     public let size: Int
     /// A short name of the group ("world", "tp", "pp", "dp", "ep", "edp"), used in accounting.
     public let name: String
+    /// World ranks of this group's members, in group order.
+    public let members: [Int]
     let hooks: Hooks
 
-    /// Observers shared by the world communicator and every communicator split from it.
+    /// Observers and the emulated clock, shared by the world communicator and every
+    /// communicator split from it (one process = one rank = one clock).
     final class Hooks: @unchecked Sendable {
         var observers: [CommObserver] = []
+        var clock: DeviceClock?
+        var clockSuspended = 0
+        /// Emulated bytes per Float element (2 for bf16 activations and gradients).
+        var floatBytes = 4.0
+        var activeClock: DeviceClock? { clockSuspended == 0 ? clock : nil }
     }
 
     // MARK: - Life cycle
@@ -34,7 +46,9 @@ public struct Communicator: @unchecked Sendable {
             var provided: Int32 = 0
             MPI_Init_thread(nil, nil, cmpi_thread_funneled(), &provided)
         }
-        return Communicator(handle: cmpi_comm_world(), name: "world", hooks: Hooks())
+        var size: Int32 = 0
+        MPI_Comm_size(cmpi_comm_world(), &size)
+        return Communicator(handle: cmpi_comm_world(), name: "world", members: Array(0..<Int(size)), hooks: Hooks())
     }
 
     /// Finalises MPI. Call once, after the last operation, on every rank.
@@ -51,15 +65,43 @@ public struct Communicator: @unchecked Sendable {
         exit(code)
     }
 
-    init(handle: MPI_Comm, name: String, hooks: Hooks) {
+    init(handle: MPI_Comm, name: String, members: [Int], hooks: Hooks) {
         self.handle = handle
+        var dup: MPI_Comm? = nil
+        MPI_Comm_dup(handle, &dup)
+        self.clockHandle = dup!
         var r: Int32 = 0, s: Int32 = 0
         MPI_Comm_rank(handle, &r)
         MPI_Comm_size(handle, &s)
         self.rank = Int(r)
         self.size = Int(s)
         self.name = name
+        self.members = members
         self.hooks = hooks
+    }
+
+    /// Attaches the emulated device clock of this rank to every communicator of the family.
+    /// `floatBytes` is the emulated size of one Float payload element.
+    public func attach(clock: DeviceClock, floatBytes: Double) {
+        hooks.clock = clock
+        hooks.floatBytes = floatBytes
+    }
+
+    public var clock: DeviceClock? { hooks.clock }
+
+    public func detachClock() { hooks.clock = nil; hooks.floatBytes = 4 }
+
+    /// Runs `body` without charging its communication to the emulated clock: for
+    /// bookkeeping (gathering logs, traces, summaries) that a real job would not do on the GPU.
+    public func untimed<R>(_ body: () throws -> R) rethrows -> R {
+        hooks.clockSuspended += 1
+        defer { hooks.clockSuspended -= 1 }
+        return try body()
+    }
+
+    @inline(__always)
+    func emulatedBytes<T>(_ type: T.Type, count: Int) -> Double {
+        T.self == Float.self ? Double(count) * hooks.floatBytes : Double(count * MemoryLayout<T>.stride)
     }
 
     /// Adds an observer to this communicator and every communicator split from it later
@@ -70,19 +112,41 @@ public struct Communicator: @unchecked Sendable {
     public func split(color: Int, key: Int, name: String) -> Communicator {
         var out: MPI_Comm? = nil
         MPI_Comm_split(handle, Int32(color), Int32(key), &out)
-        return Communicator(handle: out!, name: name, hooks: hooks)
+        var n: Int32 = 0
+        MPI_Comm_size(out!, &n)
+        var mine = Int32(members[rank])
+        var all = [Int32](repeating: 0, count: Int(n))
+        MPI_Allgather(&mine, 1, cmpi_int32(), &all, 1, cmpi_int32(), out!)
+        return Communicator(handle: out!, name: name, members: all.map(Int.init), hooks: hooks)
     }
 
     // MARK: - Choke point
 
-    @inline(__always)
-    func perform<R>(_ kind: CommKind, bytes: Int, peer: Int? = nil, _ body: () -> R) -> R {
-        if hooks.observers.isEmpty { return body() }
-        let event = CommEvent(kind: kind, group: name, groupSize: size, bytes: bytes, peer: peer)
+    /// Every collective passes here. `start` issues the non-blocking MPI call; its request
+    /// is completed here. With a clock attached, the participants' clocks are combined by
+    /// a max all-reduce issued at the same time on the clock communicator (no extra round
+    /// trip in sequence), and the clock advances by the cost model's time for the group.
+    func perform(_ kind: CommKind, bytes: Int, emulatedBytes: Double, _ start: (inout MPI_Request?) -> Void) {
+        let event = CommEvent(kind: kind, group: name, groupSize: size, bytes: bytes, peer: nil)
         for o in hooks.observers { o.willStart(event) }
-        let r = body()
+        var req: MPI_Request? = nil
+        if let clock = hooks.activeClock, size > 1 {
+            let wallStart = clock.wallNow
+            var mine = clock.now, groupStart = 0.0
+            start(&req)
+            var clockReq: MPI_Request? = nil
+            MPI_Iallreduce(&mine, &groupStart, 1, cmpi_double(), cmpi_op_max(), clockHandle, &clockReq)
+            Communicator.complete(&req)
+            Communicator.complete(&clockReq)
+            let duration = clock.cost.collective(kind.collective, bytes: emulatedBytes, ranks: size,
+                                                 link: clock.cost.links.link(for: members))
+            clock.collective(kind.span, groupStart: groupStart, duration: duration,
+                             detail: "\(kind.rawValue) \(name) \(Int(emulatedBytes)) B", wallStart: wallStart)
+        } else {
+            start(&req)
+            Communicator.complete(&req)
+        }
         for o in hooks.observers { o.didComplete(event) }
-        return r
     }
 
     /// Waits for a request without burning the core: a few polls with `sched_yield`,
@@ -112,19 +176,13 @@ public struct Communicator: @unchecked Sendable {
     // MARK: - Collectives
 
     public func barrier() {
-        perform(.barrier, bytes: 0) {
-            var req: MPI_Request? = nil
-            MPI_Ibarrier(handle, &req)
-            Communicator.complete(&req)
-        }
+        perform(.barrier, bytes: 0, emulatedBytes: 0) { MPI_Ibarrier(handle, &$0) }
     }
 
     /// Broadcasts `count` elements at `buffer` from `root` to every rank of the group.
     public func broadcast<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, root: Int) {
-        perform(.broadcast, bytes: count * MemoryLayout<T>.stride) {
-            var req: MPI_Request? = nil
-            MPI_Ibcast(buffer, Int32(count), T.mpiType, Int32(root), handle, &req)
-            Communicator.complete(&req)
+        perform(.broadcast, bytes: count * MemoryLayout<T>.stride, emulatedBytes: emulatedBytes(T.self, count: count)) {
+            MPI_Ibcast(buffer, Int32(count), T.mpiType, Int32(root), handle, &$0)
         }
     }
 
@@ -136,10 +194,8 @@ public struct Communicator: @unchecked Sendable {
     /// In-place all-reduce of `count` elements.
     public func allReduce<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, op: ReduceOp = .sum) {
         if count == 0 { return }
-        perform(.allReduce, bytes: count * MemoryLayout<T>.stride) {
-            var req: MPI_Request? = nil
-            MPI_Iallreduce(cmpi_in_place(), buffer, Int32(count), T.mpiType, op.mpi, handle, &req)
-            Communicator.complete(&req)
+        perform(.allReduce, bytes: count * MemoryLayout<T>.stride, emulatedBytes: emulatedBytes(T.self, count: count)) {
+            MPI_Iallreduce(cmpi_in_place(), buffer, Int32(count), T.mpiType, op.mpi, handle, &$0)
         }
     }
 
@@ -158,19 +214,17 @@ public struct Communicator: @unchecked Sendable {
     /// (`countPerRank` elements) of the result in `recv`.
     public func reduceScatter<T: MPIScalar>(_ send: UnsafePointer<T>, _ recv: UnsafeMutablePointer<T>,
                                             countPerRank: Int, op: ReduceOp = .sum) {
-        perform(.reduceScatter, bytes: countPerRank * size * MemoryLayout<T>.stride) {
-            var req: MPI_Request? = nil
-            MPI_Ireduce_scatter_block(send, recv, Int32(countPerRank), T.mpiType, op.mpi, handle, &req)
-            Communicator.complete(&req)
+        perform(.reduceScatter, bytes: countPerRank * size * MemoryLayout<T>.stride,
+                emulatedBytes: emulatedBytes(T.self, count: countPerRank * size)) {
+            MPI_Ireduce_scatter_block(send, recv, Int32(countPerRank), T.mpiType, op.mpi, handle, &$0)
         }
     }
 
     /// Gathers `countPerRank` elements from every rank into `recv` (rank-ordered blocks).
     public func allGather<T: MPIScalar>(_ send: UnsafePointer<T>, _ recv: UnsafeMutablePointer<T>, countPerRank: Int) {
-        perform(.allGather, bytes: countPerRank * size * MemoryLayout<T>.stride) {
-            var req: MPI_Request? = nil
-            MPI_Iallgather(send, Int32(countPerRank), T.mpiType, recv, Int32(countPerRank), T.mpiType, handle, &req)
-            Communicator.complete(&req)
+        perform(.allGather, bytes: countPerRank * size * MemoryLayout<T>.stride,
+                emulatedBytes: emulatedBytes(T.self, count: countPerRank * size)) {
+            MPI_Iallgather(send, Int32(countPerRank), T.mpiType, recv, Int32(countPerRank), T.mpiType, handle, &$0)
         }
     }
 
@@ -186,13 +240,11 @@ public struct Communicator: @unchecked Sendable {
     public func allToAll<T: MPIScalar>(_ send: [T], countPerRank: Int) -> [T] {
         precondition(send.count == countPerRank * size, "allToAll: send has \(send.count) elements, expected \(countPerRank * size)")
         var out = [T](unsafeUninitializedCapacity: send.count) { _, n in n = send.count }
-        perform(.allToAll, bytes: send.count * MemoryLayout<T>.stride) {
-            send.withUnsafeBufferPointer { s in
-                out.withUnsafeMutableBufferPointer { r in
-                    var req: MPI_Request? = nil
+        send.withUnsafeBufferPointer { s in
+            out.withUnsafeMutableBufferPointer { r in
+                perform(.allToAll, bytes: send.count * MemoryLayout<T>.stride, emulatedBytes: emulatedBytes(T.self, count: send.count)) {
                     MPI_Ialltoall(s.baseAddress!, Int32(countPerRank), T.mpiType, r.baseAddress!, Int32(countPerRank),
-                                  T.mpiType, handle, &req)
-                    Communicator.complete(&req)
+                                  T.mpiType, handle, &$0)
                 }
             }
         }
@@ -205,52 +257,103 @@ public struct Communicator: @unchecked Sendable {
                                         _ recv: UnsafeMutablePointer<T>, recvCounts: [Int], recvDispls: [Int]) {
         let sc = sendCounts.map { Int32($0) }, sd = sendDispls.map { Int32($0) }
         let rc = recvCounts.map { Int32($0) }, rd = recvDispls.map { Int32($0) }
-        perform(.allToAll, bytes: sendCounts.reduce(0, +) * MemoryLayout<T>.stride) {
-            var req: MPI_Request? = nil
-            MPI_Ialltoallv(send, sc, sd, T.mpiType, recv, rc, rd, T.mpiType, handle, &req)
-            Communicator.complete(&req)
+        let total = sendCounts.reduce(0, +)
+        perform(.allToAll, bytes: total * MemoryLayout<T>.stride, emulatedBytes: emulatedBytes(T.self, count: total)) {
+            MPI_Ialltoallv(send, sc, sd, T.mpiType, recv, rc, rd, T.mpiType, handle, &$0)
         }
+    }
+
+    /// Gathers a variable-length byte string from every rank at `root` (in rank order);
+    /// other ranks get an empty array. Lengths are exchanged first.
+    public func gatherBytes(_ bytes: [UInt8], root: Int) -> [[UInt8]] {
+        let lengths = allGather([Int64(bytes.count)]).map(Int.init)
+        var displs = [Int](), offset = 0
+        for l in lengths { displs.append(offset); offset += l }
+        var out = [UInt8](repeating: 0, count: rank == root ? lengths.reduce(0, +) : 1)
+        let counts32 = lengths.map { Int32($0) }, displs32 = displs.map { Int32($0) }
+        bytes.withUnsafeBufferPointer { sp in
+            out.withUnsafeMutableBufferPointer { rp in
+                perform(.allGather, bytes: bytes.count, emulatedBytes: Double(lengths.reduce(0, +))) {
+                    MPI_Igatherv(sp.baseAddress, Int32(bytes.count), cmpi_uint8(), rp.baseAddress, counts32, displs32,
+                                 cmpi_uint8(), Int32(root), handle, &$0)
+                }
+            }
+        }
+        guard rank == root else { return [] }
+        return (0..<size).map { Array(out[displs[$0]..<(displs[$0] + lengths[$0])]) }
     }
 
     // MARK: - Point to point
 
     /// A pending non-blocking send or receive. Complete it with `wait`.
-    public struct Request {
+    /// With a clock attached, a companion message on the clock communicator carries the
+    /// sender's emulated time; the receiver's clock advances on `wait`.
+    public final class Request {
         var handle: MPI_Request?
+        var clockHandle: MPI_Request?
         let event: CommEvent
+        let emulatedBytes: Double
+        /// Sender: its clock at the send; receiver: filled by the companion message.
+        /// Heap-allocated because MPI reads or writes it after the call that starts it returns.
+        let sentAt = UnsafeMutablePointer<Double>.allocate(capacity: 1)
+        let timed: Bool
+        init(event: CommEvent, emulatedBytes: Double, timed: Bool) {
+            self.event = event; self.emulatedBytes = emulatedBytes; self.timed = timed
+            sentAt.initialize(to: 0)
+        }
+        deinit { sentAt.deallocate() }
     }
 
     /// Starts sending `count` elements to `peer`. The buffer must stay valid and unchanged until `wait`.
+    /// Sending costs the sender nothing on its emulated clock (copy engines are asynchronous);
+    /// the receiver pays the transfer.
     public func isend<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to peer: Int, tag: Int) -> Request {
         let ev = CommEvent(kind: .send, group: name, groupSize: size, bytes: count * MemoryLayout<T>.stride, peer: peer)
         for o in hooks.observers { o.willStart(ev) }
-        var req: MPI_Request? = nil
-        MPI_Isend(buffer, Int32(count), T.mpiType, Int32(peer), Int32(tag), handle, &req)
-        return Request(handle: req, event: ev)
+        let clock = hooks.activeClock
+        let r = Request(event: ev, emulatedBytes: emulatedBytes(T.self, count: count), timed: clock != nil)
+        MPI_Isend(buffer, Int32(count), T.mpiType, Int32(peer), Int32(tag), handle, &r.handle)
+        if let clock {
+            r.sentAt.pointee = clock.now
+            MPI_Isend(r.sentAt, 1, cmpi_double(), Int32(peer), Int32(tag), clockHandle, &r.clockHandle)
+        }
+        return r
     }
 
     /// Starts receiving `count` elements from `peer` into `buffer`.
     public func irecv<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, from peer: Int, tag: Int) -> Request {
         let ev = CommEvent(kind: .recv, group: name, groupSize: size, bytes: count * MemoryLayout<T>.stride, peer: peer)
         for o in hooks.observers { o.willStart(ev) }
-        var req: MPI_Request? = nil
-        MPI_Irecv(buffer, Int32(count), T.mpiType, Int32(peer), Int32(tag), handle, &req)
-        return Request(handle: req, event: ev)
+        let clock = hooks.activeClock
+        let r = Request(event: ev, emulatedBytes: emulatedBytes(T.self, count: count), timed: clock != nil)
+        MPI_Irecv(buffer, Int32(count), T.mpiType, Int32(peer), Int32(tag), handle, &r.handle)
+        if clock != nil {
+            MPI_Irecv(r.sentAt, 1, cmpi_double(), Int32(peer), Int32(tag), clockHandle, &r.clockHandle)
+        }
+        return r
     }
 
-    /// Completes a request started by `isend` or `irecv`.
-    public func wait(_ request: inout Request) {
+    /// Completes a request started by `isend` or `irecv`. For a receive with a clock, the
+    /// receiver's clock becomes max(own, sent_at + alpha + bytes / beta).
+    public func wait(_ request: Request) {
+        let wallStart = hooks.clock?.wallNow ?? 0
         Communicator.complete(&request.handle)
+        if request.timed {
+            Communicator.complete(&request.clockHandle)
+            if request.event.kind == .recv, let clock = hooks.clock, let peer = request.event.peer {
+                let link = clock.cost.links.link(for: [members[rank], members[peer]])
+                clock.receive(sentAt: request.sentAt.pointee, transfer: clock.cost.pointToPoint(bytes: request.emulatedBytes, link: link),
+                              detail: "recv from \(name) rank \(peer), \(Int(request.emulatedBytes)) B", wallStart: wallStart)
+            }
+        }
         for o in hooks.observers { o.didComplete(request.event) }
     }
 
     public func send<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to peer: Int, tag: Int) {
-        var r = isend(buffer, count: count, to: peer, tag: tag)
-        wait(&r)
+        wait(isend(buffer, count: count, to: peer, tag: tag))
     }
 
     public func recv<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, from peer: Int, tag: Int) {
-        var r = irecv(buffer, count: count, from: peer, tag: tag)
-        wait(&r)
+        wait(irecv(buffer, count: count, from: peer, tag: tag))
     }
 }

@@ -44,7 +44,8 @@ public enum Attention {
         let v: Tensor      // (N, Gl*D)
         let probs: Tensor  // (B, Hl, T, T)
         let o: Tensor      // (N, Hl*D)
-        public var floatCount: Int { x.count + q.count + k.count + v.count + probs.count + o.count }
+        /// Floats this cache holds beyond its input (which belongs to the caller).
+        public var floatCount: Int { q.count + k.count + v.count + probs.count + o.count }
     }
 
     /// x (N, C) -> y (N, C). Under tensor parallelism y is this rank's partial sum
@@ -62,6 +63,13 @@ public enum Attention {
         let probs = Tensor(zeros: [B, hs.qHeads, T, T])
         let o = Tensor(zeros: [n, qw])
         let scale = 1 / Float(D).squareRoot()
+        // The per-(sequence, head) loops below are one batched kernel each on a GPU:
+        // S = QK^T, causal softmax, O = PV. They are costed once, from their total shapes.
+        let bh = Double(B * hs.qHeads), tt = Double(T * T), td = Double(T * D)
+        Kernels.account(flops: 2 * bh * tt * Double(D), elements: bh * (2 * td + tt))
+        Kernels.account(flops: 5 * bh * tt, elements: 2 * bh * tt)
+        Kernels.account(flops: 2 * bh * tt * Double(D), elements: bh * (tt + 2 * td))
+        Kernels.unaccounted {
         for b in 0..<B {
             for h in 0..<hs.qHeads {
                 let g = hs.kvHead(for: h)
@@ -85,6 +93,7 @@ public enum Attention {
                              beta: 0, c: o.ptr + b * T * qw + h * D, ldc: qw)
             }
         }
+        }
         Kernels.linearForward(o, w.wo, into: y)
         return Cache(x: x, q: q, k: k, v: v, probs: probs, o: o)
     }
@@ -100,6 +109,11 @@ public enum Attention {
         let dq = Tensor(zeros: [n, qw]), dk = Tensor(zeros: [n, kw]), dv = Tensor(zeros: [n, kw])
         let dP = Tensor(zeros: [T, T])
         let scale = 1 / Float(D).squareRoot()
+        // Batched on a GPU: dP = dO V^T, dV = P^T dO, softmax backward, dQ = dS K, dK = dS^T Q.
+        let bh = Double(B * hs.qHeads), tt = Double(T * T), td = Double(T * D)
+        for _ in 0..<4 { Kernels.account(flops: 2 * bh * tt * Double(D), elements: bh * (tt + 2 * td)) }
+        Kernels.account(flops: 4 * bh * tt, elements: 3 * bh * tt)
+        Kernels.unaccounted {
         for b in 0..<B {
             for h in 0..<hs.qHeads {
                 let g = hs.kvHead(for: h)
@@ -125,6 +139,7 @@ public enum Attention {
                 Kernels.gemm(transA: true, transB: false, m: T, n: D, k: T, a: dP.ptr, lda: T,
                              b: cache.q.ptr + qOff, ldb: qw, beta: 1, c: dk.ptr + kvOff, ldc: kw)
             }
+        }
         }
         rotary.apply(dq, heads: hs.qHeads, inverse: true)
         rotary.apply(dk, heads: hs.kvHeads, inverse: true)

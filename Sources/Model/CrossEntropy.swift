@@ -9,6 +9,7 @@ public enum CrossEntropy {
     /// Returns the summed loss over the N tokens (in Double).
     public static func forwardBackward(logits: Tensor, targets: [Int32], gradScale: Float) -> Double {
         let n = logits.rows, v = logits.cols
+        Kernels.account(flops: Double(6 * n * v), elements: Double(2 * n * v))
         var total = 0.0
         for t in 0..<n {
             let row = logits.ptr + t * v

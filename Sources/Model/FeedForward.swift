@@ -10,7 +10,8 @@ public enum FeedForward {
         let x: Tensor  // (n, C)
         let h: Tensor  // (n, F) pre-activation
         let a: Tensor  // (n, F) gelu(h)
-        public var floatCount: Int { x.count + h.count + a.count }
+        /// Floats this cache holds beyond its input (which belongs to the caller).
+        public var floatCount: Int { h.count + a.count }
     }
 
     static let c0: Float = 0.7978845608028654  // sqrt(2/pi)
@@ -33,6 +34,7 @@ public enum FeedForward {
         let h = Tensor(zeros: [n, f]), a = Tensor(zeros: [n, f])
         Kernels.linearForward(x, wUp, into: h)
         let hp = h.ptr, ap = a.ptr
+        Kernels.account(flops: Double(12 * n * f), elements: Double(2 * n * f))
         for i in 0..<(n * f) { ap[i] = gelu(hp[i]) }
         Kernels.linearForward(a, wDown, into: y)
         return Cache(x: x, h: h, a: a)
@@ -45,6 +47,7 @@ public enum FeedForward {
         let da = Tensor(zeros: [n, f])
         Kernels.linearBackward(cache.a, wDown, dy, dx: da, dw: dwDown)
         let dp = da.ptr, hp = cache.h.ptr
+        Kernels.account(flops: Double(18 * n * f), elements: Double(3 * n * f))
         for i in 0..<(n * f) { dp[i] *= geluGrad(hp[i]) }
         Kernels.linearBackward(cache.x, wUp, da, dx: dx, dw: dwUp, accumulateDx: accumulate)
     }

@@ -34,8 +34,10 @@ public enum MoE {
         let x: Tensor
         public let routing: Routing
         let batches: [ExpertBatch?]
+        /// Floats this cache holds beyond its input (which belongs to the caller): router
+        /// probabilities and, per expert, its gathered tokens, hidden activations and output.
         public var floatCount: Int {
-            batches.reduce(x.count + routing.probs.count) { $0 + ($1.map { $0.ff.floatCount + $0.y.count } ?? 0) }
+            batches.reduce(routing.probs.count) { $0 + ($1.map { $0.ff.x.count + $0.ff.floatCount + $0.y.count } ?? 0) }
         }
     }
 
@@ -58,6 +60,10 @@ public enum MoE {
         var slotsPerExpert = [[Int]](repeating: [], count: E)
         for slot in 0..<(n * K) where routing.kept[slot] { slotsPerExpert[Int(routing.choice[slot])].append(slot) }
         y.zero()
+        let kept = slotsPerExpert.reduce(0) { $0 + $1.count }
+        // Gather (read token rows, write expert rows) and combine (read expert rows, read-modify-write outputs).
+        Kernels.account(flops: 0, elements: Double(2 * kept * c))
+        Kernels.account(flops: Double(2 * kept * c), elements: Double(2 * kept * c + n * c))
         var batches = [ExpertBatch?](repeating: nil, count: E)
         for e in 0..<E where !slotsPerExpert[e].isEmpty {
             let slots = slotsPerExpert[e]
@@ -80,6 +86,10 @@ public enum MoE {
         let n = cache.x.rows, c = cache.x.cols, K = o.topK
         if !accumulate { dx.zero() }
         var dGate = [Float](repeating: 0, count: n * K)
+        let kept = cache.batches.reduce(0) { $0 + ($1?.slots.count ?? 0) }
+        // Gate gradients and expert-output gradients, then the scatter-add back to tokens.
+        Kernels.account(flops: Double(4 * kept * c), elements: Double(3 * kept * c))
+        Kernels.account(flops: Double(kept * c), elements: Double(3 * kept * c))
         for (e, batch) in cache.batches.enumerated() {
             guard let batch else { continue }
             let m = batch.slots.count

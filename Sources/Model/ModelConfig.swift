@@ -41,7 +41,7 @@ public struct ModelConfig: Equatable, Sendable, Codable {
     /// Throws the first violated rule, in words a user can act on.
     public func validate() throws {
         func need(_ ok: Bool, _ msg: @autoclosure () -> String) throws { if !ok { throw InvalidConfig(msg()) } }
-        try need(vocab >= 2, "vocab must be at least 2 (got \(vocab))")
+        try need(vocab >= 2 && vocab <= 65536, "vocab must be between 2 and 65536 (got \(vocab))")
         try need(dModel >= 2, "--d-model must be at least 2 (got \(dModel))")
         try need(layers >= 1, "--layers must be at least 1 (got \(layers))")
         try need(heads >= 1, "--heads must be at least 1 (got \(heads))")
@@ -64,7 +64,9 @@ public struct ModelConfig: Equatable, Sendable, Codable {
     /// Expert capacity (assignments per expert per sequence), or nil when unlimited.
     public var expertCapacity: Int? {
         guard capacityFactor > 0 else { return nil }
+        // The relative tolerance keeps a product that should be whole (1.1 x 50 = 55.000000000000007
+        // in float64) from rounding up one too far.
         let exact = capacityFactor * Double(seqLen * topK) / Double(experts)
-        return max(1, Int(exact.rounded(.up)))
+        return max(1, Int((exact * (1 - 1e-12)).rounded(.up)))
     }
 }

@@ -5,6 +5,7 @@ public enum RMSNorm {
     /// x (N, C), w (C) -> y (N, C); caches rstd (N) for the backward.
     public static func forward(_ x: Tensor, _ w: Tensor, eps: Float, y: Tensor, rstd: Tensor) {
         let n = x.rows, c = x.cols
+        Kernels.account(flops: Double(4 * n * c), elements: Double(2 * n * c + c + n))
         let xp = x.ptr, yp = y.ptr, wp = w.ptr
         for r in 0..<n {
             let row = xp + r * c
@@ -22,6 +23,7 @@ public enum RMSNorm {
     public static func backward(_ x: Tensor, _ w: Tensor, rstd: Tensor, dy: Tensor,
                                 dx: Tensor, dw: Tensor, accumulate: Bool) {
         let n = x.rows, c = x.cols
+        Kernels.account(flops: Double(10 * n * c), elements: Double((accumulate ? 4 : 3) * n * c + 2 * c + n))
         let xp = x.ptr, wp = w.ptr, dyp = dy.ptr, dxp = dx.ptr, dwp = dw.ptr
         for r in 0..<n {
             let row = xp + r * c, g = dyp + r * c, out = dxp + r * c

@@ -29,6 +29,7 @@ public struct Rotary: Sendable {
     public func apply(_ x: Tensor, heads: Int, inverse: Bool = false) {
         let n = x.rows, half = headDim / 2, width = heads * headDim
         precondition(x.cols == width)
+        Kernels.account(flops: Double(3 * n * width), elements: Double(2 * n * width + n * headDim))
         let p = x.ptr
         let sign: Float = inverse ? -1 : 1
         cosTable.withUnsafeBufferPointer { cp in

@@ -41,6 +41,7 @@ public enum Router {
         let logits = Tensor(zeros: [n, E])
         Kernels.linearForward(x, w, into: logits)
         let probs = logits  // softmax in place
+        Kernels.account(flops: Double(n * E * (5 + K)), elements: Double(2 * n * E + 2 * n * K))
         var lse = [Float](repeating: 0, count: n)
         var choice = [Int32](repeating: 0, count: n * K)
         var gate = [Float](repeating: 0, count: n * K)
@@ -109,6 +110,7 @@ public enum Router {
         let n = r.tokens, E = r.experts, K = r.k
         let dLogits = Tensor(zeros: [n, E])
         let pp = r.probs.ptr, dl = dLogits.ptr
+        Kernels.account(flops: Double(8 * n * E), elements: Double(3 * n * E + n * K))
         let auxW = auxCoef * Float(E) / (Float(scale.sequences) * Float(T))
         let zW = zCoef * 2 / Float(scale.tokens)
         var dp = [Float](repeating: 0, count: E)

@@ -32,10 +32,11 @@ public final class Transformer {
     struct BlockCache {
         let x: Tensor, xn1: Tensor, rstd1: Tensor, attn: Attention.Cache
         let a: Tensor, xn2: Tensor, rstd2: Tensor, ffn: FFNCache
+        /// Floats kept for the backward beyond the block's input (the previous block's output).
         var floatCount: Int {
             let f: Int
             switch ffn { case .dense(let c): f = c.floatCount; case .moe(let c): f = c.floatCount }
-            return x.count + xn1.count + rstd1.count + attn.floatCount + a.count + xn2.count + rstd2.count + f
+            return xn1.count + rstd1.count + attn.floatCount + a.count + xn2.count + rstd2.count + f
         }
     }
 
@@ -57,7 +58,7 @@ public final class Transformer {
         RMSNorm.forward(x, params.value("layers.\(l).attn_norm"), eps: eps, y: xn1, rstd: rstd1)
         let a = Tensor(zeros: [n, c])
         let attn = Attention.forward(xn1, attnWeights(l), heads: heads, seqLen: config.seqLen, rotary: rotary, y: a)
-        Kernels.axpy(n * c, 1, x.ptr, a.ptr)  // residual
+        Self.residual(x, into: a)
         let xn2 = Tensor(zeros: [n, c]), rstd2 = Tensor(zeros: [n])
         RMSNorm.forward(a, params.value("layers.\(l).ffn_norm"), eps: eps, y: xn2, rstd: rstd2)
         let out = Tensor(zeros: [n, c])
@@ -68,7 +69,7 @@ public final class Transformer {
             ffn = .dense(FeedForward.forward(xn2, wUp: params.value("layers.\(l).ffn.w_up"),
                                              wDown: params.value("layers.\(l).ffn.w_down"), y: out))
         }
-        Kernels.axpy(n * c, 1, a.ptr, out.ptr)  // residual
+        Self.residual(a, into: out)
         return (out, BlockCache(x: x, xn1: xn1, rstd1: rstd1, attn: attn, a: a, xn2: xn2, rstd2: rstd2, ffn: ffn))
     }
 
@@ -87,6 +88,7 @@ public final class Transformer {
                                  dwDown: params.grad("layers.\(l).ffn.w_down"), dx: dxn2, accumulate: false)
         }
         let da = dOut.copy()
+        Kernels.account(flops: 0, elements: Double(2 * n * c))
         RMSNorm.backward(cache.a, params.value("layers.\(l).ffn_norm"), rstd: cache.rstd2, dy: dxn2, dx: da,
                          dw: params.grad("layers.\(l).ffn_norm"), accumulate: true)
         // Attention branch: dx = da + d(Attn(norm(x)))/dx
@@ -99,13 +101,30 @@ public final class Transformer {
         return dx
     }
 
+    /// y += x, the residual connection.
+    static func residual(_ x: Tensor, into y: Tensor) {
+        Kernels.account(flops: Double(x.count), elements: Double(3 * x.count))
+        Kernels.axpy(x.count, 1, x.ptr, y.ptr)
+    }
+
     var headName: String { config.tieEmbeddings ? "tok_emb" : "lm_head" }
 
     // MARK: - Whole micro-batch
 
-    /// Forward and backward of one micro-batch of B = tokens.count / T sequences, accumulating
-    /// gradients (scaled by `scale`) into `params.grads`.
-    public func forwardBackward(tokens: [Int32], targets: [Int32], scale: LossScale) -> MicroBatchStats {
+    /// What the forward of one micro-batch keeps for its backward.
+    public struct ForwardPass {
+        let tokens: [Int32]
+        var caches: [BlockCache]
+        let x: Tensor, xf: Tensor, rstdF: Tensor
+        /// The loss gradient w.r.t. the logits (the cross-entropy is fused with its backward).
+        let dLogits: Tensor
+        public let stats: MicroBatchStats
+    }
+
+    /// Forward of one micro-batch of B = tokens.count / T sequences, through the loss.
+    /// The returned pass holds the activations its backward needs; `stats.peakActivationFloats`
+    /// counts them (every buffer kept, at its largest).
+    public func forward(tokens: [Int32], targets: [Int32], scale: LossScale) -> ForwardPass {
         let T = config.seqLen, c = config.dModel
         precondition(tokens.count == targets.count && tokens.count % T == 0, "micro-batch must hold whole sequences")
         let n = tokens.count
@@ -116,7 +135,7 @@ public final class Transformer {
         var live = x.count
         for l in 0..<config.layers {
             let (out, cache) = blockForward(l, x)
-            live += cache.floatCount
+            live += cache.floatCount + out.count
             if case .moe(let mc) = cache.ffn { stats.record(layer: l, routing: mc.routing) }
             caches.append(cache)
             x = out
@@ -126,20 +145,53 @@ public final class Transformer {
         RMSNorm.forward(x, params.value("norm_f"), eps: eps, y: xf, rstd: rstdF)
         let logits = Tensor(zeros: [n, config.vocab])
         Kernels.linearForward(xf, params.value(headName), into: logits)
-        live += x.count + xf.count + logits.count
-        stats.peakActivationFloats = max(stats.peakActivationFloats, live)
+        live += xf.count + rstdF.count + logits.count
+        stats.peakActivationFloats = live
         stats.lossSum = CrossEntropy.forwardBackward(logits: logits, targets: targets, gradScale: 1 / Float(scale.tokens))
         stats.tokens = n
+        return ForwardPass(tokens: tokens, caches: caches, x: x, xf: xf, rstdF: rstdF, dLogits: logits, stats: stats)
+    }
+
+    /// Backward of a forward pass, accumulating gradients into `params.grads`.
+    public func backward(_ pass: ForwardPass, scale: LossScale) {
+        var pass = pass
+        let n = pass.x.rows, c = config.dModel
         let dxf = Tensor(zeros: [n, c])
-        Kernels.linearBackward(xf, params.value(headName), logits, dx: dxf, dw: params.grad(headName))
+        Kernels.linearBackward(pass.xf, params.value(headName), pass.dLogits, dx: dxf, dw: params.grad(headName))
         var dx = Tensor(zeros: [n, c])
-        RMSNorm.backward(x, params.value("norm_f"), rstd: rstdF, dy: dxf, dx: dx, dw: params.grad("norm_f"), accumulate: false)
+        RMSNorm.backward(pass.x, params.value("norm_f"), rstd: pass.rstdF, dy: dxf, dx: dx, dw: params.grad("norm_f"), accumulate: false)
         for l in stride(from: config.layers - 1, through: 0, by: -1) {
-            dx = blockBackward(l, caches[l], dOut: dx, scale: scale)
-            caches.removeLast()
+            dx = blockBackward(l, pass.caches[l], dOut: dx, scale: scale)
+            pass.caches.removeLast()  // activations are freed as soon as their backward is done
         }
-        Embedding.backward(tokens: tokens, dy: dx, dTable: params.grad("tok_emb"))
-        return stats
+        Embedding.backward(tokens: pass.tokens, dy: dx, dTable: params.grad("tok_emb"))
+    }
+
+    /// Forward and backward of one micro-batch, accumulating gradients (scaled by `scale`)
+    /// into `params.grads`.
+    public func forwardBackward(tokens: [Int32], targets: [Int32], scale: LossScale) -> MicroBatchStats {
+        let pass = forward(tokens: tokens, targets: targets, scale: scale)
+        backward(pass, scale: scale)
+        return pass.stats
+    }
+
+    /// An upper bound on the activation floats one micro-batch of `sequences` keeps (every
+    /// routed assignment kept), from the shapes alone: the same buffers `forward` counts.
+    /// Used to check memory before anything is allocated.
+    public static func activationFloats(config c: ModelConfig, sequences B: Int) -> Int {
+        let T = c.seqLen, n = B * T, C = c.dModel, D = c.headDim
+        var total = n * C  // embedding output
+        for l in 0..<c.layers {
+            total += 4 * n * C + 2 * n                                // xn1, a, xn2, block output; two rstd
+            total += n * c.heads * D * 2 + 2 * n * c.kvHeads * D      // q, o; k, v
+            total += B * c.heads * T * T                              // attention probabilities
+            if c.isMoE(layer: l) {
+                total += n * c.experts + n * c.topK * (2 * C + 2 * c.ffnHidden)  // router probs; gathered x, h, a, y
+            } else {
+                total += 2 * n * c.ffnHidden
+            }
+        }
+        return total + n * C + n + n * c.vocab                        // final norm, rstd, logits
     }
 
     /// Forward only, returning the summed LM loss over the tokens (for evaluation and tests).

@@ -1,4 +1,6 @@
 import Comm
+import Emulation
+import Tensor
 
 /// A self-test of the Communicator over real MPI, in the spirit of nccl-tests: every
 /// operation is run on the world and on the sub-groups of a topology, and its result is
@@ -25,7 +27,60 @@ public enum CommCheck {
             expect(members == topology.members(g, of: world.rank),
                    "\(g.rawValue) group holds \(members), topology says \(topology.members(g, of: world.rank))")
         }
+        checkClock(world, &report)
         return report
+    }
+
+    /// The emulated clock through real messages: rank 0 computes a GEMM of known modeled
+    /// cost and then sends to rank 1, which had nothing to do: rank 1 must record exactly
+    /// an idle span of the GEMM's cost, then the transfer alpha + bytes / beta. A collective
+    /// then starts at the latest participant's clock.
+    static func checkClock(_ world: Communicator, _ report: inout Report) {
+        guard world.size >= 2 else { return }
+        func expect(_ ok: Bool, _ what: @autoclosure () -> String) {
+            report.checks += 1
+            if !ok { report.failures.append("rank \(world.rank): clock: \(what())") }
+        }
+        let link = LinkClass(alpha: 5e-6, beta: 100e9)
+        let device = DeviceProfile(name: "check", peakFLOPS: 100e12, memoryBytes: 80e9, memoryBandwidth: 2e12,
+                                   flopsEfficiency: 0.5, memoryEfficiency: 1, kernelLaunchSeconds: 1e-6,
+                                   intraNode: link, interNode: LinkClass(alpha: 20e-6, beta: 10e9))
+        let cost = CostModel(device: device, bytesPerElement: 2, links: LinkModel(intraNode: link, interNode: device.interNode, gpusPerNode: 64))
+        let clock = DeviceClock(mode: .modeled, cost: cost)
+        let saved = Kernels.accountant
+        Kernels.accountant = clock
+        defer { Kernels.accountant = saved; world.detachClock() }
+        world.attach(clock: clock, floatBytes: 2)
+        let m = 256, n = 128, k = 512, count = 4096
+        let gemmCost = cost.kernel(flops: 2.0 * Double(m * n * k), elements: Double(m * k + k * n + m * n))
+        var payload = [Float](repeating: 1.5, count: count)
+        if world.rank == 0 {
+            let a = Tensor(zeros: [m, k]), b = Tensor(zeros: [k, n]), c = Tensor(zeros: [m, n])
+            clock.compute(.forward, "gemm") {
+                Kernels.gemm(transA: false, transB: false, m: m, n: n, k: k, a: a.ptr, lda: k, b: b.ptr, ldb: n, c: c.ptr, ldc: n)
+            }
+            expect(clock.now == gemmCost, "sender clock \(clock.now), want \(gemmCost)")
+            payload.withUnsafeBufferPointer { world.send($0.baseAddress!, count: count, to: 1, tag: 3) }
+        } else if world.rank == 1 {
+            payload.withUnsafeMutableBufferPointer { world.recv($0.baseAddress!, count: count, from: 0, tag: 3) }
+            let transfer = link.alpha + Double(count) * 2 / link.beta
+            let kinds = clock.spans.map(\.kind)
+            expect(kinds == [.idle, .recvWait], "receiver spans \(kinds)")
+            if kinds.count == 2 {
+                expect(clock.spans[0].start == 0 && clock.spans[0].end == gemmCost,
+                       "idle span \(clock.spans[0].start)...\(clock.spans[0].end), want 0...\(gemmCost)")
+                expect(abs(clock.spans[1].duration - transfer) <= 1e-15,
+                       "transfer span \(clock.spans[1].duration), want \(transfer)")
+            }
+            expect(abs(clock.now - (gemmCost + transfer)) <= 1e-15, "receiver clock \(clock.now), want \(gemmCost + transfer)")
+        }
+        // A collective starts at the latest clock: rank 1's (or rank 0's if it is alone ahead).
+        let before = clock.now
+        let latest = world.untimed { world.allReduce(before, op: .max) }
+        var x: [Float] = [1, 2, 3, 4]
+        world.allReduce(&x)
+        let want = latest + cost.collective(.allReduce, bytes: 8, ranks: world.size, link: link)
+        expect(abs(clock.now - want) <= 1e-12, "after all-reduce clock \(clock.now), want \(want)")
     }
 
     static func check(_ c: Communicator, _ expect: (Bool, @autoclosure () -> String) -> Void) {
@@ -82,9 +137,9 @@ public enum CommCheck {
             var inbox: [Float] = [-1, -1]
             out.withUnsafeMutableBufferPointer { op in
                 inbox.withUnsafeMutableBufferPointer { ip in
-                    var rq = c.irecv(ip.baseAddress!, count: 2, from: prev, tag: 7)
-                    var sq = c.isend(UnsafePointer(op.baseAddress!), count: 2, to: next, tag: 7)
-                    c.wait(&sq); c.wait(&rq)
+                    let rq = c.irecv(ip.baseAddress!, count: 2, from: prev, tag: 7)
+                    let sq = c.isend(UnsafePointer(op.baseAddress!), count: 2, to: next, tag: 7)
+                    c.wait(sq); c.wait(rq)
                 }
             }
             expect(inbox == [Float(prev), 0.5], "\(name): ring isend/irecv gave \(inbox)")

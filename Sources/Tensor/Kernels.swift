@@ -1,8 +1,34 @@
 import CBLAS
 
-/// Elementwise and BLAS kernels. Every matmul of the model goes through `gemm`, the one
-/// place where a later cost model counts FLOPs from the shapes actually run.
+/// Receives the size of every kernel the model runs: the hook the emulated device clock
+/// uses to cost compute from the shapes actually executed.
+public protocol KernelAccountant: AnyObject {
+    /// One kernel: `flops` floating-point operations, `elements` values read or written in HBM.
+    func kernel(flops: Double, elements: Double)
+}
+
+/// Elementwise and BLAS kernels. Every matmul of the model goes through `gemm`, which reports
+/// its FLOPs and traffic to the accountant; elementwise layers report theirs with `account`.
 public enum Kernels {
+    /// The accountant of this process (one rank = one process = one emulated GPU), if any.
+    nonisolated(unsafe) public static var accountant: KernelAccountant?
+
+    /// Runs `body` with accounting off: for loops of small GEMMs that a GPU runs as one
+    /// batched kernel, which the caller then reports once with `account`.
+    @inline(__always)
+    public static func unaccounted<R>(_ body: () throws -> R) rethrows -> R {
+        let saved = accountant
+        accountant = nil
+        defer { accountant = saved }
+        return try body()
+    }
+
+    /// Reports one non-GEMM (or batched) kernel to the accountant.
+    @inline(__always)
+    public static func account(flops: Double, elements: Double) {
+        accountant?.kernel(flops: flops, elements: elements)
+    }
+
     /// C = alpha * op(A) * op(B) + beta * C, row-major, `op` = transpose when the flag is set.
     /// op(A) is m x k, op(B) is k x n, C is m x n; lda/ldb/ldc are row strides.
     @inline(__always)
@@ -11,6 +37,8 @@ public enum Kernels {
                             b: UnsafePointer<Float>, ldb: Int,
                             beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
         if m == 0 || n == 0 { return }
+        accountant?.kernel(flops: 2 * Double(m) * Double(n) * Double(k),
+                           elements: Double(m * k + k * n + (beta == 0 ? 1 : 2) * m * n))
         if k == 0 {
             if beta == 0 { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
             else if beta != 1 { for i in 0..<m { for j in 0..<n { c[i * ldc + j] *= beta } } }

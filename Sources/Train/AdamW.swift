@@ -38,7 +38,7 @@ public final class AdamW {
     /// Bytes of optimizer state this rank holds (two fp32 moments).
     public var stateBytes: Int { 2 * range.count * 4 }
 
-    /// One update of `params[range]` from `grads[range]`, gradients already scaled by `gradScale`.
+    /// One update of `params[range]` from `grads[range] * gradScale` (the clipping factor).
     public func step(params: Storage, grads: Storage, lr: Double, gradScale: Float = 1) {
         stepCount += 1
         let b1 = Float(hyper.beta1), b2 = Float(hyper.beta2)

@@ -110,6 +110,13 @@ public enum ConfigFile {
         "markov_alphabet": { $0.markov.alphabet = try int($1) },
         "markov_branching": { $0.markov.branching = try int($1) },
         "markov_seed": { $0.markov.seed = UInt64(try nonNegative($1)) },
+        // emulated device
+        "device": { $0.device = try string($1) },
+        "clock": { $0.clock = try string($1) },
+        "clock_scale": { $0.clockScale = try double($1) },
+        "gpus_per_node": { $0.gpusPerNode = try int($1) },
+        "link": { $0.link = try string($1) },
+        "precision": { $0.precision = try string($1) },
         // output
         "log_every": { $0.logEvery = try int($1) },
     ]

@@ -10,6 +10,8 @@ public protocol DataSource: Sendable {
     func sample(step: Int, index: Int, length: Int) -> [Int32]
     /// The lowest achievable mean loss per target token, when known.
     func entropyFloor(seqLen: Int) -> Double?
+    /// The largest token id the source can produce; the vocabulary must exceed it.
+    var maxToken: Int { get }
 }
 
 extension DataSource {
@@ -53,4 +55,6 @@ public struct TextFileSource: DataSource {
     }
 
     public func entropyFloor(seqLen: Int) -> Double? { nil }
+
+    public var maxToken: Int { Int(bytes.max() ?? 0) }
 }

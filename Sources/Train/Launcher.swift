@@ -29,7 +29,7 @@ public struct UsageError: Error, CustomStringConvertible {
 /// writes the summary, finalises.
 public enum Launcher {
     /// Checks everything that can be checked without MPI and returns the data source.
-    public static func preflight(_ config: RunConfig, env: LaunchEnvironment) throws -> (Topology, DataSource) {
+    public static func preflight(_ config: RunConfig, env: LaunchEnvironment) throws -> (Topology, DataSource, EmulatorSetup) {
         do {
             try config.validate()
             let topo = try Topology(world: env.worldSize, tp: config.tp, pp: config.pp, dp: config.dp, ep: config.ep,
@@ -37,25 +37,32 @@ public enum Launcher {
             guard topo.world == 1 else {
                 throw UsageError("the layout is valid (tp \(topo.tp) x pp \(topo.pp) x dp \(topo.dp), ep \(topo.ep)), but training on \(topo.world) ranks is not implemented yet: this build trains with world size 1 (tensor, expert, data and pipeline parallelism arrive in later issues); run with -np 1")
             }
-            _ = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
-                              microBatches: config.microBatches, dp: topo.dp)
+            let plan = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
+                                     microBatches: config.microBatches, dp: topo.dp)
+            let emulator = try EmulatorSetup.resolve(config)
+            let memory = MemoryPlan(config: config, topology: topo, plan: plan, precision: emulator.precision)
+            if !config.ignoreOOM, let oom = memory.outOfMemory(device: emulator.profile) { throw UsageError(oom) }
             let data: DataSource = config.data == "markov"
                 ? MarkovSource(spec: config.markov, seed: config.seed)
                 : try TextFileSource(path: config.data, seed: config.seed, seqLen: config.model.seqLen)
+            guard data.maxToken < config.model.vocab else {
+                throw UsageError("vocab \(config.model.vocab) is too small for the data, whose largest token is \(data.maxToken) (byte-level data needs vocab 256)")
+            }
             if let dir = config.dumpDir, let step = config.dumpStep {
                 let path = dir + "/" + Dump.fileName(step: step)
                 if FileManager.default.fileExists(atPath: path) {
                     throw UsageError("dump file \(path) already exists; choose another --dump-dir or remove it")
                 }
             }
-            if let s = config.summaryJSON {
-                let dir = URL(fileURLWithPath: s).deletingLastPathComponent().path
+            for (flag, path) in [("--summary-json", config.summaryJSON), ("--trace", config.trace)] {
+                guard let path else { continue }
+                let dir = URL(fileURLWithPath: path).deletingLastPathComponent().path
                 var isDir: ObjCBool = false
                 guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
-                    throw UsageError("--summary-json \(s): directory \(dir) does not exist")
+                    throw UsageError("\(flag) \(path): directory \(dir) does not exist")
                 }
             }
-            return (topo, data)
+            return (topo, data, emulator)
         } catch let e as UsageError { throw e } catch {
             throw UsageError(String(describing: error))
         }
@@ -64,16 +71,23 @@ public enum Launcher {
     /// Trains; returns normally on success. Throws `UsageError` for bad input (before MPI starts).
     public static func train(_ config: RunConfig, log: @escaping (String) -> Void) throws {
         let env = LaunchEnvironment.current
-        let (topology, data) = try preflight(config, env: env)
+        let (topology, data, emulator) = try preflight(config, env: env)
         ensureSingleThreadedBLAS(rank: env.rank, log: log)
         let world = Communicator.initWorld()
         defer { Communicator.finalize() }
         let groups = ProcessGroups(world: world, topology: topology)
         let trainer: Trainer
-        do { trainer = try Trainer(config: config, groups: groups, data: data, log: log) } catch {
+        do { trainer = try Trainer(config: config, groups: groups, data: data, emulator: emulator, log: log) } catch {
             throw UsageError(String(describing: error))
         }
         try trainer.run()
+        if let path = config.trace {
+            let text = trainer.traceJSON(wall: config.traceWall)  // collective: every rank sends its spans
+            if world.rank == 0 {
+                try AtomicFile.write(text, to: path)
+                log("trace written to \(path) (open in https://ui.perfetto.dev or chrome://tracing)")
+            }
+        }
         if world.rank == 0, let path = config.summaryJSON {
             try AtomicFile.write(JSONText.encode(trainer.summary()), to: path)
             log("summary written to \(path)")

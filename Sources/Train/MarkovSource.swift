@@ -86,6 +86,8 @@ public struct MarkovSource: DataSource {
         return marginal
     }
 
+    public var maxToken: Int { Int(symbols.max() ?? 0) }
+
     public func entropyFloor(seqLen T: Int) -> Double? {
         let k = spec.order
         var total = 0.0

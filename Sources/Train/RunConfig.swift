@@ -34,8 +34,19 @@ public struct RunConfig: Equatable, Sendable {
     public var data = "markov"         // "markov" (embedded synthetic source) or a text file path
     public var markov = MarkovSpec()
 
+    // Emulated device
+    public var device = "a100-40gb"    // a profile name under configs/devices/, or a JSON file path
+    public var clock = "modeled"       // "modeled" (roofline, reproducible) or "measured" (thread CPU time)
+    public var clockScale = 1.0        // measured mode: emulated seconds per CPU second
+    public var gpusPerNode = 8
+    public var link = "profile"        // "profile" (the device's links) or "ideal" (communication costs nothing)
+    public var precision = "bf16"      // "bf16" (mixed precision) or "fp32"
+    public var ignoreOOM = false
+
     // Output
     public var logEvery = 10
+    public var trace: String? = nil
+    public var traceWall = false
     public var summaryJSON: String? = nil
     public var dumpStep: Int? = nil
     public var dumpDir: String? = nil
@@ -70,6 +81,11 @@ public struct RunConfig: Equatable, Sendable {
             try need(dumpDir != nil, "--dump-step needs --dump-dir")
         }
         if data == "markov" { try markov.validate() }
+        try need(["modeled", "measured"].contains(clock), "--clock must be modeled or measured (got \(clock))")
+        try need(clockScale > 0 && clockScale.isFinite, "--clock-scale must be positive (got \(clockScale))")
+        try need(gpusPerNode >= 1, "--gpus-per-node must be at least 1 (got \(gpusPerNode))")
+        try need(["profile", "ideal"].contains(link), "--link must be profile or ideal (got \(link))")
+        try need(["bf16", "fp32"].contains(precision), "--precision must be bf16 or fp32 (got \(precision))")
     }
 }
 

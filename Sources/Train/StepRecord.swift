@@ -14,6 +14,9 @@ public struct StepRecord: Sendable {
     public let skipped: Bool         // non-finite gradients: the update was skipped
     public let wallSeconds: Double
     public let tokens: Int
+    public let timing: StepTiming
+    /// Largest activation footprint of one micro-batch on this rank, in elements.
+    public let peakActivationFloats: Int
 
     public var droppedFraction: Double { assignments == 0 ? 0 : Double(dropped) / Double(assignments) }
 
@@ -23,4 +26,19 @@ public struct StepRecord: Sendable {
         guard !values.isEmpty else { return nil }
         return (values.min()!, Double(values.reduce(0, +)) / Double(values.count), values.max()!)
     }
+}
+
+/// A step's emulated figures (all ranks combined).
+public struct StepTiming: Sendable {
+    /// From the earliest rank's start to the latest rank's end of the step.
+    public let stepTime: Double
+    /// Mean over ranks of their compute, communication and idle time in the step.
+    public let compute: Double
+    public let communication: Double
+    public let idle: Double
+    /// Per pipeline stage: idle share of the pipeline phase, mean over the stage's ranks.
+    public let bubblePerStage: [Double]
+    public let mfu: Double
+    public let hfu: Double
+    public var bubble: Double { bubblePerStage.reduce(0, +) / Double(max(bubblePerStage.count, 1)) }
 }

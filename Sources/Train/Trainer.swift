@@ -1,5 +1,6 @@
 import Foundation
 import Comm
+import Emulation
 import Model
 import Parallel
 import Tensor
@@ -17,16 +18,22 @@ public final class Trainer {
     public let params: Parameters
     let optimizer: AdamW
     let schedule: LRSchedule
+    public let emulator: EmulatorSetup
+    public let clock: DeviceClock
+    public let memory: MemoryPlan
+    let flopsPerToken: Double
     let log: (String) -> Void
     public private(set) var records: [StepRecord] = []
     public private(set) var wallSeconds = 0.0
 
     var isLogger: Bool { groups.world.rank == 0 }
 
-    public init(config: RunConfig, groups: ProcessGroups, data: DataSource, log: @escaping (String) -> Void) throws {
+    public init(config: RunConfig, groups: ProcessGroups, data: DataSource, emulator: EmulatorSetup,
+                log: @escaping (String) -> Void) throws {
         self.config = config
         self.groups = groups
         self.data = data
+        self.emulator = emulator
         self.log = log
         let topo = groups.topology
         plan = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
@@ -39,6 +46,12 @@ public final class Trainer {
         optimizer = AdamW(layout: layout, range: 0..<layout.totalCount,
                           hyper: .init(beta1: config.beta1, beta2: config.beta2, eps: config.adamEps, weightDecay: config.weightDecay))
         schedule = LRSchedule(peak: config.lr, minRatio: config.minLRRatio, warmup: config.warmupSteps, total: config.steps)
+        memory = MemoryPlan(config: config, topology: topo, plan: plan, precision: emulator.precision)
+        flopsPerToken = modelFLOPsPerToken(config.model, layout: layout)
+        // One process = one rank = one emulated GPU: its kernels and messages move this clock.
+        clock = emulator.makeClock()
+        Kernels.accountant = clock
+        groups.world.attach(clock: clock, floatBytes: emulator.precision.elementBytes)
     }
 
     var moeLayers: [Int] { (0..<config.model.layers).filter { config.model.isMoE(layer: $0) } }
@@ -62,17 +75,26 @@ public final class Trainer {
         let c = config.model
         let T = c.seqLen
         let scale = LossScale(tokens: plan.globalBatch * T, sequences: plan.globalBatch)
+        let clockStart = clock.now, flopsStart = clock.executedFLOPs, spanStart = clock.spans.count
         params.zeroGrads()
         var stats = MicroBatchStats(layers: c.layers, experts: c.experts)
         let rankFirst = groups.coordinates.dp * plan.perRank
         var stepTokens: [Int32] = [], stepTargets: [Int32] = []
         for m in 0..<plan.microBatches {
             let batch = data.batch(step: step, first: rankFirst + m * plan.microBatchSize, count: plan.microBatchSize, seqLen: T)
-            stats.merge(model.forwardBackward(tokens: batch.tokens, targets: batch.targets, scale: scale))
+            let pass = clock.compute(.forward, "F\(m)") {
+                model.forward(tokens: batch.tokens, targets: batch.targets, scale: scale)
+            }
+            clock.compute(.backward, "B\(m)") { model.backward(pass, scale: scale) }
+            stats.merge(pass.stats)
             if config.dumpStep == step { stepTokens += batch.tokens; stepTargets += batch.targets }
         }
+        let pipelineEnd = clock.now
         // (Data-parallel gradient reduction attaches here.)
-        let sumSq = Kernels.sumOfSquares(params.grads.count, params.grads.base)
+        let sumSq = clock.compute(.optimizer, "grad norm") { () -> Double in
+            Kernels.account(flops: Double(2 * params.grads.count), elements: Double(params.grads.count))
+            return Kernels.sumOfSquares(params.grads.count, params.grads.base)
+        }
         let gradNorm = sumSq.squareRoot()
         let moeCount = Double(max(moeLayers.count, 1))
         let loss = stats.lossSum / Double(scale.tokens)
@@ -89,12 +111,45 @@ public final class Trainer {
             if isLogger { log("warning: step \(step) has a non-finite loss or gradient norm; the update is skipped") }
         } else {
             let clip = config.gradClip > 0 && gradNorm > config.gradClip ? Float(config.gradClip / (gradNorm + 1e-6)) : 1
-            optimizer.step(params: params.values, grads: params.grads, lr: lr, gradScale: clip)
+            clock.compute(.optimizer, "AdamW") {
+                let n = Double(optimizer.range.count)
+                Kernels.account(flops: 16 * n, elements: n * emulator.precision.optimizerStepBytesPerParameter / emulator.precision.elementBytes)
+                optimizer.step(params: params.values, grads: params.grads, lr: lr, gradScale: clip)
+            }
         }
+        let timing = stepTiming(start: clockStart, pipelineEnd: pipelineEnd, spans: clock.spans[spanStart...],
+                                executedFLOPs: clock.executedFLOPs - flopsStart, tokens: scale.tokens)
         let wall = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         return StepRecord(step: step, loss: loss, aux: aux, zLoss: z, gradNorm: gradNorm, lr: lr, load: stats.load,
                           dropped: stats.dropped, assignments: stats.assignments, skipped: skipped,
-                          wallSeconds: wall, tokens: scale.tokens)
+                          wallSeconds: wall, tokens: scale.tokens, timing: timing,
+                          peakActivationFloats: stats.peakActivationFloats)
+    }
+
+    /// The step's emulated figures, from the spans of every rank: step time from the
+    /// earliest start to the latest end; per pipeline stage, idle time inside the pipeline
+    /// phase (first micro-batch start to last micro-batch end) over that phase; MFU and HFU.
+    func stepTiming(start: Double, pipelineEnd: Double, spans: ArraySlice<Span>, executedFLOPs: Double, tokens: Int) -> StepTiming {
+        let mine = SpanTotals(Array(spans), from: start, to: clock.now)
+        let phase = SpanTotals(Array(spans), from: start, to: pipelineEnd)
+        let local: [Double] = [Double(groups.coordinates.pp), start, clock.now, phase.idle, pipelineEnd - start,
+                               mine.compute, mine.communication, mine.idle, executedFLOPs]
+        let width = local.count
+        let all = groups.world.untimed { groups.world.allGather(local) }
+        let rows = (0..<groups.world.size).map { Array(all[($0 * width)..<(($0 + 1) * width)]) }
+        let stepStart = rows.map { $0[1] }.min()!, stepEnd = rows.map { $0[2] }.max()!
+        let stepTime = stepEnd - stepStart
+        let stages = groups.topology.pp
+        var bubble = [Double](repeating: 0, count: stages), counts = [Double](repeating: 0, count: stages)
+        for r in rows where r[4] > 0 { bubble[Int(r[0])] += r[3] / r[4]; counts[Int(r[0])] += 1 }
+        for i in 0..<stages where counts[i] > 0 { bubble[i] /= counts[i] }
+        let n = Double(rows.count)
+        let peak = emulator.profile.peakFLOPS * n
+        return StepTiming(stepTime: stepTime, compute: rows.reduce(0) { $0 + $1[5] } / n,
+                          communication: rows.reduce(0) { $0 + $1[6] } / n, idle: rows.reduce(0) { $0 + $1[7] } / n,
+                          bubblePerStage: bubble,
+                          mfu: stepTime > 0 ? Double(tokens) * flopsPerToken / (stepTime * peak) : 0,
+                          hfu: stepTime > 0 ? rows.reduce(0) { $0 + $1[8] } / (stepTime * peak) : 0)
     }
 
     // MARK: - Output
@@ -112,6 +167,10 @@ public final class Trainer {
             log(String(format: "entropy floor: %.4f nats/token (the lowest loss any model can reach on this data)", floor))
         }
         if let cap = c.expertCapacity { log("expert capacity: \(cap) assignments per expert per sequence (factor \(c.capacityFactor))") }
+        let p = emulator.profile
+        log(String(format: "device: %@ (%.0f TFLOP/s peak, %.2f TB/s HBM), %@ clock, %@ links, %d GPUs per node",
+                   p.name, p.peakFLOPS / 1e12, p.memoryBandwidth / 1e12, clock.mode.name, config.link, config.gpusPerNode))
+        for line in memory.table(device: p, precision: emulator.precision) { log(line) }
     }
 
     public func format(_ r: StepRecord) -> String {
@@ -120,6 +179,9 @@ public final class Trainer {
         if let l = r.loadSummary(moeLayers: moeLayers) {
             s += String(format: " | load %d/%.1f/%d drop %.1f%%", l.min, l.mean, l.max, 100 * r.droppedFraction)
         }
+        let t = r.timing
+        s += String(format: " | step %@ MFU %.1f%%", Self.seconds(t.stepTime), 100 * t.mfu)
+        if groups.topology.pp > 1 { s += String(format: " bubble %.1f%%", 100 * t.bubble) }
         s += String(format: " | %.0f tok/s (wall)", Double(r.tokens) / max(r.wallSeconds, 1e-9))
         if r.skipped { s += " | SKIPPED" }
         return s
@@ -132,7 +194,30 @@ public final class Trainer {
             s += String(format: " (floor %.4f, gap %.4f)", floor, last.loss - floor)
         }
         log(s)
+        let timed = records.map(\.timing)
+        let stepTime = timed.reduce(0) { $0 + $1.stepTime } / Double(timed.count)
+        let tokensPerStep = Double(first.tokens)
+        log(String(format: "emulated (%@, %@ clock): %@ per step, %.0f tokens/s, MFU %.1f%%, HFU %.1f%%, compute %.1f%% / communication %.1f%% / idle %.1f%% of a rank's time",
+                   emulator.profile.name, clock.mode.name, Self.seconds(stepTime), tokensPerStep / stepTime,
+                   100 * timed.reduce(0) { $0 + $1.mfu } / Double(timed.count), 100 * timed.reduce(0) { $0 + $1.hfu } / Double(timed.count),
+                   100 * timed.reduce(0) { $0 + $1.compute } / timed.reduce(0) { $0 + $1.stepTime },
+                   100 * timed.reduce(0) { $0 + $1.communication } / timed.reduce(0) { $0 + $1.stepTime },
+                   100 * timed.reduce(0) { $0 + $1.idle } / timed.reduce(0) { $0 + $1.stepTime }))
+        log(String(format: "wall clock: %.3f s per step, %.0f tokens/s on this machine", wallSeconds / Double(records.count),
+                   tokensPerStep * Double(records.count) / wallSeconds))
         log("param checksum: \(parameterChecksum())")
+    }
+
+    /// Chrome trace JSON of every rank's spans (collective: every rank must call it; rank 0 gets the text).
+    public func traceJSON(wall: Bool) -> String {
+        let world = groups.world
+        let parts = world.untimed { world.gatherBytes(TraceWriter.pack(clock.spans), root: 0) }
+        guard world.rank == 0 else { return "" }
+        let tracks = parts.enumerated().map { rank, bytes in
+            TraceWriter.Track(rank: rank, name: groups.topology.coordinates(of: rank).description,
+                              spans: TraceWriter.unpack(bytes[...]))
+        }
+        return TraceWriter.json(tracks, wall: wall)
     }
 
     /// SHA-256 over all parameters in the single-rank layout and order, as little-endian fp32.
@@ -140,6 +225,13 @@ public final class Trainer {
         var h = SHA256()
         h.update(floats: params.values.base, count: params.layout.totalCount)
         return SHA256.hex(h.finalize())
+    }
+
+    /// Emulated seconds in a readable unit.
+    static func seconds(_ s: Double) -> String {
+        if s >= 1 { return String(format: "%.3f s", s) }
+        if s >= 1e-3 { return String(format: "%.3f ms", s * 1e3) }
+        return String(format: "%.1f us", s * 1e6)
     }
 
     static func human(_ n: Int) -> String {
@@ -186,6 +278,36 @@ public final class Trainer {
             ] as [String: Any],
         ]
         out["entropy_floor"] = data.entropyFloor(seqLen: c.seqLen).map { $0 as Any } ?? NSNull()
+        let timed = records.map(\.timing)
+        let n = Double(max(timed.count, 1))
+        let totalTime = timed.reduce(0) { $0 + $1.stepTime }
+        out["device"] = emulator.profile.name
+        out["clock"] = clock.mode.name
+        out["precision"] = emulator.precision.rawValue
+        out["link"] = config.link
+        out["gpus_per_node"] = config.gpusPerNode
+        out["emulated_step_times_s"] = timed.map(\.stepTime)
+        out["emulated_step_time_s"] = totalTime / n
+        out["tokens_per_s_emulated"] = totalTime > 0 ? Double(records.reduce(0) { $0 + $1.tokens }) / totalTime : 0
+        out["mfu"] = timed.reduce(0) { $0 + $1.mfu } / n
+        out["hfu"] = timed.reduce(0) { $0 + $1.hfu } / n
+        let stages = groups.topology.pp
+        let perStage = (0..<stages).map { i in timed.reduce(0) { $0 + $1.bubblePerStage[i] } / n }
+        out["bubble_fraction_per_stage"] = perStage
+        out["bubble_fraction"] = perStage.reduce(0, +) / Double(stages)
+        out["exposed_comm_fraction"] = totalTime > 0 ? timed.reduce(0) { $0 + $1.communication } / totalTime : 0
+        out["time_breakdown_s"] = ["compute": timed.reduce(0) { $0 + $1.compute }, "communication": timed.reduce(0) { $0 + $1.communication },
+                                   "idle": timed.reduce(0) { $0 + $1.idle }, "total": totalTime]
+        out["model_flops_per_token"] = flopsPerToken
+        let measuredActivations = records.map(\.peakActivationFloats).max() ?? 0
+        out["memory_bytes"] = memory.roles.map { role -> [String: Any] in
+            var b = role.breakdown.json
+            b["role"] = role.name
+            b["ranks"] = role.ranks
+            b["activations_measured"] = Double(measuredActivations) * emulator.precision.elementBytes
+            b["capacity"] = emulator.profile.memoryBytes
+            return b
+        }
         return out
     }
 }

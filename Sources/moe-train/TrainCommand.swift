@@ -42,12 +42,23 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("grad-clip"), help: "Global gradient-norm clip (0 = off).") var gradClip: Double?
     @Option(help: "Seed for initialisation and data order.") var seed: UInt64?
 
+    // Emulated device
+    @Option(help: "GPU to emulate: a name under configs/devices/ (a100-40gb, a100-80gb, h100-sxm) or a JSON file.") var device: String?
+    @Option(help: "Emulated clock: modeled (roofline cost model, reproducible) or measured (thread CPU time).") var clock: String?
+    @Option(name: .customLong("clock-scale"), help: "Measured clock: emulated seconds per CPU second.") var clockScale: Double?
+    @Option(name: .customLong("gpus-per-node"), help: "Ranks per node: pairs inside a node use NVLink, others the fabric.") var gpusPerNode: Int?
+    @Option(help: "Links: profile (the device's) or ideal (communication costs nothing).") var link: String?
+    @Option(help: "Emulated precision: bf16 (mixed, 16 bytes per parameter with Adam) or fp32.") var precision: String?
+    @Flag(name: .customLong("ignore-oom"), help: "Run even when the memory model says a rank does not fit.") var ignoreOOM = false
+
     // Data and output
     @Option(help: "\"markov\" (embedded synthetic data) or a text file path.") var data: String?
     @Option(name: .customLong("summary-json"), help: "Write the run's summary JSON here.") var summaryJSON: String?
     @Option(name: .customLong("log-every"), help: "Log every n steps.") var logEvery: Int?
     @Option(name: .customLong("dump-step"), help: "Dump parameters and gradients of this step.") var dumpStep: Int?
     @Option(name: .customLong("dump-dir"), help: "Directory for --dump-step.") var dumpDir: String?
+    @Option(help: "Write a Chrome trace (Perfetto, chrome://tracing) of every rank's emulated time here.") var trace: String?
+    @Flag(name: .customLong("trace-wall"), help: "Add wall-clock tracks to the trace.") var traceWall = false
 
     /// The config file (or defaults) with every given flag applied on top.
     func resolvedConfig() throws -> RunConfig {
@@ -71,6 +82,11 @@ struct TrainCommand: ParsableCommand {
         set(weightDecay) { c.weightDecay = $0 }; set(gradClip) { c.gradClip = $0 }; set(seed) { c.seed = $0 }
         set(data) { c.data = $0 }; set(summaryJSON) { c.summaryJSON = $0 }; set(logEvery) { c.logEvery = $0 }
         set(dumpStep) { c.dumpStep = $0 }; set(dumpDir) { c.dumpDir = $0 }
+        set(device) { c.device = $0 }; set(clock) { c.clock = $0 }; set(clockScale) { c.clockScale = $0 }
+        set(gpusPerNode) { c.gpusPerNode = $0 }; set(link) { c.link = $0 }; set(precision) { c.precision = $0 }
+        set(trace) { c.trace = $0 }
+        if ignoreOOM { c.ignoreOOM = true }
+        if traceWall { c.traceWall = true }
         return c
     }
 

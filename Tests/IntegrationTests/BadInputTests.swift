@@ -67,3 +67,12 @@ final class BadInputTests: XCTestCase {
                            mentions: ["10", "4"])
     }
 }
+
+extension BadInputTests {
+    /// A vocabulary smaller than the data's byte values would index past the embedding table.
+    func testVocabTooSmallForTheData() throws {
+        let dir = try Subprocess.tempDir()
+        try #"{"vocab": 64}"#.write(toFile: dir + "/v.json", atomically: true, encoding: .utf8)
+        try assertRejected(["--config", dir + "/v.json"], mentions: ["vocab 64", "largest token"])
+    }
+}

@@ -1,0 +1,126 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The emulated clock of the GPU one rank plays.
+///
+/// Time moves only through `compute` (kernels inside it are costed by the roofline in
+/// modeled mode, or by the thread's CPU time in measured mode) and through the
+/// Communicator's choke point (`communicate`, `receive`, `waitUntil`). Every advance is
+/// recorded as a span, so every derived figure (busy, idle, bubble, MFU) is a sum of spans.
+public final class DeviceClock {
+    public enum Mode: Sendable, Equatable {
+        case modeled
+        case measured(scale: Double)
+        public var name: String { if case .modeled = self { return "modeled" }; return "measured" }
+    }
+
+    public let mode: Mode
+    public let cost: CostModel
+    public private(set) var now: Double = 0
+    public private(set) var spans: [Span] = []
+    /// Hardware FLOPs executed by kernels so far (for HFU).
+    public private(set) var executedFLOPs: Double = 0
+    /// Whether spans are recorded (the clock advances either way).
+    public var recording = true
+    let wallOrigin = DispatchTime.now().uptimeNanoseconds
+
+    // Accumulators of the compute region in progress.
+    var inRegion = false
+    var regionSeconds = 0.0
+
+    public init(mode: Mode, cost: CostModel) {
+        self.mode = mode
+        self.cost = cost
+    }
+
+    public var wallNow: Double { Double(DispatchTime.now().uptimeNanoseconds - wallOrigin) / 1e9 }
+
+    func record(_ kind: SpanKind, _ start: Double, _ end: Double, _ detail: String, wallStart: Double) {
+        guard recording, end > start else { return }
+        spans.append(Span(kind: kind, start: start, end: end, detail: detail, wallStart: wallStart, wallEnd: wallNow))
+    }
+
+    // MARK: - Compute
+
+    /// Runs `body` as one compute span of `kind`. In modeled mode its duration is the sum
+    /// of the roofline costs of the kernels it ran (reported through `kernel`); in measured
+    /// mode it is the thread CPU time of `body` times the scale.
+    public func compute<R>(_ kind: SpanKind, _ detail: String, _ body: () throws -> R) rethrows -> R {
+        precondition(!inRegion, "compute regions do not nest")
+        inRegion = true
+        regionSeconds = 0
+        let wallStart = wallNow
+        let cpuStart = DeviceClock.threadCPUSeconds()
+        defer { inRegion = false }
+        let result = try body()
+        let duration: Double
+        switch mode {
+        case .modeled: duration = regionSeconds
+        case .measured(let scale): duration = (DeviceClock.threadCPUSeconds() - cpuStart) * scale
+        }
+        let start = now
+        now += duration
+        record(kind, start, now, detail, wallStart: wallStart)
+        return result
+    }
+
+    /// One kernel of the current compute region: `flops` executed, `elements` moved through HBM.
+    public func kernel(flops: Double, elements: Double) {
+        executedFLOPs += flops
+        if inRegion { regionSeconds += cost.kernel(flops: flops, elements: elements) }
+    }
+
+    // MARK: - Communication
+
+    /// A collective that starts when the slowest participant arrives (`groupStart`, the max
+    /// of the participants' clocks) and lasts `duration`. The wait is an idle span.
+    public func collective(_ kind: SpanKind, groupStart: Double, duration: Double, detail: String, wallStart: Double) {
+        if groupStart > now {
+            record(.idle, now, groupStart, "waiting for " + detail, wallStart: wallStart)
+            now = groupStart
+        }
+        let start = now
+        now += duration
+        record(kind, start, now, detail, wallStart: wallStart)
+    }
+
+    /// A message sent at the sender's time `sentAt` arrives after `transfer` seconds. The
+    /// receiver idles until the sender sent it, then spends the transfer receiving.
+    public func receive(sentAt: Double, transfer: Double, detail: String, wallStart: Double) {
+        if sentAt > now {
+            record(.idle, now, sentAt, "waiting for " + detail, wallStart: wallStart)
+            now = sentAt
+        }
+        let arrival = sentAt + transfer
+        if arrival > now {
+            let start = now
+            now = arrival
+            record(.recvWait, start, now, detail, wallStart: wallStart)
+        }
+    }
+
+    /// Jumps forward to `time` (if later), recording the gap as `kind`.
+    public func advance(to time: Double, as kind: SpanKind, detail: String) {
+        guard time > now else { return }
+        let start = now
+        now = time
+        record(kind, start, now, detail, wallStart: wallNow)
+    }
+
+    /// Adds a span of known duration (for example a checkpoint write).
+    public func spend(_ seconds: Double, as kind: SpanKind, detail: String) {
+        advance(to: now + seconds, as: kind, detail: detail)
+    }
+
+    static func threadCPUSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
+
+import Tensor
+
+extension DeviceClock: KernelAccountant {}

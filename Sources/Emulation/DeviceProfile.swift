@@ -1,0 +1,86 @@
+import Foundation
+
+/// The GPU a rank plays: peak dense throughput, memory, bandwidth, default efficiencies,
+/// and the two link classes of its cluster. Loaded from `configs/devices/NAME.json`.
+public struct DeviceProfile: Sendable, Equatable {
+    public var name: String
+    /// Peak dense bf16/fp16 tensor-core FLOP/s.
+    public var peakFLOPS: Double
+    /// HBM capacity in bytes.
+    public var memoryBytes: Double
+    /// HBM bandwidth in bytes/s.
+    public var memoryBandwidth: Double
+    /// Share of peak FLOP/s a well-shaped GEMM reaches.
+    public var flopsEfficiency: Double
+    /// Share of peak HBM bandwidth a streaming kernel reaches.
+    public var memoryEfficiency: Double
+    /// Fixed cost per kernel launch, seconds.
+    public var kernelLaunchSeconds: Double
+    /// Links inside a node (NVLink) and between nodes (InfiniBand / RoCE).
+    public var intraNode: LinkClass
+    public var interNode: LinkClass
+    public var source: String
+
+    public init(name: String, peakFLOPS: Double, memoryBytes: Double, memoryBandwidth: Double,
+                flopsEfficiency: Double, memoryEfficiency: Double, kernelLaunchSeconds: Double,
+                intraNode: LinkClass, interNode: LinkClass, source: String = "") {
+        self.name = name; self.peakFLOPS = peakFLOPS; self.memoryBytes = memoryBytes
+        self.memoryBandwidth = memoryBandwidth; self.flopsEfficiency = flopsEfficiency
+        self.memoryEfficiency = memoryEfficiency; self.kernelLaunchSeconds = kernelLaunchSeconds
+        self.intraNode = intraNode; self.interNode = interNode; self.source = source
+    }
+
+    public struct ProfileError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Reads a profile from JSON. Keys: name, peak_flops, memory_bytes, memory_bandwidth,
+    /// flops_efficiency, memory_efficiency, kernel_launch_s, intra_node {alpha_s, beta_bytes_per_s},
+    /// inter_node {...}, source (free text: where the figures come from).
+    public static func load(path: String) throws -> DeviceProfile {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ProfileError(description: "device profile \(path) cannot be read")
+        }
+        guard let obj = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            throw ProfileError(description: "device profile \(path) is not a JSON object")
+        }
+        func num(_ key: String, in o: [String: Any], _ context: String) throws -> Double {
+            guard let v = o[key] as? NSNumber, v.doubleValue.isFinite, v.doubleValue >= 0 else {
+                throw ProfileError(description: "device profile \(path): \(context)\(key) must be a non-negative number")
+            }
+            return v.doubleValue
+        }
+        func link(_ key: String) throws -> LinkClass {
+            guard let o = obj[key] as? [String: Any] else {
+                throw ProfileError(description: "device profile \(path): \(key) must be an object {alpha_s, beta_bytes_per_s}")
+            }
+            let beta = try num("beta_bytes_per_s", in: o, key + ".")
+            guard beta > 0 else { throw ProfileError(description: "device profile \(path): \(key).beta_bytes_per_s must be positive") }
+            return LinkClass(alpha: try num("alpha_s", in: o, key + "."), beta: beta)
+        }
+        let p = DeviceProfile(
+            name: obj["name"] as? String ?? URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent,
+            peakFLOPS: try num("peak_flops", in: obj, ""), memoryBytes: try num("memory_bytes", in: obj, ""),
+            memoryBandwidth: try num("memory_bandwidth", in: obj, ""),
+            flopsEfficiency: try num("flops_efficiency", in: obj, ""), memoryEfficiency: try num("memory_efficiency", in: obj, ""),
+            kernelLaunchSeconds: try num("kernel_launch_s", in: obj, ""),
+            intraNode: try link("intra_node"), interNode: try link("inter_node"),
+            source: obj["source"] as? String ?? "")
+        guard p.peakFLOPS > 0, p.memoryBandwidth > 0, p.flopsEfficiency > 0, p.flopsEfficiency <= 1,
+              p.memoryEfficiency > 0, p.memoryEfficiency <= 1 else {
+            throw ProfileError(description: "device profile \(path): peak_flops and memory_bandwidth must be positive, efficiencies in (0, 1]")
+        }
+        return p
+    }
+}
+
+/// One class of link: latency alpha (s) and bandwidth beta (bytes/s) per direction.
+public struct LinkClass: Sendable, Equatable {
+    public var alpha: Double
+    public var beta: Double
+    public init(alpha: Double, beta: Double) { self.alpha = alpha; self.beta = beta }
+    /// A link that costs nothing: for checking schedules against closed forms.
+    public static let ideal = LinkClass(alpha: 0, beta: .infinity)
+    /// Seconds to move `bytes` once over this link.
+    public func seconds(_ bytes: Double) -> Double { alpha + (beta.isInfinite ? 0 : bytes / beta) }
+}

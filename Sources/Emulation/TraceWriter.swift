@@ -1,0 +1,103 @@
+import Foundation
+
+/// Chrome trace-event JSON (the format Perfetto and chrome://tracing open): one process
+/// per rank, spans as complete ("X") events in emulated microseconds. With `wall`, each
+/// rank gets a second process holding the same spans on wall-clock time.
+/// The output is byte-for-byte deterministic for the same spans.
+public enum TraceWriter {
+    public struct Track {
+        public let rank: Int
+        public let name: String
+        public let spans: [Span]
+        public init(rank: Int, name: String, spans: [Span]) { self.rank = rank; self.name = name; self.spans = spans }
+    }
+
+    public static func json(_ tracks: [Track], wall: Bool) -> String {
+        var events: [String] = []
+        let wallPidOffset = 100_000
+        for t in tracks {
+            events.append(meta(pid: t.rank, name: "process_name", value: "rank \(t.rank) (\(t.name))"))
+            events.append(meta(pid: t.rank, name: "process_sort_index", number: t.rank))
+            if wall {
+                events.append(meta(pid: wallPidOffset + t.rank, name: "process_name", value: "rank \(t.rank) wall clock"))
+                events.append(meta(pid: wallPidOffset + t.rank, name: "process_sort_index", number: wallPidOffset + t.rank))
+            }
+        }
+        for t in tracks {
+            for s in t.spans {
+                events.append(event(pid: t.rank, s, start: s.start, end: s.end))
+            }
+            if wall {
+                for s in t.spans { events.append(event(pid: wallPidOffset + t.rank, s, start: s.wallStart, end: s.wallEnd)) }
+            }
+        }
+        return "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n" + events.joined(separator: ",\n") + "\n]}\n"
+    }
+
+    static func microseconds(_ seconds: Double) -> String { String(format: "%.3f", seconds * 1e6) }
+
+    static func event(pid: Int, _ s: Span, start: Double, end: Double) -> String {
+        "{\"name\":\(quote(s.kind.rawValue)),\"cat\":\(quote(s.kind.category.rawValue)),\"ph\":\"X\",\"pid\":\(pid),\"tid\":0,"
+            + "\"ts\":\(microseconds(start)),\"dur\":\(microseconds(max(end - start, 0))),\"args\":{\"detail\":\(quote(s.detail))}}"
+    }
+
+    static func meta(pid: Int, name: String, value: String) -> String {
+        "{\"name\":\(quote(name)),\"ph\":\"M\",\"pid\":\(pid),\"tid\":0,\"args\":{\"name\":\(quote(value))}}"
+    }
+
+    static func meta(pid: Int, name: String, number: Int) -> String {
+        "{\"name\":\(quote(name)),\"ph\":\"M\",\"pid\":\(pid),\"tid\":0,\"args\":{\"sort_index\":\(number)}}"
+    }
+
+    static func quote(_ s: String) -> String {
+        var out = "\""
+        for ch in s.unicodeScalars {
+            switch ch {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            default: if ch.value < 0x20 { out += String(format: "\\u%04x", ch.value) } else { out.unicodeScalars.append(ch) }
+            }
+        }
+        return out + "\""
+    }
+
+    // MARK: - Spans as bytes, for gathering over MPI
+
+    /// Packs spans into doubles: kind index, start, end, wall start, wall end, detail length, detail bytes.
+    public static func pack(_ spans: [Span]) -> [UInt8] {
+        var out = [UInt8]()
+        func put(_ d: Double) { withUnsafeBytes(of: d.bitPattern.littleEndian) { out += $0 } }
+        let kinds = SpanKind.allCases
+        put(Double(spans.count))
+        for s in spans {
+            put(Double(kinds.firstIndex(of: s.kind)!)); put(s.start); put(s.end); put(s.wallStart); put(s.wallEnd)
+            let d = Array(s.detail.utf8)
+            put(Double(d.count)); out += d
+        }
+        return out
+    }
+
+    public static func unpack(_ bytes: ArraySlice<UInt8>) -> [Span] {
+        var i = bytes.startIndex
+        func get() -> Double {
+            var bits: UInt64 = 0
+            for k in 0..<8 { bits |= UInt64(bytes[i + k]) << (8 * UInt64(k)) }
+            i += 8
+            return Double(bitPattern: bits)
+        }
+        let kinds = SpanKind.allCases
+        let n = Int(get())
+        var spans: [Span] = []
+        spans.reserveCapacity(n)
+        for _ in 0..<n {
+            let kind = kinds[Int(get())]
+            let start = get(), end = get(), ws = get(), we = get()
+            let len = Int(get())
+            let detail = String(decoding: bytes[i..<(i + len)], as: UTF8.self)
+            i += len
+            spans.append(Span(kind: kind, start: start, end: end, detail: detail, wallStart: ws, wallEnd: we))
+        }
+        return spans
+    }
+}

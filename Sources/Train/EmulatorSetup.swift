@@ -1,0 +1,108 @@
+import Foundation
+import Emulation
+import Model
+import Parallel
+
+/// The emulated GPU of a run, resolved from the configuration: its profile (found by name
+/// under configs/devices/ or given as a file), links, precision and clock mode.
+public struct EmulatorSetup: Sendable {
+    public let profile: DeviceProfile
+    public let precision: Precision
+    public let cost: CostModel
+    public let mode: DeviceClock.Mode
+
+    public static func resolve(_ c: RunConfig) throws -> EmulatorSetup {
+        let profile = try findProfile(c.device)
+        let precision = Precision(rawValue: c.precision) ?? .bf16
+        let links = c.link == "ideal" ? LinkModel.ideal(gpusPerNode: c.gpusPerNode)
+            : LinkModel(intraNode: profile.intraNode, interNode: profile.interNode, gpusPerNode: c.gpusPerNode)
+        let cost = CostModel(device: profile, bytesPerElement: precision.elementBytes, links: links)
+        let mode: DeviceClock.Mode = c.clock == "measured" ? .measured(scale: c.clockScale) : .modeled
+        return EmulatorSetup(profile: profile, precision: precision, cost: cost, mode: mode)
+    }
+
+    public func makeClock() -> DeviceClock { DeviceClock(mode: mode, cost: cost) }
+
+    /// Directories searched for `NAME.json` device profiles, in order.
+    public static var profileDirectories: [String] {
+        var dirs: [String] = []
+        if let env = ProcessInfo.processInfo.environment["MOE_TRAIN_CONFIGS"] { dirs.append(env + "/devices") }
+        dirs.append(FileManager.default.currentDirectoryPath + "/configs/devices")
+        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        dirs.append(exe.appendingPathComponent("../../configs/devices").standardized.path)       // .build/release/moe-train
+        dirs.append(exe.appendingPathComponent("../share/moe-train/devices").standardized.path)  // make install
+        return dirs
+    }
+
+    public static func findProfile(_ name: String) throws -> DeviceProfile {
+        if name.hasSuffix(".json") || name.contains("/") {
+            do { return try DeviceProfile.load(path: name) } catch { throw UsageError(String(describing: error)) }
+        }
+        for dir in profileDirectories {
+            let path = dir + "/" + name + ".json"
+            if FileManager.default.fileExists(atPath: path) {
+                do { return try DeviceProfile.load(path: path) } catch { throw UsageError(String(describing: error)) }
+            }
+        }
+        let known = Set(profileDirectories.flatMap { dir in
+            ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(".json") }.map { String($0.dropLast(5)) }
+        }).sorted()
+        throw UsageError("unknown --device \(name): no \(name).json in \(profileDirectories.joined(separator: ", "))"
+                         + (known.isEmpty ? "" : " (known: \(known.joined(separator: ", ")))"))
+    }
+}
+
+/// Model FLOPs per token of training, the numerator of MFU: 6 x the parameters a token
+/// uses in matmuls (experts it is routed to, attention, router, LM head; not the embedding
+/// lookup) plus 12 x layers x T x d_model for attention scores and values (PaLM's
+/// accounting, Chowdhery et al. 2022, appendix B).
+public func modelFLOPsPerToken(_ c: ModelConfig, layout: ParameterLayout) -> Double {
+    var matmulParams = Double(layout.activeCount(config: c))
+    if !c.tieEmbeddings, let emb = layout["tok_emb"] { matmulParams -= Double(emb.count) }
+    return 6 * matmulParams + 12 * Double(c.layers * c.seqLen * c.dModel)
+}
+
+/// What each rank holds, by purpose, before anything is allocated.
+public struct MemoryPlan: Sendable {
+    public struct Role: Sendable {
+        public let name: String
+        public let ranks: [Int]
+        public let breakdown: MemoryBreakdown
+    }
+    public let roles: [Role]
+
+    /// This issue's layouts: one rank holds every parameter, its optimizer state, and the
+    /// activations of one micro-batch (forward and backward alternate per micro-batch).
+    public init(config: RunConfig, topology: Topology, plan: BatchPlan, precision: Precision) {
+        let layout = ParameterLayout(config: config.model)
+        let activations = Transformer.activationFloats(config: config.model, sequences: plan.microBatchSize)
+        let b = MemoryBreakdown(precision: precision, parametersHeld: layout.totalCount, optimizerParameters: layout.totalCount,
+                                activationElements: activations, communicationElements: 0)
+        roles = [Role(name: "all layers", ranks: Array(0..<topology.world), breakdown: b)]
+    }
+
+    public func table(device: DeviceProfile, precision: Precision) -> [String] {
+        let h = MemoryBreakdown.human
+        var lines = ["memory per rank (\(precision == .bf16 ? "bf16 params/grads/activations, fp32 master weights + Adam moments" : "fp32 everything"); \(device.name) holds \(h(device.memoryBytes))):"]
+        func row(_ cells: [String]) -> String {
+            "  " + cells[0].padding(toLength: 16, withPad: " ", startingAt: 0)
+                + cells.dropFirst().map { String(repeating: " ", count: max(0, 12 - $0.count)) + $0 }.joined()
+        }
+        lines.append(row(["role", "params", "grads", "optimizer", "activations", "comm", "total"]))
+        for r in roles {
+            let b = r.breakdown
+            lines.append(row([r.name, h(b.parameters), h(b.gradients), h(b.optimizerState), h(b.activations),
+                              h(b.communication), h(b.total)]))
+        }
+        return lines
+    }
+
+    /// The first role that does not fit, as an error message, or nil.
+    public func outOfMemory(device: DeviceProfile) -> String? {
+        for r in roles where r.breakdown.total > device.memoryBytes {
+            let b = r.breakdown, h = MemoryBreakdown.human
+            return "out of memory: rank \(r.ranks.first ?? 0) (\(r.name)) needs \(h(b.total)) (parameters \(h(b.parameters)) + gradients \(h(b.gradients)) + optimizer state \(h(b.optimizerState)) + activations \(h(b.activations)) + communication \(h(b.communication))) but the \(device.name) holds \(h(device.memoryBytes)); shrink the model or spread it over more ranks, or pass --ignore-oom"
+        }
+        return nil
+    }
+}
