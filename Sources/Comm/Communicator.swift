@@ -91,8 +91,9 @@ public struct Communicator: @unchecked Sendable {
 
     public func detachClock() { hooks.clock = nil; hooks.floatBytes = 4 }
 
-    /// Runs `body` without charging its communication to the emulated clock: for
-    /// bookkeeping (gathering logs, traces, summaries) that a real job would not do on the GPU.
+    /// Runs `body` without charging its communication to the emulated clock or reporting it
+    /// to observers: for bookkeeping (gathering logs, traces, summaries, dumps) that a real
+    /// job would not do on the GPU.
     public func untimed<R>(_ body: () throws -> R) rethrows -> R {
         hooks.clockSuspended += 1
         defer { hooks.clockSuspended -= 1 }
@@ -128,7 +129,8 @@ public struct Communicator: @unchecked Sendable {
     /// trip in sequence), and the clock advances by the cost model's time for the group.
     func perform(_ kind: CommKind, bytes: Int, emulatedBytes: Double, _ start: (inout MPI_Request?) -> Void) {
         let event = CommEvent(kind: kind, group: name, groupSize: size, bytes: bytes, peer: nil)
-        for o in hooks.observers { o.willStart(event) }
+        let observers = hooks.clockSuspended == 0 ? hooks.observers : []
+        for o in observers { o.willStart(event) }
         var req: MPI_Request? = nil
         if let clock = hooks.activeClock, size > 1 {
             let wallStart = clock.wallNow
@@ -146,7 +148,7 @@ public struct Communicator: @unchecked Sendable {
             start(&req)
             Communicator.complete(&req)
         }
-        for o in hooks.observers { o.didComplete(event) }
+        for o in observers { o.didComplete(event) }
     }
 
     /// Waits for a request without burning the core: a few polls with `sched_yield`,

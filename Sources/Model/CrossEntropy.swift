@@ -26,4 +26,43 @@ public enum CrossEntropy {
         }
         return total
     }
+
+    /// Vocabulary-parallel cross-entropy (Megatron): each tensor-parallel rank holds the
+    /// logits of its vocabulary rows `vocab`; the row maxima are combined with a max
+    /// all-reduce, the sums of exponentials and the target logits with one sum all-reduce,
+    /// so no rank ever holds the full-vocabulary logits. `logits` (N, V/tp) are overwritten
+    /// by their gradient (scaled by `gradScale`); returns the summed loss, complete on every rank.
+    public static func forwardBackward(logits: Tensor, targets: [Int32], vocab: Range<Int>, gradScale: Float,
+                                       parallel: ModelParallelism) -> Double {
+        if parallel.shard.tp == 1 { return forwardBackward(logits: logits, targets: targets, gradScale: gradScale) }
+        let n = logits.rows, v = logits.cols
+        Kernels.account(flops: Double(6 * n * v), elements: Double(2 * n * v))
+        var maxima = [Float](repeating: -Float.infinity, count: n)
+        for t in 0..<n {
+            let row = logits.ptr + t * v
+            for j in 0..<v { maxima[t] = max(maxima[t], row[j]) }
+        }
+        maxima.withUnsafeMutableBufferPointer { parallel.tpAllReduceMax($0.baseAddress!, count: n) }
+        // sums[t] = sum_j exp(z - max) over this rank's vocabulary; sums[n + t] = target logit if held here.
+        var sums = [Float](repeating: 0, count: 2 * n)
+        for t in 0..<n {
+            let row = logits.ptr + t * v
+            var s: Float = 0
+            for j in 0..<v { let e = expf(row[j] - maxima[t]); row[j] = e; s += e }
+            sums[t] = s
+            let target = Int(targets[t])
+            if vocab.contains(target) { sums[n + t] = logf(row[target - vocab.lowerBound]) + maxima[t] }
+        }
+        sums.withUnsafeMutableBufferPointer { parallel.tpAllReduce($0.baseAddress!, count: 2 * n) }
+        var total = 0.0
+        for t in 0..<n {
+            total += Double(maxima[t]) + Double(logf(sums[t])) - Double(sums[n + t])
+            let row = logits.ptr + t * v
+            let inv = gradScale / sums[t]
+            for j in 0..<v { row[j] *= inv }
+            let target = Int(targets[t])
+            if vocab.contains(target) { row[target - vocab.lowerBound] -= gradScale }
+        }
+        return total
+    }
 }

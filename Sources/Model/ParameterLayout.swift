@@ -6,62 +6,135 @@ public enum ParamInit: Equatable, Sendable {
     case ones
 }
 
-/// One named parameter tensor in the single-rank layout.
+/// How the copies of a parameter on different ranks relate.
+public enum ParamPlacement: Equatable, Sendable {
+    /// Sliced over the tensor-parallel group (each TP rank holds a different block).
+    case tpSharded
+    /// The same on every TP rank; the gradient each rank computes is complete.
+    case replicated
+    /// The same on every TP rank, but each rank computes only part of the gradient (its
+    /// heads' share for replicated KV projections, its tokens' share for the router):
+    /// gradients are summed over the TP group.
+    case replicatedPartialGrad
+    /// Whole experts of this rank's expert-parallel share.
+    case expert
+}
+
+/// One named parameter tensor as one rank holds it.
 public struct ParamSpec: Equatable, Sendable {
     public let name: String
+    /// Local shape (what this rank holds).
     public let shape: [Int]
+    /// Shape in the single-rank model.
+    public let globalShape: [Int]
+    /// Where the local block sits in the full tensor (nil: the whole tensor).
+    public let slice: TensorSlice?
+    public let placement: ParamPlacement
     public let initial: ParamInit
     /// Whether AdamW applies weight decay (matrices yes, norm gains no).
     public let decay: Bool
     /// Offset of the first element in the flat buffer.
     public let offset: Int
     public var count: Int { shape.reduce(1, *) }
+    public var globalCount: Int { globalShape.reduce(1, *) }
+
+    /// Calls `body(localIndex, globalIndex)` for every local element.
+    public func forEachElement(_ body: (Int, Int) -> Void) {
+        if let slice { slice.forEachElement(globalShape: globalShape, body) } else { for i in 0..<count { body(i, i) } }
+    }
 }
 
-/// The ordered list of all parameters of the model, with their offsets in one flat buffer.
-/// The order here is the fixed order of the parameter checksum and of dumps.
+/// The ordered list of the parameters one rank holds, with their offsets in one flat buffer.
+/// The buffer has two regions: dense parameters first, then expert parameters, each padded
+/// to a multiple of its alignment (the ZeRO-1 partition count of its data-parallel group),
+/// so that each region splits into equal contiguous shards. On one rank the layout is the
+/// single-rank layout, whose spec order is the fixed order of the checksum and of dumps.
 public struct ParameterLayout: Sendable {
     public let specs: [ParamSpec]
     public let totalCount: Int
+    public let shard: ShardSpec
+    /// Padded ranges of the dense and expert regions in the flat buffer.
+    public let denseRegion: Range<Int>
+    public let expertRegion: Range<Int>
     private let index: [String: Int]
 
-    public init(config c: ModelConfig) {
-        var specs: [ParamSpec] = []
-        var offset = 0
-        func add(_ name: String, _ shape: [Int], _ initial: ParamInit, decay: Bool = true) {
-            let s = ParamSpec(name: name, shape: shape, initial: initial, decay: decay, offset: offset)
-            specs.append(s)
-            offset += s.count
+    public init(config c: ModelConfig, shard: ShardSpec = .single, denseAlignment: Int = 1, expertAlignment: Int = 1) {
+        struct Pending { let name: String; let global: [Int]; let slice: TensorSlice?; let placement: ParamPlacement; let initial: ParamInit; let decay: Bool }
+        var pending: [Pending] = []
+        func add(_ name: String, _ global: [Int], _ initial: ParamInit, decay: Bool = true,
+                 slice: TensorSlice? = nil, placement: ParamPlacement = .replicated) {
+            let effective = (slice != nil && slice!.length == global[slice!.dim] && slice!.start == 0) ? nil : slice
+            pending.append(Pending(name: name, global: global, slice: effective, placement: placement, initial: initial, decay: decay))
         }
         let std = c.initStd
         let residualStd = c.initStd / Double(2 * c.layers).squareRoot()  // GPT-2: output projections scaled by 1/sqrt(2L)
         let D = c.headDim
-        add("tok_emb", [c.vocab, c.dModel], .normal(std: std))
+        let heads = shard.heads(c)
+        let vocab = shard.vocabRange(c)
+        let experts = shard.expertRange(c)
+        let ffnLocal = c.ffnHidden / shard.tp
+        let tpSharded: ParamPlacement = shard.tp > 1 ? .tpSharded : .replicated
+        let vocabSlice = TensorSlice(dim: 0, start: vocab.lowerBound, length: vocab.count)
+        add("tok_emb", [c.vocab, c.dModel], .normal(std: std), slice: vocabSlice, placement: tpSharded)
         for l in 0..<c.layers {
             let p = "layers.\(l)"
             add("\(p).attn_norm", [c.dModel], .ones, decay: false)
-            add("\(p).attn.wq", [c.heads * D, c.dModel], .normal(std: std))
-            add("\(p).attn.wk", [c.kvHeads * D, c.dModel], .normal(std: std))
-            add("\(p).attn.wv", [c.kvHeads * D, c.dModel], .normal(std: std))
-            add("\(p).attn.wo", [c.dModel, c.heads * D], .normal(std: residualStd))
+            add("\(p).attn.wq", [c.heads * D, c.dModel], .normal(std: std),
+                slice: TensorSlice(dim: 0, start: heads.qHeadBase * D, length: heads.qHeads * D), placement: tpSharded)
+            let kvPlacement: ParamPlacement = shard.kvReplicated(c) ? .replicatedPartialGrad : tpSharded
+            let kvSlice = TensorSlice(dim: 0, start: heads.kvHeadBase * D, length: heads.kvHeads * D)
+            add("\(p).attn.wk", [c.kvHeads * D, c.dModel], .normal(std: std), slice: kvSlice, placement: kvPlacement)
+            add("\(p).attn.wv", [c.kvHeads * D, c.dModel], .normal(std: std), slice: kvSlice, placement: kvPlacement)
+            add("\(p).attn.wo", [c.dModel, c.heads * D], .normal(std: residualStd),
+                slice: TensorSlice(dim: 1, start: heads.qHeadBase * D, length: heads.qHeads * D), placement: tpSharded)
             add("\(p).ffn_norm", [c.dModel], .ones, decay: false)
             if c.isMoE(layer: l) {
-                add("\(p).moe.router", [c.experts, c.dModel], .normal(std: std * c.routerInitScale))
-                add("\(p).moe.w_up", [c.experts, c.ffnHidden, c.dModel], .normal(std: std))
-                add("\(p).moe.w_down", [c.experts, c.dModel, c.ffnHidden], .normal(std: residualStd))
+                add("\(p).moe.router", [c.experts, c.dModel], .normal(std: std * c.routerInitScale),
+                    placement: shard.tp > 1 ? .replicatedPartialGrad : .replicated)
+                let expertSlice = TensorSlice(dim: 0, start: experts.lowerBound, length: experts.count)
+                add("\(p).moe.w_up", [c.experts, c.ffnHidden, c.dModel], .normal(std: std), slice: expertSlice, placement: .expert)
+                add("\(p).moe.w_down", [c.experts, c.dModel, c.ffnHidden], .normal(std: residualStd), slice: expertSlice, placement: .expert)
             } else {
-                add("\(p).ffn.w_up", [c.ffnHidden, c.dModel], .normal(std: std))
-                add("\(p).ffn.w_down", [c.dModel, c.ffnHidden], .normal(std: residualStd))
+                add("\(p).ffn.w_up", [c.ffnHidden, c.dModel], .normal(std: std),
+                    slice: TensorSlice(dim: 0, start: shard.tpRank * ffnLocal, length: ffnLocal), placement: tpSharded)
+                add("\(p).ffn.w_down", [c.dModel, c.ffnHidden], .normal(std: residualStd),
+                    slice: TensorSlice(dim: 1, start: shard.tpRank * ffnLocal, length: ffnLocal), placement: tpSharded)
             }
         }
         add("norm_f", [c.dModel], .ones, decay: false)
-        if !c.tieEmbeddings { add("lm_head", [c.vocab, c.dModel], .normal(std: std)) }
-        self.specs = specs
+        if !c.tieEmbeddings { add("lm_head", [c.vocab, c.dModel], .normal(std: std), slice: vocabSlice, placement: tpSharded) }
+
+        // Offsets: the dense region, padded, then the expert region, padded. Within a region,
+        // tensors keep the order above.
+        func padded(_ n: Int, _ a: Int) -> Int { (n + a - 1) / a * a }
+        var specs: [ParamSpec] = []
+        var offset = 0
+        func place(_ p: Pending) {
+            var shape = p.global
+            if let s = p.slice { shape[s.dim] = s.length }
+            specs.append(ParamSpec(name: p.name, shape: shape, globalShape: p.global, slice: p.slice, placement: p.placement,
+                                   initial: p.initial, decay: p.decay, offset: offset))
+            offset += shape.reduce(1, *)
+        }
+        for p in pending where p.placement != .expert { place(p) }
+        offset = padded(offset, max(denseAlignment, 1))
+        let denseEnd = offset
+        for p in pending where p.placement == .expert { place(p) }
+        offset = denseEnd + padded(offset - denseEnd, max(expertAlignment, 1))
+        // Restore the model order (the checksum and dump order) for iteration.
+        let order = Dictionary(uniqueKeysWithValues: pending.enumerated().map { ($1.name, $0) })
+        self.specs = specs.sorted { order[$0.name]! < order[$1.name]! }
         self.totalCount = offset
+        self.shard = shard
+        self.denseRegion = 0..<denseEnd
+        self.expertRegion = denseEnd..<offset
         var idx: [String: Int] = [:]
-        for (i, s) in specs.enumerated() { idx[s.name] = i }
+        for (i, s) in self.specs.enumerated() { idx[s.name] = i }
         self.index = idx
     }
+
+    /// Elements of the full model (what the single-rank layout holds, without padding).
+    public var globalCount: Int { specs.reduce(0) { $0 + $1.globalCount } }
 
     public subscript(name: String) -> ParamSpec? { index[name].map { specs[$0] } }
 
@@ -69,17 +142,17 @@ public struct ParameterLayout: Sendable {
     public func activeCount(config c: ModelConfig) -> Int {
         var n = 0
         for s in specs {
-            if s.name.hasSuffix(".moe.w_up") || s.name.hasSuffix(".moe.w_down") {
-                n += s.count / c.experts * c.topK
+            if s.placement == .expert {
+                n += s.globalCount / c.experts * c.topK
             } else {
-                n += s.count
+                n += s.globalCount
             }
         }
         return n
     }
 
-    /// Fills `storage` with the initial values. Element `i` of a tensor depends only on
-    /// (seed, parameter name, i), so a shard can draw its slice without the rest.
+    /// Fills `storage` with the initial values. Element `i` of a full tensor depends only on
+    /// (seed, parameter name, i), so a shard draws exactly its block of the single-rank values.
     public func initialize(_ storage: Storage, seed: UInt64) {
         precondition(storage.count >= totalCount)
         for s in specs {
@@ -90,7 +163,7 @@ public struct ParameterLayout: Sendable {
             case .normal(let std):
                 let key = hashKey(seed, stableHash(s.name))
                 let fstd = Float(std)
-                for i in 0..<s.count { p[i] = fstd * normalAt(key, UInt64(i)) }
+                s.forEachElement { local, global in p[local] = fstd * normalAt(key, UInt64(global)) }
             }
         }
     }

@@ -105,16 +105,20 @@ public enum Router {
     /// Backward of routing. `dGate` (N, K) is the gradient of the loss w.r.t. each gate.
     /// Adds the load-balancing and z-loss gradients, then goes through the softmax and the
     /// router projection: dW_router += dlogits^T x, dx += dlogits W_router.
-    public static func backward(_ r: Routing, dGate: [Float], x: Tensor, router w: Tensor, dRouter: Tensor,
+    /// Only the tokens in `tokens` are handled (a tensor-parallel rank's share, all of them
+    /// on one rank): their load-balancing and z-loss terms, their gate gradients, their rows
+    /// of dx, and their part of the router gradient.
+    public static func backward(_ r: Routing, dGate: [Float], tokens: Range<Int>, x: Tensor, router w: Tensor, dRouter: Tensor,
                                 seqLen T: Int, auxCoef: Float, zCoef: Float, scale: LossScale, dx: Tensor) {
-        let n = r.tokens, E = r.experts, K = r.k
+        let E = r.experts, K = r.k
+        let n = tokens.count
         let dLogits = Tensor(zeros: [n, E])
-        let pp = r.probs.ptr, dl = dLogits.ptr
+        let pp = r.probs.ptr, dl = dLogits.ptr - tokens.lowerBound * E  // indexed by global token
         Kernels.account(flops: Double(8 * n * E), elements: Double(3 * n * E + n * K))
         let auxW = auxCoef * Float(E) / (Float(scale.sequences) * Float(T))
         let zW = zCoef * 2 / Float(scale.tokens)
         var dp = [Float](repeating: 0, count: E)
-        for t in 0..<n {
+        for t in tokens {
             let s = t / T
             let row = pp + t * E
             for e in 0..<E { dp[e] = auxW * r.fraction[s * E + e] }
@@ -131,6 +135,7 @@ public enum Router {
             let zt = zW * r.lse[t]
             for e in 0..<E { dl[t * E + e] = row[e] * (dp[e] - sdp) + zt * row[e] }
         }
-        Kernels.linearBackward(x, w, dLogits, dx: dx, dw: dRouter, accumulateDx: true)
+        Kernels.linearBackward(x.rowSlice(tokens.lowerBound, n), w, dLogits, dx: dx.rowSlice(tokens.lowerBound, n),
+                               dw: dRouter, accumulateDx: true)
     }
 }

@@ -8,19 +8,29 @@ import Tensor
 ///     logits = RMSNorm(h_L; norm_f) W_head^T,   W_head = tok_emb when tied
 ///
 /// Each piece is a forward/backward pair over flat buffers; this type only wires them.
+/// Under tensor and expert parallelism the same wiring runs on each rank's shard
+/// (`params.layout.shard`), with the f/g all-reduces of `parallel` at the points Megatron
+/// puts them: after the row-parallel attention output and FFN down projection (forward),
+/// before the norms that feed column-parallel layers (backward), around the
+/// vocabulary-parallel embedding and cross-entropy.
 public final class Transformer {
     public let config: ModelConfig
     public let params: Parameters
+    public let parallel: ModelParallelism
     let rotary: Rotary
     let heads: HeadSlice
+    let vocab: Range<Int>
     let moeOptions: MoE.Options
     let eps: Float
 
-    public init(config: ModelConfig, params: Parameters) {
+    public init(config: ModelConfig, params: Parameters, parallel: ModelParallelism = SingleRank()) {
+        precondition(parallel.shard == params.layout.shard, "parameters are laid out for another shard")
         self.config = config
         self.params = params
+        self.parallel = parallel
         rotary = Rotary(headDim: config.headDim, seqLen: config.seqLen, theta: config.ropeTheta)
-        heads = .full(config)
+        heads = parallel.shard.heads(config)
+        vocab = parallel.shard.vocabRange(config)
         moeOptions = MoE.Options(config: config)
         eps = Float(config.normEps)
     }
@@ -58,16 +68,18 @@ public final class Transformer {
         RMSNorm.forward(x, params.value("layers.\(l).attn_norm"), eps: eps, y: xn1, rstd: rstd1)
         let a = Tensor(zeros: [n, c])
         let attn = Attention.forward(xn1, attnWeights(l), heads: heads, seqLen: config.seqLen, rotary: rotary, y: a)
+        parallel.tpAllReduce(a)  // g: sum of the row-parallel output projection's partial outputs
         Self.residual(x, into: a)
         let xn2 = Tensor(zeros: [n, c]), rstd2 = Tensor(zeros: [n])
         RMSNorm.forward(a, params.value("layers.\(l).ffn_norm"), eps: eps, y: xn2, rstd: rstd2)
         let out = Tensor(zeros: [n, c])
         let ffn: FFNCache
         if config.isMoE(layer: l) {
-            ffn = .moe(MoE.forward(xn2, moeWeights(l), options: moeOptions, y: out))
+            ffn = .moe(MoE.forward(xn2, moeWeights(l), options: moeOptions, parallel: parallel, y: out))
         } else {
             ffn = .dense(FeedForward.forward(xn2, wUp: params.value("layers.\(l).ffn.w_up"),
                                              wDown: params.value("layers.\(l).ffn.w_down"), y: out))
+            parallel.tpAllReduce(out)  // g: row-parallel down projection
         }
         Self.residual(a, into: out)
         return (out, BlockCache(x: x, xn1: xn1, rstd1: rstd1, attn: attn, a: a, xn2: xn2, rstd2: rstd2, ffn: ffn))
@@ -80,12 +92,13 @@ public final class Transformer {
         let dxn2 = Tensor(zeros: [n, c])
         switch cache.ffn {
         case .moe(let mc):
-            MoE.backward(mc, moeWeights(l), options: moeOptions, scale: scale, dy: dOut,
+            MoE.backward(mc, moeWeights(l), options: moeOptions, parallel: parallel, scale: scale, dy: dOut,
                          dw: moeWeights(l, grads: true), dx: dxn2, accumulate: false)
         case .dense(let fc):
             FeedForward.backward(fc, wUp: params.value("layers.\(l).ffn.w_up"), wDown: params.value("layers.\(l).ffn.w_down"),
                                  dy: dOut, dwUp: params.grad("layers.\(l).ffn.w_up"),
                                  dwDown: params.grad("layers.\(l).ffn.w_down"), dx: dxn2, accumulate: false)
+            parallel.tpAllReduce(dxn2)  // f: column-parallel up projection's partial input gradients
         }
         let da = dOut.copy()
         Kernels.account(flops: 0, elements: Double(2 * n * c))
@@ -95,6 +108,7 @@ public final class Transformer {
         let dxn1 = Tensor(zeros: [n, c])
         Attention.backward(cache.attn, attnWeights(l), heads: heads, seqLen: config.seqLen, rotary: rotary,
                            dy: da, dw: attnWeights(l, grads: true), dx: dxn1, accumulate: false)
+        parallel.tpAllReduce(dxn1)  // f: column-parallel q/k/v projections
         let dx = da
         RMSNorm.backward(cache.x, params.value("layers.\(l).attn_norm"), rstd: cache.rstd1, dy: dxn1, dx: dx,
                          dw: params.grad("layers.\(l).attn_norm"), accumulate: true)
@@ -129,8 +143,7 @@ public final class Transformer {
         precondition(tokens.count == targets.count && tokens.count % T == 0, "micro-batch must hold whole sequences")
         let n = tokens.count
         var stats = MicroBatchStats(layers: config.layers, experts: config.experts)
-        var x = Tensor(zeros: [n, c])
-        Embedding.forward(tokens: tokens, table: params.value("tok_emb"), y: x)
+        var x = embed(tokens)
         var caches: [BlockCache] = []
         var live = x.count
         for l in 0..<config.layers {
@@ -143,11 +156,12 @@ public final class Transformer {
         // Head: final norm, logits, loss (fused with its gradient).
         let xf = Tensor(zeros: [n, c]), rstdF = Tensor(zeros: [n])
         RMSNorm.forward(x, params.value("norm_f"), eps: eps, y: xf, rstd: rstdF)
-        let logits = Tensor(zeros: [n, config.vocab])
+        let logits = Tensor(zeros: [n, vocab.count])
         Kernels.linearForward(xf, params.value(headName), into: logits)
         live += xf.count + rstdF.count + logits.count
         stats.peakActivationFloats = live
-        stats.lossSum = CrossEntropy.forwardBackward(logits: logits, targets: targets, gradScale: 1 / Float(scale.tokens))
+        stats.lossSum = CrossEntropy.forwardBackward(logits: logits, targets: targets, vocab: vocab,
+                                                     gradScale: 1 / Float(scale.tokens), parallel: parallel)
         stats.tokens = n
         return ForwardPass(tokens: tokens, caches: caches, x: x, xf: xf, rstdF: rstdF, dLogits: logits, stats: stats)
     }
@@ -158,13 +172,22 @@ public final class Transformer {
         let n = pass.x.rows, c = config.dModel
         let dxf = Tensor(zeros: [n, c])
         Kernels.linearBackward(pass.xf, params.value(headName), pass.dLogits, dx: dxf, dw: params.grad(headName))
+        parallel.tpAllReduce(dxf)  // vocabulary-parallel head: partial input gradients
         var dx = Tensor(zeros: [n, c])
         RMSNorm.backward(pass.x, params.value("norm_f"), rstd: pass.rstdF, dy: dxf, dx: dx, dw: params.grad("norm_f"), accumulate: false)
         for l in stride(from: config.layers - 1, through: 0, by: -1) {
             dx = blockBackward(l, pass.caches[l], dOut: dx, scale: scale)
             pass.caches.removeLast()  // activations are freed as soon as their backward is done
         }
-        Embedding.backward(tokens: pass.tokens, dy: dx, dTable: params.grad("tok_emb"))
+        Embedding.backward(tokens: pass.tokens, dy: dx, dTable: params.grad("tok_emb"), vocab: vocab)
+    }
+
+    /// Vocabulary-parallel embedding: each TP rank looks up its rows, the sum is the lookup.
+    func embed(_ tokens: [Int32]) -> Tensor {
+        let x = Tensor(zeros: [tokens.count, config.dModel])
+        Embedding.forward(tokens: tokens, table: params.value("tok_emb"), vocab: vocab, y: x)
+        parallel.tpAllReduce(x)
+        return x
     }
 
     /// Forward and backward of one micro-batch, accumulating gradients (scaled by `scale`)
@@ -175,36 +198,39 @@ public final class Transformer {
         return pass.stats
     }
 
-    /// An upper bound on the activation floats one micro-batch of `sequences` keeps (every
-    /// routed assignment kept), from the shapes alone: the same buffers `forward` counts.
+    /// The activation floats one micro-batch of `sequences` keeps on a rank holding `shard`,
+    /// from the shapes alone (the same buffers `forward` counts), assuming every routed
+    /// assignment is kept and expert work is balanced over the expert-parallel ranks.
     /// Used to check memory before anything is allocated.
-    public static func activationFloats(config c: ModelConfig, sequences B: Int) -> Int {
+    public static func activationFloats(config c: ModelConfig, sequences B: Int, shard: ShardSpec = .single) -> Int {
         let T = c.seqLen, n = B * T, C = c.dModel, D = c.headDim
+        let heads = shard.heads(c)
+        let assignments = n / shard.tp * c.topK                       // this rank's tokens' assignments
         var total = n * C  // embedding output
         for l in 0..<c.layers {
             total += 4 * n * C + 2 * n                                // xn1, a, xn2, block output; two rstd
-            total += n * c.heads * D * 2 + 2 * n * c.kvHeads * D      // q, o; k, v
-            total += B * c.heads * T * T                              // attention probabilities
+            total += n * heads.qHeads * D * 2 + 2 * n * heads.kvHeads * D   // q, o; k, v
+            total += B * heads.qHeads * T * T                         // attention probabilities
             if c.isMoE(layer: l) {
-                total += n * c.experts + n * c.topK * (2 * C + 2 * c.ffnHidden)  // router probs; gathered x, h, a, y
+                // router probs, returned rows, and per expert the received x, h, a, y
+                total += n * c.experts + assignments * C + assignments * (2 * C + 2 * c.ffnHidden)
             } else {
-                total += 2 * n * c.ffnHidden
+                total += 2 * n * c.ffnHidden / shard.tp
             }
         }
-        return total + n * C + n + n * c.vocab                        // final norm, rstd, logits
+        return total + n * C + n + n * shard.vocabRange(c).count      // final norm, rstd, logits
     }
 
     /// Forward only, returning the summed LM loss over the tokens (for evaluation and tests).
     public func loss(tokens: [Int32], targets: [Int32]) -> Double {
         let n = tokens.count, c = config.dModel
-        var x = Tensor(zeros: [n, c])
-        Embedding.forward(tokens: tokens, table: params.value("tok_emb"), y: x)
+        var x = embed(tokens)
         for l in 0..<config.layers { x = blockForward(l, x).0 }
         let xf = Tensor(zeros: [n, c]), rstdF = Tensor(zeros: [n])
         RMSNorm.forward(x, params.value("norm_f"), eps: eps, y: xf, rstd: rstdF)
-        let logits = Tensor(zeros: [n, config.vocab])
+        let logits = Tensor(zeros: [n, vocab.count])
         Kernels.linearForward(xf, params.value(headName), into: logits)
-        return CrossEntropy.forwardBackward(logits: logits, targets: targets, gradScale: 0)
+        return CrossEntropy.forwardBackward(logits: logits, targets: targets, vocab: vocab, gradScale: 0, parallel: parallel)
     }
 }
 

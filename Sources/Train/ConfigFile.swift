@@ -89,6 +89,7 @@ public enum ConfigFile {
         "pp": { $0.pp = try int($1) },
         "dp": { $0.dp = try int($1) },
         "ep": { $0.ep = try int($1) },
+        "zero": { $0.zero = try int($1) },
         // batch
         "global_batch": { $0.globalBatch = try int($1) },
         "micro_batch_size": { $0.microBatchSize = try int($1) },

@@ -8,13 +8,20 @@ import Tensor
 public enum Dump {
     public static func fileName(step: Int) -> String { String(format: "step-%06d.safetensors", step) }
 
-    public static func write(dir: String, step: Int, params: Parameters, tokens: [Int32], targets: [Int32],
-                             sequences: Int, seqLen: Int, record: [String: Any]) throws {
+    /// `values` and `grads` are full single-rank vectors in `layout`'s spec order (no padding).
+    public static func write(dir: String, step: Int, layout: ParameterLayout, values: [Float], grads: [Float],
+                             tokens: [Int32], targets: [Int32], sequences: Int, seqLen: Int, record: [String: Any]) throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         var entries: [SafeTensors.Entry] = []
-        for s in params.layout.specs {
-            entries.append(.init(name: s.name, shape: s.shape, floats: params.values.base + s.offset, count: s.count))
-            entries.append(.init(name: s.name + ".grad", shape: s.shape, floats: params.grads.base + s.offset, count: s.count))
+        var offset = 0
+        values.withUnsafeBufferPointer { v in
+            grads.withUnsafeBufferPointer { g in
+                for s in layout.specs {
+                    entries.append(.init(name: s.name, shape: s.globalShape, floats: v.baseAddress! + offset, count: s.globalCount))
+                    entries.append(.init(name: s.name + ".grad", shape: s.globalShape, floats: g.baseAddress! + offset, count: s.globalCount))
+                    offset += s.globalCount
+                }
+            }
         }
         entries.append(.init(name: "tokens", shape: [sequences, seqLen], int32: tokens))
         entries.append(.init(name: "targets", shape: [sequences, seqLen], int32: targets))

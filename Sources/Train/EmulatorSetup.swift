@@ -71,14 +71,34 @@ public struct MemoryPlan: Sendable {
     }
     public let roles: [Role]
 
-    /// This layouts: one rank holds every parameter, its optimizer state, and the
-    /// activations of one micro-batch (forward and backward alternate per micro-batch).
+    /// Each rank holds its tensor/expert shard of the parameters and gradients, optimizer
+    /// state for what it steps (its ZeRO-1 shard, or everything with --zero 0), the
+    /// activations of one micro-batch (forward and backward alternate per micro-batch), and
+    /// the buffers of the gradient reduction. Ranks with equal figures form one role.
     public init(config: RunConfig, topology: Topology, plan: BatchPlan, precision: Precision) {
-        let layout = ParameterLayout(config: config.model)
-        let activations = Transformer.activationFloats(config: config.model, sequences: plan.microBatchSize)
-        let b = MemoryBreakdown(precision: precision, parametersHeld: layout.totalCount, optimizerParameters: layout.totalCount,
-                                activationElements: activations, communicationElements: 0)
-        roles = [Role(name: "all layers", ranks: Array(0..<topology.world), breakdown: b)]
+        var roles: [Role] = []
+        for rank in 0..<topology.world {
+            let c = topology.coordinates(of: rank)
+            let shard = ShardSpec(tp: topology.tp, tpRank: c.tp, ep: topology.ep, epRank: c.ep)
+            let layout = Trainer.layout(config: config, topology: topology, shard: shard)
+            let zero1 = config.zero == 1
+            let denseShard = layout.denseRegion.count / (zero1 ? topology.dp : 1)
+            let expertShard = layout.expertRegion.count / (zero1 ? topology.expertDP : 1)
+            let partial = layout.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count }
+            let activations = Transformer.activationFloats(config: config.model, sequences: plan.microBatchSize, shard: shard)
+            let b = MemoryBreakdown(precision: precision, parametersHeld: layout.specs.reduce(0) { $0 + $1.count },
+                                    optimizerParameters: denseShard + expertShard, activationElements: activations,
+                                    communicationElements: (zero1 ? denseShard + expertShard : 0) + partial)
+            if let i = roles.firstIndex(where: { $0.breakdown == b }) {
+                roles[i] = Role(name: roles[i].name, ranks: roles[i].ranks + [rank], breakdown: b)
+            } else {
+                roles.append(Role(name: "", ranks: [rank], breakdown: b))
+            }
+        }
+        self.roles = roles.map { r in
+            let name = r.ranks.count == topology.world ? "every rank" : (r.ranks.count == 1 ? "rank \(r.ranks[0])" : "ranks \(r.ranks.first!)..\(r.ranks.last!) (\(r.ranks.count))")
+            return Role(name: name, ranks: r.ranks, breakdown: r.breakdown)
+        }
     }
 
     public func table(device: DeviceProfile, precision: Precision) -> [String] {

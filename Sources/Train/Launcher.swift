@@ -34,11 +34,15 @@ public enum Launcher {
             try config.validate()
             let topo = try Topology(world: env.worldSize, tp: config.tp, pp: config.pp, dp: config.dp, ep: config.ep,
                                     model: config.model)
-            guard topo.world == 1 else {
-                throw UsageError("the layout is valid (tp \(topo.tp) x pp \(topo.pp) x dp \(topo.dp), ep \(topo.ep)), but training on \(topo.world) ranks is not implemented yet: this build trains with world size 1 (tensor, expert, data and pipeline parallelism arrive in later issues); run with -np 1")
+            guard topo.pp == 1 else {
+                throw UsageError("the layout is valid (tp \(topo.tp) x pp \(topo.pp) x dp \(topo.dp), ep \(topo.ep)), but pipeline parallelism (--pp \(topo.pp)) is not implemented yet; use --pp 1")
             }
             let plan = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
                                      microBatches: config.microBatches, dp: topo.dp)
+            let tokensPerMicroBatch = plan.microBatchSize * config.model.seqLen
+            guard tokensPerMicroBatch % topo.tp == 0 else {
+                throw UsageError("a micro-batch of \(plan.microBatchSize) x \(config.model.seqLen) = \(tokensPerMicroBatch) tokens does not split over --tp \(topo.tp) for expert dispatch")
+            }
             let emulator = try EmulatorSetup.resolve(config)
             let memory = MemoryPlan(config: config, topology: topo, plan: plan, precision: emulator.precision)
             if !config.ignoreOOM, let oom = memory.outOfMemory(device: emulator.profile) { throw UsageError(oom) }

@@ -12,6 +12,7 @@ public struct RunConfig: Equatable, Sendable {
     public var pp = 1
     public var dp: Int? = nil          // derived from the world size when nil
     public var ep = 1
+    public var zero = 1                // ZeRO stage: 1 shards optimizer state over data parallelism, 0 replicates it
 
     // Batch: any two of the three determine the third (see `BatchPlan`).
     public var globalBatch: Int? = 8   // sequences per optimizer step, over all data-parallel ranks
@@ -70,6 +71,7 @@ public struct RunConfig: Equatable, Sendable {
         try need(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, "Adam betas must be in [0, 1)")
         try need(adamEps > 0, "adam_eps must be positive")
         try need(gradClip >= 0, "--grad-clip must be >= 0, 0 meaning no clipping (got \(gradClip))")
+        try need(zero == 0 || zero == 1, "--zero must be 0 or 1 (got \(zero))")
         try need(logEvery >= 1, "--log-every must be at least 1 (got \(logEvery))")
         if let g = globalBatch { try need(g >= 1, "--global-batch must be at least 1 (got \(g))") }
         if let b = microBatchSize { try need(b >= 1, "--micro-batch-size must be at least 1 (got \(b))") }

@@ -6,9 +6,9 @@ import Parallel
 import Tensor
 
 /// The training loop: for each step, run the rank's micro-batches (forward and backward,
-/// gradients accumulated), clip by the global norm, step AdamW, log, and at the end write
-/// the summary. This loop runs on one rank; the layout-specific pieces (gradient
-/// reduction, sharded optimizer, pipeline schedule) plug in at the marked places.
+/// gradients accumulated), reduce gradients over the data-parallel groups (ZeRO-1:
+/// reduce-scatter), clip by the global norm, step AdamW on the owned shard, gather the
+/// parameters, log; at the end write the summary.
 public final class Trainer {
     public let config: RunConfig
     public let groups: ProcessGroups
@@ -16,7 +16,10 @@ public final class Trainer {
     public let data: DataSource
     public let model: Transformer
     public let params: Parameters
-    let optimizer: AdamW
+    let optimizers: [AdamW]
+    public let zero: ZeroOne
+    public let parallel: MPIModelParallelism
+    let counter = CommCounter()
     let schedule: LRSchedule
     public let emulator: EmulatorSetup
     public let clock: DeviceClock
@@ -25,6 +28,8 @@ public final class Trainer {
     let log: (String) -> Void
     public private(set) var records: [StepRecord] = []
     public private(set) var wallSeconds = 0.0
+    /// SHA-256 of the final parameters in the single-rank layout (set at the end of `run`).
+    public private(set) var checksum = ""
 
     var isLogger: Bool { groups.world.rank == 0 }
 
@@ -38,20 +43,30 @@ public final class Trainer {
         let topo = groups.topology
         plan = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
                              microBatches: config.microBatches, dp: topo.dp)
-        precondition(topo.world == 1, "multi-rank training is rejected in Launcher.preflight")
-        let layout = ParameterLayout(config: config.model)
+        precondition(topo.pp == 1, "pipeline parallelism is rejected in Launcher.preflight")
+        parallel = MPIModelParallelism(groups: groups)
+        let layout = Self.layout(config: config, topology: topo, shard: parallel.shard)
         params = Parameters(layout: layout)
         layout.initialize(params.values, seed: config.seed)
-        model = Transformer(config: config.model, params: params)
-        optimizer = AdamW(layout: layout, range: 0..<layout.totalCount,
-                          hyper: .init(beta1: config.beta1, beta2: config.beta2, eps: config.adamEps, weightDecay: config.weightDecay))
+        model = Transformer(config: config.model, params: params, parallel: parallel)
+        zero = ZeroOne(stage: config.zero, layout: layout, groups: groups)
+        let hyper = AdamW.Hyper(beta1: config.beta1, beta2: config.beta2, eps: config.adamEps, weightDecay: config.weightDecay)
+        optimizers = [zero.ownedDense, zero.ownedExpert].filter { !$0.isEmpty }.map { AdamW(layout: layout, range: $0, hyper: hyper) }
         schedule = LRSchedule(peak: config.lr, minRatio: config.minLRRatio, warmup: config.warmupSteps, total: config.steps)
         memory = MemoryPlan(config: config, topology: topo, plan: plan, precision: emulator.precision)
-        flopsPerToken = modelFLOPsPerToken(config.model, layout: layout)
+        flopsPerToken = modelFLOPsPerToken(config.model, layout: ParameterLayout(config: config.model))
+        groups.world.addObserver(counter)
         // One process = one rank = one emulated GPU: its kernels and messages move this clock.
         clock = emulator.makeClock()
         Kernels.accountant = clock
         groups.world.attach(clock: clock, floatBytes: emulator.precision.elementBytes)
+    }
+
+    /// The flat layout of one rank: its shard, with each region padded for ZeRO-1.
+    public static func layout(config: RunConfig, topology: Topology, shard: ShardSpec) -> ParameterLayout {
+        ParameterLayout(config: config.model, shard: shard,
+                        denseAlignment: config.zero == 1 ? topology.dp : 1,
+                        expertAlignment: config.zero == 1 ? topology.expertDP : 1)
     }
 
     var moeLayers: [Int] { (0..<config.model.layers).filter { config.model.isMoE(layer: $0) } }
@@ -67,6 +82,7 @@ public final class Trainer {
             if isLogger && (step == 1 || step % config.logEvery == 0 || step == config.steps) { log(format(record)) }
         }
         wallSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        checksum = parameterChecksum()
         if isLogger { printFooter() }
     }
 
@@ -79,7 +95,6 @@ public final class Trainer {
         params.zeroGrads()
         var stats = MicroBatchStats(layers: c.layers, experts: c.experts)
         let rankFirst = groups.coordinates.dp * plan.perRank
-        var stepTokens: [Int32] = [], stepTargets: [Int32] = []
         for m in 0..<plan.microBatches {
             let batch = data.batch(step: step, first: rankFirst + m * plan.microBatchSize, count: plan.microBatchSize, seqLen: T)
             let pass = clock.compute(.forward, "F\(m)") {
@@ -87,24 +102,31 @@ public final class Trainer {
             }
             clock.compute(.backward, "B\(m)") { model.backward(pass, scale: scale) }
             stats.merge(pass.stats)
-            if config.dumpStep == step { stepTokens += batch.tokens; stepTargets += batch.targets }
         }
         let pipelineEnd = clock.now
-        // (Data-parallel gradient reduction attaches here.)
-        let sumSq = clock.compute(.optimizer, "grad norm") { () -> Double in
-            Kernels.account(flops: Double(2 * params.grads.count), elements: Double(params.grads.count))
-            return Kernels.sumOfSquares(params.grads.count, params.grads.base)
-        }
+        // The step's figures over the data-parallel replicas (TP ranks of a replica agree).
+        stats = reduceStats(stats)
+        let dumpGrads = config.dumpStep == step ? zero.fullyReducedCopy(params.grads) : nil
+        zero.reduceGradients(params.grads)
+        var sumSq = 0.0
+        clock.compute(.optimizer, "grad norm") { sumSq = zero.globalSumOfSquares(params.grads) }
         let gradNorm = sumSq.squareRoot()
         let moeCount = Double(max(moeLayers.count, 1))
         let loss = stats.lossSum / Double(scale.tokens)
         let aux = stats.auxSum / Double(scale.sequences) / moeCount
         let z = stats.zSum / Double(scale.tokens) / moeCount
         let lr = schedule.rate(step: step)
-        if config.dumpStep == step, let dir = config.dumpDir {
-            try Dump.write(dir: dir, step: step, params: params, tokens: stepTokens, targets: stepTargets,
-                           sequences: plan.globalBatch, seqLen: T,
-                           record: ["step": step, "loss": loss, "aux_loss": aux, "z_loss": z, "grad_norm": gradNorm])
+        if let dumpGrads, let dir = config.dumpDir {
+            let values = GlobalParameters.gather(params.values, layout: params.layout, groups: groups, config: c)
+            let grads = GlobalParameters.gather(dumpGrads, layout: params.layout, groups: groups, config: c)
+            if let values, let grads {
+                let batch = data.batch(step: step, first: 0, count: plan.globalBatch, seqLen: T)
+                try Dump.write(dir: dir, step: step, layout: ParameterLayout(config: c), values: values, grads: grads,
+                               tokens: batch.tokens, targets: batch.targets, sequences: plan.globalBatch, seqLen: T,
+                               record: ["step": step, "loss": loss, "aux_loss": aux, "z_loss": z, "grad_norm": gradNorm,
+                                        "layout": ["tp": groups.topology.tp, "pp": groups.topology.pp, "dp": groups.topology.dp,
+                                                   "ep": groups.topology.ep, "zero": config.zero]])
+            }
         }
         let skipped = !gradNorm.isFinite || !loss.isFinite
         if skipped {
@@ -112,10 +134,13 @@ public final class Trainer {
         } else {
             let clip = config.gradClip > 0 && gradNorm > config.gradClip ? Float(config.gradClip / (gradNorm + 1e-6)) : 1
             clock.compute(.optimizer, "AdamW") {
-                let n = Double(optimizer.range.count)
-                Kernels.account(flops: 16 * n, elements: n * emulator.precision.optimizerStepBytesPerParameter / emulator.precision.elementBytes)
-                optimizer.step(params: params.values, grads: params.grads, lr: lr, gradScale: clip)
+                for optimizer in optimizers {
+                    let n = Double(optimizer.range.count)
+                    Kernels.account(flops: 16 * n, elements: n * emulator.precision.optimizerStepBytesPerParameter / emulator.precision.elementBytes)
+                    optimizer.step(params: params.values, grads: params.grads, lr: lr, gradScale: clip)
+                }
             }
+            zero.gatherParameters(params.values)
         }
         let timing = stepTiming(start: clockStart, pipelineEnd: pipelineEnd, spans: clock.spans[spanStart...],
                                 executedFLOPs: clock.executedFLOPs - flopsStart, tokens: scale.tokens)
@@ -124,6 +149,21 @@ public final class Trainer {
                           dropped: stats.dropped, assignments: stats.assignments, skipped: skipped,
                           wallSeconds: wall, tokens: scale.tokens, timing: timing,
                           peakActivationFloats: stats.peakActivationFloats)
+    }
+
+    /// Sums the losses and expert loads of the data-parallel replicas (bookkeeping, untimed).
+    func reduceStats(_ s: MicroBatchStats) -> MicroBatchStats {
+        let dp = groups.dp
+        guard dp.size > 1 else { return s }
+        var out = s
+        var sums = [s.lossSum, s.auxSum, s.zSum, Double(s.tokens), Double(s.dropped), Double(s.assignments)]
+        var load = s.load.flatMap { $0.map(Double.init) }
+        dp.untimed { dp.allReduce(&sums); dp.allReduce(&load) }
+        out.lossSum = sums[0]; out.auxSum = sums[1]; out.zSum = sums[2]; out.tokens = Int(sums[3])
+        out.dropped = Int(sums[4]); out.assignments = Int(sums[5])
+        let E = config.model.experts
+        out.load = (0..<config.model.layers).map { l in (0..<E).map { Int(load[l * E + $0]) } }
+        return out
     }
 
     /// The step's emulated figures, from the spans of every rank: step time from the
@@ -205,7 +245,7 @@ public final class Trainer {
                    100 * timed.reduce(0) { $0 + $1.idle } / timed.reduce(0) { $0 + $1.stepTime }))
         log(String(format: "wall clock: %.3f s per step, %.0f tokens/s on this machine", wallSeconds / Double(records.count),
                    tokensPerStep * Double(records.count) / wallSeconds))
-        log("param checksum: \(parameterChecksum())")
+        log("param checksum: \(checksum)")
     }
 
     /// Chrome trace JSON of every rank's spans (collective: every rank must call it; rank 0 gets the text).
@@ -221,9 +261,13 @@ public final class Trainer {
     }
 
     /// SHA-256 over all parameters in the single-rank layout and order, as little-endian fp32.
+    /// Collective: every rank sends its canonical shards; rank 0 returns the hex digest.
     public func parameterChecksum() -> String {
+        guard let global = GlobalParameters.gather(params.values, layout: params.layout, groups: groups, config: config.model) else {
+            return ""
+        }
         var h = SHA256()
-        h.update(floats: params.values.base, count: params.layout.totalCount)
+        global.withUnsafeBufferPointer { h.update(floats: $0.baseAddress!, count: $0.count) }
         return SHA256.hex(h.finalize())
     }
 
@@ -239,6 +283,15 @@ public final class Trainer {
         if n >= 1_000_000 { return String(format: "%.2fM", Double(n) / 1e6) }
         if n >= 1_000 { return String(format: "%.1fK", Double(n) / 1e3) }
         return "\(n)"
+    }
+
+    /// Bytes and calls per collective kind and group on this rank (rank 0's view), training traffic only.
+    func commBytes() -> [String: Any] {
+        var out: [String: Any] = [:]
+        for (key, bytes) in counter.bytes {
+            out["\(key.kind.rawValue)/\(key.group)"] = ["bytes": bytes, "calls": counter.calls[key] ?? 0]
+        }
+        return out
     }
 
     /// The machine-readable result of the run.
@@ -261,11 +314,15 @@ public final class Trainer {
             "learning_rates": records.map(\.lr),
             "skipped_steps": records.filter(\.skipped).map(\.step),
             "final_loss": losses.last ?? Double.nan,
-            "param_checksum": parameterChecksum(),
+            "param_checksum": checksum,
+            "zero": config.zero,
             "wall_time_s": wallSeconds,
             "tokens_per_s_wall": Double(records.reduce(0) { $0 + $1.tokens }) / max(wallSeconds, 1e-9),
-            "total_params": params.layout.totalCount,
+            "total_params": params.layout.globalCount,
             "active_params": params.layout.activeCount(config: c),
+            "local_params": params.layout.specs.reduce(0) { $0 + $1.count },
+            "optimizer_state_bytes": optimizers.reduce(0) { $0 + Double($1.range.count) } * emulator.precision.optimizerBytesPerParameter,
+            "comm_bytes": commBytes(),
             "global_batch": plan.globalBatch, "micro_batch_size": plan.microBatchSize, "micro_batches": plan.microBatches,
             "seq_len": c.seqLen, "seed": Int(config.seed),
             "data": data.description,

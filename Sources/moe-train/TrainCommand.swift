@@ -16,6 +16,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Pipeline stages.") var pp: Int?
     @Option(help: "Data-parallel ranks (derived from the world size; given, it must match).") var dp: Int?
     @Option(help: "Expert-parallel ranks (divides tp*dp and the expert count).") var ep: Int?
+    @Option(help: "ZeRO stage: 1 shards Adam state over data-parallel ranks, 0 keeps it whole.") var zero: Int?
 
     // Model
     @Option(help: "Experts per MoE layer.") var experts: Int?
@@ -64,7 +65,7 @@ struct TrainCommand: ParsableCommand {
     func resolvedConfig() throws -> RunConfig {
         var c = try config.map(ConfigFile.load) ?? RunConfig()
         func set<T>(_ v: T?, _ apply: (T) -> Void) { if let v { apply(v) } }
-        set(tp) { c.tp = $0 }; set(pp) { c.pp = $0 }; set(dp) { c.dp = $0 }; set(ep) { c.ep = $0 }
+        set(tp) { c.tp = $0 }; set(pp) { c.pp = $0 }; set(dp) { c.dp = $0 }; set(ep) { c.ep = $0 }; set(zero) { c.zero = $0 }
         set(experts) { c.model.experts = $0 }; set(topK) { c.model.topK = $0 }; set(layers) { c.model.layers = $0 }
         set(dModel) { c.model.dModel = $0 }; set(heads) { c.model.heads = $0 }; set(kvHeads) { c.model.kvHeads = $0 }
         set(ffnHidden) { c.model.ffnHidden = $0 }; set(moeEvery) { c.model.moeEvery = $0 }

@@ -20,7 +20,8 @@ final class EmbeddingGradTests: XCTestCase {
             return weightedSum(y, r)
         }
         // Linear in the table: eps 1e-2, tolerance 1e-2, floor 1e-3 * max|grad|.
-        assertGradient(gradCheck("embedding.table", param: table, analytic: dTable, eps: 1e-2, objective: objective))
+        assertGradient(gradCheck("embedding.table", param: table, analytic: dTable, eps: 1e-2,
+                                 floorFraction: 1e-3, objective: objective))
 
         let prior = randomTensor([V, C], seed: 44)
         let acc = prior.copy()
@@ -50,7 +51,8 @@ final class CrossEntropyGradTests: XCTestCase {
         func objective() -> Double? {
             Double(gradScale) * CrossEntropy.forwardBackward(logits: logits.copy(), targets: targets, gradScale: 0)
         }
-        // eps 1e-2 on logits of std 2; tolerance 1e-2, floor 1e-3 * max|grad|.
-        assertGradient(gradCheck("cross_entropy.logits", param: logits, analytic: grad, eps: 1e-2, objective: objective))
+        // eps 1e-2 on logits of std 2; tolerance 1e-2, floor 2e-2 * max|grad| (fp32 round-off, see GradCheck.swift).
+        assertGradient(gradCheck("cross_entropy.logits", param: logits, analytic: grad, eps: 1e-2,
+                                 floorFraction: 2e-2, objective: objective))
     }
 }

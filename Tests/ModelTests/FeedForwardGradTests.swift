@@ -21,9 +21,11 @@ final class FeedForwardGradTests: XCTestCase {
             _ = FeedForward.forward(x, wUp: wUp, wDown: wDown, y: y)
             return weightedSum(y, r)
         }
-        // eps 1e-2; tolerance 1e-2, floor 1e-3 * max|grad|.
-        assertGradient(gradCheck("ffn.x", param: x, analytic: dx, eps: 1e-2, objective: objective))
-        assertGradient(gradCheck("ffn.w_up", param: wUp, analytic: dwUp, eps: 1e-2, objective: objective))
-        assertGradient(gradCheck("ffn.w_down", param: wDown, analytic: dwDown, eps: 1e-2, objective: objective))
+        // Tolerance 1e-2, floor 2e-2 * max|grad| (fp32 round-off, see GradCheck.swift). eps 1e-2, except
+        // 3e-3 for w_up, whose perturbation goes through the GELU's curvature.
+        assertGradient(gradCheck("ffn.x", param: x, analytic: dx, eps: 1e-2, floorFraction: 2e-2, objective: objective))
+        assertGradient(gradCheck("ffn.w_up", param: wUp, analytic: dwUp, eps: 3e-3, floorFraction: 2e-2, objective: objective))
+        assertGradient(gradCheck("ffn.w_down", param: wDown, analytic: dwDown, eps: 1e-2, floorFraction: 2e-2,
+                                 objective: objective))
     }
 }

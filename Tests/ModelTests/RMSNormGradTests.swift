@@ -22,9 +22,9 @@ final class RMSNormGradTests: XCTestCase {
             RMSNorm.forward(x, w, eps: normEps, y: y, rstd: rstd)
             return weightedSum(y, r)
         }
-        // eps 1e-3 on O(1) inputs; tolerance 1e-2 with floor 1e-3 * max|grad|.
-        assertGradient(gradCheck("rmsnorm.x", param: x, analytic: dx, eps: 1e-3, objective: objective))
-        assertGradient(gradCheck("rmsnorm.w", param: w, analytic: dw, eps: 1e-3, objective: objective))
+        // eps 1e-2 on O(1) values; tolerance 1e-2, floor 2e-2 * max|grad| (fp32 round-off, see GradCheck.swift).
+        assertGradient(gradCheck("rmsnorm.x", param: x, analytic: dx, eps: 1e-2, floorFraction: 2e-2, objective: objective))
+        assertGradient(gradCheck("rmsnorm.w", param: w, analytic: dw, eps: 1e-2, floorFraction: 2e-2, objective: objective))
     }
 
     /// `accumulate` adds the input gradient; the weight gradient always accumulates.
