@@ -40,8 +40,9 @@ comm-check: build
 	launch/run.sh -np 4 -- comm-check --tp 2
 
 install: build
-	install -d $(PREFIX)/bin
+	install -d $(PREFIX)/bin $(PREFIX)/share/moe-train/devices
 	install -m 755 $(BIN) $(PREFIX)/bin/moe-train
+	install -m 644 configs/devices/*.json $(PREFIX)/share/moe-train/devices/
 	@echo "installed $(PREFIX)/bin/moe-train; for mpirun as root or with more ranks than cores: source launch/env.sh"
 
 clean:

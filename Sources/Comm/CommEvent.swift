@@ -53,7 +53,11 @@ public protocol CommObserver: AnyObject {
 
 /// Counts bytes and calls per (kind, group): the figures that go into `comm_bytes`.
 public final class CommCounter: CommObserver, @unchecked Sendable {
-    public struct Key: Hashable, Sendable { public let kind: CommKind; public let group: String }
+    public struct Key: Hashable, Sendable {
+        public let kind: CommKind
+        public let group: String
+        public init(kind: CommKind, group: String) { self.kind = kind; self.group = group }
+    }
     public private(set) var bytes: [Key: Int] = [:]
     public private(set) var calls: [Key: Int] = [:]
     public init() {}

@@ -133,6 +133,7 @@ public struct Communicator: @unchecked Sendable {
         for o in observers { o.willStart(event) }
         var req: MPI_Request? = nil
         if let clock = hooks.activeClock, size > 1 {
+            clock.flush()
             let wallStart = clock.wallNow
             var mine = clock.now, groupStart = 0.0
             start(&req)
@@ -316,6 +317,7 @@ public struct Communicator: @unchecked Sendable {
         let r = Request(event: ev, emulatedBytes: emulatedBytes(T.self, count: count), timed: clock != nil)
         MPI_Isend(buffer, Int32(count), T.mpiType, Int32(peer), Int32(tag), handle, &r.handle)
         if let clock {
+            clock.flush()
             r.sentAt.pointee = clock.now
             MPI_Isend(r.sentAt, 1, cmpi_double(), Int32(peer), Int32(tag), clockHandle, &r.clockHandle)
         }
@@ -338,6 +340,7 @@ public struct Communicator: @unchecked Sendable {
     /// Completes a request started by `isend` or `irecv`. For a receive with a clock, the
     /// receiver's clock becomes max(own, sent_at + alpha + bytes / beta).
     public func wait(_ request: Request) {
+        if request.timed && request.event.kind == .recv { hooks.clock?.flush() }
         let wallStart = hooks.clock?.wallNow ?? 0
         Communicator.complete(&request.handle)
         if request.timed {

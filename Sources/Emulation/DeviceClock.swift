@@ -26,9 +26,14 @@ public final class DeviceClock {
     public var recording = true
     let wallOrigin = DispatchTime.now().uptimeNanoseconds
 
-    // Accumulators of the compute region in progress.
+    // The compute region in progress: its kind and detail, the modeled seconds of the
+    // kernels since the last flush, and (measured mode) the thread CPU time at the last flush.
     var inRegion = false
+    var regionKind = SpanKind.forward
+    var regionDetail = ""
     var regionSeconds = 0.0
+    var regionCPUMark = 0.0
+    var regionWallMark = 0.0
 
     public init(mode: Mode, cost: CostModel) {
         self.mode = mode
@@ -44,26 +49,42 @@ public final class DeviceClock {
 
     // MARK: - Compute
 
-    /// Runs `body` as one compute span of `kind`. In modeled mode its duration is the sum
-    /// of the roofline costs of the kernels it ran (reported through `kernel`); in measured
-    /// mode it is the thread CPU time of `body` times the scale.
+    /// Runs `body` as compute of `kind`. In modeled mode its duration is the sum of the
+    /// roofline costs of the kernels it ran (reported through `kernel`); in measured mode it
+    /// is the thread CPU time of `body` times the scale. Communication inside `body` (the
+    /// tensor-parallel all-reduces of a layer) splits it: the compute before a message is
+    /// recorded first (`flush`), so messages carry the time at which they really leave.
     public func compute<R>(_ kind: SpanKind, _ detail: String, _ body: () throws -> R) rethrows -> R {
         precondition(!inRegion, "compute regions do not nest")
         inRegion = true
+        regionKind = kind
+        regionDetail = detail
         regionSeconds = 0
-        let wallStart = wallNow
-        let cpuStart = DeviceClock.threadCPUSeconds()
-        defer { inRegion = false }
-        let result = try body()
+        markRegion()
+        defer { flush(); inRegion = false }
+        return try body()
+    }
+
+    /// Records the compute done since the region started or was last flushed.
+    public func flush() {
+        guard inRegion else { return }
         let duration: Double
         switch mode {
         case .modeled: duration = regionSeconds
-        case .measured(let scale): duration = (DeviceClock.threadCPUSeconds() - cpuStart) * scale
+        case .measured(let scale): duration = (DeviceClock.threadCPUSeconds() - regionCPUMark) * scale
         }
         let start = now
         now += duration
-        record(kind, start, now, detail, wallStart: wallStart)
-        return result
+        record(regionKind, start, now, regionDetail, wallStart: regionWallMark)
+        regionSeconds = 0
+        markRegion()
+    }
+
+    /// Restarts the region's CPU and wall marks (after a wait that is not compute).
+    func markRegion() {
+        guard inRegion else { return }
+        regionWallMark = wallNow
+        if case .measured = mode { regionCPUMark = DeviceClock.threadCPUSeconds() }
     }
 
     /// One kernel of the current compute region: `flops` executed, `elements` moved through HBM.
@@ -76,6 +97,7 @@ public final class DeviceClock {
 
     /// A collective that starts when the slowest participant arrives (`groupStart`, the max
     /// of the participants' clocks) and lasts `duration`. The wait is an idle span.
+    /// Call `flush` before reading `now` for `groupStart`.
     public func collective(_ kind: SpanKind, groupStart: Double, duration: Double, detail: String, wallStart: Double) {
         if groupStart > now {
             record(.idle, now, groupStart, "waiting for " + detail, wallStart: wallStart)
@@ -84,6 +106,7 @@ public final class DeviceClock {
         let start = now
         now += duration
         record(kind, start, now, detail, wallStart: wallStart)
+        markRegion()
     }
 
     /// A message sent at the sender's time `sentAt` arrives after `transfer` seconds. The
@@ -99,6 +122,7 @@ public final class DeviceClock {
             now = arrival
             record(.recvWait, start, now, detail, wallStart: wallStart)
         }
+        markRegion()
     }
 
     /// Jumps forward to `time` (if later), recording the gap as `kind`.

@@ -34,11 +34,22 @@ public enum TraceWriter {
         return "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n" + events.joined(separator: ",\n") + "\n]}\n"
     }
 
-    static func microseconds(_ seconds: Double) -> String { String(format: "%.3f", seconds * 1e6) }
+    /// Whole nanoseconds, printed as microseconds with three decimals. Start and end are
+    /// rounded first and the duration is their difference, so a span that ends where the
+    /// next begins still does after rounding.
+    static func nanoseconds(_ seconds: Double) -> Int64 { Int64((seconds * 1e9).rounded()) }
+
+    static func microseconds(_ ns: Int64) -> String {
+        let sign = ns < 0 ? "-" : ""
+        let a = abs(ns)
+        let frac = String(a % 1000)
+        return "\(sign)\(a / 1000)." + String(repeating: "0", count: 3 - frac.count) + frac
+    }
 
     static func event(pid: Int, _ s: Span, start: Double, end: Double) -> String {
-        "{\"name\":\(quote(s.kind.rawValue)),\"cat\":\(quote(s.kind.category.rawValue)),\"ph\":\"X\",\"pid\":\(pid),\"tid\":0,"
-            + "\"ts\":\(microseconds(start)),\"dur\":\(microseconds(max(end - start, 0))),\"args\":{\"detail\":\(quote(s.detail))}}"
+        let t0 = nanoseconds(start), t1 = max(nanoseconds(end), t0)
+        return "{\"name\":\(quote(s.kind.rawValue)),\"cat\":\(quote(s.kind.category.rawValue)),\"ph\":\"X\",\"pid\":\(pid),\"tid\":0,"
+            + "\"ts\":\(microseconds(t0)),\"dur\":\(microseconds(t1 - t0)),\"args\":{\"detail\":\(quote(s.detail))}}"
     }
 
     static func meta(pid: Int, name: String, value: String) -> String {

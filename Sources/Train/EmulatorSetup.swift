@@ -29,8 +29,13 @@ public struct EmulatorSetup: Sendable {
         if let env = ProcessInfo.processInfo.environment["MOE_TRAIN_CONFIGS"] { dirs.append(env + "/devices") }
         dirs.append(FileManager.default.currentDirectoryPath + "/configs/devices")
         let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-        dirs.append(exe.appendingPathComponent("../../configs/devices").standardized.path)       // .build/release/moe-train
         dirs.append(exe.appendingPathComponent("../share/moe-train/devices").standardized.path)  // make install
+        // A binary inside the repository (.build/<triple>/release/moe-train): the repository's configs.
+        var dir = exe
+        for _ in 0..<5 {
+            dir = dir.deletingLastPathComponent()
+            dirs.append(dir.appendingPathComponent("configs/devices").path)
+        }
         return dirs
     }
 

@@ -30,6 +30,8 @@ public final class Trainer {
     public private(set) var wallSeconds = 0.0
     /// SHA-256 of the final parameters in the single-rank layout (set at the end of `run`).
     public private(set) var checksum = ""
+    /// Training communication summed over all ranks, per (kind, group): bytes and calls.
+    var commTotals: [CommCounter.Key: (bytes: Double, calls: Double)] = [:]
 
     var isLogger: Bool { groups.world.rank == 0 }
 
@@ -83,6 +85,7 @@ public final class Trainer {
         }
         wallSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         checksum = parameterChecksum()
+        commTotals = worldCommTotals()
         if isLogger { printFooter() }
     }
 
@@ -285,11 +288,26 @@ public final class Trainer {
         return "\(n)"
     }
 
-    /// Bytes and calls per collective kind and group on this rank (rank 0's view), training traffic only.
+    static let groupNames = ["world"] + Topology.Group.allCases.map(\.rawValue)
+
+    /// Sums every rank's byte and call counts (collective; bookkeeping, untimed).
+    func worldCommTotals() -> [CommCounter.Key: (bytes: Double, calls: Double)] {
+        let keys = CommKind.allCases.flatMap { k in Self.groupNames.map { CommCounter.Key(kind: k, group: $0) } }
+        var v = keys.flatMap { [Double(counter.bytes[$0] ?? 0), Double(counter.calls[$0] ?? 0)] }
+        let world = groups.world
+        world.untimed { world.allReduce(&v) }
+        var out: [CommCounter.Key: (bytes: Double, calls: Double)] = [:]
+        for (i, k) in keys.enumerated() where v[2 * i + 1] > 0 { out[k] = (v[2 * i], v[2 * i + 1]) }
+        return out
+    }
+
+    /// Per collective kind and group ("all-reduce/tp"): rank 0's bytes and calls, and the
+    /// bytes and calls of all ranks together. Training traffic only (not bookkeeping).
     func commBytes() -> [String: Any] {
         var out: [String: Any] = [:]
-        for (key, bytes) in counter.bytes {
-            out["\(key.kind.rawValue)/\(key.group)"] = ["bytes": bytes, "calls": counter.calls[key] ?? 0]
+        for (key, total) in commTotals {
+            out["\(key.kind.rawValue)/\(key.group)"] = ["bytes": counter.bytes[key] ?? 0, "calls": counter.calls[key] ?? 0,
+                                                         "bytes_all_ranks": Int(total.bytes), "calls_all_ranks": Int(total.calls)]
         }
         return out
     }

@@ -30,6 +30,7 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("capacity-factor"), help: "Expert capacity factor per sequence (0 = unlimited).") var capacityFactor: Double?
     @Option(name: .customLong("aux-loss-coef"), help: "Load-balancing loss coefficient.") var auxLossCoef: Double?
     @Option(name: .customLong("z-loss-coef"), help: "Router z-loss coefficient.") var zLossCoef: Double?
+    @Option(name: .customLong("router-init-scale"), help: "Scale of the router's initial weights (large = peaked, imbalanced routing).") var routerInitScale: Double?
     @Option(name: .customLong("seq-len"), help: "Tokens per sequence.") var seqLen: Int?
 
     // Batch and optimisation
@@ -70,7 +71,7 @@ struct TrainCommand: ParsableCommand {
         set(dModel) { c.model.dModel = $0 }; set(heads) { c.model.heads = $0 }; set(kvHeads) { c.model.kvHeads = $0 }
         set(ffnHidden) { c.model.ffnHidden = $0 }; set(moeEvery) { c.model.moeEvery = $0 }
         set(capacityFactor) { c.model.capacityFactor = $0 }; set(auxLossCoef) { c.model.auxLossCoef = $0 }
-        set(zLossCoef) { c.model.zLossCoef = $0 }; set(seqLen) { c.model.seqLen = $0 }
+        set(zLossCoef) { c.model.zLossCoef = $0 }; set(routerInitScale) { c.model.routerInitScale = $0 }; set(seqLen) { c.model.seqLen = $0 }
         // Batch: a flag for one of (micro-batch-size, micro-batches) lets the other be derived.
         switch (microBatchSize, microBatches) {
         case let (b?, m?): c.microBatchSize = b; c.microBatches = m; if globalBatch == nil { c.globalBatch = nil }

@@ -76,3 +76,18 @@ extension BadInputTests {
         try assertRejected(["--config", dir + "/v.json"], mentions: ["vocab 64", "largest token"])
     }
 }
+
+extension BadInputTests {
+    /// Parallelism issue, acceptance 6.
+    func testExpertParallelismThatDoesNotDivideTheStage() throws {
+        try assertRejected(np: 3, ["--config", "configs/tiny.json", "--ep", "2"], mentions: ["--ep 2", "tp 1 x dp 3"])
+    }
+
+    func testTensorParallelismThatDoesNotDivideTheHeads() throws {
+        try assertRejected(np: 3, ["--config", "configs/tiny.json", "--tp", "3", "--heads", "4"], mentions: ["--heads 4", "--tp 3"])
+    }
+
+    func testPipelineNotYetImplemented() throws {
+        try assertRejected(np: 2, ["--config", "configs/tiny.json", "--pp", "2"], mentions: ["--pp 2", "not implemented"])
+    }
+}

@@ -1,0 +1,146 @@
+import Foundation
+import XCTest
+import TestSupport
+
+/// Tensor, expert and data parallelism (with ZeRO-1) compute the same training run as one
+/// rank: the same gradients at a step, the same losses over many steps.
+final class ParallelEquivalenceTests: XCTestCase {
+    override func setUpWithError() throws {
+        guard Subprocess.binary != nil else { throw XCTSkip("MOE_TRAIN_BIN not set; run through `make test`") }
+    }
+
+    /// The layouts of the acceptance list: (ranks, flags).
+    static let layouts: [(np: Int, flags: [String])] = [
+        (2, ["--tp", "2"]),
+        (2, ["--ep", "2"]),
+        (2, ["--zero", "1"]),
+        (4, ["--tp", "2", "--ep", "4"]),
+    ]
+
+    func run(np: Int, _ args: [String], extraMPIArgs: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
+        let dir = try Subprocess.tempDir()
+        let r = try Subprocess.mpirun(np: np, ["--config", "configs/tiny.json", "--summary-json", dir + "/s.json"] + args,
+                                      extraMPIArgs: extraMPIArgs)
+        XCTAssertEqual(r.status, 0, r.output, file: file, line: line)
+        return try Subprocess.readJSON(dir + "/s.json")
+    }
+
+    func compareDumps(_ reference: String, _ other: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let script = Subprocess.repoRoot + "/launch/compare_dumps.py"
+        // Tolerances of the acceptance list: 1e-4 per tensor (max |a-b| / (max|b| + 1e-6)), 1e-5 on the loss.
+        let r = try Subprocess.run("/usr/bin/env", ["python3", script, reference, other, "--tol", "1e-4", "--loss-tol", "1e-5", "--quiet"])
+        print(r.stdout.split(separator: "\n").first { $0.hasPrefix("compare_dumps:") } ?? "")
+        XCTAssertEqual(r.status, 0, r.output, file: file, line: line)
+        XCTAssertTrue(r.stdout.contains(": OK"), r.output, file: file, line: line)
+    }
+
+    /// Acceptance 1: every layout's dump of step 3 matches the single-rank dump.
+    func testGradientsMatchTheSingleRankRun() throws {
+        let dir = try Subprocess.tempDir()
+        let common = ["--config", "configs/tiny.json", "--steps", "3", "--dump-step", "3"]
+        XCTAssertEqual(try Subprocess.mpirun(np: 1, common + ["--dump-dir", dir + "/ref"]).status, 0)
+        for (i, layout) in Self.layouts.enumerated() {
+            let r = try Subprocess.mpirun(np: layout.np, common + layout.flags + ["--dump-dir", dir + "/l\(i)"])
+            XCTAssertEqual(r.status, 0, r.output)
+            print("layout -np \(layout.np) \(layout.flags.joined(separator: " ")):")
+            try compareDumps(dir + "/ref", dir + "/l\(i)")
+        }
+    }
+
+    /// Acceptance 2: 30 steps of each layout track the single-rank losses within 1e-3
+    /// relative; ZeRO-0 and ZeRO-1 agree within 1e-5.
+    func testLossCurvesMatchTheSingleRankRun() throws {
+        let reference = try XCTUnwrap(try run(np: 1, ["--steps", "30"])["losses"] as? [Double])
+        XCTAssertEqual(reference.count, 30)
+        for layout in Self.layouts {
+            let s = try run(np: layout.np, ["--steps", "30"] + layout.flags)
+            let losses = try XCTUnwrap(s["losses"] as? [Double])
+            let worst = zip(losses, reference).map { abs($0 - $1) / abs($1) }.max()!
+            print(String(format: "-np %d %@: worst relative loss difference over 30 steps %.2e", layout.np,
+                         layout.flags.joined(separator: " "), worst))
+            XCTAssertLessThan(worst, 1e-3, "\(layout.flags)")
+        }
+        let z0 = try XCTUnwrap(try run(np: 2, ["--steps", "30", "--zero", "0"])["losses"] as? [Double])
+        let z1 = try XCTUnwrap(try run(np: 2, ["--steps", "30", "--zero", "1"])["losses"] as? [Double])
+        let worst = zip(z0, z1).map { abs($0 - $1) / abs($1) }.max()!
+        print(String(format: "zero 0 vs zero 1: worst relative loss difference %.2e", worst))
+        XCTAssertLessThan(worst, 1e-5)
+    }
+
+    /// Acceptance 3: at dp = 2 each rank holds half the optimizer state (up to padding).
+    func testZeroOneHalvesOptimizerState() throws {
+        let one = try run(np: 1, ["--steps", "1"])
+        let two = try run(np: 2, ["--steps", "1", "--zero", "1"])
+        let zeroOff = try run(np: 2, ["--steps", "1", "--zero", "0"])
+        let b1 = try XCTUnwrap(one["optimizer_state_bytes"] as? Double)
+        let b2 = try XCTUnwrap(two["optimizer_state_bytes"] as? Double)
+        print("optimizer state per rank: dp 1 \(b1) B, dp 2 with ZeRO-1 \(b2) B")
+        XCTAssertEqual(b2, b1 / 2, accuracy: 12 * 2, "half, up to one padding element per region")
+        XCTAssertEqual(zeroOff["optimizer_state_bytes"] as? Double, b1)
+        // The memory table says the same.
+        let mem = try XCTUnwrap((two["memory_bytes"] as? [[String: Any]])?.first)
+        XCTAssertEqual(mem["optimizer_state"] as? Double, b2)
+    }
+
+    /// Acceptance 4: a deliberately peaked router and capacity factor 1 drop tokens, the
+    /// drops are reported, and the layouts still agree (capacity is per sequence, so it does
+    /// not depend on how the batch is split).
+    func testCapacityDropsAreLayoutIndependent() throws {
+        let flags = ["--steps", "12", "--capacity-factor", "1.0", "--router-init-scale", "40"]
+        let reference = try run(np: 1, flags)
+        let load = try XCTUnwrap(reference["expert_load"] as? [String: Any])
+        let dropped = try XCTUnwrap(load["dropped_fraction"] as? Double)
+        print("dropped fraction with capacity factor 1.0 and router init x40: \(dropped)")
+        XCTAssertGreaterThan(dropped, 0)
+        let refLosses = try XCTUnwrap(reference["losses"] as? [Double])
+        for layout in [(2, ["--ep", "2"]), (4, ["--tp", "2", "--ep", "4"])] {
+            let s = try run(np: layout.0, flags + layout.1)
+            let losses = try XCTUnwrap(s["losses"] as? [Double])
+            XCTAssertLessThan(zip(losses, refLosses).map { abs($0 - $1) / abs($1) }.max()!, 1e-3)
+            let l = try XCTUnwrap(s["expert_load"] as? [String: Any])
+            XCTAssertEqual(try XCTUnwrap(l["dropped_fraction"] as? Double), dropped, accuracy: 1e-9)
+            XCTAssertEqual(l["per_layer_total"] as? [[Int]], load["per_layer_total"] as? [[Int]])
+        }
+    }
+
+    /// Acceptance 5: the --tp 2 equivalence over TCP, the transport used between hosts.
+    func testTensorParallelOverTCP() throws {
+        let reference = try XCTUnwrap(try run(np: 1, ["--steps", "10"])["losses"] as? [Double])
+        let s = try run(np: 2, ["--steps", "10", "--tp", "2"], extraMPIArgs: ["--mca", "btl", "self,tcp"])
+        let losses = try XCTUnwrap(s["losses"] as? [Double])
+        XCTAssertLessThan(zip(losses, reference).map { abs($0 - $1) / abs($1) }.max()!, 1e-3)
+    }
+
+    /// comm_bytes against closed forms, for -np 2 --tp 2 --ep 2 (dp 1) and one step of the
+    /// tiny config: per micro-batch of N = B*T tokens and width C,
+    ///  - TP all-reduce of activations: forward embedding + 2 per layer (attention, MoE),
+    ///    backward 2 per layer + head input gradient: (2 + 4L) x N x C floats, plus the
+    ///    vocabulary-parallel cross-entropy: N (max) and 2N (sum-exp and target logit);
+    ///    per step, plus the packed all-reduce of router and replicated-KV gradients;
+    ///  - EP all-to-all: per MoE layer 4 exchanges (dispatch, return, and the two of the
+    ///    backward) of this rank's kept assignments' rows, plus the count exchange.
+    func testCommunicationBytesMatchClosedForms() throws {
+        let s = try run(np: 2, ["--steps", "1", "--tp", "2", "--ep", "2", "--log-every", "1"])
+        let comm = try XCTUnwrap(s["comm_bytes"] as? [String: [String: Int]])
+        let L = 2, B = 4, T = 32, C = 64, M = 4, E = 4, K = 2, kvDim = 16
+        let N = B * T
+        let activationFloats = (2 + 4 * L) * N * C + N + 2 * N
+        let partialGradFloats = L * (E * C + 2 * kvDim * C)   // router + wk + wv, replicated over TP
+        let tpAllReduce = try XCTUnwrap(comm["all-reduce/tp"])
+        XCTAssertEqual(tpAllReduce["bytes"], 4 * (M * activationFloats + partialGradFloats))
+        XCTAssertEqual(tpAllReduce["calls"], M * (2 + 4 * L + 2) + 1)
+        // All-to-all over both ranks: per MoE layer and micro-batch, 4 exchanges of rows (dispatch,
+        // return, and both again in the backward) each moving every kept assignment once, plus
+        // one count exchange of E counts per rank. The kept assignments are the expert load.
+        let a2a = try XCTUnwrap(comm["all-to-all/ep"])
+        let load = try XCTUnwrap((s["expert_load"] as? [String: Any])?["per_layer_total"] as? [[Int]])
+        let kept = load.flatMap { $0 }.reduce(0, +)
+        let ep = 2
+        XCTAssertEqual(a2a["bytes_all_ranks"], 4 * kept * C * 4 + M * L * ep * E * 4)
+        XCTAssertEqual(a2a["calls_all_ranks"], ep * M * L * 5)
+        XCTAssertGreaterThan(kept, 0)
+        XCTAssertLessThanOrEqual(kept, M * L * N * K)
+        // Both TP ranks make the same TP all-reduces.
+        XCTAssertEqual(tpAllReduce["bytes_all_ranks"], 2 * tpAllReduce["bytes"]!)
+    }
+}
