@@ -11,8 +11,10 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export OMPI_MCA_rmaps_base_oversubscribe := 1
 
 CONFIG ?= configs/default.json
-# Ranks for `make run`: this build trains on one rank (parallel layouts land in later issues).
-NP ?= 1
+# `make run`: 16 ranks, 4-way tensor parallel x 4-way data parallel, 16-way expert parallel
+# (one expert per rank). Pipeline stages (--pp) land with the pipeline issue.
+NP ?= 16
+LAYOUT ?= --tp 4 --ep 16
 ARGS ?=
 PREFIX ?= /usr/local
 BIN := .build/release/moe-train
@@ -28,7 +30,7 @@ build: deps
 	swift build -c release --product moe-train
 
 run: build
-	launch/run.sh -np $(NP) -- --config $(CONFIG) $(ARGS)
+	launch/run.sh -np $(NP) -- --config $(CONFIG) $(LAYOUT) $(ARGS)
 
 # Unit and integration tests, built once in release mode (debug Swift is 10-50x slower in
 # numeric loops); integration tests run the release binary under real mpirun, serialized.
