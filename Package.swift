@@ -18,13 +18,14 @@ let package = Package(
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
 
-        // Dependencies point down only: moe-train -> Train -> Parallel -> {Model, Comm -> Emulation} -> Tensor.
+        // Dependencies point down only: moe-train -> Train -> Pipeline -> Parallel -> {Model, Comm -> Emulation} -> Tensor.
         .target(name: "Tensor", dependencies: ["CBLAS"]),
         .target(name: "Emulation", dependencies: ["Tensor"]),
         .target(name: "Comm", dependencies: ["CMPI", "Emulation", "Tensor"]),
         .target(name: "Model", dependencies: ["Tensor"]),
         .target(name: "Parallel", dependencies: ["Comm", "Emulation", "Model", "Tensor"]),
-        .target(name: "Train", dependencies: ["Parallel", "Model", "Comm", "Emulation", "Tensor"]),
+        .target(name: "Pipeline", dependencies: ["Parallel", "Model", "Comm", "Emulation", "Tensor"]),
+        .target(name: "Train", dependencies: ["Pipeline", "Parallel", "Model", "Comm", "Emulation", "Tensor"]),
         .executableTarget(name: "moe-train", dependencies: [
             "Train",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -35,6 +36,7 @@ let package = Package(
         .testTarget(name: "EmulationTests", dependencies: ["Emulation", "Tensor"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Tensor", "TestSupport"]),
         .testTarget(name: "ParallelTests", dependencies: ["Parallel", "Model"]),
+        .testTarget(name: "PipelineTests", dependencies: ["Pipeline"]),
         .testTarget(name: "TrainTests", dependencies: ["Train", "Model", "Tensor"]),
         .testTarget(name: "IntegrationTests", dependencies: ["TestSupport"]),
     ],
