@@ -75,8 +75,10 @@ public struct ParameterLayout: Sendable {
         let ffnLocal = c.ffnHidden / shard.tp
         let tpSharded: ParamPlacement = shard.tp > 1 ? .tpSharded : .replicated
         let vocabSlice = TensorSlice(dim: 0, start: vocab.lowerBound, length: vocab.count)
-        add("tok_emb", [c.vocab, c.dModel], .normal(std: std), slice: vocabSlice, placement: tpSharded)
-        for l in 0..<c.layers {
+        if shard.embedding {
+            add("tok_emb", [c.vocab, c.dModel], .normal(std: std), slice: vocabSlice, placement: tpSharded)
+        }
+        for l in 0..<c.layers where shard.holds(layer: l) {
             let p = "layers.\(l)"
             add("\(p).attn_norm", [c.dModel], .ones, decay: false)
             add("\(p).attn.wq", [c.heads * D, c.dModel], .normal(std: std),
@@ -101,8 +103,10 @@ public struct ParameterLayout: Sendable {
                     slice: TensorSlice(dim: 1, start: shard.tpRank * ffnLocal, length: ffnLocal), placement: tpSharded)
             }
         }
-        add("norm_f", [c.dModel], .ones, decay: false)
-        if !c.tieEmbeddings { add("lm_head", [c.vocab, c.dModel], .normal(std: std), slice: vocabSlice, placement: tpSharded) }
+        if shard.head {
+            add("norm_f", [c.dModel], .ones, decay: false)
+            if !c.tieEmbeddings { add("lm_head", [c.vocab, c.dModel], .normal(std: std), slice: vocabSlice, placement: tpSharded) }
+        }
 
         // Offsets: the dense region, padded, then the expert region, padded. Within a region,
         // tensors keep the order above.

@@ -5,12 +5,21 @@ public struct ShardSpec: Sendable, Equatable {
     public let tpRank: Int
     public let ep: Int
     public let epRank: Int
+    /// The transformer layers this rank holds (all its pipeline chunks); nil: every layer.
+    public let layers: [Int]?
+    /// Whether this rank holds the token embedding (first pipeline stage) and the final norm
+    /// and LM head (last pipeline stage).
+    public let embedding: Bool
+    public let head: Bool
 
-    public init(tp: Int, tpRank: Int, ep: Int, epRank: Int) {
+    public init(tp: Int, tpRank: Int, ep: Int, epRank: Int, layers: [Int]? = nil, embedding: Bool = true, head: Bool = true) {
         self.tp = tp; self.tpRank = tpRank; self.ep = ep; self.epRank = epRank
+        self.layers = layers; self.embedding = embedding; self.head = head
     }
 
     public static let single = ShardSpec(tp: 1, tpRank: 0, ep: 1, epRank: 0)
+
+    public func holds(layer l: Int) -> Bool { layers?.contains(l) ?? true }
 
     /// The attention heads this rank computes: a block of H/tp query heads; KV heads split
     /// the same way when there are at least tp of them, else all replicated.

@@ -109,7 +109,10 @@ public final class Transformer {
         Attention.backward(cache.attn, attnWeights(l), heads: heads, seqLen: config.seqLen, rotary: rotary,
                            dy: da, dw: attnWeights(l, grads: true), dx: dxn1, accumulate: false)
         parallel.tpAllReduce(dxn1)  // f: column-parallel q/k/v projections
-        let dx = da
+        // A copy, not `da` itself: the output projection's weight gradient may still read `da`
+        // later (deferred to a zero-bubble W action).
+        let dx = da.copy()
+        Kernels.account(flops: 0, elements: Double(2 * n * c))
         RMSNorm.backward(cache.x, params.value("layers.\(l).attn_norm"), rstd: cache.rstd1, dy: dxn1, dx: dx,
                          dw: params.grad("layers.\(l).attn_norm"), accumulate: true)
         return dx
@@ -125,61 +128,97 @@ public final class Transformer {
 
     // MARK: - Whole micro-batch
 
-    /// What the forward of one micro-batch keeps for its backward.
-    public struct ForwardPass {
-        let tokens: [Int32]
+    /// What the forward of one pipeline chunk (a contiguous run of layers; the first chunk
+    /// also embeds, the last also runs the head and the loss) keeps for its backward.
+    public struct ChunkPass {
+        public let layers: Range<Int>
+        let tokens: [Int32]?       // first chunk: the input tokens
         var caches: [BlockCache]
-        let x: Tensor, xf: Tensor, rstdF: Tensor
-        /// The loss gradient w.r.t. the logits (the cross-entropy is fused with its backward).
-        let dLogits: Tensor
+        /// The chunk's output: the activation sent to the next chunk (the last block's output).
+        public let output: Tensor
+        let head: (xf: Tensor, rstdF: Tensor, dLogits: Tensor)?
         public let stats: MicroBatchStats
+        /// Floats of activations this pass keeps (its caches and output).
+        public let activationFloats: Int
+        public var isLast: Bool { head != nil }
     }
 
-    /// Forward of one micro-batch of B = tokens.count / T sequences, through the loss.
-    /// The returned pass holds the activations its backward needs; `stats.peakActivationFloats`
-    /// counts them (every buffer kept, at its largest).
-    public func forward(tokens: [Int32], targets: [Int32], scale: LossScale) -> ForwardPass {
-        let T = config.seqLen, c = config.dModel
-        precondition(tokens.count == targets.count && tokens.count % T == 0, "micro-batch must hold whole sequences")
-        let n = tokens.count
+    /// Where a chunk's input comes from.
+    public enum ChunkInput {
+        case tokens([Int32])       // the first chunk embeds them
+        case activation(Tensor)    // received from the previous chunk
+    }
+
+    /// Forward of `layers` for one micro-batch. `targets` are given to the last chunk, which
+    /// computes the loss (fused with its gradient, scaled for the global batch).
+    public func forwardChunk(layers: Range<Int>, input: ChunkInput, targets: [Int32]?, scale: LossScale) -> ChunkPass {
         var stats = MicroBatchStats(layers: config.layers, experts: config.experts)
-        var x = embed(tokens)
+        var x: Tensor
+        var tokens: [Int32]? = nil
+        var live = 0
+        switch input {
+        case .tokens(let t):
+            precondition(t.count % config.seqLen == 0, "micro-batch must hold whole sequences")
+            tokens = t
+            x = embed(t)
+            live += x.count
+        case .activation(let a):
+            x = a
+        }
         var caches: [BlockCache] = []
-        var live = x.count
-        for l in 0..<config.layers {
+        for l in layers {
             let (out, cache) = blockForward(l, x)
             live += cache.floatCount + out.count
             if case .moe(let mc) = cache.ffn { stats.record(layer: l, routing: mc.routing) }
             caches.append(cache)
             x = out
         }
-        // Head: final norm, logits, loss (fused with its gradient).
-        let xf = Tensor(zeros: [n, c]), rstdF = Tensor(zeros: [n])
-        RMSNorm.forward(x, params.value("norm_f"), eps: eps, y: xf, rstd: rstdF)
-        let logits = Tensor(zeros: [n, vocab.count])
-        Kernels.linearForward(xf, params.value(headName), into: logits)
-        live += xf.count + rstdF.count + logits.count
+        var head: (Tensor, Tensor, Tensor)? = nil
+        if let targets {
+            // Head: final norm, logits, loss (fused with its gradient).
+            let n = x.rows, c = config.dModel
+            precondition(targets.count == n, "targets must match the micro-batch")
+            let xf = Tensor(zeros: [n, c]), rstdF = Tensor(zeros: [n])
+            RMSNorm.forward(x, params.value("norm_f"), eps: eps, y: xf, rstd: rstdF)
+            let logits = Tensor(zeros: [n, vocab.count])
+            Kernels.linearForward(xf, params.value(headName), into: logits)
+            live += xf.count + rstdF.count + logits.count
+            stats.lossSum = CrossEntropy.forwardBackward(logits: logits, targets: targets, vocab: vocab,
+                                                         gradScale: 1 / Float(scale.tokens), parallel: parallel)
+            stats.tokens = n
+            head = (xf, rstdF, logits)
+        }
         stats.peakActivationFloats = live
-        stats.lossSum = CrossEntropy.forwardBackward(logits: logits, targets: targets, vocab: vocab,
-                                                     gradScale: 1 / Float(scale.tokens), parallel: parallel)
-        stats.tokens = n
-        return ForwardPass(tokens: tokens, caches: caches, x: x, xf: xf, rstdF: rstdF, dLogits: logits, stats: stats)
+        return ChunkPass(layers: layers, tokens: tokens, caches: caches, output: x, head: head, stats: stats, activationFloats: live)
     }
 
-    /// Backward of a forward pass, accumulating gradients into `params.grads`.
-    public func backward(_ pass: ForwardPass, scale: LossScale) {
+    /// Backward of a chunk. The last chunk starts from its loss; the others from
+    /// `outputGradient`, received from the next chunk. Returns the gradient of the chunk's
+    /// input (to send to the previous chunk), or nil for the first chunk.
+    @discardableResult
+    public func backwardChunk(_ pass: ChunkPass, outputGradient: Tensor?, scale: LossScale) -> Tensor? {
         var pass = pass
-        let n = pass.x.rows, c = config.dModel
-        let dxf = Tensor(zeros: [n, c])
-        Kernels.linearBackward(pass.xf, params.value(headName), pass.dLogits, dx: dxf, dw: params.grad(headName))
-        parallel.tpAllReduce(dxf)  // vocabulary-parallel head: partial input gradients
-        var dx = Tensor(zeros: [n, c])
-        RMSNorm.backward(pass.x, params.value("norm_f"), rstd: pass.rstdF, dy: dxf, dx: dx, dw: params.grad("norm_f"), accumulate: false)
-        for l in stride(from: config.layers - 1, through: 0, by: -1) {
-            dx = blockBackward(l, pass.caches[l], dOut: dx, scale: scale)
-            pass.caches.removeLast()  // activations are freed as soon as their backward is done
+        let n = pass.output.rows, c = config.dModel
+        var dx: Tensor
+        if let head = pass.head {
+            let dxf = Tensor(zeros: [n, c])
+            Kernels.linearBackward(head.xf, params.value(headName), head.dLogits, dx: dxf, dw: params.grad(headName))
+            parallel.tpAllReduce(dxf)  // vocabulary-parallel head: partial input gradients
+            dx = Tensor(zeros: [n, c])
+            RMSNorm.backward(pass.output, params.value("norm_f"), rstd: head.rstdF, dy: dxf, dx: dx,
+                             dw: params.grad("norm_f"), accumulate: false)
+        } else {
+            guard let g = outputGradient else { preconditionFailure("a chunk that is not last needs its output gradient") }
+            dx = g
         }
-        Embedding.backward(tokens: pass.tokens, dy: dx, dTable: params.grad("tok_emb"), vocab: vocab)
+        for l in pass.layers.reversed() {
+            dx = blockBackward(l, pass.caches.removeLast(), dOut: dx, scale: scale)  // caches freed as their backward ends
+        }
+        if let tokens = pass.tokens {
+            Embedding.backward(tokens: tokens, dy: dx, dTable: params.grad("tok_emb"), vocab: vocab)
+            return nil
+        }
+        return dx
     }
 
     /// Vocabulary-parallel embedding: each TP rank looks up its rows, the sum is the lookup.
@@ -190,11 +229,11 @@ public final class Transformer {
         return x
     }
 
-    /// Forward and backward of one micro-batch, accumulating gradients (scaled by `scale`)
-    /// into `params.grads`.
+    /// Forward and backward of one micro-batch through the whole model, accumulating
+    /// gradients (scaled by `scale`) into `params.grads`.
     public func forwardBackward(tokens: [Int32], targets: [Int32], scale: LossScale) -> MicroBatchStats {
-        let pass = forward(tokens: tokens, targets: targets, scale: scale)
-        backward(pass, scale: scale)
+        let pass = forwardChunk(layers: 0..<config.layers, input: .tokens(tokens), targets: targets, scale: scale)
+        backwardChunk(pass, outputGradient: nil, scale: scale)
         return pass.stats
     }
 
@@ -206,8 +245,8 @@ public final class Transformer {
         let T = c.seqLen, n = B * T, C = c.dModel, D = c.headDim
         let heads = shard.heads(c)
         let assignments = n / shard.tp * c.topK                       // this rank's tokens' assignments
-        var total = n * C  // embedding output
-        for l in 0..<c.layers {
+        var total = shard.embedding ? n * C : 0  // embedding output
+        for l in 0..<c.layers where shard.holds(layer: l) {
             total += 4 * n * C + 2 * n                                // xn1, a, xn2, block output; two rstd
             total += n * heads.qHeads * D * 2 + 2 * n * heads.kvHeads * D   // q, o; k, v
             total += B * heads.qHeads * T * T                         // attention probabilities
@@ -218,7 +257,7 @@ public final class Transformer {
                 total += 2 * n * c.ffnHidden / shard.tp
             }
         }
-        return total + n * C + n + n * shard.vocabRange(c).count      // final norm, rstd, logits
+        return total + (shard.head ? n * C + n + n * shard.vocabRange(c).count : 0)  // final norm, rstd, logits
     }
 
     /// Forward only, returning the summed LM loss over the tokens (for evaluation and tests).

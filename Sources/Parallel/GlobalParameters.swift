@@ -26,7 +26,10 @@ public enum GlobalParameters {
     }
 
     /// Collective over the world: rank 0 receives the full vector, other ranks nil.
-    public static func gather(_ local: Storage, layout: ParameterLayout, groups: ProcessGroups, config: ModelConfig) -> [Float]? {
+    /// `layoutOf(rank)` gives any rank's layout (its shard and pipeline layers); `single` is
+    /// the single-rank layout, whose order the result follows.
+    public static func gather(_ local: Storage, layout: ParameterLayout, single: ParameterLayout, groups: ProcessGroups,
+                              layoutOf: (Int) -> ParameterLayout) -> [Float]? {
         let world = groups.world
         let topo = groups.topology
         if world.size == 1 { return assemble([(layout, local.base)], total: layout.globalCount) }
@@ -38,11 +41,11 @@ public enum GlobalParameters {
         let bytes = payload.withUnsafeBytes { Array($0) }
         let parts = world.untimed { world.gatherBytes(bytes, root: 0) }
         guard world.rank == 0 else { return nil }
-        var global = [Float](repeating: 0, count: layout.globalCount)
-        let offsets = offsets(layout)
+        var global = [Float](repeating: 0, count: single.globalCount)
+        let offsets = offsets(single)
         for (rank, part) in parts.enumerated() {
             let c = topo.coordinates(of: rank)
-            let theirs = ParameterLayout(config: config, shard: ShardSpec(tp: topo.tp, tpRank: c.tp, ep: topo.ep, epRank: c.ep))
+            let theirs = layoutOf(rank)
             part.withUnsafeBytes { raw in
                 let floats = raw.bindMemory(to: Float.self)
                 var cursor = 0

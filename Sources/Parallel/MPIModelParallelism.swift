@@ -8,9 +8,9 @@ public final class MPIModelParallelism: ModelParallelism {
     let tp: Communicator
     let ep: Communicator
 
-    public init(groups: ProcessGroups) {
+    public init(groups: ProcessGroups, shard: ShardSpec) {
         let c = groups.coordinates
-        shard = ShardSpec(tp: groups.topology.tp, tpRank: c.tp, ep: groups.topology.ep, epRank: c.ep)
+        self.shard = shard
         tp = groups.tp
         ep = groups.ep
         precondition(tp.rank == c.tp && ep.rank == c.ep, "communicator ranks disagree with the topology")

@@ -56,6 +56,11 @@ public enum Kernels {
              b: w.ptr, ldb: inDim, beta: accumulate ? 1 : 0, c: y.ptr, ldc: outDim)
     }
 
+    /// When set, the weight-gradient GEMMs of `linearBackward` are queued here instead of
+    /// run: the zero-bubble split of a backward into input gradients now (I) and weight
+    /// gradients later (W).
+    nonisolated(unsafe) public static var deferredWeightGrads: WeightGradQueue?
+
     /// dx[n, in] (+)= dy[n, out] * W[out, in]; dW[out, in] += dy^T * x.
     public static func linearBackward(_ x: Tensor, _ w: Tensor, _ dy: Tensor,
                                       dx: Tensor?, dw: Tensor, accumulateDx: Bool = false) {
@@ -65,8 +70,11 @@ public enum Kernels {
             gemm(transA: false, transB: false, m: n, n: inDim, k: outDim, a: dy.ptr, lda: outDim,
                  b: w.ptr, ldb: inDim, beta: accumulateDx ? 1 : 0, c: dx.ptr, ldc: inDim)
         }
-        gemm(transA: true, transB: false, m: outDim, n: inDim, k: n, a: dy.ptr, lda: outDim,
-             b: x.ptr, ldb: inDim, beta: 1, c: dw.ptr, ldc: inDim)
+        let weightGrad = {
+            gemm(transA: true, transB: false, m: outDim, n: inDim, k: n, a: dy.ptr, lda: outDim,
+                 b: x.ptr, ldb: inDim, beta: 1, c: dw.ptr, ldc: inDim)
+        }
+        if let queue = deferredWeightGrads { queue.append(weightGrad, floats: x.count + dy.count) } else { weightGrad() }
     }
 
     /// y += a * x
@@ -92,4 +100,21 @@ public enum Kernels {
     /// The number of threads OpenBLAS will use in this process.
     public static var blasThreads: Int { Int(openblas_get_num_threads()) }
     public static func setBlasThreads(_ n: Int) { openblas_set_num_threads(Int32(n)) }
+}
+
+/// Weight-gradient GEMMs set aside by a zero-bubble backward (I), run later (W). Each
+/// holds its input and output-gradient tensors alive until it runs.
+public final class WeightGradQueue {
+    var work: [() -> Void] = []
+    /// Floats the queued GEMMs keep alive (for the activation-memory count).
+    public private(set) var floats = 0
+    public init() {}
+    public var isEmpty: Bool { work.isEmpty }
+    func append(_ f: @escaping () -> Void, floats n: Int) { work.append(f); floats += n }
+    /// Runs every queued GEMM in order and empties the queue.
+    public func run() {
+        for f in work { f() }
+        work.removeAll()
+        floats = 0
+    }
 }

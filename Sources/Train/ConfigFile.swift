@@ -90,6 +90,12 @@ public enum ConfigFile {
         "dp": { $0.dp = try int($1) },
         "ep": { $0.ep = try int($1) },
         "zero": { $0.zero = try int($1) },
+        "schedule": { $0.schedule = try string($1) },
+        "virtual_stages": { $0.virtualStages = try int($1) },
+        "pp_layers": { c, v in
+            guard let a = v as? [Any] else { throw TypeMismatch(expected: "an array of integers") }
+            c.ppLayers = try a.map(int)
+        },
         // batch
         "global_batch": { $0.globalBatch = try int($1) },
         "micro_batch_size": { $0.microBatchSize = try int($1) },

@@ -2,6 +2,7 @@ import Foundation
 import Emulation
 import Model
 import Parallel
+import Pipeline
 
 /// The emulated GPU of a run, resolved from the configuration: its profile (found by name
 /// under configs/devices/ or given as a file), links, precision and clock mode.
@@ -76,21 +77,26 @@ public struct MemoryPlan: Sendable {
     }
     public let roles: [Role]
 
-    /// Each rank holds its tensor/expert shard of the parameters and gradients, optimizer
-    /// state for what it steps (its ZeRO-1 shard, or everything with --zero 0), the
-    /// activations of one micro-batch (forward and backward alternate per micro-batch), and
-    /// the buffers of the gradient reduction. Ranks with equal figures form one role.
-    public init(config: RunConfig, topology: Topology, plan: BatchPlan, precision: Precision) {
+    /// Each rank holds its tensor/expert shard of its pipeline stage's parameters and
+    /// gradients, optimizer state for what it steps (its ZeRO-1 shard, or everything with
+    /// --zero 0), the activations of the micro-batches its schedule keeps in flight at once
+    /// (from the schedule's simulation), and the buffers of the gradient reduction. Ranks
+    /// with equal figures form one role.
+    public init(config: RunConfig, topology: Topology, plan: BatchPlan, stagePlan: StagePlan, schedule: PipelineSchedule,
+                precision: Precision) {
         var roles: [Role] = []
         for rank in 0..<topology.world {
             let c = topology.coordinates(of: rank)
-            let shard = ShardSpec(tp: topology.tp, tpRank: c.tp, ep: topology.ep, epRank: c.ep)
+            let shard = Trainer.shard(rank: rank, topology: topology, plan: stagePlan)
             let layout = Trainer.layout(config: config, topology: topology, shard: shard)
             let zero1 = config.zero == 1
             let denseShard = layout.denseRegion.count / (zero1 ? topology.dp : 1)
             let expertShard = layout.expertRegion.count / (zero1 ? topology.expertDP : 1)
             let partial = layout.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count }
-            let activations = Transformer.activationFloats(config: config.model, sequences: plan.microBatchSize, shard: shard)
+            let inFlight = schedule.uniform.peakInFlight[c.pp]
+            let perChunk = Transformer.activationFloats(config: config.model, sequences: plan.microBatchSize, shard: shard)
+                / stagePlan.virtualStages
+            let activations = perChunk * max(inFlight, 1)
             let b = MemoryBreakdown(precision: precision, parametersHeld: layout.specs.reduce(0) { $0 + $1.count },
                                     optimizerParameters: denseShard + expertShard, activationElements: activations,
                                     communicationElements: (zero1 ? denseShard + expertShard : 0) + partial)

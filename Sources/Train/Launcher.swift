@@ -2,6 +2,7 @@ import Foundation
 import Comm
 import Model
 import Parallel
+import Pipeline
 import Tensor
 
 /// Rank and world size as the MPI launcher announces them in the environment, readable
@@ -34,8 +35,8 @@ public enum Launcher {
             try config.validate()
             let topo = try Topology(world: env.worldSize, tp: config.tp, pp: config.pp, dp: config.dp, ep: config.ep,
                                     model: config.model)
-            guard topo.pp == 1 else {
-                throw UsageError("the layout is valid (tp \(topo.tp) x pp \(topo.pp) x dp \(topo.dp), ep \(topo.ep)), but pipeline parallelism (--pp \(topo.pp)) is not implemented yet; use --pp 1")
+            if topo.pp > 1 && config.model.tieEmbeddings {
+                throw UsageError("tied embeddings with --pp \(topo.pp) are not supported: the embedding (first stage) and the LM head (last stage) would need a tied-gradient all-reduce; untie them or use --pp 1")
             }
             let plan = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
                                      microBatches: config.microBatches, dp: topo.dp)
@@ -43,8 +44,15 @@ public enum Launcher {
             guard tokensPerMicroBatch % topo.tp == 0 else {
                 throw UsageError("a micro-batch of \(plan.microBatchSize) x \(config.model.seqLen) = \(tokensPerMicroBatch) tokens does not split over --tp \(topo.tp) for expert dispatch")
             }
+            let stagePlan: StagePlan
+            let schedule: PipelineSchedule
+            do {
+                stagePlan = try StagePlan(config: config.model, stages: topo.pp, virtualStages: config.virtualStages, counts: config.ppLayers)
+                schedule = try PipelineSchedule(ScheduleKind(rawValue: config.schedule)!, plan: stagePlan, microbatches: plan.microBatches)
+            } catch { throw UsageError(String(describing: error)) }
             let emulator = try EmulatorSetup.resolve(config)
-            let memory = MemoryPlan(config: config, topology: topo, plan: plan, precision: emulator.precision)
+            let memory = MemoryPlan(config: config, topology: topo, plan: plan, stagePlan: stagePlan, schedule: schedule,
+                                    precision: emulator.precision)
             if !config.ignoreOOM, let oom = memory.outOfMemory(device: emulator.profile) { throw UsageError(oom) }
             let data: DataSource = config.data == "markov"
                 ? MarkovSource(spec: config.markov, seed: config.seed)

@@ -13,6 +13,9 @@ public struct RunConfig: Equatable, Sendable {
     public var dp: Int? = nil          // derived from the world size when nil
     public var ep = 1
     public var zero = 1                // ZeRO stage: 1 shards optimizer state over data parallelism, 0 replicates it
+    public var schedule = "1f1b"       // pipeline schedule: gpipe, 1f1b, interleaved, zb-h1
+    public var virtualStages = 1       // model chunks per pipeline rank (interleaved)
+    public var ppLayers: [Int]? = nil  // layers per (virtual) stage; nil: balanced by estimated cost
 
     // Batch: any two of the three determine the third (see `BatchPlan`).
     public var globalBatch: Int? = 8   // sequences per optimizer step, over all data-parallel ranks
@@ -72,6 +75,11 @@ public struct RunConfig: Equatable, Sendable {
         try need(adamEps > 0, "adam_eps must be positive")
         try need(gradClip >= 0, "--grad-clip must be >= 0, 0 meaning no clipping (got \(gradClip))")
         try need(zero == 0 || zero == 1, "--zero must be 0 or 1 (got \(zero))")
+        try need(["gpipe", "1f1b", "interleaved", "zb-h1"].contains(schedule),
+                 "--schedule must be gpipe, 1f1b, interleaved or zb-h1 (got \(schedule))")
+        try need(virtualStages >= 1, "--virtual-stages must be at least 1 (got \(virtualStages))")
+        try need(virtualStages == 1 || schedule == "interleaved",
+                 "--virtual-stages \(virtualStages) needs --schedule interleaved (\(schedule) runs one chunk per rank)")
         try need(logEvery >= 1, "--log-every must be at least 1 (got \(logEvery))")
         if let g = globalBatch { try need(g >= 1, "--global-batch must be at least 1 (got \(g))") }
         if let b = microBatchSize { try need(b >= 1, "--micro-batch-size must be at least 1 (got \(b))") }

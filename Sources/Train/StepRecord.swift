@@ -38,6 +38,10 @@ public struct StepTiming: Sendable {
     public let idle: Double
     /// Per pipeline stage: idle share of the pipeline phase, mean over the stage's ranks.
     public let bubblePerStage: [Double]
+    /// From the first pipeline action's start to the last one's end, over all ranks.
+    public let pipelinePhase: Double
+    /// The event simulator's bubble per stage for the same schedule and measured durations.
+    public let simulatedBubblePerStage: [Double]
     public let mfu: Double
     public let hfu: Double
     public var bubble: Double { bubblePerStage.reduce(0, +) / Double(max(bubblePerStage.count, 1)) }

@@ -3,6 +3,7 @@ import Comm
 import Emulation
 import Model
 import Parallel
+import Pipeline
 import Tensor
 
 /// The training loop: for each step, run the rank's micro-batches (forward and backward,
@@ -19,8 +20,11 @@ public final class Trainer {
     let optimizers: [AdamW]
     public let zero: ZeroOne
     public let parallel: MPIModelParallelism
+    public let stagePlan: StagePlan
+    public let schedule: PipelineSchedule
+    let executor: PipelineExecutor
     let counter = CommCounter()
-    let schedule: LRSchedule
+    let lrSchedule: LRSchedule
     public let emulator: EmulatorSetup
     public let clock: DeviceClock
     public let memory: MemoryPlan
@@ -45,23 +49,36 @@ public final class Trainer {
         let topo = groups.topology
         plan = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
                              microBatches: config.microBatches, dp: topo.dp)
-        precondition(topo.pp == 1, "pipeline parallelism is rejected in Launcher.preflight")
-        parallel = MPIModelParallelism(groups: groups)
-        let layout = Self.layout(config: config, topology: topo, shard: parallel.shard)
+        stagePlan = try StagePlan(config: config.model, stages: topo.pp, virtualStages: config.virtualStages, counts: config.ppLayers)
+        schedule = try PipelineSchedule(ScheduleKind(rawValue: config.schedule) ?? .oneFOneB, plan: stagePlan,
+                                        microbatches: plan.microBatches)
+        let shard = Self.shard(rank: groups.world.rank, topology: topo, plan: stagePlan)
+        parallel = MPIModelParallelism(groups: groups, shard: shard)
+        let layout = Self.layout(config: config, topology: topo, shard: shard)
         params = Parameters(layout: layout)
         layout.initialize(params.values, seed: config.seed)
         model = Transformer(config: config.model, params: params, parallel: parallel)
         zero = ZeroOne(stage: config.zero, layout: layout, groups: groups)
         let hyper = AdamW.Hyper(beta1: config.beta1, beta2: config.beta2, eps: config.adamEps, weightDecay: config.weightDecay)
         optimizers = [zero.ownedDense, zero.ownedExpert].filter { !$0.isEmpty }.map { AdamW(layout: layout, range: $0, hyper: hyper) }
-        schedule = LRSchedule(peak: config.lr, minRatio: config.minLRRatio, warmup: config.warmupSteps, total: config.steps)
-        memory = MemoryPlan(config: config, topology: topo, plan: plan, precision: emulator.precision)
+        lrSchedule = LRSchedule(peak: config.lr, minRatio: config.minLRRatio, warmup: config.warmupSteps, total: config.steps)
+        memory = MemoryPlan(config: config, topology: topo, plan: plan, stagePlan: stagePlan, schedule: schedule,
+                            precision: emulator.precision)
         flopsPerToken = modelFLOPsPerToken(config.model, layout: ParameterLayout(config: config.model))
         groups.world.addObserver(counter)
         // One process = one rank = one emulated GPU: its kernels and messages move this clock.
         clock = emulator.makeClock()
         Kernels.accountant = clock
         groups.world.attach(clock: clock, floatBytes: emulator.precision.elementBytes)
+        executor = PipelineExecutor(model: model, plan: stagePlan, pp: groups.pp, actions: schedule.lowered[groups.coordinates.pp],
+                                    clock: clock)
+    }
+
+    /// What rank `rank` holds: its tensor/expert shard of the layers of its pipeline chunks.
+    public static func shard(rank: Int, topology: Topology, plan: StagePlan) -> ShardSpec {
+        let c = topology.coordinates(of: rank)
+        return ShardSpec(tp: topology.tp, tpRank: c.tp, ep: topology.ep, epRank: c.ep, layers: plan.heldLayers(rank: c.pp),
+                         embedding: plan.holdsEmbedding(rank: c.pp), head: plan.holdsHead(rank: c.pp))
     }
 
     /// The flat layout of one rank: its shard, with each region padded for ZeRO-1.
@@ -69,6 +86,14 @@ public final class Trainer {
         ParameterLayout(config: config.model, shard: shard,
                         denseAlignment: config.zero == 1 ? topology.dp : 1,
                         expertAlignment: config.zero == 1 ? topology.expertDP : 1)
+    }
+
+    /// The single-rank layout: the order of checksums and dumps.
+    var singleLayout: ParameterLayout { ParameterLayout(config: config.model) }
+
+    /// The layout of any rank (for assembling the single-rank view).
+    func layoutOf(_ rank: Int) -> ParameterLayout {
+        Self.layout(config: config, topology: groups.topology, shard: Self.shard(rank: rank, topology: groups.topology, plan: stagePlan))
     }
 
     var moeLayers: [Int] { (0..<config.model.layers).filter { config.model.isMoE(layer: $0) } }
@@ -96,19 +121,12 @@ public final class Trainer {
         let scale = LossScale(tokens: plan.globalBatch * T, sequences: plan.globalBatch)
         let clockStart = clock.now, flopsStart = clock.executedFLOPs, spanStart = clock.spans.count
         params.zeroGrads()
-        var stats = MicroBatchStats(layers: c.layers, experts: c.experts)
         let rankFirst = groups.coordinates.dp * plan.perRank
-        for m in 0..<plan.microBatches {
-            let batch = data.batch(step: step, first: rankFirst + m * plan.microBatchSize, count: plan.microBatchSize, seqLen: T)
-            let pass = clock.compute(.forward, "F\(m)") {
-                model.forward(tokens: batch.tokens, targets: batch.targets, scale: scale)
-            }
-            clock.compute(.backward, "B\(m)") { model.backward(pass, scale: scale) }
-            stats.merge(pass.stats)
-        }
-        let pipelineEnd = clock.now
-        // The step's figures over the data-parallel replicas (TP ranks of a replica agree).
-        stats = reduceStats(stats)
+        let result = executor.runStep(width: c.dModel, rows: plan.microBatchSize * T, batch: { m in
+            data.batch(step: step, first: rankFirst + m * plan.microBatchSize, count: plan.microBatchSize, seqLen: T)
+        }, scale: scale)
+        // The step's figures over the data-parallel replicas and pipeline stages (TP ranks agree).
+        let stats = reduceStats(result.stats)
         let dumpGrads = config.dumpStep == step ? zero.fullyReducedCopy(params.grads) : nil
         zero.reduceGradients(params.grads)
         var sumSq = 0.0
@@ -118,13 +136,13 @@ public final class Trainer {
         let loss = stats.lossSum / Double(scale.tokens)
         let aux = stats.auxSum / Double(scale.sequences) / moeCount
         let z = stats.zSum / Double(scale.tokens) / moeCount
-        let lr = schedule.rate(step: step)
+        let lr = lrSchedule.rate(step: step)
         if let dumpGrads, let dir = config.dumpDir {
-            let values = GlobalParameters.gather(params.values, layout: params.layout, groups: groups, config: c)
-            let grads = GlobalParameters.gather(dumpGrads, layout: params.layout, groups: groups, config: c)
+            let values = GlobalParameters.gather(params.values, layout: params.layout, single: singleLayout, groups: groups, layoutOf: layoutOf)
+            let grads = GlobalParameters.gather(dumpGrads, layout: params.layout, single: singleLayout, groups: groups, layoutOf: layoutOf)
             if let values, let grads {
                 let batch = data.batch(step: step, first: 0, count: plan.globalBatch, seqLen: T)
-                try Dump.write(dir: dir, step: step, layout: ParameterLayout(config: c), values: values, grads: grads,
+                try Dump.write(dir: dir, step: step, layout: singleLayout, values: values, grads: grads,
                                tokens: batch.tokens, targets: batch.targets, sequences: plan.globalBatch, seqLen: T,
                                record: ["step": step, "loss": loss, "aux_loss": aux, "z_loss": z, "grad_norm": gradNorm,
                                         "layout": ["tp": groups.topology.tp, "pp": groups.topology.pp, "dp": groups.topology.dp,
@@ -145,23 +163,23 @@ public final class Trainer {
             }
             zero.gatherParameters(params.values)
         }
-        let timing = stepTiming(start: clockStart, pipelineEnd: pipelineEnd, spans: clock.spans[spanStart...],
+        let timing = stepTiming(start: clockStart, pipeline: result, spans: clock.spans[spanStart...],
                                 executedFLOPs: clock.executedFLOPs - flopsStart, tokens: scale.tokens)
         let wall = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         return StepRecord(step: step, loss: loss, aux: aux, zLoss: z, gradNorm: gradNorm, lr: lr, load: stats.load,
                           dropped: stats.dropped, assignments: stats.assignments, skipped: skipped,
                           wallSeconds: wall, tokens: scale.tokens, timing: timing,
-                          peakActivationFloats: stats.peakActivationFloats)
+                          peakActivationFloats: result.peakActivationFloats)
     }
 
-    /// Sums the losses and expert loads of the data-parallel replicas (bookkeeping, untimed).
+    /// Sums the losses and expert loads over the data-parallel replicas and the pipeline
+    /// stages (each stage reports its own layers; the last the loss). Bookkeeping, untimed.
     func reduceStats(_ s: MicroBatchStats) -> MicroBatchStats {
-        let dp = groups.dp
-        guard dp.size > 1 else { return s }
+        guard groups.dp.size > 1 || groups.pp.size > 1 else { return s }
         var out = s
         var sums = [s.lossSum, s.auxSum, s.zSum, Double(s.tokens), Double(s.dropped), Double(s.assignments)]
         var load = s.load.flatMap { $0.map(Double.init) }
-        dp.untimed { dp.allReduce(&sums); dp.allReduce(&load) }
+        for g in [groups.dp, groups.pp] where g.size > 1 { g.untimed { g.allReduce(&sums); g.allReduce(&load) } }
         out.lossSum = sums[0]; out.auxSum = sums[1]; out.zSum = sums[2]; out.tokens = Int(sums[3])
         out.dropped = Int(sums[4]); out.assignments = Int(sums[5])
         let E = config.model.experts
@@ -170,29 +188,64 @@ public final class Trainer {
     }
 
     /// The step's emulated figures, from the spans of every rank: step time from the
-    /// earliest start to the latest end; per pipeline stage, idle time inside the pipeline
-    /// phase (first micro-batch start to last micro-batch end) over that phase; MFU and HFU.
-    func stepTiming(start: Double, pipelineEnd: Double, spans: ArraySlice<Span>, executedFLOPs: Double, tokens: Int) -> StepTiming {
-        let mine = SpanTotals(Array(spans), from: start, to: clock.now)
-        let phase = SpanTotals(Array(spans), from: start, to: pipelineEnd)
-        let local: [Double] = [Double(groups.coordinates.pp), start, clock.now, phase.idle, pipelineEnd - start,
-                               mine.compute, mine.communication, mine.idle, executedFLOPs]
+    /// earliest start to the latest end; the pipeline phase from the first pipeline action's
+    /// start to the last one's end over all ranks; per stage, the bubble = the share of that
+    /// phase in which the stage's ranks did no pipeline work (compute or messages), averaged
+    /// over the stage's ranks; MFU and HFU.
+    func stepTiming(start: Double, pipeline: PipelineExecutor.StepResult, spans: ArraySlice<Span>,
+                    executedFLOPs: Double, tokens: Int) -> StepTiming {
+        let whole = SpanTotals(Array(spans), from: start, to: clock.now)
+        let pipelineWork = SpanTotals(Array(spans), from: start, to: pipeline.end)
+        let local: [Double] = [Double(groups.coordinates.pp), start, clock.now, pipeline.start, pipeline.end,
+                               pipelineWork.compute + pipelineWork.communication,
+                               whole.compute, whole.communication, whole.idle, executedFLOPs]
         let width = local.count
         let all = groups.world.untimed { groups.world.allGather(local) }
         let rows = (0..<groups.world.size).map { Array(all[($0 * width)..<(($0 + 1) * width)]) }
         let stepStart = rows.map { $0[1] }.min()!, stepEnd = rows.map { $0[2] }.max()!
+        let phaseStart = rows.map { $0[3] }.min()!, phaseEnd = rows.map { $0[4] }.max()!
+        let phase = phaseEnd - phaseStart
         let stepTime = stepEnd - stepStart
         let stages = groups.topology.pp
         var bubble = [Double](repeating: 0, count: stages), counts = [Double](repeating: 0, count: stages)
-        for r in rows where r[4] > 0 { bubble[Int(r[0])] += r[3] / r[4]; counts[Int(r[0])] += 1 }
+        for r in rows where phase > 0 { bubble[Int(r[0])] += (phase - r[5]) / phase; counts[Int(r[0])] += 1 }
         for i in 0..<stages where counts[i] > 0 { bubble[i] /= counts[i] }
         let n = Double(rows.count)
         let peak = emulator.profile.peakFLOPS * n
-        return StepTiming(stepTime: stepTime, compute: rows.reduce(0) { $0 + $1[5] } / n,
-                          communication: rows.reduce(0) { $0 + $1[6] } / n, idle: rows.reduce(0) { $0 + $1[7] } / n,
-                          bubblePerStage: bubble,
+        return StepTiming(stepTime: stepTime, compute: rows.reduce(0) { $0 + $1[6] } / n,
+                          communication: rows.reduce(0) { $0 + $1[7] } / n, idle: rows.reduce(0) { $0 + $1[8] } / n,
+                          bubblePerStage: bubble, pipelinePhase: phase,
+                          simulatedBubblePerStage: simulatedBubble(pipeline.durations),
                           mfu: stepTime > 0 ? Double(tokens) * flopsPerToken / (stepTime * peak) : 0,
-                          hfu: stepTime > 0 ? rows.reduce(0) { $0 + $1[8] } / (stepTime * peak) : 0)
+                          hfu: stepTime > 0 ? rows.reduce(0) { $0 + $1[9] } / (stepTime * peak) : 0)
+    }
+
+    /// The bubble the event simulator predicts for this step's schedule, replayed with the
+    /// durations the executor measured (stage by stage, from the tp 0 / dp 0 ranks) and the
+    /// link model's transfer times.
+    func simulatedBubble(_ durations: [Action: Double]) -> [Double] {
+        let topo = groups.topology, me = groups.coordinates
+        let actions = schedule.lowered[me.pp].filter { $0.kind.isCompute }
+        let mine = actions.map { durations[$0] ?? 0 }
+        let pp = groups.pp
+        let all = pp.untimed { pp.allGather(mine) }   // every stage has the same number of compute actions
+        var table: [[Action: Double]] = []
+        for r in 0..<topo.pp {
+            let list = schedule.lowered[r].filter { $0.kind.isCompute }
+            var d: [Action: Double] = [:]
+            for (i, a) in list.enumerated() { d[a] = all[r * actions.count + i] }
+            table.append(d)
+        }
+        let bytes = Double(plan.microBatchSize * config.model.seqLen * config.model.dModel) * emulator.precision.elementBytes
+        let cost = clock.cost
+        let costs = Simulator.Costs(compute: { r, a in table[r][a] ?? 0 }, transfer: { r, a in
+            let peer = Lowering.peer(of: a, rank: r, stages: topo.pp).rank
+            let link = cost.links.link(for: [topo.rank(tp: me.tp, dp: me.dp, pp: r), topo.rank(tp: me.tp, dp: me.dp, pp: peer)])
+            return cost.pointToPoint(bytes: bytes, link: link)
+        })
+        guard let sim = try? Simulator.run(schedule.lowered, virtualStages: stagePlan.virtualStages,
+                                           microbatches: plan.microBatches, costs: costs) else { return [] }
+        return sim.bubblePerStage
     }
 
     // MARK: - Output
@@ -266,7 +319,7 @@ public final class Trainer {
     /// SHA-256 over all parameters in the single-rank layout and order, as little-endian fp32.
     /// Collective: every rank sends its canonical shards; rank 0 returns the hex digest.
     public func parameterChecksum() -> String {
-        guard let global = GlobalParameters.gather(params.values, layout: params.layout, groups: groups, config: config.model) else {
+        guard let global = GlobalParameters.gather(params.values, layout: params.layout, single: singleLayout, groups: groups, layoutOf: layoutOf) else {
             return ""
         }
         var h = SHA256()

@@ -17,6 +17,9 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Data-parallel ranks (derived from the world size; given, it must match).") var dp: Int?
     @Option(help: "Expert-parallel ranks (divides tp*dp and the expert count).") var ep: Int?
     @Option(help: "ZeRO stage: 1 shards Adam state over data-parallel ranks, 0 keeps it whole.") var zero: Int?
+    @Option(help: "Pipeline schedule: gpipe, 1f1b, interleaved or zb-h1.") var schedule: String?
+    @Option(name: .customLong("virtual-stages"), help: "Model chunks per pipeline rank (interleaved schedule).") var virtualStages: Int?
+    @Option(name: .customLong("pp-layers"), help: "Layers per pipeline stage, e.g. 1,3,3,1 (default: balanced by estimated cost).") var ppLayers: String?
 
     // Model
     @Option(help: "Experts per MoE layer.") var experts: Int?
@@ -67,6 +70,14 @@ struct TrainCommand: ParsableCommand {
         var c = try config.map(ConfigFile.load) ?? RunConfig()
         func set<T>(_ v: T?, _ apply: (T) -> Void) { if let v { apply(v) } }
         set(tp) { c.tp = $0 }; set(pp) { c.pp = $0 }; set(dp) { c.dp = $0 }; set(ep) { c.ep = $0 }; set(zero) { c.zero = $0 }
+        set(schedule) { c.schedule = $0 }; set(virtualStages) { c.virtualStages = $0 }
+        if let ppLayers {
+            let parts = ppLayers.split(separator: ",", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard parts.allSatisfy({ $0 != nil }) else {
+                throw RunConfig.ConfigError("--pp-layers \(ppLayers): expected comma-separated layer counts such as 1,3,3,1")
+            }
+            c.ppLayers = parts.map { $0! }
+        }
         set(experts) { c.model.experts = $0 }; set(topK) { c.model.topK = $0 }; set(layers) { c.model.layers = $0 }
         set(dModel) { c.model.dModel = $0 }; set(heads) { c.model.heads = $0 }; set(kvHeads) { c.model.kvHeads = $0 }
         set(ffnHidden) { c.model.ffnHidden = $0 }; set(moeEvery) { c.model.moeEvery = $0 }

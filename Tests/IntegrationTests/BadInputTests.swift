@@ -87,7 +87,15 @@ extension BadInputTests {
         try assertRejected(np: 3, ["--config", "configs/tiny.json", "--tp", "3", "--heads", "4"], mentions: ["--heads 4", "--tp 3"])
     }
 
-    func testPipelineNotYetImplemented() throws {
-        try assertRejected(np: 2, ["--config", "configs/tiny.json", "--pp", "2"], mentions: ["--pp 2", "not implemented"])
+    /// Pipeline issue, acceptance 6.
+    func testInvalidPipelineInput() throws {
+        try assertRejected(np: 4, ["--config", "configs/tiny.json", "--layers", "4", "--pp", "4", "--micro-batches", "6",
+                                   "--global-batch", "12", "--schedule", "interleaved"], mentions: ["interleaved", "6"])
+        try assertRejected(np: 2, ["--config", "configs/tiny.json", "--pp", "2", "--pp-layers", "1,2"], mentions: ["--pp-layers 1,2", "sums to 3"])
+        try assertRejected(np: 9, ["--config", "configs/default.json", "--pp", "9"], mentions: ["--pp 9", "8"])
+        try assertRejected(np: 2, ["--config", "configs/tiny.json", "--pp", "2", "--pp-layers", "1,x"], mentions: ["--pp-layers"])
+        try assertRejected(np: 2, ["--config", "configs/tiny.json", "--pp", "2", "--schedule", "zb-h2"], mentions: ["--schedule"])
+        try assertRejected(np: 2, ["--config", "configs/tiny.json", "--pp", "2", "--virtual-stages", "2"],
+                           mentions: ["--virtual-stages 2", "interleaved"])
     }
 }
