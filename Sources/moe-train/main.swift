@@ -17,6 +17,10 @@ do {
     if launch.rank == 0 {
         let message = MoeTrain.message(for: error)
         FileHandle.standardError.write(Data("moe-train: error: \(message)\n".utf8))
+    } else {
+        // mpirun aborts the job when the first rank exits non-zero, and may drop output not
+        // yet forwarded: give rank 0 a moment to print the one message before we exit too.
+        usleep(1_000_000)
     }
     exit(2)
 }
