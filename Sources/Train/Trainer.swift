@@ -34,6 +34,8 @@ public final class Trainer {
     public private(set) var wallSeconds = 0.0
     /// SHA-256 of the final parameters in the single-rank layout (set at the end of `run`).
     public private(set) var checksum = ""
+    /// Largest activation footprint of a step, in elements, per pipeline stage (max over its ranks).
+    var peakActivationPerStage: [Double] = []
     /// Training communication summed over all ranks, per (kind, group): bytes and calls.
     var commTotals: [CommCounter.Key: (bytes: Double, calls: Double)] = [:]
 
@@ -111,11 +113,21 @@ public final class Trainer {
         wallSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         checksum = parameterChecksum()
         commTotals = worldCommTotals()
+        let peak = Double(records.map(\.peakActivationFloats).max() ?? 0)
+        let peaks = groups.world.untimed { groups.world.allGather([peak]) }
+        peakActivationPerStage = (0..<groups.topology.pp).map { stage in
+            (0..<groups.world.size).filter { groups.topology.coordinates(of: $0).pp == stage }.map { peaks[$0] }.max() ?? 0
+        }
         if isLogger { printFooter() }
     }
 
+    /// Emulated time at which this rank started its last step, and its actions' durations.
+    var lastStepStart = 0.0
+    var lastDurations: [Action: Double] = [:]
+
     func trainStep(_ step: Int) throws -> StepRecord {
         let t0 = DispatchTime.now().uptimeNanoseconds
+        lastStepStart = clock.now
         let c = config.model
         let T = c.seqLen
         let scale = LossScale(tokens: plan.globalBatch * T, sequences: plan.globalBatch)
@@ -125,6 +137,7 @@ public final class Trainer {
         let result = executor.runStep(width: c.dModel, rows: plan.microBatchSize * T, batch: { m in
             data.batch(step: step, first: rankFirst + m * plan.microBatchSize, count: plan.microBatchSize, seqLen: T)
         }, scale: scale)
+        lastDurations = result.durations
         // The step's figures over the data-parallel replicas and pipeline stages (TP ranks agree).
         let stats = reduceStats(result.stats)
         let dumpGrads = config.dumpStep == step ? zero.fullyReducedCopy(params.grads) : nil
@@ -304,6 +317,21 @@ public final class Trainer {
         log("param checksum: \(checksum)")
     }
 
+    /// The last step's spans of each pipeline stage (its tp 0, dp 0 rank), and the window from
+    /// the step's earliest start to its latest end. Collective; rank 0 gets the result.
+    public func lastStepStageSpans() -> (stages: [[Span]], start: Double, end: Double)? {
+        let world = groups.world
+        let mine = clock.spans.filter { $0.end > lastStepStart }
+        let bounds = world.untimed { world.allGather([lastStepStart, clock.now]) }
+        let parts = world.untimed { world.gatherBytes(TraceWriter.pack(mine), root: 0) }
+        guard world.rank == 0 else { return nil }
+        let topo = groups.topology
+        let stages = (0..<topo.pp).map { TraceWriter.unpack(parts[topo.rank(tp: 0, dp: 0, pp: $0)][...]) }
+        let starts = stride(from: 0, to: bounds.count, by: 2).map { bounds[$0] }
+        let ends = stride(from: 1, to: bounds.count, by: 2).map { bounds[$0] }
+        return (stages, starts.min() ?? 0, ends.max() ?? 0)
+    }
+
     /// Chrome trace JSON of every rank's spans (collective: every rank must call it; rank 0 gets the text).
     public func traceJSON(wall: Bool) -> String {
         let world = groups.world
@@ -423,6 +451,25 @@ public final class Trainer {
         let perStage = (0..<stages).map { i in timed.reduce(0) { $0 + $1.bubblePerStage[i] } / n }
         out["bubble_fraction_per_stage"] = perStage
         out["bubble_fraction"] = perStage.reduce(0, +) / Double(stages)
+        let simulated = (0..<stages).map { i in timed.reduce(0) { $0 + ($1.simulatedBubblePerStage.count > i ? $1.simulatedBubblePerStage[i] : 0) } / n }
+        out["bubble_fraction_simulated_per_stage"] = simulated
+        out["bubble_fraction_simulated"] = simulated.reduce(0, +) / Double(stages)
+        // The closed form; for ZB-H1 with the forward, input- and weight-gradient times this
+        // rank measured in the last step (the paper's formula assumes them known).
+        func mean(_ k: Action.Kind) -> Double {
+            let d = lastDurations.filter { $0.key.kind == k }.map(\.value)
+            return d.isEmpty ? 1 : d.reduce(0, +) / Double(d.count)
+        }
+        out["bubble_fraction_closed_form"] = ClosedForm.bubble(schedule.kind, stages: stages, microbatches: plan.microBatches,
+                                                              virtualStages: stagePlan.virtualStages, forward: mean(.forward),
+                                                              backwardInput: mean(.backwardInput), backwardWeight: mean(.backwardWeight))
+        out["pipeline_phase_s"] = timed.reduce(0) { $0 + $1.pipelinePhase } / n
+        out["schedule"] = schedule.kind.rawValue
+        out["virtual_stages"] = stagePlan.virtualStages
+        out["pp_layers"] = stagePlan.layers.map(\.count)
+        out["peak_activation_bytes_per_stage"] = peakActivationPerStage.map { $0 * emulator.precision.elementBytes }
+        out["microbatch_activation_bytes"] = Double(Transformer.activationFloats(config: c, sequences: plan.microBatchSize,
+            shard: Self.shard(rank: 0, topology: groups.topology, plan: stagePlan)) / stagePlan.virtualStages) * emulator.precision.elementBytes
         out["exposed_comm_fraction"] = totalTime > 0 ? timed.reduce(0) { $0 + $1.communication } / totalTime : 0
         out["time_breakdown_s"] = ["compute": timed.reduce(0) { $0 + $1.compute }, "communication": timed.reduce(0) { $0 + $1.communication },
                                    "idle": timed.reduce(0) { $0 + $1.idle }, "total": totalTime]
