@@ -11,10 +11,9 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export OMPI_MCA_rmaps_base_oversubscribe := 1
 
 CONFIG ?= configs/default.json
-# `make run`: 16 ranks, 4-way tensor parallel x 4-way data parallel, 16-way expert parallel
-# (one expert per rank). Pipeline stages (--pp) land with the pipeline issue.
+# `make run`: 16 ranks, 4-way tensor parallel x 4 pipeline stages, 1F1B.
 NP ?= 16
-LAYOUT ?= --tp 4 --ep 16
+LAYOUT ?= --tp 4 --pp 4
 ARGS ?=
 PREFIX ?= /usr/local
 BIN := .build/release/moe-train
@@ -44,6 +43,7 @@ comm-check: build
 install: build
 	install -d $(PREFIX)/bin $(PREFIX)/share/moe-train/devices
 	install -m 755 $(BIN) $(PREFIX)/bin/moe-train
+	install -m 644 configs/*.json $(PREFIX)/share/moe-train/
 	install -m 644 configs/devices/*.json $(PREFIX)/share/moe-train/devices/
 	@echo "installed $(PREFIX)/bin/moe-train; for mpirun as root or with more ranks than cores: source launch/env.sh"
 

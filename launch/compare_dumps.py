@@ -7,7 +7,7 @@ For every parameter and gradient: max |a - b| / (max |b| + 1e-6), with b the ref
 prints one line per tensor (OK / NOT OK) and exits 1 if any tensor or the loss is out of
 tolerance. Tokens and targets must be identical: both runs saw the same global batch.
 """
-import argparse, glob, json, os, sys
+import argparse, glob, json, os, signal, sys
 import numpy as np
 from safetensors.numpy import load_file
 
@@ -22,6 +22,7 @@ def dump_file(d, step):
 
 
 def main():
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # quiet when piped into head
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("reference")
     ap.add_argument("other")

@@ -25,20 +25,7 @@ public struct EmulatorSetup: Sendable {
     public func makeClock() -> DeviceClock { DeviceClock(mode: mode, cost: cost) }
 
     /// Directories searched for `NAME.json` device profiles, in order.
-    public static var profileDirectories: [String] {
-        var dirs: [String] = []
-        if let env = ProcessInfo.processInfo.environment["MOE_TRAIN_CONFIGS"] { dirs.append(env + "/devices") }
-        dirs.append(FileManager.default.currentDirectoryPath + "/configs/devices")
-        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-        dirs.append(exe.appendingPathComponent("../share/moe-train/devices").standardized.path)  // make install
-        // A binary inside the repository (.build/<triple>/release/moe-train): the repository's configs.
-        var dir = exe
-        for _ in 0..<5 {
-            dir = dir.deletingLastPathComponent()
-            dirs.append(dir.appendingPathComponent("configs/devices").path)
-        }
-        return dirs
-    }
+    public static var profileDirectories: [String] { ConfigFile.configDirectories.map { $0 + "/devices" } }
 
     public static func findProfile(_ name: String) throws -> DeviceProfile {
         if name.hasSuffix(".json") || name.contains("/") {

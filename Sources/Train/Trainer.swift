@@ -289,7 +289,7 @@ public final class Trainer {
             s += String(format: " | load %d/%.1f/%d drop %.1f%%", l.min, l.mean, l.max, 100 * r.droppedFraction)
         }
         let t = r.timing
-        s += String(format: " | step %@ MFU %.1f%%", Self.seconds(t.stepTime), 100 * t.mfu)
+        s += String(format: " | step %@ MFU %.2f%%", Self.seconds(t.stepTime), 100 * t.mfu)
         if groups.topology.pp > 1 { s += String(format: " bubble %.1f%%", 100 * t.bubble) }
         s += String(format: " | %.0f tok/s (wall)", Double(r.tokens) / max(r.wallSeconds, 1e-9))
         if r.skipped { s += " | SKIPPED" }
@@ -306,7 +306,7 @@ public final class Trainer {
         let timed = records.map(\.timing)
         let stepTime = timed.reduce(0) { $0 + $1.stepTime } / Double(timed.count)
         let tokensPerStep = Double(first.tokens)
-        log(String(format: "emulated (%@, %@ clock): %@ per step, %.0f tokens/s, MFU %.1f%%, HFU %.1f%%, compute %.1f%% / communication %.1f%% / idle %.1f%% of a rank's time",
+        log(String(format: "emulated (%@, %@ clock): %@ per step, %.0f tokens/s, MFU %.2f%%, HFU %.2f%%, compute %.1f%% / communication %.1f%% / idle %.1f%% of a rank's time",
                    emulator.profile.name, clock.mode.name, Self.seconds(stepTime), tokensPerStep / stepTime,
                    100 * timed.reduce(0) { $0 + $1.mfu } / Double(timed.count), 100 * timed.reduce(0) { $0 + $1.hfu } / Double(timed.count),
                    100 * timed.reduce(0) { $0 + $1.compute } / timed.reduce(0) { $0 + $1.stepTime },

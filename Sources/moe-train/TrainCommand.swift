@@ -9,7 +9,7 @@ struct TrainCommand: ParsableCommand {
         abstract: "Train the model (the default subcommand)."
     )
 
-    @Option(help: "JSON config file (snake_case keys; flags override it).") var config: String?
+    @Option(help: "JSON config file (snake_case keys; flags override it). Default: configs/default.json.") var config: String?
 
     // Layout
     @Option(help: "Tensor-parallel ranks.") var tp: Int?
@@ -67,7 +67,7 @@ struct TrainCommand: ParsableCommand {
 
     /// The config file (or defaults) with every given flag applied on top.
     func resolvedConfig() throws -> RunConfig {
-        var c = try config.map(ConfigFile.load) ?? RunConfig()
+        var c = try config.map(ConfigFile.load) ?? ConfigFile.loadDefault()
         func set<T>(_ v: T?, _ apply: (T) -> Void) { if let v { apply(v) } }
         set(tp) { c.tp = $0 }; set(pp) { c.pp = $0 }; set(dp) { c.dp = $0 }; set(ep) { c.ep = $0 }; set(zero) { c.zero = $0 }
         set(schedule) { c.schedule = $0 }; set(virtualStages) { c.virtualStages = $0 }
