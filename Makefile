@@ -18,7 +18,7 @@ ARGS ?=
 PREFIX ?= /usr/local
 BIN := .build/release/moe-train
 
-.PHONY: all deps build run test install comm-check clean
+.PHONY: all deps build run test compare install comm-check clean
 
 all: build
 
@@ -36,6 +36,12 @@ run: build
 test: build
 	@launch/install-deps.sh --with-python
 	MOE_TRAIN_BIN=$(abspath $(BIN)) swift test -c release --no-parallel --disable-swift-testing
+
+# GPipe, 1F1B, interleaved and ZB-H1 on the default config and the 16-rank layout: a table,
+# compare.json, a Chrome trace and an SVG timeline per schedule under $(COMPARE_OUT).
+COMPARE_OUT ?= runs/compare
+compare: build
+	launch/run.sh -np $(NP) -- compare-schedules --config $(CONFIG) $(LAYOUT) --out $(COMPARE_OUT) $(ARGS)
 
 comm-check: build
 	launch/run.sh -np 4 -- comm-check --tp 2
