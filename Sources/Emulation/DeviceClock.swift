@@ -24,6 +24,8 @@ public final class DeviceClock {
     public private(set) var executedFLOPs: Double = 0
     /// Whether spans are recorded (the clock advances either way).
     public var recording = true
+    /// Compute takes this many times longer than the cost model says: a straggler.
+    public var slowdown = 1.0
     let wallOrigin = DispatchTime.now().uptimeNanoseconds
 
     // The compute region in progress: its kind and detail, the modeled seconds of the
@@ -70,8 +72,8 @@ public final class DeviceClock {
         guard inRegion else { return }
         let duration: Double
         switch mode {
-        case .modeled: duration = regionSeconds
-        case .measured(let scale): duration = (DeviceClock.threadCPUSeconds() - regionCPUMark) * scale
+        case .modeled: duration = regionSeconds * slowdown
+        case .measured(let scale): duration = (DeviceClock.threadCPUSeconds() - regionCPUMark) * scale * slowdown
         }
         let start = now
         now += duration

@@ -32,7 +32,7 @@ public enum GlobalParameters {
                               layoutOf: (Int) -> ParameterLayout) -> [Float]? {
         let world = groups.world
         let topo = groups.topology
-        if world.size == 1 { return assemble([(layout, local.base)], total: layout.globalCount) }
+        if world.size == 1 { return assemble([(layout, UnsafePointer(local.base))], single: single) }
         let me = groups.coordinates
         var payload = [Float]()
         for s in layout.specs where isCanonical(s, me) {
@@ -61,11 +61,13 @@ public enum GlobalParameters {
         return global
     }
 
-    static func assemble(_ parts: [(ParameterLayout, UnsafeMutablePointer<Float>)], total: Int) -> [Float] {
-        var global = [Float](repeating: 0, count: total)
-        for (layout, base) in parts {
-            let offsets = offsets(layout)
-            global.withUnsafeMutableBufferPointer { g in
+    /// Places every spec of every part at its single-rank position (copies of replicated
+    /// tensors are equal, so which one lands last does not matter).
+    public static func assemble(_ parts: [(ParameterLayout, UnsafePointer<Float>)], single: ParameterLayout) -> [Float] {
+        var global = [Float](repeating: 0, count: single.globalCount)
+        let offsets = offsets(single)
+        global.withUnsafeMutableBufferPointer { g in
+            for (layout, base) in parts {
                 for s in layout.specs {
                     let o = offsets[s.name]!
                     s.forEachElement { l, gi in g[o + gi] = base[s.offset + l] }

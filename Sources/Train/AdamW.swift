@@ -35,6 +35,9 @@ public final class AdamW {
         decayMask = mask
     }
 
+    /// Sets the number of updates made so far (resuming from a checkpoint).
+    public func restore(stepCount n: Int) { stepCount = n }
+
     /// Bytes of optimizer state this rank holds (two fp32 moments).
     public var stateBytes: Int { 2 * range.count * 4 }
 

@@ -50,6 +50,7 @@ public enum ConfigFile {
             throw RunConfig.ConfigError("config file \(name) must hold a JSON object at the top level")
         }
         var config = RunConfig()
+        config.configName = URL(fileURLWithPath: name).deletingPathExtension().lastPathComponent
         for key in dict.keys.sorted() {
             guard let setter = setters[key] else {
                 if key == "comment" || key.hasPrefix("_") { continue }  // free-text notes
@@ -64,6 +65,31 @@ public enum ConfigFile {
     }
 
     struct TypeMismatch: Error { let expected: String }
+
+    /// The keys a config file may hold, with this configuration's values: the inverse of
+    /// `parse` (`parse(JSON(dictionary(c)))` gives back c's numbers). Stored in checkpoint
+    /// manifests so that a checkpoint describes its own model.
+    public static func dictionary(_ c: RunConfig) -> [String: Any] {
+        var d: [String: Any] = [
+            "vocab": c.model.vocab, "d_model": c.model.dModel, "layers": c.model.layers, "heads": c.model.heads,
+            "kv_heads": c.model.kvHeads, "ffn_hidden": c.model.ffnHidden, "experts": c.model.experts, "top_k": c.model.topK,
+            "moe_every": c.model.moeEvery, "capacity_factor": c.model.capacityFactor, "aux_loss_coef": c.model.auxLossCoef,
+            "z_loss_coef": c.model.zLossCoef, "tie_embeddings": c.model.tieEmbeddings, "seq_len": c.model.seqLen,
+            "rope_theta": c.model.ropeTheta, "norm_eps": c.model.normEps, "init_std": c.model.initStd,
+            "router_init_scale": c.model.routerInitScale,
+            "tp": c.tp, "pp": c.pp, "ep": c.ep, "zero": c.zero, "schedule": c.schedule, "virtual_stages": c.virtualStages,
+            "steps": c.steps, "lr": c.lr, "min_lr_ratio": c.minLRRatio, "warmup_steps": c.warmupSteps,
+            "weight_decay": c.weightDecay, "beta1": c.beta1, "beta2": c.beta2, "adam_eps": c.adamEps, "grad_clip": c.gradClip,
+            "seed": Int(c.seed), "data": c.data, "markov_order": c.markov.order, "markov_alphabet": c.markov.alphabet,
+            "markov_branching": c.markov.branching, "markov_seed": Int(c.markov.seed),
+        ]
+        if let g = c.globalBatch { d["global_batch"] = g }
+        if let b = c.microBatchSize { d["micro_batch_size"] = b }
+        if let m = c.microBatches { d["micro_batches"] = m }
+        if let l = c.ppLayers { d["pp_layers"] = l }
+        if let dp = c.dp { d["dp"] = dp }
+        return d
+    }
 
     /// JSON true/false arrive as a boolean-typed NSNumber; tell them apart from 0 and 1.
     static func isBool(_ v: Any) -> Bool { String(describing: type(of: v)).contains("Boolean") }
@@ -150,6 +176,13 @@ public enum ConfigFile {
         "gpus_per_node": { $0.gpusPerNode = try int($1) },
         "link": { $0.link = try string($1) },
         "precision": { $0.precision = try string($1) },
+        // checkpoints and faults
+        "checkpoint_dir": { $0.checkpointDir = try string($1) },
+        "checkpoint_every": { $0.checkpointEvery = try int($1) },
+        "keep_checkpoints": { $0.keepCheckpoints = try int($1) },
+        "restart_cost_s": { $0.restartCostS = try double($1) },
+        "checkpoint_bandwidth": { $0.checkpointBandwidth = try double($1) },
+        "mtbf_hours": { $0.mtbfHours = try double($1) },
         // output
         "log_every": { $0.logEvery = try int($1) },
     ]

@@ -31,6 +31,21 @@ public struct UsageError: Error, CustomStringConvertible {
 public enum Launcher {
     /// Checks everything that can be checked without MPI and returns the data source.
     public static func preflight(_ config: RunConfig, env: LaunchEnvironment) throws -> (Topology, DataSource, EmulatorSetup) {
+        let p = try prepare(config, env: env)
+        return (p.topology, p.data, p.emulator)
+    }
+
+    /// Everything checked and resolved before MPI starts, identically on every rank.
+    public struct Prepared {
+        public let topology: Topology
+        public let data: DataSource
+        public let emulator: EmulatorSetup
+        /// The checkpoint to resume from, and a sentence for each newer one that was skipped.
+        public let resume: Checkpoint.Candidate?
+        public let skipped: [String]
+    }
+
+    public static func prepare(_ config: RunConfig, env: LaunchEnvironment) throws -> Prepared {
         do {
             try config.validate()
             let topo = try Topology(world: env.worldSize, tp: config.tp, pp: config.pp, dp: config.dp, ep: config.ep,
@@ -74,22 +89,64 @@ public enum Launcher {
                     throw UsageError("\(flag) \(path): directory \(dir) does not exist")
                 }
             }
-            return (topo, data, emulator)
+            let (resume, skipped) = try resumePoint(config, topology: topo)
+            return Prepared(topology: topo, data: data, emulator: emulator, resume: resume, skipped: skipped)
         } catch let e as UsageError { throw e } catch {
             throw UsageError(String(describing: error))
         }
     }
 
+    /// Which checkpoint to continue from: `--resume never` none; a step directory that one
+    /// (it must verify); `auto` the newest one of the run directory that verifies, skipping
+    /// (and reporting) torn or corrupt ones. A checkpoint of another layout or configuration
+    /// stops the run with a message naming both.
+    static func resumePoint(_ config: RunConfig, topology topo: Topology) throws -> (Checkpoint.Candidate?, [String]) {
+        var candidate: Checkpoint.Candidate?
+        var skipped: [String] = []
+        switch config.resume {
+        case "never":
+            return (nil, [])
+        case "auto":
+            (candidate, skipped) = Checkpoint.newestValid(in: config.runDirectory)
+        default:
+            switch Checkpoint.verify(config.resume) {
+            case .success(let m): candidate = Checkpoint.Candidate(step: m.step, path: config.resume, manifest: m)
+            case .failure(let p): throw UsageError("--resume \(config.resume): \(p.description)")
+            }
+        }
+        guard let c = candidate else { return (nil, skipped) }
+        let mine = layout(config, topo)
+        guard c.manifest.layout == mine else {
+            throw UsageError("cannot resume from \(c.path): it was written with layout \(c.manifest.layout), and this run's layout is \(mine); resharding is not supported: rerun with the checkpoint's layout, or pass --resume never (or another --checkpoint-dir) to start afresh")
+        }
+        let hash = Checkpoint.configHash(config)
+        guard c.manifest.configHash == hash else {
+            throw UsageError("cannot resume from \(c.path): it was written by a run with another model, batch, optimizer, data or seed (config hash \(c.manifest.configHash), this run \(hash)); pass --resume never or another --checkpoint-dir")
+        }
+        return (c, skipped)
+    }
+
+    static func layout(_ c: RunConfig, _ t: Topology) -> Checkpoint.Layout {
+        let plan = try? StagePlan(config: c.model, stages: t.pp, virtualStages: c.virtualStages, counts: c.ppLayers)
+        return Checkpoint.Layout(world: t.world, tp: t.tp, pp: t.pp, dp: t.dp, ep: t.ep, zero: c.zero,
+                                 virtualStages: c.virtualStages, ppLayers: plan?.layers.map(\.count) ?? [])
+    }
+
     /// Trains; returns normally on success. Throws `UsageError` for bad input (before MPI starts).
     public static func train(_ config: RunConfig, log: @escaping (String) -> Void) throws {
         let env = LaunchEnvironment.current
-        let (topology, data, emulator) = try preflight(config, env: env)
+        let prepared = try prepare(config, env: env)
+        let (topology, data, emulator) = (prepared.topology, prepared.data, prepared.emulator)
         ensureSingleThreadedBLAS(rank: env.rank, log: log)
         let world = Communicator.initWorld()
         defer { Communicator.finalize() }
         let groups = ProcessGroups(world: world, topology: topology)
         let trainer: Trainer
-        do { trainer = try Trainer(config: config, groups: groups, data: data, emulator: emulator, log: log) } catch {
+        do {
+            trainer = try Trainer(config: config, groups: groups, data: data, emulator: emulator, log: log)
+            if world.rank == 0 { for s in prepared.skipped { log("resume: skipped \(s)") } }
+            if let r = prepared.resume { try trainer.restore(from: r) }
+        } catch let e as UsageError { throw e } catch {
             throw UsageError(String(describing: error))
         }
         try trainer.run()

@@ -47,6 +47,21 @@ public struct RunConfig: Equatable, Sendable {
     public var precision = "bf16"      // "bf16" (mixed precision) or "fp32"
     public var ignoreOOM = false
 
+    // Checkpoints, restarts and faults
+    public var checkpointDir: String? = nil   // default checkpoints/<config name>
+    public var checkpointEvery = 0            // steps; 0 = never
+    public var keepCheckpoints = 0            // 0 = keep all
+    public var resume = "auto"                // auto, never, or a step directory
+    public var attempt = 1                    // which attempt of a supervised job this is (set by the supervisor)
+    public var failAtStep: Int? = nil
+    public var failRank = 0
+    public var failMode = "crash"             // crash, hang, slow, crash-during-checkpoint, nan
+    public var slowFactor = 4.0
+    public var mtbfHours: Double? = nil       // per emulated GPU, in emulated time
+    public var restartCostS = 2.0             // emulated seconds per restart (detection, relaunch, load)
+    public var checkpointBandwidth = 2e9      // emulated bytes/s per GPU to storage
+    public var configName = "default"         // the config file's name, for the default checkpoint directory
+
     // Output
     public var logEvery = 10
     public var trace: String? = nil
@@ -56,6 +71,9 @@ public struct RunConfig: Equatable, Sendable {
     public var dumpDir: String? = nil
 
     public init() {}
+
+    /// Where checkpoints, the step log, the heartbeat and the event log of this run live.
+    public var runDirectory: String { checkpointDir ?? "checkpoints/\(configName)" }
 
     public struct ConfigError: Error, CustomStringConvertible {
         public let description: String
@@ -96,6 +114,17 @@ public struct RunConfig: Equatable, Sendable {
         try need(gpusPerNode >= 1, "--gpus-per-node must be at least 1 (got \(gpusPerNode))")
         try need(["profile", "ideal"].contains(link), "--link must be profile or ideal (got \(link))")
         try need(["bf16", "fp32"].contains(precision), "--precision must be bf16 or fp32 (got \(precision))")
+        try need(checkpointEvery >= 0, "--checkpoint-every must be >= 0, 0 meaning never (got \(checkpointEvery))")
+        try need(keepCheckpoints >= 0, "--keep-checkpoints must be >= 0, 0 meaning all (got \(keepCheckpoints))")
+        try need(attempt >= 1, "--attempt must be at least 1 (got \(attempt))")
+        try need(["crash", "hang", "slow", "crash-during-checkpoint", "nan"].contains(failMode),
+                 "--fail-mode must be crash, hang, slow, crash-during-checkpoint or nan (got \(failMode))")
+        if let s = failAtStep { try need(s >= 1 && s <= steps, "--fail-at-step must be between 1 and --steps \(steps) (got \(s))") }
+        try need(failRank >= 0, "--fail-rank must be >= 0 (got \(failRank))")
+        try need(slowFactor >= 1, "--slow-factor must be >= 1 (got \(slowFactor))")
+        if let h = mtbfHours { try need(h > 0, "--mtbf-hours must be positive (got \(h))") }
+        try need(restartCostS >= 0, "--restart-cost-s must be >= 0 (got \(restartCostS))")
+        try need(checkpointBandwidth > 0, "checkpoint_bandwidth must be positive (got \(checkpointBandwidth))")
     }
 }
 

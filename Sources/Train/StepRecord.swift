@@ -36,6 +36,8 @@ public struct StepTiming: Sendable {
     public let compute: Double
     public let communication: Double
     public let idle: Double
+    /// Mean over ranks of the time spent saving checkpoints in the step.
+    public let checkpoint: Double
     /// Per pipeline stage: idle share of the pipeline phase, mean over the stage's ranks.
     public let bubblePerStage: [Double]
     /// From the first pipeline action's start to the last one's end, over all ranks.

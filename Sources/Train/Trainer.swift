@@ -74,6 +74,81 @@ public final class Trainer {
         groups.world.attach(clock: clock, floatBytes: emulator.precision.elementBytes)
         executor = PipelineExecutor(model: model, plan: stagePlan, pp: groups.pp, actions: schedule.lowered[groups.coordinates.pp],
                                     clock: clock)
+        faults = FaultInjector(config: config, rank: groups.world.rank)
+        // The run directory's logs are kept when the run checkpoints or runs under the
+        // supervisor (which creates the directory); a plain run leaves checkpoints/ alone.
+        if groups.world.rank == 0 && config.checkpointEvery > 0 {
+            try FileManager.default.createDirectory(atPath: config.runDirectory, withIntermediateDirectories: true)
+        }
+        runLog = RunLog(dir: config.runDirectory)
+    }
+
+    /// Continues from a verified checkpoint: parameters, optimizer shards and step counts.
+    /// A rank that cannot load its shard ends the whole job (exit 2), so none waits for it.
+    public func restore(from candidate: Checkpoint.Candidate) throws {
+        do {
+            try Checkpoint.load(candidate, rank: groups.world.rank, params: params, optimizers: optimizers)
+        } catch {
+            log("moe-train: error: rank \(groups.world.rank) cannot resume from \(candidate.path): \(error)")
+            groups.world.abort(code: 2)
+        }
+        startStep = candidate.step
+        if isLogger {
+            log("resumed from \(candidate.path): continuing after step \(candidate.step) (attempt \(config.attempt))")
+            runLog.event("checkpoint_loaded", ["attempt": config.attempt, "step": candidate.step, "path": candidate.path])
+        }
+    }
+
+    /// Saves this step's sharded checkpoint (collective). Emulated cost: the shard's bytes in
+    /// the emulated precision (bf16 parameters, fp32 master weights and moments of the owned
+    /// shard) over the storage bandwidth.
+    func saveCheckpoint(_ step: Int) throws {
+        let world = groups.world
+        let dir = config.runDirectory + "/" + Checkpoint.stepName(step)
+        if world.rank == 0 {
+            try FileManager.default.createDirectory(atPath: config.runDirectory, withIntermediateDirectories: true)
+            if FileManager.default.fileExists(atPath: dir) {
+                // A torn or rolled-back checkpoint of this step: keep it aside, never overwrite it.
+                let aside = dir + ".stale-\(Int(Date().timeIntervalSince1970))-\(config.attempt)"
+                try FileManager.default.moveItem(atPath: dir, toPath: aside)
+                log("checkpoint: moved the existing \(Checkpoint.stepName(step)) aside to \(URL(fileURLWithPath: aside).lastPathComponent)")
+            }
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        }
+        world.untimed { world.barrier() }
+        let blob = Checkpoint.encodeShard(params: params, optimizers: optimizers, step: step, rank: world.rank, attempt: config.attempt)
+        let path = dir + "/" + Checkpoint.shardName(world.rank)
+        if faults.crashesWhileSaving(step: step) {
+            log("fault: rank \(world.rank) dies while writing its checkpoint shard at step \(step)")
+            let tmp = dir + "/." + Checkpoint.shardName(world.rank) + ".tmp-\(getpid())"
+            FileManager.default.createFile(atPath: tmp, contents: Data(blob.prefix(blob.count / 2)))
+            faults.crash()
+        }
+        try AtomicFile.write(blob, to: path)
+        let held = Double(params.layout.specs.reduce(0) { $0 + $1.count })
+        let owned = Double(optimizers.reduce(0) { $0 + $1.range.count })
+        let emulatedBytes = held * emulator.precision.elementBytes + owned * emulator.precision.optimizerBytesPerParameter
+        clock.spend(emulatedBytes / config.checkpointBandwidth, as: .checkpoint, detail: "save \(Checkpoint.stepName(step))")
+        let entry = "\(blob.count) \(SHA256.hexDigest(blob))"
+        let entries = world.untimed { world.gatherBytes(Array(entry.utf8), root: 0) }
+        guard world.rank == 0 else { return }
+        let shards = entries.enumerated().map { rank, bytes -> [String: Any] in
+            let parts = String(decoding: bytes, as: UTF8.self).split(separator: " ")
+            return ["file": Checkpoint.shardName(rank), "bytes": Int(parts[0])!, "sha256": String(parts[1])]
+        }
+        let manifest: [String: Any] = ["format": "moe-train checkpoint v1", "step": step, "attempt": config.attempt,
+                                       "layout": Launcher.layout(config, groups.topology).json,
+                                       "config_hash": Checkpoint.configHash(config), "config": ConfigFile.dictionary(config),
+                                       "shards": shards]
+        try AtomicFile.write(JSONText.encode(manifest), to: dir + "/manifest.json")
+        try AtomicFile.write(Checkpoint.stepName(step) + "\n", to: config.runDirectory + "/latest")
+        runLog.event("checkpoint_saved", ["attempt": config.attempt, "step": step])
+        if config.keepCheckpoints > 0 {
+            let complete = Checkpoint.stepDirectories(config.runDirectory).filter {
+                FileManager.default.fileExists(atPath: $0.path + "/manifest.json")
+            }
+            for old in complete.dropFirst(config.keepCheckpoints) { try? FileManager.default.removeItem(atPath: old.path) }
+        }
     }
 
     /// What rank `rank` holds: its tensor/expert shard of the layers of its pipeline chunks.
@@ -105,10 +180,15 @@ public final class Trainer {
     public func run() throws {
         if isLogger { printHeader() }
         let start = DispatchTime.now().uptimeNanoseconds
-        for step in 1...config.steps {
+        if startStep >= config.steps && isLogger { log("nothing to do: the checkpoint is at step \(startStep) of \(config.steps)") }
+        for step in (startStep + 1)..<(config.steps + 1) {
             let record = try trainStep(step)
             records.append(record)
-            if isLogger && (step == 1 || step % config.logEvery == 0 || step == config.steps) { log(format(record)) }
+            if isLogger {
+                if step == startStep + 1 { runLog.event("first_step", ["attempt": config.attempt, "step": step]) }
+                logStep(record)
+            }
+            if isLogger && (step == startStep + 1 || step % config.logEvery == 0 || step == config.steps) { log(format(record)) }
         }
         wallSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         checksum = parameterChecksum()
@@ -121,11 +201,17 @@ public final class Trainer {
         if isLogger { printFooter() }
     }
 
+    /// The step a resumed run continues after (0 for a fresh run).
+    public private(set) var startStep = 0
+    let faults: FaultInjector
+    let runLog: RunLog
+
     /// Emulated time at which this rank started its last step, and its actions' durations.
     var lastStepStart = 0.0
     var lastDurations: [Action: Double] = [:]
 
     func trainStep(_ step: Int) throws -> StepRecord {
+        faults.beforeStep(step, clock: clock, log: log)
         let t0 = DispatchTime.now().uptimeNanoseconds
         lastStepStart = clock.now
         let c = config.model
@@ -138,6 +224,7 @@ public final class Trainer {
             data.batch(step: step, first: rankFirst + m * plan.microBatchSize, count: plan.microBatchSize, seqLen: T)
         }, scale: scale)
         lastDurations = result.durations
+        faults.poison(params.grads, step: step)
         // The step's figures over the data-parallel replicas and pipeline stages (TP ranks agree).
         let stats = reduceStats(result.stats)
         let dumpGrads = config.dumpStep == step ? zero.fullyReducedCopy(params.grads) : nil
@@ -176,6 +263,7 @@ public final class Trainer {
             }
             zero.gatherParameters(params.values)
         }
+        if config.checkpointEvery > 0 && step % config.checkpointEvery == 0 { try saveCheckpoint(step) }
         let timing = stepTiming(start: clockStart, pipeline: result, spans: clock.spans[spanStart...],
                                 executedFLOPs: clock.executedFLOPs - flopsStart, tokens: scale.tokens)
         let wall = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
@@ -183,6 +271,17 @@ public final class Trainer {
                           dropped: stats.dropped, assignments: stats.assignments, skipped: skipped,
                           wallSeconds: wall, tokens: scale.tokens, timing: timing,
                           peakActivationFloats: result.peakActivationFloats)
+    }
+
+    /// Appends the step to the run directory's step log and beats the heartbeat (rank 0).
+    func logStep(_ r: StepRecord) {
+        let t = r.timing
+        runLog.step(["attempt": config.attempt, "step": r.step, "loss": r.loss, "skipped": r.skipped,
+                     "emulated": ["step": t.stepTime, "compute": t.compute, "communication": t.communication,
+                                  "idle": t.idle, "checkpoint": t.checkpoint],
+                     "wall_s": r.wallSeconds, "model_flops": Double(r.tokens) * flopsPerToken,
+                     "ranks": groups.world.size, "peak_flops": emulator.profile.peakFLOPS])
+        runLog.heartbeat(step: r.step)
     }
 
     /// Sums the losses and expert loads over the data-parallel replicas and the pipeline
@@ -211,7 +310,7 @@ public final class Trainer {
         let pipelineWork = SpanTotals(Array(spans), from: start, to: pipeline.end)
         let local: [Double] = [Double(groups.coordinates.pp), start, clock.now, pipeline.start, pipeline.end,
                                pipelineWork.compute + pipelineWork.communication,
-                               whole.compute, whole.communication, whole.idle, executedFLOPs]
+                               whole.compute, whole.communication, whole.idle, executedFLOPs, whole.io]
         let width = local.count
         let all = groups.world.untimed { groups.world.allGather(local) }
         let rows = (0..<groups.world.size).map { Array(all[($0 * width)..<(($0 + 1) * width)]) }
@@ -227,6 +326,7 @@ public final class Trainer {
         let peak = emulator.profile.peakFLOPS * n
         return StepTiming(stepTime: stepTime, compute: rows.reduce(0) { $0 + $1[6] } / n,
                           communication: rows.reduce(0) { $0 + $1[7] } / n, idle: rows.reduce(0) { $0 + $1[8] } / n,
+                          checkpoint: rows.reduce(0) { $0 + $1[10] } / n,
                           bubblePerStage: bubble, pipelinePhase: phase,
                           simulatedBubblePerStage: simulatedBubble(pipeline.durations),
                           mfu: stepTime > 0 ? Double(tokens) * flopsPerToken / (stepTime * peak) : 0,

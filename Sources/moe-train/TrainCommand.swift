@@ -63,6 +63,19 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("dump-step"), help: "Dump parameters and gradients of this step.") var dumpStep: Int?
     @Option(name: .customLong("dump-dir"), help: "Directory for --dump-step.") var dumpDir: String?
     @Option(help: "Write a Chrome trace (Perfetto, chrome://tracing) of every rank's emulated time here.") var trace: String?
+
+    // Checkpoints, restarts, faults
+    @Option(name: .customLong("checkpoint-dir"), help: "Run directory for checkpoints and logs (default checkpoints/<config name>).") var checkpointDir: String?
+    @Option(name: .customLong("checkpoint-every"), help: "Save a sharded checkpoint every K steps (0 = never).") var checkpointEvery: Int?
+    @Option(name: .customLong("keep-checkpoints"), help: "Keep the newest N complete checkpoints (0 = all).") var keepCheckpoints: Int?
+    @Option(help: "auto (newest valid checkpoint of the run directory), never, or a step directory.") var resume: String?
+    @Option(help: "Attempt number of a supervised job (the supervisor sets it).") var attempt: Int?
+    @Option(name: .customLong("fail-at-step"), help: "Inject a failure at this step (first attempt only).") var failAtStep: Int?
+    @Option(name: .customLong("fail-rank"), help: "The rank that fails.") var failRank: Int?
+    @Option(name: .customLong("fail-mode"), help: "crash, hang, slow, crash-during-checkpoint or nan.") var failMode: String?
+    @Option(name: .customLong("slow-factor"), help: "Emulated slowdown of a straggler (--fail-mode slow).") var slowFactor: Double?
+    @Option(name: .customLong("mtbf-hours"), help: "Mean time between failures of one emulated GPU, in emulated hours.") var mtbfHours: Double?
+    @Option(name: .customLong("restart-cost-s"), help: "Emulated seconds a restart costs (detection, relaunch, load).") var restartCostS: Double?
     @Flag(name: .customLong("trace-wall"), help: "Add wall-clock tracks to the trace.") var traceWall = false
 
     /// The config file (or defaults) with every given flag applied on top.
@@ -98,6 +111,10 @@ struct TrainCommand: ParsableCommand {
         set(device) { c.device = $0 }; set(clock) { c.clock = $0 }; set(clockScale) { c.clockScale = $0 }
         set(gpusPerNode) { c.gpusPerNode = $0 }; set(link) { c.link = $0 }; set(precision) { c.precision = $0 }
         set(trace) { c.trace = $0 }
+        set(checkpointDir) { c.checkpointDir = $0 }; set(checkpointEvery) { c.checkpointEvery = $0 }
+        set(keepCheckpoints) { c.keepCheckpoints = $0 }; set(resume) { c.resume = $0 }; set(attempt) { c.attempt = $0 }
+        set(failAtStep) { c.failAtStep = $0 }; set(failRank) { c.failRank = $0 }; set(failMode) { c.failMode = $0 }
+        set(slowFactor) { c.slowFactor = $0 }; set(mtbfHours) { c.mtbfHours = $0 }; set(restartCostS) { c.restartCostS = $0 }
         if ignoreOOM { c.ignoreOOM = true }
         if traceWall { c.traceWall = true }
         return c

@@ -1,0 +1,68 @@
+import Foundation
+import Model
+import Parallel
+import Pipeline
+import Tensor
+
+/// `moe-train export`: consolidates a sharded checkpoint into one safetensors file in the
+/// single-rank layout (every parameter under its path, such as `layers.0.attn.wq`, with its
+/// full shape), as a single-rank run would hold it. The checkpoint's manifest carries its
+/// configuration and layout, so nothing else is needed.
+public enum Export {
+    public static func run(checkpoint: String, out: String, log: (String) -> Void) throws {
+        var path = checkpoint
+        if !FileManager.default.fileExists(atPath: path + "/manifest.json") {
+            let (candidate, skipped) = Checkpoint.newestValid(in: path)
+            for s in skipped { log("export: skipped \(s)") }
+            guard let c = candidate else { throw UsageError("no valid checkpoint in \(checkpoint) (a step directory or a run directory)") }
+            path = c.path
+        }
+        let manifest: Checkpoint.Manifest
+        switch Checkpoint.verify(path) {
+        case .success(let m): manifest = m
+        case .failure(let p): throw UsageError("export: \(p.description)")
+        }
+        guard !FileManager.default.fileExists(atPath: out) else { throw UsageError("export: \(out) already exists; choose another --out") }
+        guard let data = FileManager.default.contents(atPath: path + "/manifest.json"),
+              let obj = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any],
+              let configDict = obj["config"] as? [String: Any] else {
+            throw UsageError("export: \(path)/manifest.json holds no configuration")
+        }
+        let config = try ConfigFile.parse(try JSONSerialization.data(withJSONObject: configDict), name: path + "/manifest.json")
+        let l = manifest.layout
+        let topology = try Topology(world: l.world, tp: l.tp, pp: l.pp, ep: l.ep, model: config.model)
+        let plan = try StagePlan(config: config.model, stages: l.pp, virtualStages: l.virtualStages, counts: l.ppLayers)
+        var z = config
+        z.zero = l.zero
+        var storages: [(ParameterLayout, Storage)] = []
+        for rank in 0..<l.world {
+            let layout = Trainer.layout(config: z, topology: topology, shard: Trainer.shard(rank: rank, topology: topology, plan: plan))
+            guard let shard = FileManager.default.contents(atPath: path + "/" + Checkpoint.shardName(rank)) else {
+                throw UsageError("export: cannot read \(Checkpoint.shardName(rank))")
+            }
+            let (tensors, _) = try SafeTensors.decode([UInt8](shard))
+            guard let p = tensors["params"], p.shape == [layout.totalCount] else {
+                throw UsageError("export: \(Checkpoint.shardName(rank)) does not match its layout")
+            }
+            let st = Storage(count: layout.totalCount)
+            p.floats.withUnsafeBufferPointer { st.base.update(from: $0.baseAddress!, count: layout.totalCount) }
+            storages.append((layout, st))
+        }
+        let single = ParameterLayout(config: config.model)
+        let global = GlobalParameters.assemble(storages.map { ($0.0, UnsafePointer($0.1.base)) }, single: single)
+        var entries: [SafeTensors.Entry] = []
+        var offset = 0
+        global.withUnsafeBufferPointer { g in
+            for s in single.specs {
+                entries.append(.init(name: s.name, shape: s.globalShape, floats: g.baseAddress! + offset, count: s.globalCount))
+                offset += s.globalCount
+            }
+        }
+        var h = SHA256()
+        global.withUnsafeBufferPointer { h.update(floats: $0.baseAddress!, count: $0.count) }
+        let checksum = SHA256.hex(h.finalize())
+        try AtomicFile.write(SafeTensors.encode(entries, metadata: ["step": String(manifest.step), "param_checksum": checksum,
+                                                                   "source": path]), to: out)
+        log("exported \(path) (step \(manifest.step), \(l)) to \(out): \(single.specs.count) tensors, param checksum \(checksum)")
+    }
+}

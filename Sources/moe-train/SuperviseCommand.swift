@@ -1,0 +1,41 @@
+import ArgumentParser
+import Foundation
+import Train
+
+/// `moe-train supervise --np N [--max-restarts R] [--hang-timeout S] -- TRAINING-FLAGS`
+struct SuperviseCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "supervise",
+        abstract: "Run a training job under mpirun, restart it from its last good checkpoint when it fails, and report goodput.",
+        discussion: "Example: moe-train supervise --np 4 --max-restarts 2 -- --config configs/tiny.json --tp 2 --pp 2 --checkpoint-every 5 --fail-at-step 13 --fail-rank 3"
+    )
+    @Option(help: "Ranks per attempt.") var np: Int
+    @Option(name: .customLong("max-restarts"), help: "Restarts allowed after the first attempt.") var maxRestarts = 3
+    @Option(name: .customLong("hang-timeout"), help: "Seconds without a step heartbeat after which an attempt is killed.") var hangTimeout = 60.0
+    @Option(name: .customLong("summary-json"), help: "Write the whole job's summary here.") var summaryJSON: String?
+    @Option(name: .customLong("mpirun-args"), help: "Extra mpirun arguments, as one string.") var mpirunArgs = ""
+    @Argument(parsing: .postTerminator, help: "Training flags (after --).") var trainingFlags: [String] = []
+
+    func validate() throws {
+        guard np >= 1 else { throw ValidationError("--np must be at least 1 (got \(np))") }
+        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be >= 0 (got \(maxRestarts))") }
+        guard hangTimeout > 0 else { throw ValidationError("--hang-timeout must be positive (got \(hangTimeout))") }
+    }
+
+    func run() throws {
+        // The training flags are checked here first, so that bad input fails once, not per attempt.
+        let config: RunConfig
+        do { config = try TrainCommand.parse(trainingFlags).resolvedConfig(); try config.validate() } catch {
+            throw ValidationError("training flags: " + (error is ValidationError ? String(describing: error) : MoeTrain.message(for: error)))
+        }
+        guard !trainingFlags.contains("--summary-json") && !trainingFlags.contains("--attempt") else {
+            throw ValidationError("pass --summary-json to supervise itself, not in the training flags; --attempt is set by the supervisor")
+        }
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+        let options = Supervisor.Options(np: np, maxRestarts: maxRestarts, hangTimeout: hangTimeout, summaryJSON: summaryJSON,
+                                         mpirunArgs: mpirunArgs.split(separator: " ").map(String.init), trainingFlags: trainingFlags,
+                                         binary: binary, runDirectory: config.runDirectory, restartCostS: config.restartCostS)
+        let status = try Supervisor(options: options) { print($0); fflush(stdout) }.run()
+        if status != 0 { throw ExitCode(status) }
+    }
+}
