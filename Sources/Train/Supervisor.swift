@@ -20,11 +20,13 @@ public final class Supervisor {
         public var binary: String
         public var runDirectory: String
         public var restartCostS: Double
+        /// Send each attempt's output to `attempt-K.log` in the run directory instead of ours.
+        public var quiet: Bool
         public init(np: Int, maxRestarts: Int, hangTimeout: Double, summaryJSON: String?, mpirunArgs: [String],
-                    trainingFlags: [String], binary: String, runDirectory: String, restartCostS: Double) {
+                    trainingFlags: [String], binary: String, runDirectory: String, restartCostS: Double, quiet: Bool = false) {
             self.np = np; self.maxRestarts = maxRestarts; self.hangTimeout = hangTimeout; self.summaryJSON = summaryJSON
             self.mpirunArgs = mpirunArgs; self.trainingFlags = trainingFlags; self.binary = binary
-            self.runDirectory = runDirectory; self.restartCostS = restartCostS
+            self.runDirectory = runDirectory; self.restartCostS = restartCostS; self.quiet = quiet
         }
     }
 
@@ -55,7 +57,7 @@ public final class Supervisor {
             let args = ["-np", String(options.np), "--bind-to", "none"] + options.mpirunArgs + [options.binary] + flags
             log("supervise: attempt \(attempt): mpirun \(args.joined(separator: " "))")
             runLog.event("attempt_start", ["attempt": attempt])
-            let outcome = try runAttempt(args)
+            let outcome = try runAttempt(args, output: options.quiet ? options.runDirectory + "/attempt-\(attempt).log" : nil)
             switch outcome {
             case .success:
                 runLog.event("attempt_end", ["attempt": attempt, "status": "success"])
@@ -101,7 +103,7 @@ public final class Supervisor {
     }
 
     /// One mpirun, in its own process group, watched until it exits or stops beating.
-    func runAttempt(_ args: [String]) throws -> Outcome {
+    func runAttempt(_ args: [String], output: String?) throws -> Outcome {
         let mpirun = ["/usr/bin/mpirun", "/usr/local/bin/mpirun"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "mpirun"
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
@@ -110,8 +112,15 @@ public final class Supervisor {
         posix_spawnattr_setpgroup(&attr, 0)
         let argv: [UnsafeMutablePointer<CChar>?] = ([mpirun] + args).map { strdup($0) } + [nil]
         defer { for p in argv { free(p) } }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if let output {
+            posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, mpirun, nil, &attr, argv, environ)
+        let rc = posix_spawn(&pid, mpirun, &actions, &attr, argv, environ)
         guard rc == 0 else { throw UsageError("cannot start \(mpirun): \(String(cString: strerror(rc)))") }
         var lastBeat = heartbeat()
         var lastChange = Date()

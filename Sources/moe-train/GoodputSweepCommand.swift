@@ -1,0 +1,34 @@
+import ArgumentParser
+import Foundation
+import Train
+
+/// `moe-train goodput-sweep --np N --mtbf-hours H --checkpoint-every 2,5,10 -- TRAINING-FLAGS`
+struct GoodputSweepCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "goodput-sweep",
+        abstract: "Supervised runs with MTBF crashes for several checkpoint intervals, against the Young/Daly optimum."
+    )
+    @Option(help: "Ranks per attempt.") var np: Int
+    @Option(name: .customLong("mtbf-hours"), help: "Mean time between failures of one emulated GPU, emulated hours.") var mtbfHours: Double
+    @Option(name: .customLong("checkpoint-every"), help: "Comma-separated checkpoint intervals in steps.") var checkpointEvery: String
+    @Option(name: .customLong("max-restarts"), help: "Restarts allowed per run.") var maxRestarts = 50
+    @Option(help: "Directory for the runs (one per interval; must not exist).") var out = "runs/goodput-sweep"
+    @Argument(parsing: .postTerminator, help: "Training flags (after --).") var trainingFlags: [String] = []
+
+    func run() throws {
+        let intervals = checkpointEvery.split(separator: ",").compactMap { Int($0) }
+        guard !intervals.isEmpty, intervals.allSatisfy({ $0 >= 1 }) else {
+            throw ValidationError("--checkpoint-every needs comma-separated positive step counts, such as 2,5,10")
+        }
+        let config: RunConfig
+        do { config = try TrainCommand.parse(trainingFlags).resolvedConfig(); try config.validate() } catch {
+            throw ValidationError("training flags: " + MoeTrain.message(for: error))
+        }
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+        do {
+            _ = try GoodputSweep.run(np: np, mtbfHours: mtbfHours, intervals: intervals, maxRestarts: maxRestarts,
+                                     trainingFlags: trainingFlags, baseDirectory: out, binary: binary,
+                                     restartCostS: config.restartCostS) { print($0); fflush(stdout) }
+        } catch let e as UsageError { throw ValidationError(e.description) }
+    }
+}
