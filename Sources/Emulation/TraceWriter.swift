@@ -1,4 +1,5 @@
 import Foundation
+import Tensor
 
 /// Chrome trace-event JSON (the format Perfetto and chrome://tracing open): one process
 /// per rank, spans as complete ("X") events in emulated microseconds. With `wall`, each
@@ -60,18 +61,7 @@ public enum TraceWriter {
         "{\"name\":\(quote(name)),\"ph\":\"M\",\"pid\":\(pid),\"tid\":0,\"args\":{\"sort_index\":\(number)}}"
     }
 
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for ch in s.unicodeScalars {
-            switch ch {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            default: if ch.value < 0x20 { out += String(format: "\\u%04x", ch.value) } else { out.unicodeScalars.append(ch) }
-            }
-        }
-        return out + "\""
-    }
+    static func quote(_ s: String) -> String { SafeTensors.jsonString(s) }
 
     // MARK: - Spans as bytes, for gathering over MPI
 

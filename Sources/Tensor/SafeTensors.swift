@@ -97,7 +97,8 @@ public enum SafeTensors {
         return (tensors, metadata)
     }
 
-    static func jsonString(_ s: String) -> String {
+    /// `s` as a JSON string literal, quotes included.
+    public static func jsonString(_ s: String) -> String {
         var out = "\""
         for ch in s.unicodeScalars {
             switch ch {
