@@ -1,0 +1,79 @@
+import Foundation
+import Comm
+import Emulation
+import Model
+import Parallel
+import Pipeline
+import Tensor
+
+// MARK: - Checkpoints: saving and resuming (see Checkpoint.swift for the format)
+
+extension Trainer {
+    /// Continues from a verified checkpoint: parameters, optimizer shards and step counts.
+    /// A rank that cannot load its shard ends the whole job (exit 2), so none waits for it.
+    public func restore(from candidate: Checkpoint.Candidate) throws {
+        do {
+            try Checkpoint.load(candidate, rank: groups.world.rank, params: params, optimizers: optimizers)
+        } catch {
+            log("moe-train: error: rank \(groups.world.rank) cannot resume from \(candidate.path): \(error)")
+            groups.world.abort(code: 2)
+        }
+        startStep = candidate.step
+        if isLogger {
+            log("resumed from \(candidate.path): continuing after step \(candidate.step) (attempt \(config.attempt))")
+            runLog.event("checkpoint_loaded", ["attempt": config.attempt, "step": candidate.step, "path": candidate.path])
+        }
+    }
+
+    /// Saves this step's sharded checkpoint (collective). Emulated cost: the shard's bytes in
+    /// the emulated precision (bf16 parameters, fp32 master weights and moments of the owned
+    /// shard) over the storage bandwidth.
+    func saveCheckpoint(_ step: Int) throws {
+        let world = groups.world
+        let dir = config.runDirectory + "/" + Checkpoint.stepName(step)
+        if world.rank == 0 {
+            try FileManager.default.createDirectory(atPath: config.runDirectory, withIntermediateDirectories: true)
+            if FileManager.default.fileExists(atPath: dir) {
+                // A torn or rolled-back checkpoint of this step: keep it aside, never overwrite it.
+                let aside = dir + ".stale-\(Int(Date().timeIntervalSince1970))-\(config.attempt)"
+                try FileManager.default.moveItem(atPath: dir, toPath: aside)
+                log("checkpoint: moved the existing \(Checkpoint.stepName(step)) aside to \(URL(fileURLWithPath: aside).lastPathComponent)")
+            }
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        }
+        world.untimed { world.barrier() }
+        let blob = Checkpoint.encodeShard(params: params, optimizers: optimizers, step: step, rank: world.rank, attempt: config.attempt)
+        let path = dir + "/" + Checkpoint.shardName(world.rank)
+        if faults.crashesWhileSaving(step: step) {
+            log("fault: rank \(world.rank) dies while writing its checkpoint shard at step \(step)")
+            let tmp = dir + "/." + Checkpoint.shardName(world.rank) + ".tmp-\(getpid())"
+            FileManager.default.createFile(atPath: tmp, contents: Data(blob.prefix(blob.count / 2)))
+            faults.crash()
+        }
+        try AtomicFile.write(blob, to: path)
+        let held = Double(params.layout.specs.reduce(0) { $0 + $1.count })
+        let owned = Double(optimizers.reduce(0) { $0 + $1.range.count })
+        let emulatedBytes = held * emulator.precision.elementBytes + owned * emulator.precision.optimizerBytesPerParameter
+        clock.spend(emulatedBytes / config.checkpointBandwidth, as: .checkpoint, detail: "save \(Checkpoint.stepName(step))")
+        let entry = "\(blob.count) \(SHA256.hexDigest(blob))"
+        let entries = world.untimed { world.gatherBytes(Array(entry.utf8), root: 0) }
+        guard world.rank == 0 else { return }
+        let shards = entries.enumerated().map { rank, bytes -> [String: Any] in
+            let parts = String(decoding: bytes, as: UTF8.self).split(separator: " ")
+            return ["file": Checkpoint.shardName(rank), "bytes": Int(parts[0])!, "sha256": String(parts[1])]
+        }
+        let manifest: [String: Any] = ["format": "moe-train checkpoint v1", "step": step, "attempt": config.attempt,
+                                       "layout": Launcher.layout(config, groups.topology).json,
+                                       "config_hash": Checkpoint.configHash(config), "config": ConfigFile.dictionary(config),
+                                       "shards": shards]
+        try AtomicFile.write(JSONText.encode(manifest), to: dir + "/manifest.json")
+        try AtomicFile.write(Checkpoint.stepName(step) + "\n", to: config.runDirectory + "/latest")
+        runLog.event("checkpoint_saved", ["attempt": config.attempt, "step": step])
+        if config.keepCheckpoints > 0 {
+            let complete = Checkpoint.stepDirectories(config.runDirectory).filter {
+                FileManager.default.fileExists(atPath: $0.path + "/manifest.json")
+            }
+            for old in complete.dropFirst(config.keepCheckpoints) { try? FileManager.default.removeItem(atPath: old.path) }
+        }
+    }
+}
