@@ -9,12 +9,12 @@ import Tensor
 extension Trainer {
 
     func printHeader() {
-        let c = config.model, layout = params.layout, topo = groups.topology
+        let c = config.model, layout = singleLayout, topo = groups.topology
         log("moe-train: \(topo.world) rank(s), tp \(topo.tp) pp \(topo.pp) dp \(topo.dp) ep \(topo.ep)")
         log(String(format: "model: %d layers, d_model %d, %d heads (%d KV), %d experts top-%d (ffn %d), seq %d, %@ | params %@ total, %@ active per token",
                    c.layers, c.dModel, c.heads, c.kvHeads, c.experts, c.topK, c.ffnHidden, c.seqLen,
                    c.kvHeads == 1 ? "MQA" : (c.kvHeads == c.heads ? "MHA" : "GQA"),
-                   Self.human(layout.totalCount), Self.human(layout.activeCount(config: c))))
+                   Self.human(layout.globalCount), Self.human(layout.activeCount(config: c))))
         log("batch: \(plan.globalBatch) sequences x \(c.seqLen) tokens per step = \(plan.microBatches) micro-batches of \(plan.microBatchSize) per data-parallel rank")
         log("data: \(data.description)")
         if let floor = data.entropyFloor(seqLen: c.seqLen) {
@@ -162,8 +162,8 @@ extension Trainer {
             "zero": config.zero,
             "wall_time_s": wallSeconds,
             "tokens_per_s_wall": Double(records.reduce(0) { $0 + $1.tokens }) / max(wallSeconds, 1e-9),
-            "total_params": params.layout.globalCount,
-            "active_params": params.layout.activeCount(config: c),
+            "total_params": singleLayout.globalCount,
+            "active_params": singleLayout.activeCount(config: c),
             "local_params": params.layout.specs.reduce(0) { $0 + $1.count },
             "optimizer_state_bytes": optimizers.reduce(0) { $0 + Double($1.range.count) } * emulator.precision.optimizerBytesPerParameter,
             "comm_bytes": commBytes(),

@@ -20,6 +20,7 @@ final class PipelineTests: XCTestCase {
     /// Acceptance 1: `mpirun -np 16 moe-train --tp 4 --pp 4` trains the default config on 2
     /// cores and reports bubble and MFU; GPipe works too.
     func testSixteenRanksTensorAndPipelineParallel() throws {
+        let single = try run(np: 1, ["--steps", "1"])
         for schedule in ["1f1b", "gpipe"] {
             let dir = try Subprocess.tempDir()
             let r = try Subprocess.mpirun(np: 16, ["--tp", "4", "--pp", "4", "--steps", "12", "--log-every", "4",
@@ -33,6 +34,10 @@ final class PipelineTests: XCTestCase {
             XCTAssertLessThan(losses.last!, losses.first! - 1.0)
             XCTAssertEqual(s["pp"] as? Int, 4)
             XCTAssertEqual(s["tp"] as? Int, 4)
+            // Parameter counts describe the whole model, not rank 0's shard.
+            XCTAssertEqual(s["total_params"] as? Int, single["total_params"] as? Int)
+            XCTAssertEqual(s["active_params"] as? Int, single["active_params"] as? Int)
+            XCTAssertLessThan(try XCTUnwrap(s["local_params"] as? Int), try XCTUnwrap(single["total_params"] as? Int) / 8)
             XCTAssertGreaterThan(try XCTUnwrap(s["bubble_fraction"] as? Double), 0)
             XCTAssertGreaterThan(try XCTUnwrap(s["mfu"] as? Double), 0)
         }
