@@ -37,7 +37,8 @@ final class PipelineTests: XCTestCase {
             // Parameter counts describe the whole model, not rank 0's shard.
             XCTAssertEqual(s["total_params"] as? Int, single["total_params"] as? Int)
             XCTAssertEqual(s["active_params"] as? Int, single["active_params"] as? Int)
-            XCTAssertLessThan(try XCTUnwrap(s["local_params"] as? Int), try XCTUnwrap(single["total_params"] as? Int) / 8)
+            // Rank 0 holds 2 of 8 layers (every expert of them: --ep 1) plus the embedding: about a quarter.
+            XCTAssertLessThan(try XCTUnwrap(s["local_params"] as? Int), try XCTUnwrap(single["total_params"] as? Int) / 3)
             XCTAssertGreaterThan(try XCTUnwrap(s["bubble_fraction"] as? Double), 0)
             XCTAssertGreaterThan(try XCTUnwrap(s["mfu"] as? Double), 0)
         }
