@@ -20,6 +20,8 @@ public struct DeviceProfile: Sendable, Equatable {
     public var intraNode: LinkClass
     public var interNode: LinkClass
     public var source: String
+    /// Peak dense FP8 FLOP/s, where the device has FP8 tensor cores.
+    public var peakFLOPSFP8: Double? = nil
 
     public init(name: String, peakFLOPS: Double, memoryBytes: Double, memoryBandwidth: Double,
                 flopsEfficiency: Double, memoryEfficiency: Double, kernelLaunchSeconds: Double,
@@ -66,11 +68,13 @@ public struct DeviceProfile: Sendable, Equatable {
             kernelLaunchSeconds: try num("kernel_launch_s", in: obj, ""),
             intraNode: try link("intra_node"), interNode: try link("inter_node"),
             source: obj["source"] as? String ?? "")
+        var profile = p
+        profile.peakFLOPSFP8 = (obj["peak_flops_fp8"] as? NSNumber)?.doubleValue
         guard p.peakFLOPS > 0, p.memoryBandwidth > 0, p.flopsEfficiency > 0, p.flopsEfficiency <= 1,
               p.memoryEfficiency > 0, p.memoryEfficiency <= 1 else {
             throw ProfileError(description: "device profile \(path): peak_flops and memory_bandwidth must be positive, efficiencies in (0, 1]")
         }
-        return p
+        return profile
     }
 }
 
