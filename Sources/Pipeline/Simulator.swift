@@ -51,7 +51,7 @@ public enum Simulator {
         public let transfer: [Double]
         /// Per rank: share of the phase with neither compute nor transfer: the bubble.
         public var bubblePerStage: [Double] {
-            zip(compute, transfer).map { phase > 0 ? (phase - $0 - $1) / phase : 0 }
+            zip(compute, transfer).map { phase > 0 ? max(0, (phase - $0 - $1) / phase) : 0 }
         }
         public var bubble: Double { bubblePerStage.reduce(0, +) / Double(max(bubblePerStage.count, 1)) }
         /// Largest number of micro-batch chunks whose forward ran and whose backward (or input
@@ -72,7 +72,9 @@ public enum Simulator {
     }
 
     /// Checks every rule, then simulates. Throws the first violated rule.
-    public static func run(_ lowered: [[Action]], virtualStages v: Int, microbatches M: Int, costs: Costs = .uniform) throws -> Result {
+    /// `start`: each rank's clock when the step begins (all zero by default).
+    public static func run(_ lowered: [[Action]], virtualStages v: Int, microbatches M: Int, costs: Costs = .uniform,
+                           start: [Double]? = nil) throws -> Result {
         try validateStructure(lowered, virtualStages: v, microbatches: M)
         let P = lowered.count
         // A message is identified by its payload (activation or gradient), micro-batch and
@@ -86,7 +88,7 @@ public enum Simulator {
         }
         var messages: [Key: (sent: Double, transfer: Double)] = [:]
         var pc = [Int](repeating: 0, count: P)
-        var clock = [Double](repeating: 0, count: P)
+        var clock = start ?? [Double](repeating: 0, count: P)
         var transfer = [Double](repeating: 0, count: P)
         var timelines = [[Timed]](repeating: [], count: P)
         var remaining = lowered.reduce(0) { $0 + $1.count }

@@ -72,8 +72,16 @@ public struct MemoryPlan: Sendable {
     public init(config: RunConfig, topology: Topology, plan: BatchPlan, stagePlan: StagePlan, schedule: PipelineSchedule,
                 precision: Precision) {
         var roles: [Role] = []
+        var byCoordinates: [String: MemoryBreakdown] = [:]  // data-parallel replicas hold the same: compute each shard once
         for rank in 0..<topology.world {
             let c = topology.coordinates(of: rank)
+            let key = "\(c.tp) \(c.pp) \(c.ep)"
+            if let b = byCoordinates[key] {
+                if let i = roles.firstIndex(where: { $0.breakdown == b }) {
+                    roles[i] = Role(name: roles[i].name, ranks: roles[i].ranks + [rank], breakdown: b)
+                }
+                continue
+            }
             let shard = Trainer.shard(rank: rank, topology: topology, plan: stagePlan)
             let layout = Trainer.layout(config: config, topology: topology, shard: shard)
             let zero1 = config.zero == 1
@@ -87,6 +95,7 @@ public struct MemoryPlan: Sendable {
             let b = MemoryBreakdown(precision: precision, parametersHeld: layout.specs.reduce(0) { $0 + $1.count },
                                     optimizerParameters: denseShard + expertShard, activationElements: activations,
                                     communicationElements: (zero1 ? denseShard + expertShard : 0) + partial)
+            byCoordinates[key] = b
             if let i = roles.firstIndex(where: { $0.breakdown == b }) {
                 roles[i] = Role(name: roles[i].name, ranks: roles[i].ranks + [rank], breakdown: b)
             } else {

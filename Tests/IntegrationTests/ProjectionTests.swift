@@ -20,3 +20,36 @@ final class ProjectionTests: XCTestCase {
         XCTAssertTrue(bad.stderr.contains("cannot read /nonexistent.json"), bad.output)
     }
 }
+
+extension ProjectionTests {
+    /// Acceptance 3: for layouts that also run for real (tiny config, modeled clock), the
+    /// projection predicts the emulated step time the run measures, within 2%.
+    func testProjectionMatchesRealRuns() throws {
+        let bin = try XCTUnwrap(Subprocess.binary)
+        for (np, flags) in [(4, ["--tp", "2", "--pp", "2"]), (4, ["--tp", "2", "--pp", "2", "--moe-every", "0"]),
+                            (4, ["--pp", "4", "--layers", "4", "--micro-batches", "8", "--schedule", "gpipe"]),
+                            (4, ["--tp", "2", "--ep", "4"])] {
+            let dir = try Subprocess.tempDir()
+            let common = ["--config", "configs/tiny.json", "--steps", "4"] + flags
+            let real = try Subprocess.mpirun(np: np, common + ["--summary-json", dir + "/s.json"])
+            XCTAssertEqual(real.status, 0, real.output)
+            let measured = try XCTUnwrap((try Subprocess.readJSON(dir + "/s.json")["emulated_step_times_s"] as? [Double])?.last)
+            let p = try Subprocess.run(bin, ["project-layout", "--world", String(np), "--json", dir + "/p.json"] + common,
+                                       cwd: Subprocess.repoRoot)
+            XCTAssertEqual(p.status, 0, p.output)
+            let predicted = try XCTUnwrap(try Subprocess.readJSON(dir + "/p.json")["step_time_s"] as? Double)
+            print(String(format: "-np %d %@: measured %.6f ms, projected %.6f ms (%.4f%%)", np, flags.joined(separator: " "),
+                         measured * 1e3, predicted * 1e3, 100 * (predicted / measured - 1)))
+            XCTAssertEqual(predicted, measured, accuracy: 0.02 * measured)
+        }
+    }
+
+    /// Acceptance 2 (first part): the emulator's own prediction of the account's run is printed.
+    func testEmulatorPredictionOfTheAccountsRun() throws {
+        let r = try Subprocess.run(try XCTUnwrap(Subprocess.binary), ["project"], cwd: Subprocess.repoRoot)
+        XCTAssertEqual(r.status, 0, r.output)
+        for text in ["the emulator's prediction", "TP8 x PP15 x DP208", "pipeline bubble", "MFU", "memory per GPU", "days"] {
+            XCTAssertTrue(r.stdout.contains(text), "\(text) missing:\n\(r.stdout)")
+        }
+    }
+}

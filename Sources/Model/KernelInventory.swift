@@ -1,0 +1,153 @@
+/// The kernels and messages one rank runs for a chunk of the model, listed from the shapes
+/// alone, in the order the layers run them: the same GEMM shapes and elementwise traffic the
+/// layers report to `Kernels` (keep the two in step), so that the projection to cluster
+/// scale costs exactly what the emulator would measure, without allocating the model.
+/// Expert work assumes balanced routing: every expert gets its share of the assignments.
+public enum KernelInventory {
+    public enum Work: Equatable, Sendable {
+        case kernel(flops: Double, elements: Double)
+        /// A sum over the tensor-parallel group of `floats` values.
+        case tpAllReduce(floats: Double)
+        /// A max over the tensor-parallel group of `floats` values.
+        case tpAllReduceMax(floats: Double)
+        /// An expert-parallel exchange in which this rank sends `floats` values.
+        case epAllToAll(floats: Double)
+        /// The expert-parallel exchange of per-expert counts (32-bit integers).
+        case epCounts(bytes: Double)
+    }
+
+    /// C = A B with A (m x k), B (k x n); `accumulate` reads C too.
+    static func gemm(_ m: Double, _ n: Double, _ k: Double, accumulate: Bool = false) -> Work {
+        .kernel(flops: 2 * m * n * k, elements: m * k + k * n + (accumulate ? 2 : 1) * m * n)
+    }
+
+    struct Dims {
+        let N, B, T, C, D, qw, kw, Fl, Vl, E, K, El, rows, rowsPerExpert: Double
+        let tp: Int, ep: Int
+        init(_ c: ModelConfig, _ s: ShardSpec, sequences: Int) {
+            let h = s.heads(c)
+            B = Double(sequences); T = Double(c.seqLen); N = B * T; C = Double(c.dModel); D = Double(c.headDim)
+            qw = Double(h.qHeads * c.headDim); kw = Double(h.kvHeads * c.headDim)
+            Fl = Double(c.ffnHidden / s.tp); Vl = Double(s.vocabRange(c).count)
+            E = Double(c.experts); K = Double(c.topK); El = Double(c.experts / s.ep)
+            rows = N / Double(s.tp) * K                            // assignments this rank sends
+            rowsPerExpert = Double(s.ep) * rows / E                // received per local expert, balanced
+            tp = s.tp; ep = s.ep
+        }
+    }
+
+    static func norm(_ d: Dims) -> Work { .kernel(flops: 4 * d.N * d.C, elements: 2 * d.N * d.C + d.C + d.N) }
+    static func normBackward(_ d: Dims, accumulate: Bool) -> Work {
+        .kernel(flops: 10 * d.N * d.C, elements: (accumulate ? 4 : 3) * d.N * d.C + 2 * d.C + d.N)
+    }
+    static func residual(_ d: Dims) -> Work { .kernel(flops: d.N * d.C, elements: 3 * d.N * d.C) }
+    static func copy(_ d: Dims) -> Work { .kernel(flops: 0, elements: 2 * d.N * d.C) }
+    static func rotary(_ d: Dims, width: Double) -> Work { .kernel(flops: 3 * d.N * width, elements: 2 * d.N * width + d.N * d.D) }
+    static func tp(_ d: Dims, _ floats: Double) -> [Work] { d.tp > 1 ? [.tpAllReduce(floats: floats)] : [] }
+
+    /// Forward of `layers` on one micro-batch of `sequences`, with the embedding (first chunk)
+    /// and the head and loss (last chunk).
+    public static func forward(config c: ModelConfig, shard s: ShardSpec, sequences: Int, layers: Range<Int>,
+                               embedding: Bool, head: Bool) -> [Work] {
+        let d = Dims(c, s, sequences: sequences)
+        var w: [Work] = []
+        if embedding { w.append(.kernel(flops: 0, elements: 2 * d.N * d.C)); w += tp(d, d.N * d.C) }
+        for l in layers {
+            // attention
+            w.append(norm(d))
+            w += [gemm(d.N, d.qw, d.C), gemm(d.N, d.kw, d.C), gemm(d.N, d.kw, d.C)]
+            w += [rotary(d, width: d.qw), rotary(d, width: d.kw)]
+            let bh = d.B * d.qw / d.D, tt = d.T * d.T, td = d.T * d.D
+            w += [.kernel(flops: 2 * bh * tt * d.D, elements: bh * (2 * td + tt)), .kernel(flops: 5 * bh * tt, elements: 2 * bh * tt),
+                  .kernel(flops: 2 * bh * tt * d.D, elements: bh * (tt + 2 * td))]
+            w.append(gemm(d.N, d.C, d.qw))
+            w += tp(d, d.N * d.C)
+            w.append(residual(d))
+            w.append(norm(d))
+            if c.isMoE(layer: l) {
+                w.append(gemm(d.N, d.E, d.C))
+                w.append(.kernel(flops: d.N * d.E * (5 + d.K), elements: 2 * d.N * d.E + 2 * d.N * d.K))
+                if d.ep > 1 { w.append(.epCounts(bytes: 4 * d.E)) }
+                w.append(.kernel(flops: 0, elements: 2 * d.rows * d.C))
+                if d.ep > 1 { w.append(.epAllToAll(floats: d.rows * d.C)) }
+                for _ in 0..<Int(d.El) where d.rowsPerExpert > 0 {
+                    let r = d.rowsPerExpert, F = Double(c.ffnHidden)
+                    w.append(.kernel(flops: 0, elements: 2 * r * d.C))
+                    w += [gemm(r, F, d.C), .kernel(flops: 12 * r * F, elements: 2 * r * F), gemm(r, d.C, F)]
+                    w.append(.kernel(flops: 0, elements: 2 * r * d.C))
+                }
+                if d.ep > 1 { w.append(.epAllToAll(floats: d.El * d.rowsPerExpert * d.C)) }
+                w.append(.kernel(flops: 2 * d.rows * d.C, elements: 2 * d.rows * d.C + d.N / Double(d.tp) * d.C))
+                w += tp(d, d.N * d.C)
+            } else {
+                w += [gemm(d.N, d.Fl, d.C), .kernel(flops: 12 * d.N * d.Fl, elements: 2 * d.N * d.Fl), gemm(d.N, d.C, d.Fl)]
+                w += tp(d, d.N * d.C)
+            }
+            w.append(residual(d))
+        }
+        if head {
+            w.append(norm(d))
+            w.append(gemm(d.N, d.Vl, d.C))
+            w.append(.kernel(flops: 6 * d.N * d.Vl, elements: 2 * d.N * d.Vl))
+            if d.tp > 1 { w += [.tpAllReduceMax(floats: d.N), .tpAllReduce(floats: 2 * d.N)] }
+        }
+        return w
+    }
+
+    /// Backward of the same chunk.
+    public static func backward(config c: ModelConfig, shard s: ShardSpec, sequences: Int, layers: Range<Int>,
+                                embedding: Bool, head: Bool) -> [Work] {
+        let d = Dims(c, s, sequences: sequences)
+        var w: [Work] = []
+        /// dx = dy W (n x in) and dW += dy^T x (out x in), for y = x W^T with W (out x in).
+        func linear(_ n: Double, out: Double, inDim: Double, accumulateDx: Bool = false) -> [Work] {
+            [gemm(n, inDim, out, accumulate: accumulateDx), gemm(out, inDim, n, accumulate: true)]
+        }
+        if head {
+            w += linear(d.N, out: d.Vl, inDim: d.C)
+            w += tp(d, d.N * d.C)
+            w.append(normBackward(d, accumulate: false))
+        }
+        for l in layers.reversed() {
+            if c.isMoE(layer: l) {
+                w.append(.kernel(flops: 4 * d.rows * d.C, elements: 3 * d.rows * d.C))
+                if d.ep > 1 { w.append(.epAllToAll(floats: d.rows * d.C)) }
+                for _ in 0..<Int(d.El) where d.rowsPerExpert > 0 {
+                    let r = d.rowsPerExpert, F = Double(c.ffnHidden)
+                    w.append(.kernel(flops: 0, elements: 2 * r * d.C))
+                    w += linear(r, out: d.C, inDim: F)
+                    w.append(.kernel(flops: 18 * r * F, elements: 3 * r * F))
+                    w += linear(r, out: F, inDim: d.C)
+                    w.append(.kernel(flops: 0, elements: 2 * r * d.C))
+                }
+                if d.ep > 1 { w.append(.epAllToAll(floats: d.El * d.rowsPerExpert * d.C)) }
+                w.append(.kernel(flops: d.rows * d.C, elements: 3 * d.rows * d.C))
+                let mine = d.N / Double(d.tp)
+                w.append(.kernel(flops: 8 * mine * d.E, elements: 3 * mine * d.E + mine * d.K))
+                w += linear(mine, out: d.E, inDim: d.C, accumulateDx: true)
+                w += tp(d, d.N * d.C)
+            } else {
+                w += linear(d.N, out: d.C, inDim: d.Fl)
+                w.append(.kernel(flops: 18 * d.N * d.Fl, elements: 3 * d.N * d.Fl))
+                w += linear(d.N, out: d.Fl, inDim: d.C)
+                w += tp(d, d.N * d.C)
+            }
+            w.append(copy(d))
+            w.append(normBackward(d, accumulate: true))
+            // attention
+            w += linear(d.N, out: d.C, inDim: d.qw)
+            let bh = d.B * d.qw / d.D, tt = d.T * d.T, td = d.T * d.D
+            for _ in 0..<4 { w.append(.kernel(flops: 2 * bh * tt * d.D, elements: bh * (tt + 2 * td))) }
+            w.append(.kernel(flops: 4 * bh * tt, elements: 3 * bh * tt))
+            w += [rotary(d, width: d.qw), rotary(d, width: d.kw)]
+            w += linear(d.N, out: d.qw, inDim: d.C)
+            w += linear(d.N, out: d.kw, inDim: d.C, accumulateDx: true)
+            w += linear(d.N, out: d.kw, inDim: d.C, accumulateDx: true)
+            w += tp(d, d.N * d.C)
+            w.append(copy(d))
+            w.append(normBackward(d, accumulate: true))
+        }
+        if embedding { w.append(.kernel(flops: d.N * d.C, elements: 3 * d.N * d.C)) }
+        return w
+    }
+}

@@ -1,0 +1,150 @@
+import Foundation
+import Emulation
+import Model
+import Parallel
+import Pipeline
+
+/// One training step of a configuration projected without allocating the model or running
+/// MPI: every rank's kernels and messages listed from the shapes (`KernelInventory`, the
+/// same ones the layers report to the emulated clock), costed by the cost model, and the
+/// pipeline run through the very schedule generators and event simulator the executor is
+/// validated with. The data-parallel reduction, gradient norm and optimizer follow as in
+/// the trainer (ZeRO-1 reduce-scatter, all-reduce of the norm, AdamW, all-gather).
+public struct Projection {
+    public let stepTime: Double
+    public let pipelinePhase: Double
+    public let bubblePerStage: [Double]
+    public let mfu: Double
+    public let memory: MemoryPlan
+    public let tokensPerStep: Int
+
+    public var bubble: Double { bubblePerStage.reduce(0, +) / Double(max(bubblePerStage.count, 1)) }
+
+    public init(config: RunConfig, worldSize: Int) throws {
+        let topo = try Topology(world: worldSize, tp: config.tp, pp: config.pp, dp: config.dp, ep: config.ep, model: config.model)
+        let batch = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
+                                  microBatches: config.microBatches, dp: topo.dp)
+        let plan = try StagePlan(config: config.model, stages: topo.pp, virtualStages: config.virtualStages, counts: config.ppLayers)
+        let schedule = try PipelineSchedule(ScheduleKind(rawValue: config.schedule) ?? .oneFOneB, plan: plan,
+                                            microbatches: batch.microBatches)
+        let emulator = try EmulatorSetup.resolve(config)
+        let cost = emulator.cost
+        let bytes = emulator.precision.elementBytes
+        let c = config.model
+        func group(_ g: Topology.Group, of rank: Int) -> (size: Int, link: LinkClass) {
+            let members = topo.members(g, of: rank)
+            return (members.count, cost.links.link(for: members))
+        }
+        /// Emulated seconds of a list of work on rank `rank`.
+        func seconds(_ work: [KernelInventory.Work], rank: Int) -> Double {
+            let tp = group(.tp, of: rank), ep = group(.ep, of: rank)
+            return work.reduce(0) { total, w in
+                switch w {
+                case .kernel(let f, let e): return total + cost.kernel(flops: f, elements: e)
+                case .tpAllReduce(let n), .tpAllReduceMax(let n):
+                    return total + cost.collective(.allReduce, bytes: n * bytes, ranks: tp.size, link: tp.link)
+                case .epAllToAll(let n): return total + cost.collective(.allToAll, bytes: n * bytes, ranks: ep.size, link: ep.link)
+                case .epCounts(let b): return total + cost.collective(.allToAll, bytes: b, ranks: ep.size, link: ep.link)
+                }
+            }
+        }
+        // Per pipeline stage (its tp 0, dp 0 rank): forward and backward of each chunk.
+        var forward: [[Double]] = [], backward: [[Double]] = []
+        for s in 0..<topo.pp {
+            let rank = topo.rank(tp: 0, dp: 0, pp: s)
+            let shard = Trainer.shard(rank: rank, topology: topo, plan: plan)
+            var f: [Double] = [], b: [Double] = []
+            for chunk in 0..<plan.virtualStages {
+                let vs = plan.virtualStage(rank: s, chunk: chunk)
+                let layers = plan.layers[vs]
+                let first = vs == 0, last = vs == plan.virtualStageCount - 1
+                f.append(seconds(KernelInventory.forward(config: c, shard: shard, sequences: batch.microBatchSize, layers: layers,
+                                                         embedding: first, head: last), rank: rank))
+                b.append(seconds(KernelInventory.backward(config: c, shard: shard, sequences: batch.microBatchSize, layers: layers,
+                                                          embedding: first, head: last), rank: rank))
+            }
+            forward.append(f); backward.append(b)
+        }
+        // After the pipeline, per stage: the gradient reduction, the norm, the optimizer, the gather.
+        var reduce: [Double] = [], update: [Double] = []
+        for s in 0..<topo.pp {
+            let rank = topo.rank(tp: 0, dp: 0, pp: s)
+            let layout = Trainer.layout(config: config, topology: topo, shard: Trainer.shard(rank: rank, topology: topo, plan: plan))
+            let dp = group(.dp, of: rank), edp = group(.edp, of: rank), tp = group(.tp, of: rank)
+            let zero1 = config.zero == 1
+            var r = 0.0
+            let partial = Double(layout.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count })
+            if tp.size > 1 && partial > 0 { r += cost.collective(.allReduce, bytes: partial * bytes, ranks: tp.size, link: tp.link) }
+            let dense = Double(layout.denseRegion.count), expert = Double(layout.expertRegion.count)
+            if dp.size > 1 && dense > 0 { r += cost.collective(zero1 ? .reduceScatter : .allReduce, bytes: dense * bytes, ranks: dp.size, link: dp.link) }
+            if edp.size > 1 && expert > 0 { r += cost.collective(zero1 ? .reduceScatter : .allReduce, bytes: expert * bytes, ranks: edp.size, link: edp.link) }
+            let ownedDense = zero1 ? dense / Double(dp.size) : dense, ownedExpert = zero1 ? expert / Double(edp.size) : expert
+            r += cost.kernel(flops: 2 * (ownedDense + ownedExpert), elements: ownedDense + ownedExpert)  // the norm's sum of squares
+            reduce.append(r)
+            var u = 0.0
+            for n in [ownedDense, ownedExpert] where n > 0 {
+                u += cost.kernel(flops: 16 * n, elements: n * emulator.precision.optimizerStepBytesPerParameter / bytes)
+            }
+            if zero1 && dp.size > 1 && dense > 0 { u += cost.collective(.allGather, bytes: dense * bytes, ranks: dp.size, link: dp.link) }
+            if zero1 && edp.size > 1 && expert > 0 { u += cost.collective(.allGather, bytes: expert * bytes, ranks: edp.size, link: edp.link) }
+            update.append(u)
+        }
+        let world = cost.links.link(for: Array(0..<topo.world))
+        let normAllReduce = topo.world > 1 ? cost.collective(.allReduce, bytes: 8, ranks: topo.world, link: world) : 0
+        // Steady state: every stage starts its step `update` after the previous step's
+        // all-reduce of the norm, which waits for the slowest stage.
+        let activationBytes = Double(batch.microBatchSize * c.seqLen * c.dModel) * bytes
+        let costs = Simulator.Costs(compute: { r, a in
+            switch a.kind {
+            case .forward: return forward[r][a.chunk]
+            case .backward: return backward[r][a.chunk]
+            default: return 0
+            }
+        }, transfer: { r, a in
+            let peer = Lowering.peer(of: a, rank: r, stages: topo.pp).rank
+            return cost.pointToPoint(bytes: activationBytes,
+                                     link: cost.links.link(for: [topo.rank(tp: 0, dp: 0, pp: r), topo.rank(tp: 0, dp: 0, pp: peer)]))
+        })
+        let splitSchedule = schedule.kind == .zbH1
+        guard !splitSchedule else {
+            throw UsageError("projection of zb-h1 needs the split of backward costs into input and weight gradients; project gpipe, 1f1b or interleaved")
+        }
+        let sim = try Simulator.run(schedule.lowered, virtualStages: plan.virtualStages, microbatches: batch.microBatches,
+                                    costs: costs, start: update)
+        let ends = (0..<topo.pp).map { s in sim.timelines[s].last.map(\.end) ?? 0 }
+        let sync = (0..<topo.pp).map { ends[$0] + reduce[$0] }.max()! + normAllReduce
+        // The trainer's step: from the earliest stage's start to the latest stage's end.
+        stepTime = sync + update.max()! - update.min()!
+        pipelinePhase = sim.phase
+        bubblePerStage = sim.bubblePerStage
+        tokensPerStep = batch.globalBatch * c.seqLen
+        let flops = modelFLOPsPerToken(c, layout: ParameterLayout(config: c))
+        mfu = Double(tokensPerStep) * flops / (stepTime * emulator.profile.peakFLOPS * Double(topo.world))
+        memory = MemoryPlan(config: config, topology: topo, plan: batch, stagePlan: plan, schedule: schedule, precision: emulator.precision)
+    }
+}
+
+extension Projection {
+    /// The account's run as a moe-train configuration: its width, heads, one KV head, 16
+    /// experts top-2 with each expert's hidden size from its parameter count, 8k sequences,
+    /// TP8 x PP15, experts split over the 8 TP ranks (so that the ~30 GB per GPU of the
+    /// account holds), the largest whole number of replicas that fits the GPU count, and the
+    /// 60M-token batch as whole micro-batches of one sequence per replica.
+    public static func config(for a: Account) -> (RunConfig, world: Int) {
+        var c = RunConfig()
+        c.model.layers = Int(a.layers); c.model.dModel = Int(a.dModel); c.model.heads = Int(a.heads)
+        c.model.kvHeads = Int(a.kvHeads); c.model.experts = Int(a.experts); c.model.topK = Int(a.topK)
+        c.model.seqLen = Int(a.seqLen); c.model.vocab = Int(a.vocab); c.model.capacityFactor = 0
+        let tp = Int(a.tp), pp = Int(a.pp)
+        let hidden = a.expertParams / (2 * a.dModel * a.layers)
+        c.model.ffnHidden = Int((hidden / a.tp).rounded()) * tp
+        c.tp = tp; c.pp = pp; c.ep = tp
+        let dp = Int(a.gpus) / (tp * pp)
+        let sequencesPerReplica = Int((a.batchTokens / a.seqLen / Double(dp)).rounded(.down))
+        c.globalBatch = sequencesPerReplica * dp
+        c.microBatchSize = 1
+        c.microBatches = nil
+        c.device = a.device
+        return (c, tp * pp * dp)
+    }
+}
