@@ -88,11 +88,17 @@ public struct Topology: Sendable, Equatable {
         }
     }
 
-    /// The ranks of `group` that contain `rank`, in group order.
+    /// The ranks of `group` that contain `rank`, in group order (by the split key).
     public func members(_ group: Group, of rank: Int) -> [Int] {
-        let mine = split(group, rank: rank)
-        return (0..<world).filter { split(group, rank: $0).color == mine.color }
-            .sorted { split(group, rank: $0).key < split(group, rank: $1).key }
+        let c = coordinates(of: rank)
+        let stageBase = c.pp * tp * dp
+        switch group {
+        case .tp: return (0..<tp).map { self.rank(tp: $0, dp: c.dp, pp: c.pp) }
+        case .dp: return (0..<dp).map { self.rank(tp: c.tp, dp: $0, pp: c.pp) }
+        case .pp: return (0..<pp).map { self.rank(tp: c.tp, dp: c.dp, pp: $0) }
+        case .ep: return (0..<ep).map { stageBase + c.edp * ep + $0 }           // stage indices edp*ep ..< edp*ep + ep
+        case .edp: return (0..<(tp * dp / ep)).map { stageBase + $0 * ep + c.ep }  // stage indices with the same ep index
+        }
     }
 
     public func size(of group: Group) -> Int {

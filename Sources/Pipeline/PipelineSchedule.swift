@@ -10,10 +10,11 @@ public struct PipelineSchedule: Sendable {
 
     public struct InvalidSchedule: Error, CustomStringConvertible { public let description: String }
 
+    /// The executor's message tags cover this many micro-batches and virtual stages (MPI
+    /// guarantees tags up to 32767); projections, which send nothing, have no such bound.
+    public static let executorLimits = (microbatches: 250, virtualStages: 64)
+
     public init(_ kind: ScheduleKind, plan: StagePlan, microbatches M: Int) throws {
-        guard M <= 250, plan.virtualStageCount <= 64 else {
-            throw InvalidSchedule(description: "at most 250 micro-batches and 64 virtual stages (pp x virtual stages) are supported (got \(M) and \(plan.virtualStageCount))")
-        }
         compute = try Generators.generate(kind, stages: plan.stages, microbatches: M, virtualStages: plan.virtualStages)
         lowered = Lowering.lower(compute, virtualStages: plan.virtualStages)
         // The validator: every rule, and no deadlock under blocking receives.

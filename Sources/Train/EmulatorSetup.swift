@@ -69,8 +69,10 @@ public struct MemoryPlan: Sendable {
     /// --zero 0), the activations of the micro-batches its schedule keeps in flight at once
     /// (from the schedule's simulation), and the buffers of the gradient reduction. Ranks
     /// with equal figures form one role.
+    /// With `recompute` (full activation recomputation, projection only), an in-flight
+    /// micro-batch keeps only each layer's input, and one layer's activations exist at a time.
     public init(config: RunConfig, topology: Topology, plan: BatchPlan, stagePlan: StagePlan, schedule: PipelineSchedule,
-                precision: Precision) {
+                precision: Precision, recompute: Bool = false) {
         var roles: [Role] = []
         var byCoordinates: [String: MemoryBreakdown] = [:]  // data-parallel replicas hold the same: compute each shard once
         for rank in 0..<topology.world {
@@ -89,9 +91,18 @@ public struct MemoryPlan: Sendable {
             let expertShard = layout.expertRegion.count / (zero1 ? topology.expertDP : 1)
             let partial = layout.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count }
             let inFlight = schedule.uniform.peakInFlight[c.pp]
-            let perChunk = Transformer.activationFloats(config: config.model, sequences: plan.microBatchSize, shard: shard)
-                / stagePlan.virtualStages
-            let activations = perChunk * max(inFlight, 1)
+            let activations: Int
+            if recompute, let held = shard.layers, let first = held.first {
+                let oneLayer = ShardSpec(tp: shard.tp, tpRank: shard.tpRank, ep: shard.ep, epRank: shard.ep > 1 ? shard.epRank : 0,
+                                         layers: [first], embedding: false, head: false)
+                let inputs = held.count / stagePlan.virtualStages * plan.microBatchSize * config.model.seqLen * config.model.dModel
+                activations = inputs * max(inFlight, 1)
+                    + Transformer.activationFloats(config: config.model, sequences: plan.microBatchSize, shard: oneLayer)
+            } else {
+                let perChunk = Transformer.activationFloats(config: config.model, sequences: plan.microBatchSize, shard: shard)
+                    / stagePlan.virtualStages
+                activations = perChunk * max(inFlight, 1)
+            }
             let b = MemoryBreakdown(precision: precision, parametersHeld: layout.specs.reduce(0) { $0 + $1.count },
                                     optimizerParameters: denseShard + expertShard, activationElements: activations,
                                     communicationElements: (zero1 ? denseShard + expertShard : 0) + partial)

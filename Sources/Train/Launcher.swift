@@ -63,6 +63,10 @@ public enum Launcher {
             let schedule: PipelineSchedule
             do {
                 stagePlan = try StagePlan(config: config.model, stages: topo.pp, virtualStages: config.virtualStages, counts: config.ppLayers)
+                let limits = PipelineSchedule.executorLimits
+                guard plan.microBatches <= limits.microbatches, stagePlan.virtualStageCount <= limits.virtualStages else {
+                    throw UsageError("at most \(limits.microbatches) micro-batches and \(limits.virtualStages) virtual stages (pp x virtual stages) can run (got \(plan.microBatches) and \(stagePlan.virtualStageCount))")
+                }
                 schedule = try PipelineSchedule(ScheduleKind(rawValue: config.schedule)!, plan: stagePlan, microbatches: plan.microBatches)
             } catch { throw UsageError(String(describing: error)) }
             let emulator = try EmulatorSetup.resolve(config)

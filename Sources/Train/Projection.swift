@@ -20,7 +20,11 @@ public struct Projection {
 
     public var bubble: Double { bubblePerStage.reduce(0, +) / Double(max(bubblePerStage.count, 1)) }
 
-    public init(config: RunConfig, worldSize: Int) throws {
+    /// `recompute`: full activation recomputation (Megatron's `--recompute-granularity full`):
+    /// every backward first reruns its chunk's forward, and only layer inputs are kept.
+    public let executedFLOPsPerStep: Double
+
+    public init(config: RunConfig, worldSize: Int, recompute: Bool = false) throws {
         let topo = try Topology(world: worldSize, tp: config.tp, pp: config.pp, dp: config.dp, ep: config.ep, model: config.model)
         let batch = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
                                   microBatches: config.microBatches, dp: topo.dp)
@@ -58,10 +62,11 @@ public struct Projection {
                 let vs = plan.virtualStage(rank: s, chunk: chunk)
                 let layers = plan.layers[vs]
                 let first = vs == 0, last = vs == plan.virtualStageCount - 1
-                f.append(seconds(KernelInventory.forward(config: c, shard: shard, sequences: batch.microBatchSize, layers: layers,
-                                                         embedding: first, head: last), rank: rank))
+                let fw = seconds(KernelInventory.forward(config: c, shard: shard, sequences: batch.microBatchSize, layers: layers,
+                                                         embedding: first, head: last), rank: rank)
+                f.append(fw)
                 b.append(seconds(KernelInventory.backward(config: c, shard: shard, sequences: batch.microBatchSize, layers: layers,
-                                                          embedding: first, head: last), rank: rank))
+                                                          embedding: first, head: last), rank: rank) + (recompute ? fw : 0))
             }
             forward.append(f); backward.append(b)
         }
@@ -120,7 +125,25 @@ public struct Projection {
         tokensPerStep = batch.globalBatch * c.seqLen
         let flops = modelFLOPsPerToken(c, layout: ParameterLayout(config: c))
         mfu = Double(tokensPerStep) * flops / (stepTime * emulator.profile.peakFLOPS * Double(topo.world))
-        memory = MemoryPlan(config: config, topology: topo, plan: batch, stagePlan: plan, schedule: schedule, precision: emulator.precision)
+        memory = MemoryPlan(config: config, topology: topo, plan: batch, stagePlan: plan, schedule: schedule, precision: emulator.precision,
+                            recompute: recompute)
+        // Hardware FLOPs of the step over all ranks (what a GPU executes, recomputation included).
+        var executed = 0.0
+        for s in 0..<topo.pp {
+            let rank = topo.rank(tp: 0, dp: 0, pp: s)
+            let shard = Trainer.shard(rank: rank, topology: topo, plan: plan)
+            for chunk in 0..<plan.virtualStages {
+                let vs = plan.virtualStage(rank: s, chunk: chunk)
+                let args = (layers: plan.layers[vs], first: vs == 0, last: vs == plan.virtualStageCount - 1)
+                let fw = KernelInventory.forward(config: c, shard: shard, sequences: batch.microBatchSize, layers: args.layers,
+                                                 embedding: args.first, head: args.last)
+                let bw = KernelInventory.backward(config: c, shard: shard, sequences: batch.microBatchSize, layers: args.layers,
+                                                  embedding: args.first, head: args.last)
+                let flops = (fw + bw + (recompute ? fw : [])).reduce(0.0) { t, w in if case .kernel(let f, _) = w { return t + f }; return t }
+                executed += flops * Double(batch.microBatches) * Double(topo.tp * topo.dp)
+            }
+        }
+        executedFLOPsPerStep = executed
     }
 }
 

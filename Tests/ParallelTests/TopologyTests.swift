@@ -50,6 +50,21 @@ final class TopologyTests: XCTestCase {
         for r in 0..<16 { XCTAssertTrue(t.members(.ep, of: r).allSatisfy { t.coordinates(of: $0).pp == t.coordinates(of: r).pp }) }
     }
 
+    /// The arithmetic member lists agree with the split colours and keys the communicators use.
+    func testMembersAgreeWithSplitColours() throws {
+        for (world, tp, pp, ep) in [(16, 2, 2, 4), (24, 2, 3, 2), (8, 1, 1, 8), (32, 4, 2, 16), (12, 2, 1, 2), (12, 1, 3, 4)] {
+            let t = try Topology(world: world, tp: tp, pp: pp, ep: ep, model: model)
+            for g in Topology.Group.allCases {
+                for r in 0..<world {
+                    let mine = t.split(g, rank: r)
+                    let bySplit = (0..<world).filter { t.split(g, rank: $0).color == mine.color }
+                        .sorted { t.split(g, rank: $0).key < t.split(g, rank: $1).key }
+                    XCTAssertEqual(t.members(g, of: r), bySplit, "\(g) of rank \(r) in world \(world) tp \(tp) pp \(pp) ep \(ep)")
+                }
+            }
+        }
+    }
+
     func testInvalidLayoutsNameTheNumbers() {
         func message(_ f: () throws -> Topology) -> String {
             do { _ = try f(); return "" } catch { return String(describing: error) }
