@@ -53,3 +53,35 @@ extension ProjectionTests {
         }
     }
 }
+
+extension ProjectionTests {
+    /// The JSON of a projection holds the keys the issue lists, and goodput when an MTBF is given.
+    func testProjectionJSONAndGoodput() throws {
+        let dir = try Subprocess.tempDir()
+        let r = try Subprocess.run(try XCTUnwrap(Subprocess.binary),
+                                   ["project", "--mtbf-hours", "50000", "--json", dir + "/p.json"], cwd: Subprocess.repoRoot)
+        XCTAssertEqual(r.status, 0, r.output)
+        let p = try Subprocess.readJSON(dir + "/p.json")
+        for key in ["total_params", "active_params", "flops_per_token_forward", "total_flops", "step_time_s", "mfu", "bubble_fraction",
+                    "memory_bytes_per_gpu", "days", "gpu_hours", "cost_usd", "goodput"] {
+            XCTAssertNotNil(p[key], "missing \(key)")
+        }
+        let g = try XCTUnwrap(p["goodput"] as? [String: Any])
+        let goodput = try XCTUnwrap(g["goodput"] as? Double)
+        XCTAssertGreaterThan(goodput, 0)
+        XCTAssertLessThan(goodput, 1)
+        XCTAssertGreaterThan(try XCTUnwrap(g["expected_failures"] as? Double), 0)
+        XCTAssertGreaterThan(try XCTUnwrap(g["days"] as? Double), try XCTUnwrap(p["days"] as? Double))
+    }
+
+    /// The sweep over a 25,000-GPU cluster prints its table and its rejections. (Its time is
+    /// reported in the README, not asserted: tests never assert on wall-clock speed.)
+    func testSweepReportsLayoutsAndRejections() throws {
+        let r = try Subprocess.run(try XCTUnwrap(Subprocess.binary), ["project", "--sweep", "--device", "a100-80gb"],
+                                   cwd: Subprocess.repoRoot, timeout: 300)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.stdout.contains("layouts tried"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("rejected:"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("   1  TP"), "no layout fits an A100-80GB:\n\(r.stdout)")
+    }
+}
