@@ -18,7 +18,7 @@ ARGS ?=
 PREFIX ?= /usr/local
 BIN := .build/release/moe-train
 
-.PHONY: all deps build run test compare install comm-check clean
+.PHONY: all deps build run test compare bench install comm-check clean
 
 all: build
 
@@ -42,6 +42,13 @@ test: build
 COMPARE_OUT ?= runs/compare
 compare: build
 	launch/run.sh -np $(NP) -- compare-schedules --config $(CONFIG) $(LAYOUT) --out $(COMPARE_OUT) $(ARGS)
+
+# Measurements against this machine's limits (not tests): one table, and $(BENCH_JSON).
+BENCH_JSON ?= bench.json
+bench: build
+	@mkdir -p .build/bench
+	mpicc -O2 -o .build/bench/bench_mpi launch/bench_mpi.c
+	launch/bench.sh $(BENCH_JSON)
 
 comm-check: build
 	launch/run.sh -np 4 -- comm-check --tp 2

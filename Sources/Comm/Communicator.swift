@@ -152,8 +152,14 @@ public struct Communicator: @unchecked Sendable {
         for o in observers { o.didComplete(event) }
     }
 
-    /// Waits for a request without burning the core: a few polls with `sched_yield`,
-    /// then sleeps that double from 2 us up to 256 us between polls.
+    /// Polls with `sched_yield` before the first sleep. Non-blocking collectives progress
+    /// only inside MPI_Test, so each of their rounds waits for the next poll: polling longer
+    /// before sleeping keeps small collectives fast when a core is free, while `sched_yield`
+    /// still hands the core to a rank with work when there is one.
+    static let spinPolls = 2000
+
+    /// Waits for a request without burning the core: polls with `sched_yield`, then sleeps
+    /// that double from 2 us up to 256 us between polls.
     static func complete(_ request: inout MPI_Request?) {
         var flag: Int32 = 0
         var polls = 0
@@ -162,7 +168,7 @@ public struct Communicator: @unchecked Sendable {
             MPI_Test(&request, &flag, cmpi_status_ignore())
             if flag != 0 { return }
             polls += 1
-            if polls < 32 {
+            if polls < Communicator.spinPolls {
                 sched_yield()
             } else {
                 var ts = timespec(tv_sec: 0, tv_nsec: sleepNs)

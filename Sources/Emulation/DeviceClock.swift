@@ -26,6 +26,9 @@ public final class DeviceClock {
     public var recording = true
     /// Compute takes this many times longer than the cost model says: a straggler.
     public var slowdown = 1.0
+    /// Thread CPU time spent inside compute regions (whatever the mode): the real work this
+    /// rank did, for measuring how well ranks share the cores.
+    public private(set) var computeCPUSeconds = 0.0
     let wallOrigin = DispatchTime.now().uptimeNanoseconds
 
     // The compute region in progress: its kind and detail, the modeled seconds of the
@@ -63,7 +66,8 @@ public final class DeviceClock {
         regionDetail = detail
         regionSeconds = 0
         markRegion()
-        defer { flush(); inRegion = false }
+        let cpu0 = DeviceClock.threadCPUSeconds()
+        defer { flush(); inRegion = false; computeCPUSeconds += DeviceClock.threadCPUSeconds() - cpu0 }
         return try body()
     }
 
@@ -140,7 +144,7 @@ public final class DeviceClock {
         advance(to: now + seconds, as: kind, detail: detail)
     }
 
-    static func threadCPUSeconds() -> Double {
+    public static func threadCPUSeconds() -> Double {
         var ts = timespec()
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9

@@ -13,6 +13,11 @@ public enum Kernels {
     /// The accountant of this process (one rank = one process = one emulated GPU), if any.
     nonisolated(unsafe) public static var accountant: KernelAccountant?
 
+    /// Benchmark hooks (nil in training): `profiler` hears every kernel boundary with the
+    /// source file that ran it, `gemmShapes` every GEMM's shape.
+    nonisolated(unsafe) public static var profiler: KernelProfiler?
+    nonisolated(unsafe) public static var gemmShapes: ((GemmShape) -> Void)?
+
     /// Runs `body` with accounting off: for loops of small GEMMs that a GPU runs as one
     /// batched kernel, which the caller then reports once with `account`.
     @inline(__always)
@@ -25,8 +30,9 @@ public enum Kernels {
 
     /// Reports one non-GEMM (or batched) kernel to the accountant.
     @inline(__always)
-    public static func account(flops: Double, elements: Double) {
+    public static func account(flops: Double, elements: Double, file: StaticString = #fileID) {
         accountant?.kernel(flops: flops, elements: elements)
+        profiler?.boundary(file: file)
     }
 
     /// C = alpha * op(A) * op(B) + beta * C, row-major, `op` = transpose when the flag is set.
@@ -35,8 +41,21 @@ public enum Kernels {
     public static func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int,
                             alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                             b: UnsafePointer<Float>, ldb: Int,
-                            beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+                            beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, file: StaticString = #fileID) {
         if m == 0 || n == 0 { return }
+        if let p = profiler {
+            p.boundary(file: "GEMM")
+            gemmShapes?(GemmShape(transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc, beta: beta))
+            defer { p.boundary(file: file) }  // what the caller does next belongs to the caller
+            gemmCore(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            return
+        }
+        gemmCore(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+    }
+
+    @inline(__always)
+    static func gemmCore(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
+                         b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         accountant?.kernel(flops: 2 * Double(m) * Double(n) * Double(k),
                            elements: Double(m * k + k * n + (beta == 0 ? 1 : 2) * m * n))
         if k == 0 {
@@ -49,11 +68,11 @@ public enum Kernels {
     }
 
     /// y[n, out] (+)= x[n, in] * W[out, in]^T: the forward of a linear layer, PyTorch weight layout.
-    public static func linearForward(_ x: Tensor, _ w: Tensor, into y: Tensor, accumulate: Bool = false) {
+    public static func linearForward(_ x: Tensor, _ w: Tensor, into y: Tensor, accumulate: Bool = false, file: StaticString = #fileID) {
         let n = x.rows, inDim = x.cols, outDim = w.shape[0]
         precondition(w.cols == inDim && y.rows == n && y.cols == outDim, "linear shape mismatch")
         gemm(transA: false, transB: true, m: n, n: outDim, k: inDim, a: x.ptr, lda: inDim,
-             b: w.ptr, ldb: inDim, beta: accumulate ? 1 : 0, c: y.ptr, ldc: outDim)
+             b: w.ptr, ldb: inDim, beta: accumulate ? 1 : 0, c: y.ptr, ldc: outDim, file: file)
     }
 
     /// When set, the weight-gradient GEMMs of `linearBackward` are queued here instead of
@@ -63,16 +82,16 @@ public enum Kernels {
 
     /// dx[n, in] (+)= dy[n, out] * W[out, in]; dW[out, in] += dy^T * x.
     public static func linearBackward(_ x: Tensor, _ w: Tensor, _ dy: Tensor,
-                                      dx: Tensor?, dw: Tensor, accumulateDx: Bool = false) {
+                                      dx: Tensor?, dw: Tensor, accumulateDx: Bool = false, file: StaticString = #fileID) {
         let n = x.rows, inDim = x.cols, outDim = w.shape[0]
         precondition(dy.rows == n && dy.cols == outDim && dw.count == w.count, "linear backward shape mismatch")
         if let dx {
             gemm(transA: false, transB: false, m: n, n: inDim, k: outDim, a: dy.ptr, lda: outDim,
-                 b: w.ptr, ldb: inDim, beta: accumulateDx ? 1 : 0, c: dx.ptr, ldc: inDim)
+                 b: w.ptr, ldb: inDim, beta: accumulateDx ? 1 : 0, c: dx.ptr, ldc: inDim, file: file)
         }
         let weightGrad = {
             gemm(transA: true, transB: false, m: outDim, n: inDim, k: n, a: dy.ptr, lda: outDim,
-                 b: x.ptr, ldb: inDim, beta: 1, c: dw.ptr, ldc: inDim)
+                 b: x.ptr, ldb: inDim, beta: 1, c: dw.ptr, ldc: inDim, file: file)
         }
         if let queue = deferredWeightGrads { queue.append(weightGrad, floats: x.count + dy.count) } else { weightGrad() }
     }
@@ -97,6 +116,12 @@ public enum Kernels {
         return s
     }
 
+    /// A bare `cblas_sgemm` call of `shape`, bypassing every hook: the benchmarks' reference.
+    public static func bareSgemm(_ s: GemmShape, a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>) {
+        cblas_sgemm(CblasRowMajor, s.transA ? CblasTrans : CblasNoTrans, s.transB ? CblasTrans : CblasNoTrans,
+                    Int32(s.m), Int32(s.n), Int32(s.k), 1, a, Int32(s.lda), b, Int32(s.ldb), s.beta, c, Int32(s.ldc))
+    }
+
     /// The number of threads OpenBLAS will use in this process.
     public static var blasThreads: Int { Int(openblas_get_num_threads()) }
     public static func setBlasThreads(_ n: Int) { openblas_set_num_threads(Int32(n)) }
@@ -117,4 +142,24 @@ public final class WeightGradQueue {
         work.removeAll()
         floats = 0
     }
+}
+
+/// A GEMM as the model ran it (row-major, `op(A)` m x k, `op(B)` k x n).
+public struct GemmShape: Hashable, Sendable, CustomStringConvertible {
+    public let transA: Bool, transB: Bool
+    public let m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int
+    public let beta: Float
+    public init(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int, beta: Float) {
+        self.transA = transA; self.transB = transB; self.m = m; self.n = n; self.k = k
+        self.lda = lda; self.ldb = ldb; self.ldc = ldc; self.beta = beta
+    }
+    public var flops: Double { 2 * Double(m) * Double(n) * Double(k) }
+    public var description: String { "\(m)x\(n)x\(k)\(transA ? " A^T" : "")\(transB ? " B^T" : "")\(beta != 0 ? " +C" : "")" }
+}
+
+/// Hears every kernel boundary (the start of a kernel, and the return from a GEMM to the
+/// code that called it) with the source file of the code that runs next: benchmarks
+/// attribute CPU time to categories with it.
+public protocol KernelProfiler: AnyObject {
+    func boundary(file: StaticString)
 }

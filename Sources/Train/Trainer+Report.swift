@@ -219,6 +219,7 @@ extension Trainer {
         out["time_breakdown_s"] = ["compute": timed.reduce(0) { $0 + $1.compute }, "communication": timed.reduce(0) { $0 + $1.communication },
                                    "idle": timed.reduce(0) { $0 + $1.idle }, "total": totalTime]
         out["model_flops_per_token"] = flopsPerToken
+        out["resources"] = ["compute_cpu_s_per_rank": resources.computeCPU, "rss_bytes_per_rank": resources.rss]
         let measuredActivations = records.map(\.peakActivationFloats).max() ?? 0
         out["memory_bytes"] = memory.roles.map { role -> [String: Any] in
             var b = role.breakdown.json

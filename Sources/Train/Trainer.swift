@@ -34,6 +34,8 @@ public final class Trainer {
     public private(set) var wallSeconds = 0.0
     /// SHA-256 of the final parameters in the single-rank layout (set at the end of `run`).
     public internal(set) var checksum = ""
+    /// Per rank: thread CPU seconds inside compute regions, and peak resident memory in bytes.
+    var resources: (computeCPU: [Double], rss: [Double]) = ([], [])
     /// Largest activation footprint of a step, in elements, per pipeline stage (max over its ranks).
     var peakActivationPerStage: [Double] = []
     /// Training communication summed over all ranks, per (kind, group): bytes and calls.
@@ -125,6 +127,11 @@ public final class Trainer {
         wallSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         checksum = parameterChecksum()
         commTotals = worldCommTotals()
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        let mine = [clock.computeCPUSeconds, Double(usage.ru_maxrss) * 1024]   // Linux reports KiB
+        let all = groups.world.untimed { groups.world.allGather(mine) }
+        resources = (stride(from: 0, to: all.count, by: 2).map { all[$0] }, stride(from: 1, to: all.count, by: 2).map { all[$0] })
         let peak = Double(records.map(\.peakActivationFloats).max() ?? 0)
         let peaks = groups.world.untimed { groups.world.allGather([peak]) }
         peakActivationPerStage = (0..<groups.topology.pp).map { stage in

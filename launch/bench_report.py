@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Merges the measurements of launch/bench.sh into one table and bench.json.
+
+    bench_report.py TMPDIR OUT.json CORES
+"""
+import json, os, sys
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def main():
+    tmp, out, cores = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    local = load(os.path.join(tmp, "local.json"))
+    report = dict(local)
+    rows = []  # (item, figure, reference/target, verdict)
+
+    # 1. GEMM path
+    g = local["gemm"]
+    worst = min(g["shapes"], key=lambda s: s["ratio"])
+    rows.append(("GEMM path / bare sgemm (worst of %d shapes)" % len(g["shapes"]), "%.3f (%s)" % (worst["ratio"], worst["shape"]),
+                 ">= 0.90", worst["ratio"] >= 0.90))
+    rows.append(("bare single-thread sgemm 1024^3", "%.1f GFLOP/s" % g["bare_sgemm_gflops_1024"], "this CPU", None))
+
+    # 2. Step breakdown
+    b = local["step_breakdown_s"]
+    total = sum(b.values())
+    parts = ", ".join("%s %.0f%%" % (k, 100 * v / total) for k, v in sorted(b.items(), key=lambda kv: -kv[1]))
+    rows.append(("non-GEMM share of a step", "%.1f%% (%s)" % (100 * local["non_gemm_fraction"], parts), "< 35%",
+                 local["non_gemm_fraction"] < 0.35))
+
+    # 3. Collectives against bare MPI
+    comm = {}
+    worst_large, worst_small = 0.0, 0.0
+    for np_ in (2, 4, 16):
+        s = load(os.path.join(tmp, "comm-swift-%d.json" % np_))["results"]
+        c = load(os.path.join(tmp, "comm-c-%d.json" % np_))["results"]
+        ref = {(r["op"], r["bytes"]): r["seconds"] for r in c}
+        entries = []
+        for r in s:
+            t_ref = ref.get((r["op"], r["bytes"]))
+            if not t_ref:
+                continue
+            ratio = r["seconds"] / t_ref
+            entries.append({"op": r["op"], "bytes": r["bytes"], "seconds": r["seconds"], "seconds_mpi": t_ref, "ratio": ratio,
+                            "gbytes_per_s": r["bytes"] / r["seconds"] / 1e9})
+            if r["bytes"] >= 65536:
+                worst_large = max(worst_large, ratio)
+            else:
+                worst_small = max(worst_small, (r["seconds"] - 1e-6) / t_ref)
+        comm[str(np_)] = entries
+    nb = {}
+    for np_ in (2, 4, 16):
+        c = load(os.path.join(tmp, "comm-c-%d.json" % np_))["results"]
+        blocking = {r["bytes"]: r["seconds"] for r in c if r["op"] == "all-reduce"}
+        nb[str(np_)] = [{"bytes": r["bytes"], "iallreduce_over_allreduce": r["seconds"] / blocking[r["bytes"]]}
+                        for r in c if r["op"] == "all-reduce (MPI_Iallreduce)" and blocking.get(r["bytes"])]
+    report["mpi_nonblocking_allreduce"] = nb
+    worst_nb = max((e["iallreduce_over_allreduce"] for v in nb.values() for e in v if e["bytes"] >= 65536), default=0)
+    report["collectives"] = comm
+    report["comm_slowdown_max_large"] = worst_large
+    report["comm_small_excess_max"] = worst_small
+    rows.append(("Communicator / bare MPI, >= 64 KiB (worst)", "%.2fx" % worst_large, "<= 1.05x", worst_large <= 1.05))
+    rows.append(("Communicator / bare MPI, < 64 KiB (worst, after 1 us)", "%.2fx" % worst_small, "<= 1.10x", worst_small <= 1.10))
+    rows.append(("bare MPI_Iallreduce / MPI_Allreduce, >= 64 KiB (worst)", "%.2fx" % worst_nb, "the non-blocking algorithm's own cost", None))
+
+    # 4. Oversubscription, 6. memory
+    s16, s1 = load(os.path.join(tmp, "np16.json")), load(os.path.join(tmp, "np1.json"))
+    cpu = sum(s16["resources"]["compute_cpu_s_per_rank"])
+    eff = cpu / (s16["wall_time_s"] * cores)
+    report["oversubscription_cpu_efficiency"] = eff
+    report["oversubscription"] = {"compute_cpu_s_total": cpu, "wall_time_s": s16["wall_time_s"], "cores": cores,
+                                  "tokens_per_s_wall_np16": s16["tokens_per_s_wall"], "tokens_per_s_wall_np1": s1["tokens_per_s_wall"]}
+    rows.append(("16 ranks on %d cores: kernel CPU / (wall x cores)" % cores, "%.2f" % eff, ">= 0.70", eff >= 0.70))
+    rows.append(("wall tokens/s, 16 ranks vs 1 rank", "%.0f vs %.0f" % (s16["tokens_per_s_wall"], s1["tokens_per_s_wall"]),
+                 "same model and batch", None))
+    rss = s16["resources"]["rss_bytes_per_rank"]
+    predicted = {}
+    for role in s16["memory_bytes"]:
+        for r in role["ranks"]:
+            predicted[r] = role["total"] - role["communication"]
+    report["rss_total_bytes_np16"] = sum(rss)
+    report["memory"] = {"rss_bytes_per_rank": rss, "model_fp32_bytes_per_rank": [predicted.get(i, 0) for i in range(len(rss))]}
+    rows.append(("peak RSS, 16 ranks (sum; max rank)", "%.0f MiB; %.0f MiB" % (sum(rss) / 2**20, max(rss) / 2**20),
+                 "memory model, fp32 buffers: %.0f MiB; %.0f MiB" % (sum(predicted.values()) / 2**20, max(predicted.values()) / 2**20), None))
+
+    # 5. Emulator overhead, 7. scaling
+    rows.append(("emulator bookkeeping per step", "%.1f%%" % (100 * local["emulator_overhead_fraction"]), "<= 3%",
+                 local["emulator_overhead_fraction"] <= 0.03))
+    sc = local["scaling"]
+    widths = ", ".join("d %d: %.3f s" % (w["d_model"], w["cpu_s"]) for w in sc["d_model"])
+    rows.append(("step CPU time vs FLOPs over d_model (exponent)", "%.2f (%s)" % (local["scaling_exponent_d_model"], widths),
+                 "about 1", None))
+    rows.append(("step CPU time over experts", ", ".join("E %d: %.3f s" % (e["experts"], e["cpu_s"]) for e in sc["experts"]),
+                 "flat (top-2 FLOPs per token)", None))
+
+    report["table"] = [{"item": a, "figure": b_, "reference": c, "met": d} for a, b_, c, d in rows]
+    width = max(len(r[0]) for r in rows)
+    for a, b_, c, d in rows:
+        verdict = "" if d is None else ("met" if d else "NOT MET")
+        print("%-*s  %-60s  %-28s %s" % (width, a, b_, c, verdict))
+    with open(out, "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
+    print("bench: wrote %s" % out)
+
+
+if __name__ == "__main__":
+    main()
