@@ -17,6 +17,14 @@ public struct Projection {
     public let mfu: Double
     public let memory: MemoryPlan
     public let tokensPerStep: Int
+    /// Per stage (its tp 0, dp 0 rank): seconds of TP and EP collectives in its pipeline
+    /// actions, and of data-parallel reduction and gather after them; all exposed (no overlap).
+    public let modelParallelCommPerStage: [Double]
+    public let dataParallelCommPerStage: [Double]
+    /// The first stage's communication as a share of the step.
+    public var exposedCommFraction: Double {
+        stepTime > 0 ? ((modelParallelCommPerStage.first ?? 0) + (dataParallelCommPerStage.first ?? 0)) / stepTime : 0
+    }
 
     public var bubble: Double { bubblePerStage.reduce(0, +) / Double(max(bubblePerStage.count, 1)) }
 
@@ -39,12 +47,12 @@ public struct Projection {
             let members = topo.members(g, of: rank)
             return (members.count, cost.links.link(for: members))
         }
-        /// Emulated seconds of a list of work on rank `rank`.
-        func seconds(_ work: [KernelInventory.Work], rank: Int) -> Double {
+        /// Emulated seconds of a list of work on rank `rank` (`commOnly`: its messages only).
+        func seconds(_ work: [KernelInventory.Work], rank: Int, commOnly: Bool = false) -> Double {
             let tp = group(.tp, of: rank), ep = group(.ep, of: rank)
             return work.reduce(0) { total, w in
                 switch w {
-                case .kernel(let f, let e): return total + cost.kernel(flops: f, elements: e)
+                case .kernel(let f, let e): return total + (commOnly ? 0 : cost.kernel(flops: f, elements: e))
                 case .tpAllReduce(let n), .tpAllReduceMax(let n):
                     return total + cost.collective(.allReduce, bytes: n * bytes, ranks: tp.size, link: tp.link)
                 case .epAllToAll(let n): return total + cost.collective(.allToAll, bytes: n * bytes, ranks: ep.size, link: ep.link)
@@ -54,45 +62,55 @@ public struct Projection {
         }
         // Per pipeline stage (its tp 0, dp 0 rank): forward and backward of each chunk.
         var forward: [[Double]] = [], backward: [[Double]] = []
+        var modelComm: [Double] = []
         for s in 0..<topo.pp {
             let rank = topo.rank(tp: 0, dp: 0, pp: s)
             let shard = Trainer.shard(rank: rank, topology: topo, plan: plan)
             var f: [Double] = [], b: [Double] = []
+            var comm = 0.0
             for chunk in 0..<plan.virtualStages {
                 let vs = plan.virtualStage(rank: s, chunk: chunk)
                 let layers = plan.layers[vs]
                 let first = vs == 0, last = vs == plan.virtualStageCount - 1
-                let fw = seconds(KernelInventory.forward(config: c, shard: shard, sequences: batch.microBatchSize, layers: layers,
-                                                         embedding: first, head: last), rank: rank)
+                let fwWork = KernelInventory.forward(config: c, shard: shard, sequences: batch.microBatchSize, layers: layers,
+                                                     embedding: first, head: last)
+                let bwWork = KernelInventory.backward(config: c, shard: shard, sequences: batch.microBatchSize, layers: layers,
+                                                      embedding: first, head: last)
+                let fw = seconds(fwWork, rank: rank)
                 f.append(fw)
-                b.append(seconds(KernelInventory.backward(config: c, shard: shard, sequences: batch.microBatchSize, layers: layers,
-                                                          embedding: first, head: last), rank: rank) + (recompute ? fw : 0))
+                b.append(seconds(bwWork, rank: rank) + (recompute ? fw : 0))
+                let fwComm = seconds(fwWork, rank: rank, commOnly: true)
+                comm += (fwComm * (recompute ? 2 : 1) + seconds(bwWork, rank: rank, commOnly: true)) * Double(batch.microBatches)
             }
-            forward.append(f); backward.append(b)
+            forward.append(f); backward.append(b); modelComm.append(comm)
         }
         // After the pipeline, per stage: the gradient reduction, the norm, the optimizer, the gather.
-        var reduce: [Double] = [], update: [Double] = []
+        var reduce: [Double] = [], update: [Double] = [], dataComm: [Double] = []
         for s in 0..<topo.pp {
             let rank = topo.rank(tp: 0, dp: 0, pp: s)
             let layout = Trainer.layout(config: config, topology: topo, shard: Trainer.shard(rank: rank, topology: topo, plan: plan))
             let dp = group(.dp, of: rank), edp = group(.edp, of: rank), tp = group(.tp, of: rank)
             let zero1 = config.zero == 1
             var r = 0.0
+            var dpc = 0.0
             let partial = Double(layout.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count })
             if tp.size > 1 && partial > 0 { r += cost.collective(.allReduce, bytes: partial * bytes, ranks: tp.size, link: tp.link) }
             let dense = Double(layout.denseRegion.count), expert = Double(layout.expertRegion.count)
             if dp.size > 1 && dense > 0 { r += cost.collective(zero1 ? .reduceScatter : .allReduce, bytes: dense * bytes, ranks: dp.size, link: dp.link) }
             if edp.size > 1 && expert > 0 { r += cost.collective(zero1 ? .reduceScatter : .allReduce, bytes: expert * bytes, ranks: edp.size, link: edp.link) }
             let ownedDense = zero1 ? dense / Double(dp.size) : dense, ownedExpert = zero1 ? expert / Double(edp.size) : expert
+            dpc = r
             r += cost.kernel(flops: 2 * (ownedDense + ownedExpert), elements: ownedDense + ownedExpert)  // the norm's sum of squares
             reduce.append(r)
             var u = 0.0
             for n in [ownedDense, ownedExpert] where n > 0 {
                 u += cost.kernel(flops: 16 * n, elements: n * emulator.precision.optimizerStepBytesPerParameter / bytes)
             }
-            if zero1 && dp.size > 1 && dense > 0 { u += cost.collective(.allGather, bytes: dense * bytes, ranks: dp.size, link: dp.link) }
-            if zero1 && edp.size > 1 && expert > 0 { u += cost.collective(.allGather, bytes: expert * bytes, ranks: edp.size, link: edp.link) }
-            update.append(u)
+            var gathers = 0.0
+            if zero1 && dp.size > 1 && dense > 0 { gathers += cost.collective(.allGather, bytes: dense * bytes, ranks: dp.size, link: dp.link) }
+            if zero1 && edp.size > 1 && expert > 0 { gathers += cost.collective(.allGather, bytes: expert * bytes, ranks: edp.size, link: edp.link) }
+            update.append(u + gathers)
+            dataComm.append(dpc + gathers)
         }
         let world = cost.links.link(for: Array(0..<topo.world))
         let normAllReduce = topo.world > 1 ? cost.collective(.allReduce, bytes: 8, ranks: topo.world, link: world) : 0
@@ -121,6 +139,8 @@ public struct Projection {
         // The trainer's step: from the earliest stage's start to the latest stage's end.
         stepTime = sync + update.max()! - update.min()!
         pipelinePhase = sim.phase
+        modelParallelCommPerStage = modelComm
+        dataParallelCommPerStage = dataComm
         bubblePerStage = sim.bubblePerStage
         tokensPerStep = batch.globalBatch * c.seqLen
         let flops = modelFLOPsPerToken(c, layout: ParameterLayout(config: c))

@@ -65,6 +65,8 @@ public enum ProjectionReport {
                    100 * ClosedForm.bubble(ScheduleKind(rawValue: config.schedule) ?? .oneFOneB, stages: config.pp, microbatches: M,
                                            virtualStages: config.virtualStages), 100 * p.mfu,
                    100 * p.executedFLOPsPerStep / (p.stepTime * device.peakFLOPS * Double(world))))
+        log(String(format: "  communication on the first stage, all exposed: TP/EP collectives %.2f s, data-parallel reduce-scatter and all-gather %.2f s per step (%.1f%% of the step)",
+                   p.modelParallelCommPerStage.first ?? 0, p.dataParallelCommPerStage.first ?? 0, 100 * p.exposedCommFraction))
         log(String(format: "  memory per GPU %.1f GiB: parameters %.1f, gradients %.1f, optimizer %.1f, activations %.1f, communication %.1f (the %@ holds %.1f GiB%@)",
                    mem.total / gib, mem.parameters / gib, mem.gradients / gib, mem.optimizerState / gib, mem.activations / gib,
                    mem.communication / gib, device.name, device.memoryBytes / gib, mem.total > device.memoryBytes ? ": does NOT fit" : ""))
@@ -73,7 +75,9 @@ public enum ProjectionReport {
         var out: [String: Any] = [
             "total_params": a.totalParams, "active_params": a.activeParams, "flops_per_token_forward": a.forwardFLOPsPerToken,
             "total_flops": a.trainingFLOPs, "step_time_s": p.stepTime, "mfu": p.mfu, "bubble_fraction": p.bubble,
-            "bubble_fraction_per_stage": p.bubblePerStage, "memory_bytes_per_gpu": mem.total, "memory_breakdown": mem.json,
+            "bubble_fraction_per_stage": p.bubblePerStage, "exposed_comm_fraction": p.exposedCommFraction,
+            "model_parallel_comm_s_per_stage": p.modelParallelCommPerStage, "data_parallel_comm_s_per_stage": p.dataParallelCommPerStage,
+            "pipeline_phase_s": p.pipelinePhase, "memory_bytes_per_gpu": mem.total, "memory_breakdown": mem.json,
             "fits_in_memory": mem.total <= device.memoryBytes, "days": days, "gpu_hours": gpuHours, "cost_usd": cost,
             "gpus": world, "tp": config.tp, "pp": config.pp, "dp": dp, "ep": config.ep, "micro_batches": M,
             "schedule": config.schedule, "device": device.name, "recompute": layout.recompute,

@@ -63,7 +63,7 @@ extension ProjectionTests {
         XCTAssertEqual(r.status, 0, r.output)
         let p = try Subprocess.readJSON(dir + "/p.json")
         for key in ["total_params", "active_params", "flops_per_token_forward", "total_flops", "step_time_s", "mfu", "bubble_fraction",
-                    "memory_bytes_per_gpu", "days", "gpu_hours", "cost_usd", "goodput"] {
+                    "exposed_comm_fraction", "memory_bytes_per_gpu", "days", "gpu_hours", "cost_usd", "goodput"] {
             XCTAssertNotNil(p[key], "missing \(key)")
         }
         let g = try XCTUnwrap(p["goodput"] as? [String: Any])
