@@ -28,10 +28,11 @@ public struct Projection {
 
     public var bubble: Double { bubblePerStage.reduce(0, +) / Double(max(bubblePerStage.count, 1)) }
 
-    /// `recompute`: full activation recomputation (Megatron's `--recompute-granularity full`):
-    /// every backward first reruns its chunk's forward, and only layer inputs are kept.
+    /// Hardware FLOPs of the step over all ranks (recomputation included).
     public let executedFLOPsPerStep: Double
 
+    /// `recompute`: full activation recomputation (Megatron's `--recompute-granularity full`):
+    /// every backward first reruns its chunk's forward, and only layer inputs are kept.
     public init(config: RunConfig, worldSize: Int, recompute: Bool = false) throws {
         let topo = try Topology(world: worldSize, tp: config.tp, pp: config.pp, dp: config.dp, ep: config.ep, model: config.model)
         let batch = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,

@@ -46,12 +46,12 @@ public enum ProjectionReport {
     public static func run(account a: Account, layout: Layout, failures: Failures?, json: String?, log: (String) -> Void) throws {
         let device = try EmulatorSetup.findProfile(layout.device ?? a.device)
         let alt = try EmulatorSetup.findProfile(a.altDevice)
-        for line in a.report(peak: device.peakFLOPS, altPeakBF16: alt.peakFLOPS, altPeakFP8: alt.peakFLOPSFP8 ?? .nan) { log(line) }
         let (config, world) = config(a, layout)
         let p: Projection
         do { p = try Projection(config: config, worldSize: world, recompute: layout.recompute) } catch {
             throw UsageError("project: \(error)")
         }
+        for line in a.report(peak: device.peakFLOPS, altPeakBF16: alt.peakFLOPS, altPeakFP8: alt.peakFLOPSFP8 ?? .nan) { log(line) }
         let dp = world / (config.tp * config.pp)
         let M = config.globalBatch! / (dp * (config.microBatchSize ?? 1))
         let steps = a.tokens / Double(p.tokensPerStep)
