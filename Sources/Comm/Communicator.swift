@@ -318,7 +318,7 @@ public struct Communicator: @unchecked Sendable {
     /// the receiver pays the transfer.
     public func isend<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to peer: Int, tag: Int) -> Request {
         let ev = CommEvent(kind: .send, group: name, groupSize: size, bytes: count * MemoryLayout<T>.stride, peer: peer)
-        for o in hooks.observers { o.willStart(ev) }
+        if hooks.clockSuspended == 0 { for o in hooks.observers { o.willStart(ev) } }
         let clock = hooks.activeClock
         let r = Request(event: ev, emulatedBytes: emulatedBytes(T.self, count: count), timed: clock != nil)
         MPI_Isend(buffer, Int32(count), T.mpiType, Int32(peer), Int32(tag), handle, &r.handle)
@@ -333,7 +333,7 @@ public struct Communicator: @unchecked Sendable {
     /// Starts receiving `count` elements from `peer` into `buffer`.
     public func irecv<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, from peer: Int, tag: Int) -> Request {
         let ev = CommEvent(kind: .recv, group: name, groupSize: size, bytes: count * MemoryLayout<T>.stride, peer: peer)
-        for o in hooks.observers { o.willStart(ev) }
+        if hooks.clockSuspended == 0 { for o in hooks.observers { o.willStart(ev) } }
         let clock = hooks.activeClock
         let r = Request(event: ev, emulatedBytes: emulatedBytes(T.self, count: count), timed: clock != nil)
         MPI_Irecv(buffer, Int32(count), T.mpiType, Int32(peer), Int32(tag), handle, &r.handle)
@@ -357,7 +357,7 @@ public struct Communicator: @unchecked Sendable {
                               detail: "recv from \(name) rank \(peer), \(Int(request.emulatedBytes)) B", wallStart: wallStart)
             }
         }
-        for o in hooks.observers { o.didComplete(request.event) }
+        if hooks.clockSuspended == 0 { for o in hooks.observers { o.didComplete(request.event) } }
     }
 
     public func send<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to peer: Int, tag: Int) {

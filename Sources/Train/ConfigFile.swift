@@ -80,8 +80,8 @@ public enum ConfigFile {
             "tp": c.tp, "pp": c.pp, "ep": c.ep, "zero": c.zero, "schedule": c.schedule, "virtual_stages": c.virtualStages,
             "steps": c.steps, "lr": c.lr, "min_lr_ratio": c.minLRRatio, "warmup_steps": c.warmupSteps,
             "weight_decay": c.weightDecay, "beta1": c.beta1, "beta2": c.beta2, "adam_eps": c.adamEps, "grad_clip": c.gradClip,
-            "seed": Int(c.seed), "data": c.data, "markov_order": c.markov.order, "markov_alphabet": c.markov.alphabet,
-            "markov_branching": c.markov.branching, "markov_seed": Int(c.markov.seed),
+            "seed": NSNumber(value: c.seed), "data": c.data, "markov_order": c.markov.order, "markov_alphabet": c.markov.alphabet,
+            "markov_branching": c.markov.branching, "markov_seed": NSNumber(value: c.markov.seed),
         ]
         if let g = c.globalBatch { d["global_batch"] = g }
         if let b = c.microBatchSize { d["micro_batch_size"] = b }
@@ -162,13 +162,13 @@ public enum ConfigFile {
         "beta2": { $0.beta2 = try double($1) },
         "adam_eps": { $0.adamEps = try double($1) },
         "grad_clip": { $0.gradClip = try double($1) },
-        "seed": { $0.seed = UInt64(try nonNegative($1)) },
+        "seed": { $0.seed = try unsigned($1) },
         // data
         "data": { $0.data = try string($1) },
         "markov_order": { $0.markov.order = try int($1) },
         "markov_alphabet": { $0.markov.alphabet = try int($1) },
         "markov_branching": { $0.markov.branching = try int($1) },
-        "markov_seed": { $0.markov.seed = UInt64(try nonNegative($1)) },
+        "markov_seed": { $0.markov.seed = try unsigned($1) },
         // emulated device
         "device": { $0.device = try string($1) },
         "clock": { $0.clock = try string($1) },
@@ -186,6 +186,12 @@ public enum ConfigFile {
         // output
         "log_every": { $0.logEvery = try int($1) },
     ]
+
+    /// A whole number from 0 to 2^64 - 1 (seeds).
+    static func unsigned(_ v: Any) throws -> UInt64 {
+        if let n = v as? NSNumber, !isBool(v), n.doubleValue >= 0, n.doubleValue == n.doubleValue.rounded() { return n.uint64Value }
+        throw TypeMismatch(expected: "a non-negative integer")
+    }
 
     static func nonNegative(_ v: Any) throws -> Int {
         let n = try int(v)

@@ -93,6 +93,18 @@ public enum Launcher {
                     throw UsageError("\(flag) \(path): directory \(dir) does not exist")
                 }
             }
+            if config.failAtStep != nil && config.failRank >= topo.world {
+                throw UsageError("--fail-rank \(config.failRank) does not exist: the world has \(topo.world) rank(s)")
+            }
+            if config.checkpointEvery > 0 {
+                var isDir: ObjCBool = false
+                if FileManager.default.fileExists(atPath: config.runDirectory, isDirectory: &isDir), !isDir.boolValue {
+                    throw UsageError("--checkpoint-dir \(config.runDirectory) exists and is not a directory")
+                }
+                do { try FileManager.default.createDirectory(atPath: config.runDirectory, withIntermediateDirectories: true) } catch {
+                    throw UsageError("cannot create the run directory \(config.runDirectory): \(error.localizedDescription)")
+                }
+            }
             let (resume, skipped) = try resumePoint(config, topology: topo)
             return Prepared(topology: topo, data: data, emulator: emulator, resume: resume, skipped: skipped)
         } catch let e as UsageError { throw e } catch {
@@ -111,6 +123,8 @@ public enum Launcher {
         case "never":
             return (nil, [])
         case "auto":
+            // A run that neither checkpoints nor names a run directory leaves checkpoints/ alone.
+            guard config.checkpointEvery > 0 || config.checkpointDir != nil else { return (nil, []) }
             (candidate, skipped) = Checkpoint.newestValid(in: config.runDirectory)
         default:
             switch Checkpoint.verify(config.resume) {

@@ -175,20 +175,6 @@ extension Projection {
     /// account holds), the largest whole number of replicas that fits the GPU count, and the
     /// 60M-token batch as whole micro-batches of one sequence per replica.
     public static func config(for a: Account) -> (RunConfig, world: Int) {
-        var c = RunConfig()
-        c.model.layers = Int(a.layers); c.model.dModel = Int(a.dModel); c.model.heads = Int(a.heads)
-        c.model.kvHeads = Int(a.kvHeads); c.model.experts = Int(a.experts); c.model.topK = Int(a.topK)
-        c.model.seqLen = Int(a.seqLen); c.model.vocab = Int(a.vocab); c.model.capacityFactor = 0
-        let tp = Int(a.tp), pp = Int(a.pp)
-        let hidden = a.expertParams / (2 * a.dModel * a.layers)
-        c.model.ffnHidden = Int((hidden / a.tp).rounded()) * tp
-        c.tp = tp; c.pp = pp; c.ep = tp
-        let dp = Int(a.gpus) / (tp * pp)
-        let sequencesPerReplica = Int((a.batchTokens / a.seqLen / Double(dp)).rounded(.down))
-        c.globalBatch = sequencesPerReplica * dp
-        c.microBatchSize = 1
-        c.microBatches = nil
-        c.device = a.device
-        return (c, tp * pp * dp)
+        ProjectionReport.config(a, ProjectionReport.Layout())
     }
 }

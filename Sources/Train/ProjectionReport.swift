@@ -25,41 +25,60 @@ public enum ProjectionReport {
         }
     }
 
-    /// The account's run in moe-train terms, with the layout overrides applied.
+    /// The account's run as a moe-train configuration, with the layout overrides applied:
+    /// its width, heads, one KV head, 16 experts top-2 with each expert's hidden size from
+    /// its parameter count, 8k sequences, by default TP8 x PP15 with the experts split over
+    /// the TP ranks (so that the ~30 GB per GPU of the account holds), the largest whole
+    /// number of replicas that fits the GPU count, and the 60M-token batch as whole
+    /// micro-batches of one sequence per replica.
     public static func config(_ a: Account, _ l: Layout) -> (RunConfig, world: Int) {
-        var (c, world) = Projection.config(for: a)
-        if let d = l.device { c.device = d }
+        var c = RunConfig()
+        c.model.layers = Int(a.layers); c.model.dModel = Int(a.dModel); c.model.heads = Int(a.heads)
+        c.model.kvHeads = Int(a.kvHeads); c.model.experts = Int(a.experts); c.model.topK = Int(a.topK)
+        c.model.seqLen = Int(a.seqLen); c.model.vocab = Int(a.vocab); c.model.capacityFactor = 0
+        c.device = l.device ?? a.device
         if let g = l.gpusPerNode { c.gpusPerNode = g }
         if let s = l.schedule { c.schedule = s }
         if let v = l.virtualStages { c.virtualStages = v }
-        let tp = l.tp ?? c.tp, pp = l.pp ?? c.pp
+        let tp = max(l.tp ?? Int(a.tp), 1), pp = max(l.pp ?? Int(a.pp), 1)
         let dp = l.dp ?? Int(a.gpus) / (tp * pp)
-        let sequences = Int((a.batchTokens / a.seqLen / Double(dp)).rounded(.down))
         c.tp = tp; c.pp = pp; c.ep = l.ep ?? tp
         c.model.ffnHidden = Int((a.expertParams / (2 * a.dModel * a.layers) / Double(tp)).rounded()) * tp
+        let sequences = dp > 0 ? Int((a.batchTokens / a.seqLen / Double(dp)).rounded(.down)) : 0
         c.globalBatch = sequences * dp
         if let m = l.microBatches { c.microBatches = m; c.microBatchSize = nil } else { c.microBatchSize = 1 }
-        world = tp * pp * dp
-        return (c, world)
+        return (c, tp * pp * dp)
     }
 
     public static func run(account a: Account, layout: Layout, failures: Failures?, json: String?, log: (String) -> Void) throws {
         let device = try EmulatorSetup.findProfile(layout.device ?? a.device)
         let alt = try EmulatorSetup.findProfile(a.altDevice)
+        for (flag, value) in [("--tp", layout.tp), ("--pp", layout.pp), ("--dp", layout.dp), ("--ep", layout.ep),
+                              ("--micro-batches", layout.microBatches), ("--virtual-stages", layout.virtualStages)] {
+            if let v = value, v < 1 { throw UsageError("project: \(flag) must be at least 1 (got \(v))") }
+        }
         let (config, world) = config(a, layout)
+        guard world >= 1, (config.globalBatch ?? 0) >= 1 else {
+            throw UsageError("project: \(Int(a.gpus)) GPUs and a \(a.batchTokens)-token batch do not hold one replica of TP\(config.tp) x PP\(config.pp) with a sequence each")
+        }
         let p: Projection
-        do { p = try Projection(config: config, worldSize: world, recompute: layout.recompute) } catch {
+        let batch: BatchPlan
+        do {
+            p = try Projection(config: config, worldSize: world, recompute: layout.recompute)
+            batch = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
+                                  microBatches: config.microBatches, dp: world / (config.tp * config.pp))
+        } catch {
             throw UsageError("project: \(error)")
         }
         for line in a.report(peak: device.peakFLOPS, altPeakBF16: alt.peakFLOPS, altPeakFP8: alt.peakFLOPSFP8 ?? .nan) { log(line) }
-        let dp = world / (config.tp * config.pp)
-        let M = config.globalBatch! / (dp * (config.microBatchSize ?? 1))
+        let dp = batch.dp
+        let M = batch.microBatches
         let steps = a.tokens / Double(p.tokensPerStep)
         let seconds = steps * p.stepTime
         let days = seconds / 86400, gpuHours = seconds / 3600 * Double(world), cost = gpuHours * a.usdPerGPUHour
         let mem = p.memory.roles.map(\.breakdown).max { $0.total < $1.total }!
         let gib = 1073741824.0
-        log("the emulator's prediction (\(config.schedule), \(device.name) cost model, \(layout.recompute ? "full activation recomputation" : "no recomputation")): \(world) GPUs = TP\(config.tp) x PP\(config.pp) x DP\(dp), experts over \(config.ep) ranks, \(M) micro-batches of \(config.microBatchSize ?? 1) x \(config.model.seqLen) tokens")
+        log("the emulator's prediction (\(config.schedule), \(device.name) cost model, \(layout.recompute ? "full activation recomputation" : "no recomputation")): \(world) GPUs = TP\(config.tp) x PP\(config.pp) x DP\(dp), experts over \(config.ep) ranks, \(M) micro-batches of \(batch.microBatchSize) x \(config.model.seqLen) tokens")
         log(String(format: "  step %.2f s for %.3g tokens; pipeline bubble %.1f%% (closed form %.1f%%); MFU %.1f%%, HFU %.1f%%",
                    p.stepTime, Double(p.tokensPerStep), 100 * p.bubble,
                    100 * ClosedForm.bubble(ScheduleKind(rawValue: config.schedule) ?? .oneFOneB, stages: config.pp, microbatches: M,

@@ -45,6 +45,11 @@ public final class Supervisor {
     /// Runs attempts until one succeeds or the restarts are used up. Returns the exit status.
     public func run() throws -> Int32 {
         try FileManager.default.createDirectory(atPath: options.runDirectory, withIntermediateDirectories: true)
+        // This job's accounting starts from empty logs; an earlier job's are kept aside.
+        let stamp = Int(Date().timeIntervalSince1970)
+        for path in [runLog.stepsPath, runLog.eventsPath] where FileManager.default.fileExists(atPath: path) {
+            try FileManager.default.moveItem(atPath: path, toPath: path + ".before-\(stamp)")
+        }
         let start = Date()
         var attempt = 1
         var restarts = 0

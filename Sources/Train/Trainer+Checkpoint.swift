@@ -29,6 +29,14 @@ extension Trainer {
     /// the emulated precision (bf16 parameters, fp32 master weights and moments of the owned
     /// shard) over the storage bandwidth.
     func saveCheckpoint(_ step: Int) throws {
+        do { try writeCheckpoint(step) } catch {
+            // One rank failing to write must not leave the others waiting in a collective.
+            log("moe-train: error: rank \(groups.world.rank) cannot save checkpoint step \(step) in \(config.runDirectory): \(error)")
+            groups.world.abort(code: 2)
+        }
+    }
+
+    func writeCheckpoint(_ step: Int) throws {
         let world = groups.world
         let dir = config.runDirectory + "/" + Checkpoint.stepName(step)
         if world.rank == 0 {
@@ -70,10 +78,17 @@ extension Trainer {
         try AtomicFile.write(Checkpoint.stepName(step) + "\n", to: config.runDirectory + "/latest")
         runLog.event("checkpoint_saved", ["attempt": config.attempt, "step": step])
         if config.keepCheckpoints > 0 {
-            let complete = Checkpoint.stepDirectories(config.runDirectory).filter {
-                FileManager.default.fileExists(atPath: $0.path + "/manifest.json")
+            // Only this run's own complete checkpoints (same configuration, at or before this
+            // step) are pruned, never the one just written and never another run's.
+            let hash = Checkpoint.configHash(config)
+            let mine = Checkpoint.stepDirectories(config.runDirectory).filter { entry in
+                guard entry.step <= step, let data = FileManager.default.contents(atPath: entry.path + "/manifest.json"),
+                      let m = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else { return false }
+                return m["config_hash"] as? String == hash
             }
-            for old in complete.dropFirst(config.keepCheckpoints) { try? FileManager.default.removeItem(atPath: old.path) }
+            for old in mine.dropFirst(config.keepCheckpoints) where old.step != step {
+                try? FileManager.default.removeItem(atPath: old.path)
+            }
         }
     }
 }

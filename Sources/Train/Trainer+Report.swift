@@ -168,7 +168,7 @@ extension Trainer {
             "optimizer_state_bytes": optimizers.reduce(0) { $0 + Double($1.range.count) } * emulator.precision.optimizerBytesPerParameter,
             "comm_bytes": commBytes(),
             "global_batch": plan.globalBatch, "micro_batch_size": plan.microBatchSize, "micro_batches": plan.microBatches,
-            "seq_len": c.seqLen, "seed": Int(config.seed),
+            "seq_len": c.seqLen, "seed": NSNumber(value: config.seed),
             "data": data.description,
             "expert_load": [
                 "moe_layers": moe,

@@ -19,7 +19,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "ZeRO stage: 1 shards Adam state over data-parallel ranks, 0 keeps it whole.") var zero: Int?
     @Option(help: "Pipeline schedule: gpipe, 1f1b, interleaved or zb-h1.") var schedule: String?
     @Option(name: .customLong("virtual-stages"), help: "Model chunks per pipeline rank (interleaved schedule).") var virtualStages: Int?
-    @Option(name: .customLong("pp-layers"), help: "Layers per pipeline stage, e.g. 1,3,3,1 (default: balanced by estimated cost).") var ppLayers: String?
+    @Option(name: .customLong("pp-layers"), help: "Layers per pipeline stage (per virtual stage with --virtual-stages: pp x v numbers), e.g. 1,3,3,1 (default: balanced by estimated cost).") var ppLayers: String?
 
     // Model
     @Option(help: "Experts per MoE layer.") var experts: Int?
@@ -68,7 +68,7 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("checkpoint-dir"), help: "Run directory for checkpoints and logs (default checkpoints/<config name>).") var checkpointDir: String?
     @Option(name: .customLong("checkpoint-every"), help: "Save a sharded checkpoint every K steps (0 = never).") var checkpointEvery: Int?
     @Option(name: .customLong("keep-checkpoints"), help: "Keep the newest N complete checkpoints (0 = all).") var keepCheckpoints: Int?
-    @Option(help: "auto (newest valid checkpoint of the run directory), never, or a step directory.") var resume: String?
+    @Option(help: "auto (the newest valid checkpoint of the run directory, when the run checkpoints or names --checkpoint-dir), never, or a step directory.") var resume: String?
     @Option(help: "Attempt number of a supervised job (the supervisor sets it).") var attempt: Int?
     @Option(name: .customLong("fail-at-step"), help: "Inject a failure at this step (first attempt only).") var failAtStep: Int?
     @Option(name: .customLong("fail-rank"), help: "The rank that fails.") var failRank: Int?

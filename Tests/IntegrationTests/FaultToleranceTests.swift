@@ -165,3 +165,29 @@ final class FaultToleranceTests: XCTestCase {
         XCTAssertTrue(e.stdout.contains(checksum), e.output)
     }
 }
+
+extension FaultToleranceTests {
+    /// --keep-checkpoints prunes only this run's own older checkpoints: never the one just
+    /// written, never another run's (an earlier, longer run in the same directory).
+    func testPruningKeepsOtherRunsAndTheNewCheckpoint() throws {
+        let dir = try Subprocess.tempDir()
+        let base = ["--config", "configs/tiny.json", "--checkpoint-dir", dir + "/run", "--checkpoint-every", "5"]
+        XCTAssertEqual(try Subprocess.mpirun(np: 1, base + ["--steps", "10"]).status, 0)
+        let r = try Subprocess.mpirun(np: 1, base + ["--steps", "15", "--resume", "never", "--keep-checkpoints", "1"])
+        XCTAssertEqual(r.status, 0, r.output)
+        let names = try FileManager.default.contentsOfDirectory(atPath: dir + "/run")
+        XCTAssertTrue(names.contains("step-000015"), "\(names)")       // the new one
+        XCTAssertTrue(names.contains { $0.hasPrefix("step-000010.stale-") }, "\(names)")  // the other run's, moved aside
+        XCTAssertTrue(names.contains { $0.hasPrefix("step-000005.stale-") }, "\(names)")
+        XCTAssertFalse(names.contains("step-000005"), "this run's older checkpoint is pruned: \(names)")
+    }
+
+    /// A plain run (no --checkpoint-every, no --checkpoint-dir) neither resumes nor writes.
+    func testPlainRunLeavesTheRunDirectoryAlone() throws {
+        let dir = try Subprocess.tempDir()
+        let s = dir + "/s.json"
+        XCTAssertEqual(try Subprocess.mpirun(np: 1, ["--config", "configs/tiny.json", "--steps", "3", "--seed", "18446744073709551615",
+                                                     "--summary-json", s]).status, 0)
+        XCTAssertEqual((try Subprocess.readJSON(s)["losses"] as? [Double])?.count, 3)
+    }
+}

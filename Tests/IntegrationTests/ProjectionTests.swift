@@ -85,3 +85,16 @@ extension ProjectionTests {
         XCTAssertTrue(r.stdout.contains("   1  TP"), "no layout fits an A100-80GB:\n\(r.stdout)")
     }
 }
+
+extension ProjectionTests {
+    /// Bad layouts for the projection: one message, exit 2, no trap.
+    func testProjectRejectsBadLayouts() throws {
+        let bin = try XCTUnwrap(Subprocess.binary)
+        for args in [["--tp", "0"], ["--pp", "4000"], ["--dp", "0"], ["--tp", "3"]] {
+            let r = try Subprocess.run(bin, ["project"] + args, cwd: Subprocess.repoRoot)
+            XCTAssertEqual(r.status, 2, "\(args): \(r.output)")
+            XCTAssertTrue(r.stderr.hasPrefix("moe-train: error: project:"), "\(args): \(r.output)")
+            XCTAssertFalse(r.stdout.contains("arithmetic"), "nothing is printed before the error")
+        }
+    }
+}
