@@ -98,7 +98,7 @@ public enum Bench {
         let withClock = try trainer(config, world: world)
         let without = try trainer(config, world: world)
         var on: [Double] = [], off: [Double] = []
-        for s in 1...(quick ? 1 : 4) {
+        for s in 1...(quick ? 1 : 10) {
             Kernels.accountant = withClock.clock; withClock.clock.recording = true
             var c0 = DeviceClock.threadCPUSeconds(); _ = try withClock.trainStep(s); on.append(DeviceClock.threadCPUSeconds() - c0)
             Kernels.accountant = nil; without.clock.recording = false
