@@ -67,7 +67,7 @@ public enum Launcher {
                 guard plan.microBatches <= limits.microbatches, stagePlan.virtualStageCount <= limits.virtualStages else {
                     throw UsageError("at most \(limits.microbatches) micro-batches and \(limits.virtualStages) virtual stages (pp x virtual stages) can run (got \(plan.microBatches) and \(stagePlan.virtualStageCount))")
                 }
-                schedule = try PipelineSchedule(ScheduleKind(rawValue: config.schedule)!, plan: stagePlan, microbatches: plan.microBatches)
+                schedule = try PipelineSchedule(try config.scheduleKind(), plan: stagePlan, microbatches: plan.microBatches)
             } catch { throw UsageError(String(describing: error)) }
             let emulator = try EmulatorSetup.resolve(config)
             let memory = MemoryPlan(config: config, topology: topo, plan: plan, stagePlan: stagePlan, schedule: schedule,

@@ -38,7 +38,7 @@ public struct Projection {
         let batch = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
                                   microBatches: config.microBatches, dp: topo.dp)
         let plan = try StagePlan(config: config.model, stages: topo.pp, virtualStages: config.virtualStages, counts: config.ppLayers)
-        let schedule = try PipelineSchedule(ScheduleKind(rawValue: config.schedule) ?? .oneFOneB, plan: plan,
+        let schedule = try PipelineSchedule(try config.scheduleKind(), plan: plan,
                                             microbatches: batch.microBatches)
         let emulator = try EmulatorSetup.resolve(config)
         let cost = emulator.cost

@@ -81,7 +81,7 @@ public enum ProjectionReport {
         log("the emulator's prediction (\(config.schedule), \(device.name) cost model, \(layout.recompute ? "full activation recomputation" : "no recomputation")): \(world) GPUs = TP\(config.tp) x PP\(config.pp) x DP\(dp), experts over \(config.ep) ranks, \(M) micro-batches of \(batch.microBatchSize) x \(config.model.seqLen) tokens")
         log(String(format: "  step %.2f s for %.3g tokens; pipeline bubble %.1f%% (closed form %.1f%%); MFU %.1f%%, HFU %.1f%%",
                    p.stepTime, Double(p.tokensPerStep), 100 * p.bubble,
-                   100 * ClosedForm.bubble(ScheduleKind(rawValue: config.schedule) ?? .oneFOneB, stages: config.pp, microbatches: M,
+                   100 * ClosedForm.bubble(try config.scheduleKind(), stages: config.pp, microbatches: M,
                                            virtualStages: config.virtualStages), 100 * p.mfu,
                    100 * p.executedFLOPsPerStep / (p.stepTime * device.peakFLOPS * Double(world))))
         log(String(format: "  communication on the first stage, all exposed: TP/EP collectives %.2f s, data-parallel reduce-scatter and all-gather %.2f s per step (%.1f%% of the step)",

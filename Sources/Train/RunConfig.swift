@@ -1,5 +1,6 @@
 import Foundation
 import Model
+import Pipeline
 
 /// Everything a training run is configured by: the model, the layout, the batch, the
 /// optimizer and the data. Loaded from a JSON file (snake_case keys, all optional) and
@@ -72,6 +73,14 @@ public struct RunConfig: Equatable, Sendable {
 
     public init() {}
 
+    /// The pipeline schedule named by `schedule`; the one place the name is parsed.
+    public func scheduleKind() throws -> ScheduleKind {
+        guard let kind = ScheduleKind(rawValue: schedule) else {
+            throw ConfigError("--schedule must be \(ScheduleKind.allCases.map(\.rawValue).joined(separator: ", ")) (got \(schedule))")
+        }
+        return kind
+    }
+
     /// Where checkpoints, the step log, the heartbeat and the event log of this run live.
     public var runDirectory: String { checkpointDir ?? "checkpoints/\(configName)" }
 
@@ -93,8 +102,7 @@ public struct RunConfig: Equatable, Sendable {
         try need(adamEps > 0, "adam_eps must be positive")
         try need(gradClip >= 0, "--grad-clip must be >= 0, 0 meaning no clipping (got \(gradClip))")
         try need(zero == 0 || zero == 1, "--zero must be 0 or 1 (got \(zero))")
-        try need(["gpipe", "1f1b", "interleaved", "zb-h1"].contains(schedule),
-                 "--schedule must be gpipe, 1f1b, interleaved or zb-h1 (got \(schedule))")
+        _ = try scheduleKind()
         try need(virtualStages >= 1, "--virtual-stages must be at least 1 (got \(virtualStages))")
         try need(virtualStages == 1 || schedule == "interleaved",
                  "--virtual-stages \(virtualStages) needs --schedule interleaved (\(schedule) runs one chunk per rank)")

@@ -54,7 +54,7 @@ public final class Trainer {
         plan = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
                              microBatches: config.microBatches, dp: topo.dp)
         stagePlan = try StagePlan(config: config.model, stages: topo.pp, virtualStages: config.virtualStages, counts: config.ppLayers)
-        schedule = try PipelineSchedule(ScheduleKind(rawValue: config.schedule) ?? .oneFOneB, plan: stagePlan,
+        schedule = try PipelineSchedule(try config.scheduleKind(), plan: stagePlan,
                                         microbatches: plan.microBatches)
         let shard = Self.shard(rank: groups.world.rank, topology: topo, plan: stagePlan)
         parallel = MPIModelParallelism(groups: groups, shard: shard)
