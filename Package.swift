@@ -18,26 +18,37 @@ let package = Package(
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
 
-        // Dependencies point down only: moe-train -> Train -> Pipeline -> Parallel -> {Model, Comm -> Emulation} -> Tensor.
+        // Dependencies point down only (each line names every target it imports):
+        //   moe-train -> Bench -> Train -> Resilience -> Plan
+        //   moe-train -> Projection -> Plan -> {Schedule, Model, Emulation, Formats}
+        //   Train -> Parallel -> {Plan, Comm} ; Comm -> Emulation -> Tensor ; Model -> Tensor
+        // Schedule, Plan and Projection link no MPI: their unit tests run without it.
         .target(name: "Tensor", dependencies: ["CBLAS"]),
-        .target(name: "Emulation", dependencies: ["Tensor"]),
-        .target(name: "Comm", dependencies: ["CMPI", "Emulation", "Tensor"]),
+        .target(name: "Formats", dependencies: []),
+        .target(name: "Emulation", dependencies: ["Tensor", "Formats"]),
+        .target(name: "Comm", dependencies: ["CMPI", "Emulation"]),
         .target(name: "Model", dependencies: ["Tensor"]),
-        .target(name: "Parallel", dependencies: ["Comm", "Emulation", "Model", "Tensor"]),
-        .target(name: "Pipeline", dependencies: ["Parallel", "Model", "Comm", "Emulation", "Tensor"]),
-        .target(name: "Train", dependencies: ["Pipeline", "Parallel", "Model", "Comm", "Emulation", "Tensor"]),
+        .target(name: "Schedule", dependencies: []),
+        .target(name: "Plan", dependencies: ["Schedule", "Model", "Emulation", "Formats"]),
+        .target(name: "Parallel", dependencies: ["Plan", "Schedule", "Comm", "Model", "Emulation", "Tensor"]),
+        .target(name: "Resilience", dependencies: ["Plan", "Formats", "Emulation", "Tensor"]),
+        .target(name: "Train", dependencies: ["Resilience", "Parallel", "Plan", "Schedule", "Model", "Comm", "Emulation", "Formats", "Tensor"]),
+        .target(name: "Projection", dependencies: ["Plan", "Schedule", "Model", "Emulation", "Formats"]),
+        .target(name: "Bench", dependencies: ["Train", "Parallel", "Plan", "Schedule", "Model", "Comm", "Emulation", "Formats", "Tensor"]),
         .executableTarget(name: "moe-train", dependencies: [
-            "Train",
+            "Bench", "Projection", "Train", "Resilience", "Plan", "Schedule",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
         .target(name: "TestSupport", dependencies: ["Model", "Tensor"], path: "Tests/TestSupport"),
         .testTarget(name: "TensorTests", dependencies: ["Tensor", "TestSupport"]),
+        .testTarget(name: "FormatsTests", dependencies: ["Formats"]),
         .testTarget(name: "EmulationTests", dependencies: ["Emulation", "Tensor"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Tensor", "TestSupport"]),
-        .testTarget(name: "ParallelTests", dependencies: ["Parallel", "Model"]),
-        .testTarget(name: "PipelineTests", dependencies: ["Pipeline"]),
-        .testTarget(name: "TrainTests", dependencies: ["Train", "Model", "Tensor"]),
+        .testTarget(name: "ScheduleTests", dependencies: ["Schedule"]),
+        .testTarget(name: "PlanTests", dependencies: ["Plan", "Schedule", "Model"]),
+        .testTarget(name: "ProjectionTests", dependencies: ["Projection", "Plan"]),
+        .testTarget(name: "TrainTests", dependencies: ["Train", "Plan", "Model", "Tensor"]),
         .testTarget(name: "IntegrationTests", dependencies: ["TestSupport"]),
     ],
     // Language mode 5: the ranks are processes, not threads; strict Sendable checking buys nothing here.

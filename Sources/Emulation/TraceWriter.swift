@@ -1,4 +1,5 @@
 import Foundation
+import Formats
 import Tensor
 
 /// Chrome trace-event JSON (the format Perfetto and chrome://tracing open): one process

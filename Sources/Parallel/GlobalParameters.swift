@@ -1,4 +1,5 @@
 import Comm
+import Plan
 import Model
 import Tensor
 

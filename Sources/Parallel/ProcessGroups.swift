@@ -1,4 +1,5 @@
 import Comm
+import Plan
 
 /// The communicators of one rank, built once from the topology with `MPI_Comm_split`
 /// and immutable afterwards.

@@ -1,4 +1,5 @@
 import Foundation
+import Plan
 import Tensor
 
 /// Where training sequences come from. A sample is a pure function of

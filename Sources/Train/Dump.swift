@@ -1,4 +1,6 @@
 import Foundation
+import Plan
+import Formats
 import Model
 import Tensor
 
@@ -6,7 +8,7 @@ import Tensor
 /// the optimizer; the gradient before clipping), in the single-rank layout, plus the step's
 /// input tokens and targets, as one safetensors file, and the step's losses in `loss.json`.
 public enum Dump {
-    public static func fileName(step: Int) -> String { String(format: "step-%06d.safetensors", step) }
+    public static func fileName(step: Int) -> String { RunConfig.dumpFileName(step: step) }
 
     /// `values` and `grads` are full single-rank vectors in `layout`'s spec order (no padding).
     public static func write(dir: String, step: Int, layout: ParameterLayout, values: [Float], grads: [Float],
@@ -28,24 +30,5 @@ public enum Dump {
         let blob = SafeTensors.encode(entries, metadata: ["step": String(step), "format": "moe-train dump v1"])
         try AtomicFile.write(blob, to: dir + "/" + fileName(step: step))
         try AtomicFile.write(JSONText.encode(record), to: dir + "/loss.json")
-    }
-}
-
-/// Deterministic JSON text (sorted keys, pretty printed) from plain dictionaries and arrays.
-public enum JSONText {
-    public static func encode(_ object: Any) -> String {
-        let data = try! JSONSerialization.data(withJSONObject: sanitize(object), options: [.prettyPrinted, .sortedKeys])
-        return String(decoding: data, as: UTF8.self) + "\n"
-    }
-
-    /// JSON has no NaN or infinity: such values become null.
-    static func sanitize(_ v: Any) -> Any {
-        switch v {
-        case let d as Double: return d.isFinite ? d : NSNull()
-        case let f as Float: return f.isFinite ? Double(f) : NSNull()
-        case let a as [Any]: return a.map(sanitize)
-        case let m as [String: Any]: return m.mapValues(sanitize)
-        default: return v
-        }
     }
 }

@@ -1,7 +1,10 @@
 import Foundation
+import Resilience
+import Formats
 import Model
 import Parallel
-import Pipeline
+import Schedule
+import Plan
 import Tensor
 
 /// `moe-train export`: consolidates a sharded checkpoint into one safetensors file in the
@@ -30,13 +33,15 @@ public enum Export {
         }
         let config = try ConfigFile.parse(try JSONSerialization.data(withJSONObject: configDict), name: path + "/manifest.json")
         let l = manifest.layout
-        let topology = try Topology(world: l.world, tp: l.tp, pp: l.pp, ep: l.ep, model: config.model)
-        let plan = try StagePlan(config: config.model, stages: l.pp, virtualStages: l.virtualStages, counts: l.ppLayers)
+        // The checkpoint's own layout, planned as a projection: the memory and message-tag
+        // limits of running it do not apply to reading it.
         var z = config
-        z.zero = l.zero
+        (z.tp, z.pp, z.dp, z.ep, z.zero, z.virtualStages, z.ppLayers) = (l.tp, l.pp, l.dp, l.ep, l.zero, l.virtualStages, l.ppLayers)
+        if l.virtualStages > 1 { z.schedule = ScheduleKind.interleaved.rawValue }
+        let job = try JobPlan(config: z, world: l.world, purpose: .projection(recompute: false))
         var storages: [(ParameterLayout, Storage)] = []
         for rank in 0..<l.world {
-            let layout = Trainer.layout(config: z, topology: topology, shard: Trainer.shard(rank: rank, topology: topology, plan: plan))
+            let layout = job.placement(of: rank).layout
             guard let shard = FileManager.default.contents(atPath: path + "/" + Checkpoint.shardName(rank)) else {
                 throw UsageError("export: cannot read \(Checkpoint.shardName(rank))")
             }
@@ -48,7 +53,7 @@ public enum Export {
             p.floats.withUnsafeBufferPointer { st.base.update(from: $0.baseAddress!, count: layout.totalCount) }
             storages.append((layout, st))
         }
-        let single = ParameterLayout(config: config.model)
+        let single = job.singleLayout
         let global = GlobalParameters.assemble(storages.map { ($0.0, UnsafePointer($0.1.base)) }, single: single)
         var entries: [SafeTensors.Entry] = []
         var offset = 0

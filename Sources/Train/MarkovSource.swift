@@ -1,4 +1,5 @@
 import Foundation
+import Plan
 import Tensor
 
 /// The embedded default data: an order-k Markov chain over `alphabet` printable bytes.

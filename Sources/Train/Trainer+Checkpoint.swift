@@ -1,9 +1,12 @@
 import Foundation
+import Resilience
+import Formats
 import Comm
 import Emulation
 import Model
 import Parallel
-import Pipeline
+import Schedule
+import Plan
 import Tensor
 
 // MARK: - Checkpoints: saving and resuming (see Checkpoint.swift for the format)
@@ -71,7 +74,7 @@ extension Trainer {
             return ["file": Checkpoint.shardName(rank), "bytes": Int(parts[0])!, "sha256": String(parts[1])]
         }
         let manifest: [String: Any] = ["format": "moe-train checkpoint v1", "step": step, "attempt": config.attempt,
-                                       "layout": Launcher.layout(config, groups.topology).json,
+                                       "layout": Checkpoint.Layout(job).json,
                                        "config_hash": Checkpoint.configHash(config), "config": ConfigFile.dictionary(config),
                                        "shards": shards]
         try AtomicFile.write(JSONText.encode(manifest), to: dir + "/manifest.json")

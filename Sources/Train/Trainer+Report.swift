@@ -1,9 +1,11 @@
 import Foundation
+import Formats
 import Comm
 import Emulation
 import Model
 import Parallel
-import Pipeline
+import Schedule
+import Plan
 import Tensor
 
 extension Trainer {
@@ -214,7 +216,7 @@ extension Trainer {
         out["pp_layers"] = stagePlan.layers.map(\.count)
         out["peak_activation_bytes_per_stage"] = peakActivationPerStage.map { $0 * emulator.precision.elementBytes }
         out["microbatch_activation_bytes"] = Double(Transformer.activationFloats(config: c, sequences: plan.microBatchSize,
-            shard: Self.shard(rank: 0, topology: groups.topology, plan: stagePlan)) / stagePlan.virtualStages) * emulator.precision.elementBytes
+            shard: job.placement(of: 0).shard) / stagePlan.virtualStages) * emulator.precision.elementBytes
         out["exposed_comm_fraction"] = totalTime > 0 ? timed.reduce(0) { $0 + $1.communication } / totalTime : 0
         out["time_breakdown_s"] = ["compute": timed.reduce(0) { $0 + $1.compute }, "communication": timed.reduce(0) { $0 + $1.communication },
                                    "idle": timed.reduce(0) { $0 + $1.idle }, "total": totalTime]

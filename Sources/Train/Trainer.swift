@@ -1,9 +1,12 @@
 import Foundation
+import Resilience
+import Formats
 import Comm
 import Emulation
 import Model
 import Parallel
-import Pipeline
+import Schedule
+import Plan
 import Tensor
 
 /// The training loop: for each step, run the rank's micro-batches (forward and backward,
@@ -11,6 +14,7 @@ import Tensor
 /// reduce-scatter), clip by the global norm, step AdamW on the owned shard, gather the
 /// parameters, log; at the end write the summary.
 public final class Trainer {
+    public let job: JobPlan
     public let config: RunConfig
     public let groups: ProcessGroups
     public let plan: BatchPlan
@@ -18,7 +22,7 @@ public final class Trainer {
     public let model: Transformer
     public let params: Parameters
     let optimizers: [AdamW]
-    public let zero: ZeroOne
+    public let zero: DataParallel
     public let parallel: MPIModelParallelism
     public let stagePlan: StagePlan
     public let schedule: PipelineSchedule
@@ -43,32 +47,30 @@ public final class Trainer {
 
     var isLogger: Bool { groups.world.rank == 0 }
 
-    public init(config: RunConfig, groups: ProcessGroups, data: DataSource, emulator: EmulatorSetup,
-                log: @escaping (String) -> Void) throws {
-        self.config = config
+    /// `plan` is the job's plan, built (and so validated) once before MPI started.
+    public init(plan job: JobPlan, groups: ProcessGroups, data: DataSource, log: @escaping (String) -> Void) throws {
+        precondition(job.topology == groups.topology, "the process groups were built from another plan")
+        self.job = job
+        self.config = job.config
         self.groups = groups
         self.data = data
-        self.emulator = emulator
+        self.emulator = job.emulator
         self.log = log
-        let topo = groups.topology
-        plan = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
-                             microBatches: config.microBatches, dp: topo.dp)
-        stagePlan = try StagePlan(config: config.model, stages: topo.pp, virtualStages: config.virtualStages, counts: config.ppLayers)
-        schedule = try PipelineSchedule(try config.scheduleKind(), plan: stagePlan,
-                                        microbatches: plan.microBatches)
-        let shard = Self.shard(rank: groups.world.rank, topology: topo, plan: stagePlan)
-        parallel = MPIModelParallelism(groups: groups, shard: shard)
-        let layout = Self.layout(config: config, topology: topo, shard: shard)
+        plan = job.batch
+        stagePlan = job.stages
+        schedule = job.schedule
+        let placement = job.placement(of: groups.world.rank)
+        let layout = placement.layout
+        parallel = MPIModelParallelism(groups: groups, shard: placement.shard)
         params = Parameters(layout: layout)
         layout.initialize(params.values, seed: config.seed)
         model = Transformer(config: config.model, params: params, parallel: parallel)
-        zero = ZeroOne(stage: config.zero, layout: layout, groups: groups)
+        zero = DataParallel(stage: config.zero, layout: layout, groups: groups)
         let hyper = AdamW.Hyper(beta1: config.beta1, beta2: config.beta2, eps: config.adamEps, weightDecay: config.weightDecay)
         optimizers = [zero.ownedDense, zero.ownedExpert].filter { !$0.isEmpty }.map { AdamW(layout: layout, range: $0, hyper: hyper) }
         lrSchedule = LRSchedule(peak: config.lr, minRatio: config.minLRRatio, warmup: config.warmupSteps, total: config.steps)
-        memory = MemoryPlan(config: config, topology: topo, plan: plan, stagePlan: stagePlan, schedule: schedule,
-                            precision: emulator.precision)
-        flopsPerToken = modelFLOPsPerToken(config.model, layout: ParameterLayout(config: config.model))
+        memory = job.memory
+        flopsPerToken = job.modelFLOPsPerToken
         groups.world.addObserver(counter)
         // One process = one rank = one emulated GPU: its kernels and messages move this clock.
         clock = emulator.makeClock()
@@ -85,27 +87,11 @@ public final class Trainer {
         runLog = RunLog(dir: config.runDirectory)
     }
 
-    /// What rank `rank` holds: its tensor/expert shard of the layers of its pipeline chunks.
-    public static func shard(rank: Int, topology: Topology, plan: StagePlan) -> ShardSpec {
-        let c = topology.coordinates(of: rank)
-        return ShardSpec(tp: topology.tp, tpRank: c.tp, ep: topology.ep, epRank: c.ep, layers: plan.heldLayers(rank: c.pp),
-                         embedding: plan.holdsEmbedding(rank: c.pp), head: plan.holdsHead(rank: c.pp))
-    }
-
-    /// The flat layout of one rank: its shard, with each region padded for ZeRO-1.
-    public static func layout(config: RunConfig, topology: Topology, shard: ShardSpec) -> ParameterLayout {
-        ParameterLayout(config: config.model, shard: shard,
-                        denseAlignment: config.zero == 1 ? topology.dp : 1,
-                        expertAlignment: config.zero == 1 ? topology.expertDP : 1)
-    }
-
     /// The single-rank layout: the order of checksums and dumps.
-    var singleLayout: ParameterLayout { ParameterLayout(config: config.model) }
+    var singleLayout: ParameterLayout { job.singleLayout }
 
     /// The layout of any rank (for assembling the single-rank view).
-    func layoutOf(_ rank: Int) -> ParameterLayout {
-        Self.layout(config: config, topology: groups.topology, shard: Self.shard(rank: rank, topology: groups.topology, plan: stagePlan))
-    }
+    func layoutOf(_ rank: Int) -> ParameterLayout { job.placement(of: rank).layout }
 
     var moeLayers: [Int] { (0..<config.model.layers).filter { config.model.isMoE(layer: $0) } }
 
@@ -149,7 +135,7 @@ public final class Trainer {
     var lastStepStart = 0.0
     var lastDurations: [Action: Double] = [:]
 
-    func trainStep(_ step: Int) throws -> StepRecord {
+    public func trainStep(_ step: Int) throws -> StepRecord {
         faults.beforeStep(step, clock: clock, log: log)
         let t0 = DispatchTime.now().uptimeNanoseconds
         lastStepStart = clock.now

@@ -1,5 +1,8 @@
+import Bench
+import Plan
 import ArgumentParser
 import Foundation
+import Formats
 import Train
 
 /// `moe-train bench`: single-process measurements for `make bench` (GEMM path, step

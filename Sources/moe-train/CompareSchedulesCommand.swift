@@ -1,3 +1,5 @@
+import Bench
+import Plan
 import ArgumentParser
 import Foundation
 import Train

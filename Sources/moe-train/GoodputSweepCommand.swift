@@ -1,3 +1,5 @@
+import Resilience
+import Plan
 import ArgumentParser
 import Foundation
 import Train

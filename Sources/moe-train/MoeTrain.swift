@@ -1,3 +1,4 @@
+import Resilience
 import ArgumentParser
 
 struct MoeTrain: ParsableCommand {

@@ -1,6 +1,8 @@
+import Projection
 import ArgumentParser
 import Foundation
-import Pipeline
+import Schedule
+import Plan
 import Train
 
 /// `moe-train project --config configs/gpt4-account.json [layout flags] [--sweep]`: the
@@ -32,7 +34,7 @@ struct ProjectCommand: ParsableCommand {
 
     func run() throws {
         do {
-            var account = try Account.load(config)
+            var account = try PublishedRun.load(config)
             if let p = usdPerGPUHour { account.usdPerGPUHour = p }
             var layout = ProjectionReport.Layout()
             layout.device = device; layout.tp = tp; layout.pp = pp; layout.dp = dp; layout.ep = ep; layout.schedule = schedule
@@ -47,7 +49,7 @@ struct ProjectCommand: ParsableCommand {
                                           checkpointBandwidth: checkpointBandwidth)
             }
             try ProjectionReport.run(account: account, layout: layout, failures: failures, json: json) { print($0) }
-        } catch let e as Account.Invalid {
+        } catch let e as PublishedRun.Invalid {
             throw ValidationError(e.description)
         } catch let e as UsageError {
             throw ValidationError(e.description)

@@ -1,3 +1,5 @@
+import Projection
+import Plan
 import ArgumentParser
 import Foundation
 import Train

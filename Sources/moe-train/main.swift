@@ -1,3 +1,4 @@
+import Plan
 import ArgumentParser
 import Foundation
 import Train

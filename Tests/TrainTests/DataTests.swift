@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import Train
+import Plan
 
 final class DataTests: XCTestCase {
     /// Samples depend on (seed, step, index) only.

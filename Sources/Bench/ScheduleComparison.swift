@@ -1,0 +1,115 @@
+import Foundation
+import Train
+import Formats
+import Comm
+import Emulation
+import Model
+import Parallel
+import Schedule
+import Plan
+import Tensor
+
+/// `moe-train compare-schedules`: trains the same configuration with GPipe, 1F1B,
+/// interleaved 1F1B and ZB-H1, one after the other in the same MPI job, and reports each
+/// schedule's emulated step time, measured and closed-form bubble, peak activation memory,
+/// throughput and MFU, as a table, JSON, a Chrome trace and an SVG timeline per schedule.
+public enum ScheduleComparison {
+    public struct Row {
+        public let schedule: String
+        public let virtualStages: Int
+        public let summary: [String: Any]
+    }
+
+    public static func run(_ base: RunConfig, outDir: String, log: @escaping (String) -> Void) throws {
+        let env = LaunchEnvironment.current
+        var configs: [(String, RunConfig)] = []
+        for kind in ScheduleKind.allCases {
+            var c = base
+            c.schedule = kind.rawValue
+            c.virtualStages = 1
+            c.trace = nil
+            c.summaryJSON = nil
+            c.dumpStep = nil
+            if kind == .interleaved {
+                // Two chunks per rank where the layers allow it; the micro-batches must divide by P.
+                c.virtualStages = c.model.layers >= 2 * c.pp ? 2 : 1
+            }
+            configs.append((kind.rawValue, c))
+        }
+        // Check every configuration before starting any, so bad input fails fast on every rank.
+        var checked: [(String, Launcher.Prepared)] = []
+        for (name, c) in configs {
+            do {
+                checked.append((name, try Launcher.prepare(c, env: env)))
+            } catch let e as UsageError {
+                throw UsageError("\(name): \(e.description)")
+            }
+        }
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: outDir, isDirectory: &isDir), !isDir.boolValue {
+            throw UsageError("--out \(outDir) exists and is not a directory")
+        }
+        if env.rank == 0 {
+            do { try FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true) } catch {
+                throw UsageError("--out \(outDir): cannot create the directory (\(error.localizedDescription))")
+            }
+        }
+        Launcher.ensureSingleThreadedBLAS(rank: env.rank, log: log)
+        let world = Communicator.initWorld()
+        defer { Communicator.finalize() }
+        var rows: [Row] = []
+        for (name, prepared) in checked {
+            let (c, topo) = (prepared.plan.config, prepared.plan.topology)
+            let groups = ProcessGroups(world: world, topology: topo)
+            let trainer = try Trainer(plan: prepared.plan, groups: groups, data: prepared.data, log: { _ in })
+            if world.rank == 0 { log("running \(name)\(c.virtualStages > 1 ? " (\(c.virtualStages) chunks per rank)" : "") for \(c.steps) steps...") }
+            try trainer.run()
+            let trace = trainer.traceJSON(wall: false)
+            let picture = trainer.lastStepStageSpans()
+            if world.rank == 0 {
+                let summary = trainer.summary()
+                try AtomicFile.write(trace, to: "\(outDir)/trace-\(name).json")
+                if let picture {
+                    let title = "\(name)\(c.virtualStages > 1 ? " (v=\(c.virtualStages))" : ""): pp \(topo.pp), \(trainer.plan.microBatches) micro-batches, last step"
+                    try AtomicFile.write(TimelineSVG.render(title: title, stages: picture.stages, from: picture.start, to: picture.end),
+                                         to: "\(outDir)/timeline-\(name).svg")
+                }
+                rows.append(Row(schedule: name, virtualStages: c.virtualStages, summary: summary))
+            }
+        }
+        guard world.rank == 0 else { return }
+        for line in table(rows) { log(line) }
+        let json: [String: Any] = ["schedules": rows.map { r -> [String: Any] in
+            var s = r.summary
+            s["schedule"] = r.schedule
+            return s
+        }]
+        try AtomicFile.write(JSONText.encode(json), to: outDir + "/compare.json")
+        log("wrote \(outDir)/compare.json, trace-*.json (Perfetto) and timeline-*.svg")
+    }
+
+    static func table(_ rows: [Row]) -> [String] {
+        func row(_ cells: [String]) -> String {
+            cells.enumerated().map { i, c in
+                i == 0 ? c.padding(toLength: 16, withPad: " ", startingAt: 0) : String(repeating: " ", count: max(0, 13 - c.count)) + c
+            }.joined()
+        }
+        var lines = [row(["schedule", "step (emul.)", "bubble", "formula", "simulated", "peak act. s0", "(micro-b.)",
+                          "tok/s emul.", "tok/s wall", "MFU"])]
+        for r in rows {
+            let s = r.summary
+            func d(_ k: String) -> Double { s[k] as? Double ?? .nan }
+            let peak = (s["peak_activation_bytes_per_stage"] as? [Double])?.first ?? .nan
+            let microbatch = d("microbatch_activation_bytes") * Double(r.virtualStages)
+            lines.append(row([r.schedule + (r.virtualStages > 1 ? " v=\(r.virtualStages)" : ""),
+                              String(format: "%.3f ms", d("emulated_step_time_s") * 1e3),
+                              String(format: "%.1f%%", 100 * d("bubble_fraction")),
+                              String(format: "%.1f%%", 100 * d("bubble_fraction_closed_form")),
+                              String(format: "%.1f%%", 100 * d("bubble_fraction_simulated")),
+                              MemoryBreakdown.human(peak), String(format: "%.1f", peak / microbatch),
+                              String(format: "%.0f", d("tokens_per_s_emulated")), String(format: "%.0f", d("tokens_per_s_wall")),
+                              String(format: "%.2f%%", 100 * d("mfu"))]))
+        }
+        return lines
+    }
+}

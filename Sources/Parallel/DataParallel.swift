@@ -1,0 +1,127 @@
+import Comm
+import Model
+import Tensor
+
+/// Data-parallel gradient reduction (ZeRO-0: all-reduce) and ZeRO Stage 1 optimizer-state sharding
+/// (Rajbhandari et al. 2020, "ZeRO", section 5.1: P_os).
+///
+/// The flat parameter buffer has a dense region (replicated over the data-parallel group)
+/// and an expert region (replicated over the expert-data-parallel group), each padded to
+/// split evenly. With `--zero 1` each rank reduce-scatters the gradients of a region over
+/// its group, keeps fp32 master weights and Adam moments only for its shard, steps only
+/// that shard, and all-gathers the updated parameters. With `--zero 0` gradients are
+/// all-reduced and every rank steps every parameter.
+public final class DataParallel {
+    public let stage: Int
+    let layout: ParameterLayout
+    let groups: ProcessGroups
+    /// The ranges of the flat buffer this rank steps (its shard under ZeRO-1, whole regions under ZeRO-0).
+    public let ownedDense: Range<Int>
+    public let ownedExpert: Range<Int>
+    /// The shard this rank would own under ZeRO-1: used for the gradient norm in either stage,
+    /// so that every gradient element is counted once across the data-parallel group.
+    let normDense: Range<Int>
+    let normExpert: Range<Int>
+    /// Offsets of tensors whose gradients are partial per TP rank (summed over TP first).
+    let tpPartial: [(offset: Int, count: Int)]
+
+    public init(stage: Int, layout: ParameterLayout, groups: ProcessGroups) {
+        precondition(stage == 0 || stage == 1)
+        self.stage = stage
+        self.layout = layout
+        self.groups = groups
+        normDense = Self.shard(layout.denseRegion, parts: groups.dp.size, index: groups.dp.rank)
+        normExpert = Self.shard(layout.expertRegion, parts: groups.edp.size, index: groups.edp.rank)
+        ownedDense = stage == 1 ? normDense : layout.denseRegion
+        ownedExpert = stage == 1 ? normExpert : layout.expertRegion
+        tpPartial = layout.specs.filter { $0.placement == .replicatedPartialGrad }.map { ($0.offset, $0.count) }
+    }
+
+    static func shard(_ region: Range<Int>, parts: Int, index: Int) -> Range<Int> {
+        let size = region.count / parts
+        return (region.lowerBound + index * size)..<(region.lowerBound + (index + 1) * size)
+    }
+
+    /// Elements of communication buffers this rank allocates per step.
+    public var communicationElements: Int {
+        (stage == 1 ? normDense.count + normExpert.count : 0) + tpPartial.reduce(0) { $0 + $1.count }
+    }
+
+    /// Sums gradients over the groups that share each parameter. Afterwards the owned
+    /// ranges hold the gradient of the global batch.
+    public func reduceGradients(_ grads: Storage) {
+        sumTensorParallelPartials(grads)
+        reduce(grads, region: layout.denseRegion, shard: normDense, over: groups.dp)
+        reduce(grads, region: layout.expertRegion, shard: normExpert, over: groups.edp)
+    }
+
+    /// Router and replicated-KV gradients are partial on each TP rank: one packed all-reduce.
+    public func sumTensorParallelPartials(_ grads: Storage) {
+        guard groups.tp.size > 1, !tpPartial.isEmpty else { return }
+        var packed = [Float]()
+        for p in tpPartial { packed += UnsafeBufferPointer(start: grads.base + p.offset, count: p.count) }
+        groups.tp.allReduce(&packed)
+        var cursor = 0
+        for p in tpPartial {
+            packed.withUnsafeBufferPointer { (grads.base + p.offset).update(from: $0.baseAddress! + cursor, count: p.count) }
+            cursor += p.count
+        }
+    }
+
+    func reduce(_ grads: Storage, region: Range<Int>, shard: Range<Int>, over group: Communicator) {
+        guard group.size > 1, !region.isEmpty else { return }
+        if stage == 1 {
+            let tmp = Storage(count: shard.count)
+            group.reduceScatter(UnsafePointer(grads.base + region.lowerBound), tmp.base, countPerRank: shard.count)
+            (grads.base + shard.lowerBound).update(from: tmp.base, count: shard.count)
+        } else {
+            group.allReduce(grads.base + region.lowerBound, count: region.count)
+        }
+    }
+
+    /// Sum of squared gradients of the global model (every element counted once: replicated
+    /// tensors only on TP rank 0), all-reduced over the world.
+    public func globalSumOfSquares(_ grads: Storage) -> Double {
+        var local = 0.0
+        let tpRank = groups.coordinates.tp
+        for s in layout.specs {
+            if tpRank != 0 && (s.placement == .replicated || s.placement == .replicatedPartialGrad) { continue }
+            let range = s.placement == .expert ? normExpert : normDense
+            let lo = max(s.offset, range.lowerBound), hi = min(s.offset + s.count, range.upperBound)
+            if lo < hi { local += Kernels.sumOfSquares(hi - lo, grads.base + lo) }
+        }
+        Kernels.account(flops: Double(2 * (normDense.count + normExpert.count)), elements: Double(normDense.count + normExpert.count))
+        return groups.world.size > 1 ? groups.world.allReduce(local) : local
+    }
+
+    /// After the owned shards are stepped: every rank gets the updated parameters (ZeRO-1).
+    public func gatherParameters(_ params: Storage) {
+        guard stage == 1 else { return }
+        gather(params, region: layout.denseRegion, shard: normDense, over: groups.dp)
+        gather(params, region: layout.expertRegion, shard: normExpert, over: groups.edp)
+    }
+
+    func gather(_ params: Storage, region: Range<Int>, shard: Range<Int>, over group: Communicator) {
+        guard group.size > 1, !region.isEmpty else { return }
+        let tmp = Storage(count: shard.count)
+        tmp.base.update(from: params.base + shard.lowerBound, count: shard.count)
+        group.allGather(UnsafePointer(tmp.base), params.base + region.lowerBound, countPerRank: shard.count)
+    }
+
+    /// A fully reduced copy of the gradients (every region all-reduced, nothing sharded),
+    /// for dumps. Bookkeeping: not charged to the emulated clock.
+    public func fullyReducedCopy(_ grads: Storage) -> Storage {
+        let copy = Storage(count: grads.count)
+        copy.base.update(from: grads.base, count: grads.count)
+        groups.world.untimed {
+            sumTensorParallelPartials(copy)
+            if groups.dp.size > 1, !layout.denseRegion.isEmpty {
+                groups.dp.allReduce(copy.base + layout.denseRegion.lowerBound, count: layout.denseRegion.count)
+            }
+            if groups.edp.size > 1, !layout.expertRegion.isEmpty {
+                groups.edp.allReduce(copy.base + layout.expertRegion.lowerBound, count: layout.expertRegion.count)
+            }
+        }
+        return copy
+    }
+}

@@ -1,0 +1,155 @@
+import Foundation
+import Emulation
+import Model
+import Schedule
+
+/// The plan of a run, built once from (configuration, world size) and read by everyone:
+/// training, `project`, `project-layout`, `export`, `compare-schedules`, `bench` and the
+/// resume checks. It holds the rank grid, the batch plan, the stage plan, the lowered and
+/// validated schedule, the emulated device, the memory plan and the placement of every
+/// rank. Building it is the one place input is validated: every rule that can fail on
+/// what the user typed throws a `UsageError` naming the flag or key and its value, before
+/// anything is allocated or written.
+public struct JobPlan: Sendable {
+    /// What the plan is for: a run that executes (message tags bound the schedule, the
+    /// memory plan must fit unless --ignore-oom) or a projection that only costs it.
+    public enum Purpose: Sendable, Equatable {
+        case training
+        /// `recompute`: full activation recomputation in the memory plan.
+        case projection(recompute: Bool)
+    }
+
+    public let config: RunConfig
+    public let purpose: Purpose
+    public let topology: Topology
+    public let batch: BatchPlan
+    public let stages: StagePlan
+    public let schedule: PipelineSchedule
+    public let emulator: EmulatorSetup
+    public let memory: MemoryPlan
+    /// Model FLOPs per token of training (the numerator of MFU).
+    public let modelFLOPsPerToken: Double
+    /// The single-rank layout: the order of checksums, dumps and exports.
+    public let singleLayout: ParameterLayout
+
+    public var model: ModelConfig { config.model }
+    public var world: Int { topology.world }
+    /// Tokens of one optimizer step over all data-parallel ranks.
+    public var tokensPerStep: Int { batch.globalBatch * config.model.seqLen }
+
+    /// What rank `rank` holds. Computed on demand: a projection's world can be 25,000 ranks.
+    public func placement(of rank: Int) -> Placement {
+        Placement(rank: rank, topology: topology, stages: stages, model: config.model, zero: config.zero)
+    }
+
+    public init(config: RunConfig, world: Int, purpose: Purpose = .training) throws {
+        do {
+            try config.validate()
+            let topo = try Topology(world: world, tp: config.tp, pp: config.pp, dp: config.dp, ep: config.ep, model: config.model)
+            if topo.pp > 1 && config.model.tieEmbeddings {
+                throw UsageError("tied embeddings with --pp \(topo.pp) are not supported: the embedding (first stage) and the LM head (last stage) would need a tied-gradient all-reduce; untie them or use --pp 1")
+            }
+            let batch = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
+                                      microBatches: config.microBatches, dp: topo.dp)
+            let tokensPerMicroBatch = try Checked.product(batch.microBatchSize, config.model.seqLen,
+                                                          what: "a micro-batch of --micro-batch-size \(batch.microBatchSize) x --seq-len \(config.model.seqLen) tokens")
+            guard tokensPerMicroBatch % topo.tp == 0 else {
+                throw UsageError("a micro-batch of \(batch.microBatchSize) x \(config.model.seqLen) = \(tokensPerMicroBatch) tokens does not split over --tp \(topo.tp) for expert dispatch")
+            }
+            _ = try Checked.product(batch.globalBatch, config.model.seqLen,
+                                    what: "a step of --global-batch \(batch.globalBatch) x --seq-len \(config.model.seqLen) tokens")
+            let stages = try StagePlan(config: config.model, stages: topo.pp, virtualStages: config.virtualStages,
+                                       counts: config.ppLayers)
+            if purpose == .training {
+                let limits = PipelineSchedule.executorLimits
+                guard batch.microBatches <= limits.microbatches else {
+                    throw UsageError("--micro-batches \(batch.microBatches): at most \(limits.microbatches) micro-batches per step can run (MPI message tags); `moe-train project` has no such bound")
+                }
+                guard stages.virtualStageCount <= limits.virtualStages else {
+                    throw UsageError("--pp \(topo.pp) x --virtual-stages \(config.virtualStages) = \(stages.virtualStageCount) virtual stages: at most \(limits.virtualStages) can run (MPI message tags)")
+                }
+            }
+            let schedule = try PipelineSchedule(try config.scheduleKind(), stages: stages.stages,
+                                                virtualStages: stages.virtualStages, microbatches: batch.microBatches)
+            let emulator = try EmulatorSetup.resolve(config)
+            var recompute = false
+            if case .projection(let r) = purpose { recompute = r }
+            let memory = try MemoryPlan(config: config, topology: topo, plan: batch, stagePlan: stages, schedule: schedule,
+                                        precision: emulator.precision, recompute: recompute)
+            if purpose == .training && !config.ignoreOOM, let oom = memory.outOfMemory(device: emulator.profile) {
+                throw UsageError(oom)
+            }
+            if config.failAtStep != nil && config.failRank >= topo.world {
+                throw UsageError("--fail-rank \(config.failRank) does not exist: the world has \(topo.world) rank(s)")
+            }
+            let single = ParameterLayout(config: config.model)
+            self.config = config
+            self.purpose = purpose
+            self.topology = topo
+            self.batch = batch
+            self.stages = stages
+            self.schedule = schedule
+            self.emulator = emulator
+            self.memory = memory
+            self.singleLayout = single
+            self.modelFLOPsPerToken = Plan.modelFLOPsPerToken(config.model, layout: single)
+            if purpose == .training { try checkOutputPaths() }
+        } catch let e as UsageError {
+            throw e
+        } catch {
+            throw UsageError(String(describing: error))
+        }
+    }
+
+    /// The files a training run will write: their directories must exist (or be creatable)
+    /// and nothing the user already has may be overwritten. Only checks; writes nothing.
+    func checkOutputPaths() throws {
+        let fm = FileManager.default
+        func isDirectory(_ path: String) -> Bool? {
+            var isDir: ObjCBool = false
+            return fm.fileExists(atPath: path, isDirectory: &isDir) ? isDir.boolValue : nil
+        }
+        for (flag, path) in [("--summary-json", config.summaryJSON), ("--trace", config.trace)] {
+            guard let path else { continue }
+            let dir = URL(fileURLWithPath: path).deletingLastPathComponent().path
+            guard isDirectory(dir) == true else { throw UsageError("\(flag) \(path): directory \(dir) does not exist") }
+            if isDirectory(path) == true { throw UsageError("\(flag) \(path) is a directory; name a file") }
+        }
+        if let dir = config.dumpDir {
+            if isDirectory(dir) == false { throw UsageError("--dump-dir \(dir) exists and is not a directory") }
+            if let step = config.dumpStep {
+                let path = dir + "/" + RunConfig.dumpFileName(step: step)
+                if fm.fileExists(atPath: path) {
+                    throw UsageError("--dump-dir \(dir): dump file \(path) already exists; choose another --dump-dir or remove it")
+                }
+            }
+        }
+        if config.checkpointEvery > 0 || config.checkpointDir != nil, isDirectory(config.runDirectory) == false {
+            throw UsageError("--checkpoint-dir \(config.runDirectory) exists and is not a directory")
+        }
+    }
+}
+
+/// Overflow-checked arithmetic on sizes derived from user input: a product too large for
+/// an `Int` is an input error naming what was being computed, never a trap.
+public enum Checked {
+    public static func product(_ factors: Int..., what: @autoclosure () -> String) throws -> Int {
+        var result = 1
+        for f in factors {
+            let (r, overflow) = result.multipliedReportingOverflow(by: f)
+            guard !overflow else { throw UsageError("\(what()) is too large to count") }
+            result = r
+        }
+        return result
+    }
+
+    public static func sum(_ terms: Int..., what: @autoclosure () -> String) throws -> Int {
+        var result = 0
+        for t in terms {
+            let (r, overflow) = result.addingReportingOverflow(t)
+            guard !overflow else { throw UsageError("\(what()) is too large to count") }
+            result = r
+        }
+        return result
+    }
+}

@@ -1,0 +1,93 @@
+import Emulation
+import Model
+import Schedule
+
+/// What each rank holds, by purpose, before anything is allocated.
+public struct MemoryPlan: Sendable {
+    public struct Role: Sendable {
+        public let name: String
+        public let ranks: [Int]
+        public let breakdown: MemoryBreakdown
+    }
+    public let roles: [Role]
+
+    /// Each rank holds its tensor/expert shard of its pipeline stage's parameters and
+    /// gradients, optimizer state for what it steps (its ZeRO-1 shard, or everything with
+    /// --zero 0), the activations of the micro-batches its schedule keeps in flight at once
+    /// (from the schedule's simulation), and the buffers of the gradient reduction. Ranks
+    /// with equal figures form one role.
+    /// With `recompute` (full activation recomputation, projection only), an in-flight
+    /// micro-batch keeps only each layer's input, and one layer's activations exist at a time.
+    public init(config: RunConfig, topology: Topology, plan: BatchPlan, stagePlan: StagePlan, schedule: PipelineSchedule,
+                precision: Precision, recompute: Bool = false) throws {
+        var roles: [Role] = []
+        var byCoordinates: [String: MemoryBreakdown] = [:]  // data-parallel replicas hold the same: compute each shard once
+        for rank in 0..<topology.world {
+            let c = topology.coordinates(of: rank)
+            let key = "\(c.tp) \(c.pp) \(c.ep)"
+            if let b = byCoordinates[key] {
+                if let i = roles.firstIndex(where: { $0.breakdown == b }) {
+                    roles[i] = Role(name: roles[i].name, ranks: roles[i].ranks + [rank], breakdown: b)
+                }
+                continue
+            }
+            let placement = Placement(rank: rank, topology: topology, stages: stagePlan, model: config.model, zero: config.zero)
+            let (shard, layout) = (placement.shard, placement.layout)
+            let zero1 = config.zero == 1
+            let denseShard = layout.denseRegion.count / (zero1 ? topology.dp : 1)
+            let expertShard = layout.expertRegion.count / (zero1 ? topology.expertDP : 1)
+            let partial = layout.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count }
+            let inFlight = schedule.uniform.peakInFlight[c.pp]
+            let activations: Int
+            if recompute, let held = shard.layers, let first = held.first {
+                let oneLayer = ShardSpec(tp: shard.tp, tpRank: shard.tpRank, ep: shard.ep, epRank: shard.ep > 1 ? shard.epRank : 0,
+                                         layers: [first], embedding: false, head: false)
+                let inputs = held.count / stagePlan.virtualStages * plan.microBatchSize * config.model.seqLen * config.model.dModel
+                activations = inputs * max(inFlight, 1)
+                    + Transformer.activationFloats(config: config.model, sequences: plan.microBatchSize, shard: oneLayer)
+            } else {
+                let perChunk = Transformer.activationFloats(config: config.model, sequences: plan.microBatchSize, shard: shard)
+                    / stagePlan.virtualStages
+                activations = perChunk * max(inFlight, 1)
+            }
+            let b = MemoryBreakdown(precision: precision, parametersHeld: layout.specs.reduce(0) { $0 + $1.count },
+                                    optimizerParameters: denseShard + expertShard, activationElements: activations,
+                                    communicationElements: (zero1 ? denseShard + expertShard : 0) + partial)
+            byCoordinates[key] = b
+            if let i = roles.firstIndex(where: { $0.breakdown == b }) {
+                roles[i] = Role(name: roles[i].name, ranks: roles[i].ranks + [rank], breakdown: b)
+            } else {
+                roles.append(Role(name: "", ranks: [rank], breakdown: b))
+            }
+        }
+        self.roles = roles.map { r in
+            let name = r.ranks.count == topology.world ? "every rank" : (r.ranks.count == 1 ? "rank \(r.ranks[0])" : "ranks \(r.ranks.first!)..\(r.ranks.last!) (\(r.ranks.count))")
+            return Role(name: name, ranks: r.ranks, breakdown: r.breakdown)
+        }
+    }
+
+    public func table(device: DeviceProfile, precision: Precision) -> [String] {
+        let h = MemoryBreakdown.human
+        var lines = ["memory per rank (\(precision == .bf16 ? "bf16 params/grads/activations, fp32 master weights + Adam moments" : "fp32 everything"); \(device.name) holds \(h(device.memoryBytes))):"]
+        func row(_ cells: [String]) -> String {
+            "  " + cells[0].padding(toLength: 16, withPad: " ", startingAt: 0)
+                + cells.dropFirst().map { String(repeating: " ", count: max(0, 12 - $0.count)) + $0 }.joined()
+        }
+        lines.append(row(["role", "params", "grads", "optimizer", "activations", "comm", "total"]))
+        for r in roles {
+            let b = r.breakdown
+            lines.append(row([r.name, h(b.parameters), h(b.gradients), h(b.optimizerState), h(b.activations),
+                              h(b.communication), h(b.total)]))
+        }
+        return lines
+    }
+
+    /// The first role that does not fit, as an error message, or nil.
+    public func outOfMemory(device: DeviceProfile) -> String? {
+        for r in roles where r.breakdown.total > device.memoryBytes {
+            let b = r.breakdown, h = MemoryBreakdown.human
+            return "out of memory: rank \(r.ranks.first ?? 0) (\(r.name)) needs \(h(b.total)) (parameters \(h(b.parameters)) + gradients \(h(b.gradients)) + optimizer state \(h(b.optimizerState)) + activations \(h(b.activations)) + communication \(h(b.communication))) but the \(device.name) holds \(h(device.memoryBytes)); shrink the model or spread it over more ranks, or pass --ignore-oom"
+        }
+        return nil
+    }
+}

@@ -1,0 +1,179 @@
+import Foundation
+import Emulation
+import Model
+import Schedule
+import Plan
+
+/// One training step of a configuration projected without allocating the model or running
+/// MPI: every rank's kernels and messages listed from the shapes (`KernelInventory`, the
+/// same ones the layers report to the emulated clock), costed by the cost model, and the
+/// pipeline run through the very schedule generators and event simulator the executor is
+/// validated with. The data-parallel reduction, gradient norm and optimizer follow as in
+/// the trainer (ZeRO-1 reduce-scatter, all-reduce of the norm, AdamW, all-gather).
+public struct Projection {
+    public let stepTime: Double
+    public let pipelinePhase: Double
+    public let bubblePerStage: [Double]
+    public let mfu: Double
+    public let memory: MemoryPlan
+    public let tokensPerStep: Int
+    /// Per stage (its tp 0, dp 0 rank): seconds of TP and EP collectives in its pipeline
+    /// actions, and of data-parallel reduction and gather after them; all exposed (no overlap).
+    public let modelParallelCommPerStage: [Double]
+    public let dataParallelCommPerStage: [Double]
+    /// The first stage's communication as a share of the step.
+    public var exposedCommFraction: Double {
+        stepTime > 0 ? ((modelParallelCommPerStage.first ?? 0) + (dataParallelCommPerStage.first ?? 0)) / stepTime : 0
+    }
+
+    public var bubble: Double { bubblePerStage.reduce(0, +) / Double(max(bubblePerStage.count, 1)) }
+
+    /// Hardware FLOPs of the step over all ranks (recomputation included).
+    public let executedFLOPsPerStep: Double
+
+    /// `recompute`: full activation recomputation (Megatron's `--recompute-granularity full`):
+    /// every backward first reruns its chunk's forward, and only layer inputs are kept.
+    public init(config: RunConfig, worldSize: Int, recompute: Bool = false) throws {
+        try self.init(plan: try JobPlan(config: config, world: worldSize, purpose: .projection(recompute: recompute)))
+    }
+
+    /// Projects a planned job; its purpose says whether activations are recomputed.
+    public init(plan job: JobPlan) throws {
+        let (config, topo, batch, plan, schedule, emulator) = (job.config, job.topology, job.batch, job.stages, job.schedule, job.emulator)
+        var recompute = false
+        if case .projection(let r) = job.purpose { recompute = r }
+        let cost = emulator.cost
+        let bytes = emulator.precision.elementBytes
+        let c = config.model
+        func group(_ g: Topology.Group, of rank: Int) -> (size: Int, link: LinkClass) {
+            let members = topo.members(g, of: rank)
+            return (members.count, cost.links.link(for: members))
+        }
+        /// Emulated seconds of a list of work on rank `rank` (`commOnly`: its messages only).
+        func seconds(_ work: [KernelInventory.Work], rank: Int, commOnly: Bool = false) -> Double {
+            let tp = group(.tp, of: rank), ep = group(.ep, of: rank)
+            return work.reduce(0) { total, w in
+                switch w {
+                case .kernel(let f, let e): return total + (commOnly ? 0 : cost.kernel(flops: f, elements: e))
+                case .tpAllReduce(let n), .tpAllReduceMax(let n):
+                    return total + cost.collective(.allReduce, bytes: n * bytes, ranks: tp.size, link: tp.link)
+                case .epAllToAll(let n): return total + cost.collective(.allToAll, bytes: n * bytes, ranks: ep.size, link: ep.link)
+                case .epCounts(let b): return total + cost.collective(.allToAll, bytes: b, ranks: ep.size, link: ep.link)
+                }
+            }
+        }
+        // Per pipeline stage (its tp 0, dp 0 rank): forward and backward of each chunk.
+        var forward: [[Double]] = [], backward: [[Double]] = []
+        var modelComm: [Double] = []
+        for s in 0..<topo.pp {
+            let rank = topo.rank(tp: 0, dp: 0, pp: s)
+            let shard = job.placement(of: rank).shard
+            var f: [Double] = [], b: [Double] = []
+            var comm = 0.0
+            for chunk in 0..<plan.virtualStages {
+                let vs = plan.virtualStage(rank: s, chunk: chunk)
+                let layers = plan.layers[vs]
+                let first = vs == 0, last = vs == plan.virtualStageCount - 1
+                let fwWork = KernelInventory.forward(config: c, shard: shard, sequences: batch.microBatchSize, layers: layers,
+                                                     embedding: first, head: last)
+                let bwWork = KernelInventory.backward(config: c, shard: shard, sequences: batch.microBatchSize, layers: layers,
+                                                      embedding: first, head: last)
+                let fw = seconds(fwWork, rank: rank)
+                f.append(fw)
+                b.append(seconds(bwWork, rank: rank) + (recompute ? fw : 0))
+                let fwComm = seconds(fwWork, rank: rank, commOnly: true)
+                comm += (fwComm * (recompute ? 2 : 1) + seconds(bwWork, rank: rank, commOnly: true)) * Double(batch.microBatches)
+            }
+            forward.append(f); backward.append(b); modelComm.append(comm)
+        }
+        // After the pipeline, per stage: the gradient reduction, the norm, the optimizer, the gather.
+        var reduce: [Double] = [], update: [Double] = [], dataComm: [Double] = []
+        for s in 0..<topo.pp {
+            let rank = topo.rank(tp: 0, dp: 0, pp: s)
+            let layout = job.placement(of: rank).layout
+            let dp = group(.dp, of: rank), edp = group(.edp, of: rank), tp = group(.tp, of: rank)
+            let zero1 = config.zero == 1
+            var r = 0.0
+            var dpc = 0.0
+            let partial = Double(layout.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count })
+            if tp.size > 1 && partial > 0 { r += cost.collective(.allReduce, bytes: partial * bytes, ranks: tp.size, link: tp.link) }
+            let dense = Double(layout.denseRegion.count), expert = Double(layout.expertRegion.count)
+            if dp.size > 1 && dense > 0 { r += cost.collective(zero1 ? .reduceScatter : .allReduce, bytes: dense * bytes, ranks: dp.size, link: dp.link) }
+            if edp.size > 1 && expert > 0 { r += cost.collective(zero1 ? .reduceScatter : .allReduce, bytes: expert * bytes, ranks: edp.size, link: edp.link) }
+            let ownedDense = zero1 ? dense / Double(dp.size) : dense, ownedExpert = zero1 ? expert / Double(edp.size) : expert
+            dpc = r
+            r += cost.kernel(flops: 2 * (ownedDense + ownedExpert), elements: ownedDense + ownedExpert)  // the norm's sum of squares
+            reduce.append(r)
+            var u = 0.0
+            for n in [ownedDense, ownedExpert] where n > 0 {
+                u += cost.kernel(flops: 16 * n, elements: n * emulator.precision.optimizerStepBytesPerParameter / bytes)
+            }
+            var gathers = 0.0
+            if zero1 && dp.size > 1 && dense > 0 { gathers += cost.collective(.allGather, bytes: dense * bytes, ranks: dp.size, link: dp.link) }
+            if zero1 && edp.size > 1 && expert > 0 { gathers += cost.collective(.allGather, bytes: expert * bytes, ranks: edp.size, link: edp.link) }
+            update.append(u + gathers)
+            dataComm.append(dpc + gathers)
+        }
+        let world = cost.links.link(for: Array(0..<topo.world))
+        let normAllReduce = topo.world > 1 ? cost.collective(.allReduce, bytes: 8, ranks: topo.world, link: world) : 0
+        // Steady state: every stage starts its step `update` after the previous step's
+        // all-reduce of the norm, which waits for the slowest stage.
+        let activationBytes = Double(batch.microBatchSize * c.seqLen * c.dModel) * bytes
+        let costs = Simulator.Costs(compute: { r, a in
+            switch a.kind {
+            case .forward: return forward[r][a.chunk]
+            case .backward: return backward[r][a.chunk]
+            default: return 0
+            }
+        }, transfer: { r, a in
+            let peer = Lowering.peer(of: a, rank: r, stages: topo.pp).rank
+            return cost.pointToPoint(bytes: activationBytes,
+                                     link: cost.links.link(for: [topo.rank(tp: 0, dp: 0, pp: r), topo.rank(tp: 0, dp: 0, pp: peer)]))
+        })
+        let splitSchedule = schedule.kind == .zbH1
+        guard !splitSchedule else {
+            throw UsageError("projection of zb-h1 needs the split of backward costs into input and weight gradients; project gpipe, 1f1b or interleaved")
+        }
+        let sim = try Simulator.run(schedule.lowered, virtualStages: plan.virtualStages, microbatches: batch.microBatches,
+                                    costs: costs, start: update)
+        let ends = (0..<topo.pp).map { s in sim.timelines[s].last.map(\.end) ?? 0 }
+        let sync = (0..<topo.pp).map { ends[$0] + reduce[$0] }.max()! + normAllReduce
+        // The trainer's step: from the earliest stage's start to the latest stage's end.
+        stepTime = sync + update.max()! - update.min()!
+        pipelinePhase = sim.phase
+        modelParallelCommPerStage = modelComm
+        dataParallelCommPerStage = dataComm
+        bubblePerStage = sim.bubblePerStage
+        tokensPerStep = batch.globalBatch * c.seqLen
+        mfu = Double(tokensPerStep) * job.modelFLOPsPerToken / (stepTime * emulator.profile.peakFLOPS * Double(topo.world))
+        memory = job.memory
+        // Hardware FLOPs of the step over all ranks (what a GPU executes, recomputation included).
+        var executed = 0.0
+        for s in 0..<topo.pp {
+            let rank = topo.rank(tp: 0, dp: 0, pp: s)
+            let shard = job.placement(of: rank).shard
+            for chunk in 0..<plan.virtualStages {
+                let vs = plan.virtualStage(rank: s, chunk: chunk)
+                let args = (layers: plan.layers[vs], first: vs == 0, last: vs == plan.virtualStageCount - 1)
+                let fw = KernelInventory.forward(config: c, shard: shard, sequences: batch.microBatchSize, layers: args.layers,
+                                                 embedding: args.first, head: args.last)
+                let bw = KernelInventory.backward(config: c, shard: shard, sequences: batch.microBatchSize, layers: args.layers,
+                                                  embedding: args.first, head: args.last)
+                let flops = (fw + bw + (recompute ? fw : [])).reduce(0.0) { t, w in if case .kernel(let f, _) = w { return t + f }; return t }
+                executed += flops * Double(batch.microBatches) * Double(topo.tp * topo.dp)
+            }
+        }
+        executedFLOPsPerStep = executed
+    }
+}
+
+extension Projection {
+    /// The account's run as a moe-train configuration: its width, heads, one KV head, 16
+    /// experts top-2 with each expert's hidden size from its parameter count, 8k sequences,
+    /// TP8 x PP15, experts split over the 8 TP ranks (so that the ~30 GB per GPU of the
+    /// account holds), the largest whole number of replicas that fits the GPU count, and the
+    /// 60M-token batch as whole micro-batches of one sequence per replica.
+    public static func config(for a: PublishedRun) -> (RunConfig, world: Int) {
+        ProjectionReport.config(a, ProjectionReport.Layout())
+    }
+}

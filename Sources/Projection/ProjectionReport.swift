@@ -1,0 +1,131 @@
+import Foundation
+import Formats
+import Emulation
+import Model
+import Schedule
+import Plan
+
+/// `moe-train project`: the account's arithmetic, then the emulator's own projection of the
+/// run (any layout), its cost, and with an MTBF the expected failures and goodput.
+public enum ProjectionReport {
+    public struct Layout {
+        public var device: String?, tp: Int?, pp: Int?, dp: Int?, ep: Int?, schedule: String?, microBatches: Int?
+        public var virtualStages: Int?, recompute = true, gpusPerNode: Int?
+        public init() {}
+    }
+
+    public struct Failures {
+        public var mtbfHours: Double
+        public var checkpointEverySteps: Int?
+        public var restartCostS: Double
+        public var checkpointBandwidth: Double
+        public init(mtbfHours: Double, checkpointEverySteps: Int?, restartCostS: Double, checkpointBandwidth: Double) {
+            self.mtbfHours = mtbfHours; self.checkpointEverySteps = checkpointEverySteps
+            self.restartCostS = restartCostS; self.checkpointBandwidth = checkpointBandwidth
+        }
+    }
+
+    /// The account's run as a moe-train configuration, with the layout overrides applied:
+    /// its width, heads, one KV head, 16 experts top-2 with each expert's hidden size from
+    /// its parameter count, 8k sequences, by default TP8 x PP15 with the experts split over
+    /// the TP ranks (so that the ~30 GB per GPU of the account holds), the largest whole
+    /// number of replicas that fits the GPU count, and the 60M-token batch as whole
+    /// micro-batches of one sequence per replica.
+    public static func config(_ a: PublishedRun, _ l: Layout) -> (RunConfig, world: Int) {
+        var c = RunConfig()
+        c.model.layers = Int(a.layers); c.model.dModel = Int(a.dModel); c.model.heads = Int(a.heads)
+        c.model.kvHeads = Int(a.kvHeads); c.model.experts = Int(a.experts); c.model.topK = Int(a.topK)
+        c.model.seqLen = Int(a.seqLen); c.model.vocab = Int(a.vocab); c.model.capacityFactor = 0
+        c.device = l.device ?? a.device
+        if let g = l.gpusPerNode { c.gpusPerNode = g }
+        if let s = l.schedule { c.schedule = s }
+        if let v = l.virtualStages { c.virtualStages = v }
+        let tp = max(l.tp ?? Int(a.tp), 1), pp = max(l.pp ?? Int(a.pp), 1)
+        let dp = l.dp ?? Int(a.gpus) / (tp * pp)
+        c.tp = tp; c.pp = pp; c.ep = l.ep ?? tp
+        c.model.ffnHidden = Int((a.expertParams / (2 * a.dModel * a.layers) / Double(tp)).rounded()) * tp
+        let sequences = dp > 0 ? Int((a.batchTokens / a.seqLen / Double(dp)).rounded(.down)) : 0
+        c.globalBatch = sequences * dp
+        if let m = l.microBatches { c.microBatches = m; c.microBatchSize = nil } else { c.microBatchSize = 1 }
+        return (c, tp * pp * dp)
+    }
+
+    public static func run(account a: PublishedRun, layout: Layout, failures: Failures?, json: String?, log: (String) -> Void) throws {
+        let device = try EmulatorSetup.findProfile(layout.device ?? a.device)
+        let alt = try EmulatorSetup.findProfile(a.altDevice)
+        for (flag, value) in [("--tp", layout.tp), ("--pp", layout.pp), ("--dp", layout.dp), ("--ep", layout.ep),
+                              ("--micro-batches", layout.microBatches), ("--virtual-stages", layout.virtualStages)] {
+            if let v = value, v < 1 { throw UsageError("project: \(flag) must be at least 1 (got \(v))") }
+        }
+        let (config, world) = config(a, layout)
+        guard world >= 1, (config.globalBatch ?? 0) >= 1 else {
+            throw UsageError("project: \(Int(a.gpus)) GPUs and a \(a.batchTokens)-token batch do not hold one replica of TP\(config.tp) x PP\(config.pp) with a sequence each")
+        }
+        let p: Projection
+        let batch: BatchPlan
+        do {
+            p = try Projection(config: config, worldSize: world, recompute: layout.recompute)
+            batch = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
+                                  microBatches: config.microBatches, dp: world / (config.tp * config.pp))
+        } catch {
+            throw UsageError("project: \(error)")
+        }
+        for line in a.report(peak: device.peakFLOPS, altPeakBF16: alt.peakFLOPS, altPeakFP8: alt.peakFLOPSFP8 ?? .nan) { log(line) }
+        let dp = batch.dp
+        let M = batch.microBatches
+        let steps = a.tokens / Double(p.tokensPerStep)
+        let seconds = steps * p.stepTime
+        let days = seconds / 86400, gpuHours = seconds / 3600 * Double(world), cost = gpuHours * a.usdPerGPUHour
+        let mem = p.memory.roles.map(\.breakdown).max { $0.total < $1.total }!
+        let gib = 1073741824.0
+        log("the emulator's prediction (\(config.schedule), \(device.name) cost model, \(layout.recompute ? "full activation recomputation" : "no recomputation")): \(world) GPUs = TP\(config.tp) x PP\(config.pp) x DP\(dp), experts over \(config.ep) ranks, \(M) micro-batches of \(batch.microBatchSize) x \(config.model.seqLen) tokens")
+        log(String(format: "  step %.2f s for %.3g tokens; pipeline bubble %.1f%% (closed form %.1f%%); MFU %.1f%%, HFU %.1f%%",
+                   p.stepTime, Double(p.tokensPerStep), 100 * p.bubble,
+                   100 * ClosedForm.bubble(try config.scheduleKind(), stages: config.pp, microbatches: M,
+                                           virtualStages: config.virtualStages), 100 * p.mfu,
+                   100 * p.executedFLOPsPerStep / (p.stepTime * device.peakFLOPS * Double(world))))
+        log(String(format: "  communication on the first stage, all exposed: TP/EP collectives %.2f s, data-parallel reduce-scatter and all-gather %.2f s per step (%.1f%% of the step)",
+                   p.modelParallelCommPerStage.first ?? 0, p.dataParallelCommPerStage.first ?? 0, 100 * p.exposedCommFraction))
+        log(String(format: "  memory per GPU %.1f GiB: parameters %.1f, gradients %.1f, optimizer %.1f, activations %.1f, communication %.1f (the %@ holds %.1f GiB%@)",
+                   mem.total / gib, mem.parameters / gib, mem.gradients / gib, mem.optimizerState / gib, mem.activations / gib,
+                   mem.communication / gib, device.name, device.memoryBytes / gib, mem.total > device.memoryBytes ? ": does NOT fit" : ""))
+        log(String(format: "  %.0f steps for %.3g tokens: %.1f days, %.3g GPU-hours, $%.1fM at $%.2f per GPU-hour",
+                   steps, a.tokens, days, gpuHours, cost / 1e6, a.usdPerGPUHour))
+        var out: [String: Any] = [
+            "total_params": a.totalParams, "active_params": a.activeParams, "flops_per_token_forward": a.forwardFLOPsPerToken,
+            "total_flops": a.trainingFLOPs, "step_time_s": p.stepTime, "mfu": p.mfu, "bubble_fraction": p.bubble,
+            "bubble_fraction_per_stage": p.bubblePerStage, "exposed_comm_fraction": p.exposedCommFraction,
+            "model_parallel_comm_s_per_stage": p.modelParallelCommPerStage, "data_parallel_comm_s_per_stage": p.dataParallelCommPerStage,
+            "pipeline_phase_s": p.pipelinePhase, "memory_bytes_per_gpu": mem.total, "memory_breakdown": mem.json,
+            "fits_in_memory": mem.total <= device.memoryBytes, "days": days, "gpu_hours": gpuHours, "cost_usd": cost,
+            "gpus": world, "tp": config.tp, "pp": config.pp, "dp": dp, "ep": config.ep, "micro_batches": M,
+            "schedule": config.schedule, "device": device.name, "recompute": layout.recompute,
+        ]
+        if let f = failures {
+            let jobMTBF = f.mtbfHours * 3600 / Double(world)
+            let checkpointCost = (mem.parameters + mem.optimizerState) / f.checkpointBandwidth
+            let optimum = (2 * checkpointCost * jobMTBF).squareRoot()
+            let every = f.checkpointEverySteps ?? max(1, Int((optimum / p.stepTime).rounded()))
+            let tau = Double(every) * p.stepTime
+            let lossPerFailure = tau / 2 + f.restartCostS
+            let denominator = 1 - lossPerFailure / jobMTBF
+            guard denominator > 0 else {
+                throw UsageError(String(format: "project: with a job MTBF of %.0f s, each failure loses %.0f s on average: the run never finishes", jobMTBF, lossPerFailure))
+            }
+            let total = seconds * (1 + checkpointCost / tau) / denominator
+            let failuresExpected = total / jobMTBF
+            let goodput = seconds / total
+            log(String(format: "  failures: job MTBF %.2f h (%.0f h per GPU / %d GPUs); checkpoint %.0f s every %d steps (%.0f s; Young/Daly optimum %.0f s)",
+                       jobMTBF / 3600, f.mtbfHours, world, checkpointCost, every, tau, optimum))
+            log(String(format: "  expected %.0f failures: lost work %.1f days, restarts %.1f days, checkpoints %.1f days; %.1f days in all, goodput %.1f%%, effective utilization %.1f%%",
+                       failuresExpected, failuresExpected * tau / 2 / 86400, failuresExpected * f.restartCostS / 86400,
+                       seconds * checkpointCost / tau / 86400, total / 86400, 100 * goodput, 100 * goodput * p.mfu))
+            out["goodput"] = ["job_mtbf_s": jobMTBF, "checkpoint_cost_s": checkpointCost, "checkpoint_every_steps": every,
+                              "young_daly_interval_s": optimum, "expected_failures": failuresExpected,
+                              "lost_work_s": failuresExpected * tau / 2, "restart_s": failuresExpected * f.restartCostS,
+                              "checkpoint_s": seconds * checkpointCost / tau, "total_s": total, "goodput": goodput,
+                              "effective_utilization": goodput * p.mfu, "days": total / 86400]
+        }
+        if let json { try AtomicFile.write(JSONText.encode(out), to: json) }
+    }
+}

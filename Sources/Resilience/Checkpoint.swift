@@ -1,0 +1,134 @@
+import Foundation
+import Formats
+import Model
+import Plan
+
+/// Sharded checkpoints: `DIR/step-NNNNNN/rank-RRRRR.safetensors` per rank (its parameter
+/// shard, its ZeRO-1 optimizer shard, the optimizer step counts and the step in the header
+/// metadata; data order and initialisation are pure functions of (seed, step), so the step
+/// is the whole data cursor and RNG state), then `manifest.json` (step, layout, config
+/// hash, every shard's size and SHA-256), then the `latest` pointer. Each file is written to
+/// a temporary name, fsynced and renamed, and the manifest only after every shard is
+/// durable, so a crash at any instant leaves the old checkpoint or the new one complete:
+/// a step directory without a manifest is torn and never taken for whole.
+public enum Checkpoint {
+    public static func stepName(_ step: Int) -> String { String(format: "step-%06d", step) }
+    public static func shardName(_ rank: Int) -> String { String(format: "rank-%05d.safetensors", rank) }
+
+    /// The layout a checkpoint was written with: it must match to resume.
+    public struct Layout: Equatable, CustomStringConvertible {
+        public let world, tp, pp, dp, ep, zero, virtualStages: Int
+        public let ppLayers: [Int]
+        public var json: [String: Any] {
+            ["world": world, "tp": tp, "pp": pp, "dp": dp, "ep": ep, "zero": zero, "virtual_stages": virtualStages, "pp_layers": ppLayers]
+        }
+        public init(world: Int, tp: Int, pp: Int, dp: Int, ep: Int, zero: Int, virtualStages: Int, ppLayers: [Int]) {
+            self.world = world; self.tp = tp; self.pp = pp; self.dp = dp; self.ep = ep; self.zero = zero
+            self.virtualStages = virtualStages; self.ppLayers = ppLayers
+        }
+        /// The layout of a planned job.
+        public init(_ plan: JobPlan) {
+            let t = plan.topology
+            self.init(world: t.world, tp: t.tp, pp: t.pp, dp: t.dp, ep: t.ep, zero: plan.config.zero,
+                      virtualStages: plan.stages.virtualStages, ppLayers: plan.stages.layers.map(\.count))
+        }
+        init?(json o: [String: Any]) {
+            guard let w = o["world"] as? Int, let tp = o["tp"] as? Int, let pp = o["pp"] as? Int, let dp = o["dp"] as? Int,
+                  let ep = o["ep"] as? Int, let z = o["zero"] as? Int, let v = o["virtual_stages"] as? Int,
+                  let l = o["pp_layers"] as? [Int] else { return nil }
+            self.init(world: w, tp: tp, pp: pp, dp: dp, ep: ep, zero: z, virtualStages: v, ppLayers: l)
+        }
+        public var description: String {
+            "\(world) ranks: tp \(tp) pp \(pp) dp \(dp) ep \(ep), zero \(zero)" + (pp > 1 ? ", stages \(ppLayers.map(String.init).joined(separator: ","))" : "")
+                + (virtualStages > 1 ? ", \(virtualStages) virtual stages" : "")
+        }
+    }
+
+    /// A fingerprint of everything that changes the numbers of a run (model, batch,
+    /// optimizer, schedule of the learning rate, data, seed): not the layout, the device,
+    /// the logging or the checkpoint settings.
+    public static func configHash(_ c: RunConfig) -> String {
+        let text = "\(c.model)|\(String(describing: c.globalBatch))|\(c.steps)|\(c.lr)|\(c.minLRRatio)|\(c.warmupSteps)|\(c.weightDecay)|"
+            + "\(c.beta1)|\(c.beta2)|\(c.adamEps)|\(c.gradClip)|\(c.seed)|\(c.data)|\(c.markov)"
+        return String(SHA256.hexDigest(Array(text.utf8)).prefix(16))
+    }
+
+    public struct Manifest {
+        public let step: Int
+        public let layout: Layout
+        public let configHash: String
+        public let shards: [(file: String, bytes: Int, sha256: String)]
+    }
+
+    // MARK: - Finding a checkpoint to resume from
+
+    public struct Candidate {
+        public let step: Int
+        public let path: String
+        public let manifest: Manifest
+        public init(step: Int, path: String, manifest: Manifest) { self.step = step; self.path = path; self.manifest = manifest }
+    }
+
+    /// Step directories of `dir`, newest first.
+    public static func stepDirectories(_ dir: String) -> [(step: Int, path: String)] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        return names.compactMap { n -> (Int, String)? in
+            guard n.hasPrefix("step-"), n.count == 11, let s = Int(n.dropFirst(5)) else { return nil }
+            return (s, dir + "/" + n)
+        }.sorted { $0.0 > $1.0 }
+    }
+
+    /// Reads and checks one checkpoint directory: its manifest, and every shard's size and
+    /// SHA-256. Returns the manifest or a sentence saying what is wrong.
+    public static func verify(_ path: String) -> Result<Manifest, CheckpointProblem> {
+        let name = URL(fileURLWithPath: path).lastPathComponent
+        guard let data = FileManager.default.contents(atPath: path + "/manifest.json") else {
+            let shards = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).filter { $0.hasSuffix(".safetensors") }.count
+            return .failure(CheckpointProblem("\(name) is incomplete: no manifest.json (\(shards) shard(s) written); torn by a crash while saving"))
+        }
+        guard let o = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any], let step = o["step"] as? Int,
+              let layoutObj = o["layout"] as? [String: Any], let layout = Layout(json: layoutObj),
+              let hash = o["config_hash"] as? String, let shardList = o["shards"] as? [[String: Any]] else {
+            return .failure(CheckpointProblem("\(name)/manifest.json is malformed"))
+        }
+        var shards: [(String, Int, String)] = []
+        for s in shardList {
+            guard let file = s["file"] as? String, let bytes = s["bytes"] as? Int, let sha = s["sha256"] as? String else {
+                return .failure(CheckpointProblem("\(name)/manifest.json has a malformed shard entry"))
+            }
+            guard let content = FileManager.default.contents(atPath: path + "/" + file) else {
+                return .failure(CheckpointProblem("\(name): shard \(file) is missing"))
+            }
+            guard content.count == bytes else {
+                return .failure(CheckpointProblem("\(name): shard \(file) has \(content.count) bytes, the manifest says \(bytes)"))
+            }
+            let actual = SHA256.hexDigest([UInt8](content))
+            guard actual == sha else {
+                return .failure(CheckpointProblem("\(name): shard \(file) is corrupt: SHA-256 \(actual.prefix(12))... does not match the manifest's \(sha.prefix(12))..."))
+            }
+            shards.append((file, bytes, sha))
+        }
+        guard shards.count == layout.world else {
+            return .failure(CheckpointProblem("\(name): the manifest lists \(shards.count) shards for \(layout.world) ranks"))
+        }
+        return .success(Manifest(step: step, layout: layout, configHash: hash, shards: shards))
+    }
+
+    public struct CheckpointProblem: Error, CustomStringConvertible {
+        public let description: String
+        public init(_ d: String) { description = d }
+    }
+
+    /// The newest checkpoint of `dir` that verifies, and a sentence for each newer one
+    /// that did not (reported and skipped).
+    public static func newestValid(in dir: String) -> (Candidate?, skipped: [String]) {
+        var skipped: [String] = []
+        for (step, path) in stepDirectories(dir) {
+            switch verify(path) {
+            case .success(let m): return (Candidate(step: step, path: path, manifest: m), skipped)
+            case .failure(let p): skipped.append(p.description)
+            }
+        }
+        return (nil, skipped)
+    }
+}

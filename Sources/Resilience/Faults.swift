@@ -1,0 +1,76 @@
+import Foundation
+import Emulation
+import Plan
+import Tensor
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Injected failures, seeded and reproducible. `--fail-at-step S --fail-rank R --fail-mode M`
+/// fires on the first attempt only (a failure already injected is not injected again after
+/// a restart). `--mtbf-hours H` gives every rank its own exponential time to failure in
+/// emulated device time, drawn from (seed, rank, attempt), so N ranks fail N times as often.
+public struct FaultInjector {
+    let mode: String
+    let failStep: Int?
+    let failRank: Int
+    let rank: Int
+    let slowFactor: Double
+    /// Emulated seconds after which this rank crashes (MTBF), if any.
+    let timeToFailure: Double?
+
+    public init(config c: RunConfig, rank: Int) {
+        self.rank = rank
+        mode = c.failMode
+        failStep = c.attempt == 1 ? c.failAtStep : nil
+        failRank = c.failRank
+        slowFactor = c.slowFactor
+        if let h = c.mtbfHours {
+            let u = max(unitDouble(hashKey(c.seed, stableHash("mtbf"), UInt64(rank), UInt64(c.attempt))), 1e-300)
+            timeToFailure = -log(u) * h * 3600
+        } else {
+            timeToFailure = nil
+        }
+    }
+
+    public var targetsMe: Bool { failStep != nil && rank == failRank }
+
+    /// Called at the start of every step.
+    public func beforeStep(_ step: Int, clock: DeviceClock, log: (String) -> Void) {
+        if let t = timeToFailure, clock.now >= t {
+            log("fault: rank \(rank) fails at step \(step) after \(String(format: "%.3f", clock.now)) emulated s (MTBF draw \(String(format: "%.3f", t)) s)")
+            crash()
+        }
+        guard targetsMe, let s = failStep, step >= s else { return }
+        switch mode {
+        case "crash" where step == s:
+            log("fault: rank \(rank) crashes (SIGKILL) at step \(step)")
+            crash()
+        case "hang" where step == s:
+            log("fault: rank \(rank) hangs at step \(step)")
+            while true { sleep(3600) }
+        case "slow" where step == s:
+            log("fault: rank \(rank) becomes a straggler, \(slowFactor)x slower, from step \(step)")
+            clock.slowdown = slowFactor
+        default:
+            break
+        }
+    }
+
+    /// `nan`: poisons one gradient of the failing rank at the failing step.
+    public func poison(_ grads: Storage, step: Int) {
+        if targetsMe && mode == "nan" && step == failStep { grads.base[0] = .nan }
+    }
+
+    /// `crash-during-checkpoint`: the first checkpoint at or after the failing step dies
+    /// halfway through writing this rank's shard.
+    public func crashesWhileSaving(step: Int) -> Bool {
+        targetsMe && mode == "crash-during-checkpoint" && step >= failStep!
+    }
+
+    public func crash() -> Never {
+        fflush(stdout)
+        kill(getpid(), SIGKILL)
+        while true { sleep(1) }
+    }
+}

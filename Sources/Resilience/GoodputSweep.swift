@@ -1,0 +1,63 @@
+import Foundation
+import Formats
+import Plan
+
+/// `moe-train goodput-sweep`: the same supervised job with MTBF-drawn crashes for several
+/// checkpoint intervals, its measured effective utilization beside the Young/Daly optimum
+/// interval sqrt(2 x checkpoint cost x MTBF of the job) (Young 1974; Daly 2006) and the
+/// utilization that first-order model predicts for each interval.
+public enum GoodputSweep {
+    public struct Row {
+        public let interval: Int
+        public let measured: Double
+        public let predicted: Double
+        public let restarts: Int
+        public let lostWork: Double
+    }
+
+    public static func run(np: Int, mtbfHours: Double, intervals: [Int], maxRestarts: Int, trainingFlags: [String],
+                           baseDirectory: String, binary: String, restartCostS: Double, log: @escaping (String) -> Void) throws -> [Row] {
+        var rows: [Row] = []
+        var stepTime = 0.0, checkpointCost = 0.0, baseline = 0.0
+        for k in intervals {
+            let dir = baseDirectory + "/every-\(k)"
+            guard !FileManager.default.fileExists(atPath: dir) else {
+                throw UsageError("goodput-sweep: \(dir) already exists; choose another --out")
+            }
+            let flags = trainingFlags + ["--checkpoint-every", String(k), "--mtbf-hours", String(mtbfHours), "--checkpoint-dir", dir]
+            let options = Supervisor.Options(np: np, maxRestarts: maxRestarts, hangTimeout: 120, summaryJSON: dir + "/job.json",
+                                             mpirunArgs: [], trainingFlags: flags, binary: binary, runDirectory: dir,
+                                             restartCostS: restartCostS, quiet: true)
+            log("goodput-sweep: checkpoint every \(k) steps")
+            _ = try Supervisor(options: options) { line in
+                if line.hasPrefix("supervise: attempt") && line.contains("failed") { log("  " + line) }
+            }.run()
+            let g = Goodput.compute(runDirectory: dir, restarts: restartsOf(dir), restartCostS: restartCostS, wallSeconds: 0)
+            // The model's inputs, measured: step time, checkpoint cost, utilization without failures.
+            let steps = Double(max(g.survivingLosses.count, 1))
+            stepTime = (g.usefulCompute + g.bubble + g.exposedComm) / steps
+            let saves = Double(max(g.survivingLosses.count / k, 1))
+            checkpointCost = g.checkpoint / saves
+            baseline = g.modelFLOPs / (g.peakFLOPS * Double(g.ranks) * (g.usefulCompute + g.bubble + g.exposedComm))
+            let jobMTBF = mtbfHours * 3600 / Double(np)
+            let tau = Double(k) * stepTime
+            let waste = checkpointCost / tau + (tau / 2 + restartCostS) / jobMTBF
+            rows.append(Row(interval: k, measured: g.effectiveUtilization, predicted: baseline * max(0, 1 - waste) / (1 + checkpointCost / tau),
+                            restarts: restartsOf(dir), lostWork: g.lostWork))
+        }
+        let jobMTBF = mtbfHours * 3600 / Double(np)
+        let optimum = (2 * checkpointCost * jobMTBF).squareRoot()
+        log(String(format: "job MTBF %.4g emulated s (%d GPUs x %.4g h each); checkpoint cost %.4g s; step %.4g s; utilization without failures %.4f%%",
+                   jobMTBF, np, mtbfHours, checkpointCost, stepTime, 100 * baseline))
+        log(String(format: "Young/Daly optimum interval sqrt(2 x C x MTBF) = %.4g s = %.1f steps", optimum, optimum / max(stepTime, 1e-30)))
+        log("  every   restarts   lost work (s)   effective utilization   predicted")
+        for r in rows {
+            log(String(format: "  %5d   %8d   %13.6f   %20.4f%%   %8.4f%%", r.interval, r.restarts, r.lostWork, 100 * r.measured, 100 * r.predicted))
+        }
+        return rows
+    }
+
+    static func restartsOf(_ dir: String) -> Int {
+        RunLog.read(RunLog(dir: dir).eventsPath).filter { $0["event"] as? String == "restart" }.count
+    }
+}
