@@ -25,7 +25,7 @@ public enum ScheduleComparison {
         var configs: [(String, RunConfig)] = []
         for kind in ScheduleKind.allCases {
             var c = base
-            c.schedule = kind.rawValue
+            c.schedule = kind
             c.virtualStages = 1
             c.trace = nil
             c.summaryJSON = nil

@@ -1,6 +1,6 @@
 /// The emulated precision of a run: what one parameter, gradient, activation and
 /// optimizer-state element costs in bytes on the GPU being played.
-public enum Precision: String, Sendable, CaseIterable {
+public enum Precision: String, Sendable, CaseIterable, Codable {
     /// Mixed precision: bf16 parameters, gradients, activations and messages; fp32 master
     /// weights and Adam moments (16 bytes per parameter, the ZeRO paper's accounting).
     case bf16

@@ -12,11 +12,11 @@ public struct EmulatorSetup: Sendable {
 
     public static func resolve(_ c: RunConfig) throws -> EmulatorSetup {
         let profile = try findProfile(c.device)
-        let precision = Precision(rawValue: c.precision) ?? .bf16
-        let links = c.link == "ideal" ? LinkModel.ideal(gpusPerNode: c.gpusPerNode)
+        let precision = c.precision
+        let links = c.link == .ideal ? LinkModel.ideal(gpusPerNode: c.gpusPerNode)
             : LinkModel(intraNode: profile.intraNode, interNode: profile.interNode, gpusPerNode: c.gpusPerNode)
         let cost = CostModel(device: profile, bytesPerElement: precision.elementBytes, links: links)
-        let mode: DeviceClock.Mode = c.clock == "measured" ? .measured(scale: c.clockScale) : .modeled
+        let mode: DeviceClock.Mode = c.clock == .measured ? .measured(scale: c.clockScale) : .modeled
         return EmulatorSetup(profile: profile, precision: precision, cost: cost, mode: mode)
     }
 

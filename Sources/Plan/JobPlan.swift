@@ -69,7 +69,7 @@ public struct JobPlan: Sendable {
                     throw UsageError("--pp \(topo.pp) x --virtual-stages \(config.virtualStages) = \(stages.virtualStageCount) virtual stages: at most \(limits.virtualStages) can run (MPI message tags)")
                 }
             }
-            let schedule = try PipelineSchedule(try config.scheduleKind(), stages: stages.stages,
+            let schedule = try PipelineSchedule(config.schedule, stages: stages.stages,
                                                 virtualStages: stages.virtualStages, microbatches: batch.microBatches)
             let emulator = try EmulatorSetup.resolve(config)
             var recompute = false

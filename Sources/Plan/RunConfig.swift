@@ -1,4 +1,5 @@
 import Foundation
+import Emulation
 import Model
 import Schedule
 
@@ -14,7 +15,7 @@ public struct RunConfig: Equatable, Sendable {
     public var dp: Int? = nil          // derived from the world size when nil
     public var ep = 1
     public var zero = 1                // ZeRO stage: 1 shards optimizer state over data parallelism, 0 replicates it
-    public var schedule = "1f1b"       // pipeline schedule: gpipe, 1f1b, interleaved, zb-h1
+    public var schedule = ScheduleKind.oneFOneB
     public var virtualStages = 1       // model chunks per pipeline rank (interleaved)
     public var ppLayers: [Int]? = nil  // layers per (virtual) stage; nil: balanced by estimated cost
 
@@ -41,11 +42,11 @@ public struct RunConfig: Equatable, Sendable {
 
     // Emulated device
     public var device = "a100-40gb"    // a profile name under configs/devices/, or a JSON file path
-    public var clock = "modeled"       // "modeled" (roofline, reproducible) or "measured" (thread CPU time)
+    public var clock = ClockChoice.modeled
     public var clockScale = 1.0        // measured mode: emulated seconds per CPU second
     public var gpusPerNode = 8
-    public var link = "profile"        // "profile" (the device's links) or "ideal" (communication costs nothing)
-    public var precision = "bf16"      // "bf16" (mixed precision) or "fp32"
+    public var link = LinkChoice.profile
+    public var precision = Precision.bf16
     public var ignoreOOM = false
 
     // Checkpoints, restarts and faults
@@ -56,7 +57,7 @@ public struct RunConfig: Equatable, Sendable {
     public var attempt = 1                    // which attempt of a supervised job this is (set by the supervisor)
     public var failAtStep: Int? = nil
     public var failRank = 0
-    public var failMode = "crash"             // crash, hang, slow, crash-during-checkpoint, nan
+    public var failMode = FailMode.crash
     public var slowFactor = 4.0
     public var mtbfHours: Double? = nil       // per emulated GPU, in emulated time
     public var restartCostS = 2.0             // emulated seconds per restart (detection, relaunch, load)
@@ -72,14 +73,6 @@ public struct RunConfig: Equatable, Sendable {
     public var dumpDir: String? = nil
 
     public init() {}
-
-    /// The pipeline schedule named by `schedule`; the one place the name is parsed.
-    public func scheduleKind() throws -> ScheduleKind {
-        guard let kind = ScheduleKind(rawValue: schedule) else {
-            throw ConfigError("--schedule must be \(ScheduleKind.allCases.map(\.rawValue).joined(separator: ", ")) (got \(schedule))")
-        }
-        return kind
-    }
 
     /// The file `--dump-step N` writes under `--dump-dir`.
     public static func dumpFileName(step: Int) -> String { String(format: "step-%06d.safetensors", step) }
@@ -105,9 +98,8 @@ public struct RunConfig: Equatable, Sendable {
         try need(adamEps > 0, "adam_eps must be positive")
         try need(gradClip >= 0, "--grad-clip must be >= 0, 0 meaning no clipping (got \(gradClip))")
         try need(zero == 0 || zero == 1, "--zero must be 0 or 1 (got \(zero))")
-        _ = try scheduleKind()
         try need(virtualStages >= 1, "--virtual-stages must be at least 1 (got \(virtualStages))")
-        try need(virtualStages == 1 || schedule == "interleaved",
+        try need(virtualStages == 1 || schedule == .interleaved,
                  "--virtual-stages \(virtualStages) needs --schedule interleaved (\(schedule) runs one chunk per rank)")
         try need(logEvery >= 1, "--log-every must be at least 1 (got \(logEvery))")
         if let g = globalBatch { try need(g >= 1, "--global-batch must be at least 1 (got \(g))") }
@@ -120,16 +112,11 @@ public struct RunConfig: Equatable, Sendable {
             try need(dumpDir != nil, "--dump-step needs --dump-dir")
         }
         if data == "markov" { try markov.validate() }
-        try need(["modeled", "measured"].contains(clock), "--clock must be modeled or measured (got \(clock))")
         try need(clockScale > 0 && clockScale.isFinite, "--clock-scale must be positive (got \(clockScale))")
         try need(gpusPerNode >= 1, "--gpus-per-node must be at least 1 (got \(gpusPerNode))")
-        try need(["profile", "ideal"].contains(link), "--link must be profile or ideal (got \(link))")
-        try need(["bf16", "fp32"].contains(precision), "--precision must be bf16 or fp32 (got \(precision))")
         try need(checkpointEvery >= 0, "--checkpoint-every must be >= 0, 0 meaning never (got \(checkpointEvery))")
         try need(keepCheckpoints >= 0, "--keep-checkpoints must be >= 0, 0 meaning all (got \(keepCheckpoints))")
         try need(attempt >= 1, "--attempt must be at least 1 (got \(attempt))")
-        try need(["crash", "hang", "slow", "crash-during-checkpoint", "nan"].contains(failMode),
-                 "--fail-mode must be crash, hang, slow, crash-during-checkpoint or nan (got \(failMode))")
         if let s = failAtStep { try need(s >= 1 && s <= steps, "--fail-at-step must be between 1 and --steps \(steps) (got \(s))") }
         try need(failRank >= 0, "--fail-rank must be >= 0 (got \(failRank))")
         try need(slowFactor >= 1, "--slow-factor must be >= 1 (got \(slowFactor))")
@@ -137,6 +124,19 @@ public struct RunConfig: Equatable, Sendable {
         try need(restartCostS >= 0, "--restart-cost-s must be >= 0 (got \(restartCostS))")
         try need(checkpointBandwidth > 0, "checkpoint_bandwidth must be positive (got \(checkpointBandwidth))")
     }
+}
+
+/// How the emulated clock advances: `modeled` costs each kernel by the roofline cost model
+/// (exactly reproducible), `measured` by the thread CPU time the kernel took here.
+public enum ClockChoice: String, Sendable, CaseIterable, Codable { case modeled, measured }
+
+/// Which links communication is costed on: the device profile's, or ideal (free) links.
+public enum LinkChoice: String, Sendable, CaseIterable, Codable { case profile, ideal }
+
+/// The failure injected by `--fail-at-step`.
+public enum FailMode: String, Sendable, CaseIterable, Codable {
+    case crash, hang, slow, nan
+    case crashDuringCheckpoint = "crash-during-checkpoint"
 }
 
 /// The embedded synthetic data source: an order-k Markov chain over a small alphabet.

@@ -27,14 +27,15 @@ public enum LayoutSweep {
         let layers = Int(a.layers)
         for tp in (1...gpusPerNode).filter({ gpusPerNode % $0 == 0 }) {
             for pp in (1...layers).filter({ layers % $0 == 0 }) {
-                for (schedule, v) in [("1f1b", 1), ("gpipe", 1), ("interleaved", 2)] {
+                for (kind, v) in [(ScheduleKind.oneFOneB, 1), (.gpipe, 1), (.interleaved, 2)] {
+                    let schedule = kind.rawValue
                     tried += 1
                     if Int(a.heads) % tp != 0 || Int(a.vocab) % tp != 0 || Int(a.experts) % tp != 0 {
                         rejected["tp \(tp) does not divide the heads, vocabulary or experts", default: 0] += 1; continue
                     }
                     if v > 1 && layers % (v * pp) != 0 { rejected["interleaved: layers not divisible by pp x 2 chunks", default: 0] += 1; continue }
                     var layout = base
-                    layout.tp = tp; layout.pp = pp; layout.dp = nil; layout.ep = tp; layout.schedule = schedule; layout.virtualStages = v
+                    layout.tp = tp; layout.pp = pp; layout.dp = nil; layout.ep = tp; layout.schedule = kind; layout.virtualStages = v
                     let (config, world) = ProjectionReport.config(a, layout)
                     guard world >= tp * pp, (config.globalBatch ?? 0) >= 1 else {
                         rejected["fewer GPUs or sequences than one replica needs", default: 0] += 1; continue

@@ -9,7 +9,7 @@ import Plan
 /// run (any layout), its cost, and with an MTBF the expected failures and goodput.
 public enum ProjectionReport {
     public struct Layout {
-        public var device: String?, tp: Int?, pp: Int?, dp: Int?, ep: Int?, schedule: String?, microBatches: Int?
+        public var device: String?, tp: Int?, pp: Int?, dp: Int?, ep: Int?, schedule: ScheduleKind?, microBatches: Int?
         public var virtualStages: Int?, recompute = true, gpusPerNode: Int?
         public init() {}
     }
@@ -78,10 +78,10 @@ public enum ProjectionReport {
         let days = seconds / 86400, gpuHours = seconds / 3600 * Double(world), cost = gpuHours * a.usdPerGPUHour
         let mem = p.memory.roles.map(\.breakdown).max { $0.total < $1.total }!
         let gib = 1073741824.0
-        log("the emulator's prediction (\(config.schedule), \(device.name) cost model, \(layout.recompute ? "full activation recomputation" : "no recomputation")): \(world) GPUs = TP\(config.tp) x PP\(config.pp) x DP\(dp), experts over \(config.ep) ranks, \(M) micro-batches of \(batch.microBatchSize) x \(config.model.seqLen) tokens")
+        log("the emulator's prediction (\(config.schedule.rawValue), \(device.name) cost model, \(layout.recompute ? "full activation recomputation" : "no recomputation")): \(world) GPUs = TP\(config.tp) x PP\(config.pp) x DP\(dp), experts over \(config.ep) ranks, \(M) micro-batches of \(batch.microBatchSize) x \(config.model.seqLen) tokens")
         log(String(format: "  step %.2f s for %.3g tokens; pipeline bubble %.1f%% (closed form %.1f%%); MFU %.1f%%, HFU %.1f%%",
                    p.stepTime, Double(p.tokensPerStep), 100 * p.bubble,
-                   100 * ClosedForm.bubble(try config.scheduleKind(), stages: config.pp, microbatches: M,
+                   100 * ClosedForm.bubble(config.schedule, stages: config.pp, microbatches: M,
                                            virtualStages: config.virtualStages), 100 * p.mfu,
                    100 * p.executedFLOPsPerStep / (p.stepTime * device.peakFLOPS * Double(world))))
         log(String(format: "  communication on the first stage, all exposed: TP/EP collectives %.2f s, data-parallel reduce-scatter and all-gather %.2f s per step (%.1f%% of the step)",
@@ -99,7 +99,7 @@ public enum ProjectionReport {
             "pipeline_phase_s": p.pipelinePhase, "memory_bytes_per_gpu": mem.total, "memory_breakdown": mem.json,
             "fits_in_memory": mem.total <= device.memoryBytes, "days": days, "gpu_hours": gpuHours, "cost_usd": cost,
             "gpus": world, "tp": config.tp, "pp": config.pp, "dp": dp, "ep": config.ep, "micro_batches": M,
-            "schedule": config.schedule, "device": device.name, "recompute": layout.recompute,
+            "schedule": config.schedule.rawValue, "device": device.name, "recompute": layout.recompute,
         ]
         if let f = failures {
             let jobMTBF = f.mtbfHours * 3600 / Double(world)

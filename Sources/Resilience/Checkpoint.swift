@@ -47,10 +47,11 @@ public enum Checkpoint {
     /// A fingerprint of everything that changes the numbers of a run (model, batch,
     /// optimizer, schedule of the learning rate, data, seed): not the layout, the device,
     /// the logging or the checkpoint settings.
+    /// The hash is over the canonical JSON of those settings (`RunConfig.numericsJSON`).
     public static func configHash(_ c: RunConfig) -> String {
-        let text = "\(c.model)|\(String(describing: c.globalBatch))|\(c.steps)|\(c.lr)|\(c.minLRRatio)|\(c.warmupSteps)|\(c.weightDecay)|"
-            + "\(c.beta1)|\(c.beta2)|\(c.adamEps)|\(c.gradClip)|\(c.seed)|\(c.data)|\(c.markov)"
-        return String(SHA256.hexDigest(Array(text.utf8)).prefix(16))
+        // Encoding fails only for non-finite numbers, which validation has already refused.
+        let json = (try? c.numericsJSON()) ?? Data()
+        return String(SHA256.hexDigest(Array(json)).prefix(16))
     }
 
     public struct Manifest {

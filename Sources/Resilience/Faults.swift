@@ -11,7 +11,7 @@ import Glibc
 /// a restart). `--mtbf-hours H` gives every rank its own exponential time to failure in
 /// emulated device time, drawn from (seed, rank, attempt), so N ranks fail N times as often.
 public struct FaultInjector {
-    let mode: String
+    let mode: FailMode
     let failStep: Int?
     let failRank: Int
     let rank: Int
@@ -43,13 +43,13 @@ public struct FaultInjector {
         }
         guard targetsMe, let s = failStep, step >= s else { return }
         switch mode {
-        case "crash" where step == s:
+        case .crash where step == s:
             log("fault: rank \(rank) crashes (SIGKILL) at step \(step)")
             crash()
-        case "hang" where step == s:
+        case .hang where step == s:
             log("fault: rank \(rank) hangs at step \(step)")
             while true { sleep(3600) }
-        case "slow" where step == s:
+        case .slow where step == s:
             log("fault: rank \(rank) becomes a straggler, \(slowFactor)x slower, from step \(step)")
             clock.slowdown = slowFactor
         default:
@@ -59,13 +59,13 @@ public struct FaultInjector {
 
     /// `nan`: poisons one gradient of the failing rank at the failing step.
     public func poison(_ grads: Storage, step: Int) {
-        if targetsMe && mode == "nan" && step == failStep { grads.base[0] = .nan }
+        if targetsMe && mode == .nan && step == failStep { grads.base[0] = .nan }
     }
 
     /// `crash-during-checkpoint`: the first checkpoint at or after the failing step dies
     /// halfway through writing this rank's shard.
     public func crashesWhileSaving(step: Int) -> Bool {
-        targetsMe && mode == "crash-during-checkpoint" && step >= failStep!
+        targetsMe && mode == .crashDuringCheckpoint && step >= failStep!
     }
 
     public func crash() -> Never {

@@ -44,7 +44,7 @@ public struct Action: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// The schedules moe-train generates.
-public enum ScheduleKind: String, Sendable, CaseIterable {
+public enum ScheduleKind: String, Sendable, CaseIterable, Codable {
     /// GPipe (Huang et al. 2019): all forwards, then all backwards.
     case gpipe
     /// PipeDream-Flush 1F1B (Narayanan et al. 2021): warm-up forwards, one forward one backward, cool-down.

@@ -37,7 +37,7 @@ public enum Export {
         // limits of running it do not apply to reading it.
         var z = config
         (z.tp, z.pp, z.dp, z.ep, z.zero, z.virtualStages, z.ppLayers) = (l.tp, l.pp, l.dp, l.ep, l.zero, l.virtualStages, l.ppLayers)
-        if l.virtualStages > 1 { z.schedule = ScheduleKind.interleaved.rawValue }
+        if l.virtualStages > 1 { z.schedule = .interleaved }
         let job = try JobPlan(config: z, world: l.world, purpose: .projection(recompute: false))
         var storages: [(ParameterLayout, Storage)] = []
         for rank in 0..<l.world {

@@ -75,7 +75,7 @@ extension Trainer {
         }
         let manifest: [String: Any] = ["format": "moe-train checkpoint v1", "step": step, "attempt": config.attempt,
                                        "layout": Checkpoint.Layout(job).json,
-                                       "config_hash": Checkpoint.configHash(config), "config": ConfigFile.dictionary(config),
+                                       "config_hash": Checkpoint.configHash(config), "config": try JSONSerialization.jsonObject(with: config.canonicalJSON()),
                                        "shards": shards]
         try AtomicFile.write(JSONText.encode(manifest), to: dir + "/manifest.json")
         try AtomicFile.write(Checkpoint.stepName(step) + "\n", to: config.runDirectory + "/latest")

@@ -25,7 +25,7 @@ extension Trainer {
         if let cap = c.expertCapacity { log("expert capacity: \(cap) assignments per expert per sequence (factor \(c.capacityFactor))") }
         let p = emulator.profile
         log(String(format: "device: %@ (%.0f TFLOP/s peak, %.2f TB/s HBM), %@ clock, %@ links, %d GPUs per node",
-                   p.name, p.peakFLOPS / 1e12, p.memoryBandwidth / 1e12, clock.mode.name, config.link, config.gpusPerNode))
+                   p.name, p.peakFLOPS / 1e12, p.memoryBandwidth / 1e12, clock.mode.name, config.link.rawValue, config.gpusPerNode))
         for line in memory.table(device: p, precision: emulator.precision) { log(line) }
     }
 
@@ -187,7 +187,7 @@ extension Trainer {
         out["device"] = emulator.profile.name
         out["clock"] = clock.mode.name
         out["precision"] = emulator.precision.rawValue
-        out["link"] = config.link
+        out["link"] = config.link.rawValue
         out["gpus_per_node"] = config.gpusPerNode
         out["emulated_step_times_s"] = timed.map(\.stepTime)
         out["emulated_step_time_s"] = totalTime / n

@@ -19,7 +19,7 @@ struct ProjectCommand: ParsableCommand {
     @Option(help: "Pipeline stages (default: the account's 15).") var pp: Int?
     @Option(help: "Data-parallel replicas (default: as many as the GPUs allow).") var dp: Int?
     @Option(help: "Expert-parallel size (default: tp, experts over the TP ranks).") var ep: Int?
-    @Option(help: "Pipeline schedule: gpipe, 1f1b or interleaved.") var schedule: String?
+    @Option(help: "Pipeline schedule: gpipe, 1f1b or interleaved.") var schedule: ScheduleKind?
     @Option(name: .customLong("micro-batches"), help: "Micro-batches per step (default: one sequence each).") var microBatches: Int?
     @Option(name: .customLong("virtual-stages"), help: "Chunks per rank (interleaved).") var virtualStages: Int?
     @Option(name: .customLong("gpus-per-node"), help: "GPUs per node (NVLink island).") var gpusPerNode: Int?

@@ -1,4 +1,6 @@
 import Plan
+import Emulation
+import Schedule
 import ArgumentParser
 import Foundation
 import Train
@@ -18,7 +20,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Data-parallel ranks (derived from the world size; given, it must match).") var dp: Int?
     @Option(help: "Expert-parallel ranks (divides tp*dp and the expert count).") var ep: Int?
     @Option(help: "ZeRO stage: 1 shards Adam state over data-parallel ranks, 0 keeps it whole.") var zero: Int?
-    @Option(help: "Pipeline schedule: gpipe, 1f1b, interleaved or zb-h1.") var schedule: String?
+    @Option(help: "Pipeline schedule: gpipe, 1f1b, interleaved or zb-h1.") var schedule: ScheduleKind?
     @Option(name: .customLong("virtual-stages"), help: "Model chunks per pipeline rank (interleaved schedule).") var virtualStages: Int?
     @Option(name: .customLong("pp-layers"), help: "Layers per pipeline stage (per virtual stage with --virtual-stages: pp x v numbers), e.g. 1,3,3,1 (default: balanced by estimated cost).") var ppLayers: String?
 
@@ -50,11 +52,11 @@ struct TrainCommand: ParsableCommand {
 
     // Emulated device
     @Option(help: "GPU to emulate: a name under configs/devices/ (a100-40gb, a100-80gb, h100-sxm) or a JSON file.") var device: String?
-    @Option(help: "Emulated clock: modeled (roofline cost model, reproducible) or measured (thread CPU time).") var clock: String?
+    @Option(help: "Emulated clock: modeled (roofline cost model, reproducible) or measured (thread CPU time).") var clock: ClockChoice?
     @Option(name: .customLong("clock-scale"), help: "Measured clock: emulated seconds per CPU second.") var clockScale: Double?
     @Option(name: .customLong("gpus-per-node"), help: "Ranks per node: pairs inside a node use NVLink, others the fabric.") var gpusPerNode: Int?
-    @Option(help: "Links: profile (the device's) or ideal (communication costs nothing).") var link: String?
-    @Option(help: "Emulated precision: bf16 (mixed, 16 bytes per parameter with Adam) or fp32.") var precision: String?
+    @Option(help: "Links: profile (the device's) or ideal (communication costs nothing).") var link: LinkChoice?
+    @Option(help: "Emulated precision: bf16 (mixed, 16 bytes per parameter with Adam) or fp32.") var precision: Precision?
     @Flag(name: .customLong("ignore-oom"), help: "Run even when the memory model says a rank does not fit.") var ignoreOOM = false
 
     // Data and output
@@ -73,7 +75,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Attempt number of a supervised job (the supervisor sets it).") var attempt: Int?
     @Option(name: .customLong("fail-at-step"), help: "Inject a failure at this step (first attempt only).") var failAtStep: Int?
     @Option(name: .customLong("fail-rank"), help: "The rank that fails.") var failRank: Int?
-    @Option(name: .customLong("fail-mode"), help: "crash, hang, slow, crash-during-checkpoint or nan.") var failMode: String?
+    @Option(name: .customLong("fail-mode"), help: "crash, hang, slow, crash-during-checkpoint or nan.") var failMode: FailMode?
     @Option(name: .customLong("slow-factor"), help: "Emulated slowdown of a straggler (--fail-mode slow).") var slowFactor: Double?
     @Option(name: .customLong("mtbf-hours"), help: "Mean time between failures of one emulated GPU, in emulated hours.") var mtbfHours: Double?
     @Option(name: .customLong("restart-cost-s"), help: "Emulated seconds a restart costs (detection, relaunch, load).") var restartCostS: Double?

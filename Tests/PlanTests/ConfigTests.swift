@@ -37,6 +37,76 @@ final class ConfigTests: XCTestCase {
         XCTAssertTrue(message { try self.parse("{") }.contains("not valid JSON"))
     }
 
+    func testEnumsAndValuesNamedInMessages() throws {
+        let c = try parse(#"{"schedule": "zb-h1", "clock": "measured", "link": "ideal", "precision": "fp32", "fail_mode": "crash-during-checkpoint"}"#)
+        XCTAssertEqual(c.schedule, .zbH1)
+        XCTAssertEqual(c.clock, .measured)
+        XCTAssertEqual(c.link, .ideal)
+        XCTAssertEqual(c.precision, .fp32)
+        XCTAssertEqual(c.failMode, .crashDuringCheckpoint)
+        let bad = message { try self.parse(#"{"schedule": "2f2b"}"#) }
+        XCTAssertTrue(bad.contains("test.json") && bad.contains("\"schedule\"") && bad.contains("\"2f2b\"") && bad.contains("\"1f1b\""), bad)
+        let big = message { try self.parse(#"{"steps": 1e300}"#) }
+        XCTAssertTrue(big.contains("\"steps\"") && big.contains("integer"), big)
+        let negativeSeed = message { try self.parse(#"{"seed": -1}"#) }
+        XCTAssertTrue(negativeSeed.contains("\"seed\"") && negativeSeed.contains("-1"), negativeSeed)
+        XCTAssertEqual(try parse(#"{"dp": null}"#).dp, nil)
+    }
+
+    /// A configuration with every key set away from its default, as JSON: each key once.
+    func everyKeyChanged() throws -> (json: String, config: RunConfig) {
+        let json = #"""
+        {"vocab": 512, "d_model": 96, "layers": 6, "heads": 6, "kv_heads": 2, "ffn_hidden": 192, "experts": 8, "top_k": 1,
+         "moe_every": 2, "capacity_factor": 2.5, "aux_loss_coef": 0.02, "z_loss_coef": 0.001, "tie_embeddings": true,
+         "seq_len": 32, "rope_theta": 5000, "norm_eps": 1e-6, "init_std": 0.01, "router_init_scale": 3,
+         "tp": 2, "pp": 3, "dp": 4, "ep": 2, "zero": 0, "schedule": "interleaved", "virtual_stages": 2, "pp_layers": [1, 1, 1, 1, 1, 1],
+         "global_batch": 24, "micro_batch_size": 3, "micro_batches": 2,
+         "steps": 77, "lr": 0.0005, "min_lr_ratio": 0.2, "warmup_steps": 3, "weight_decay": 0.05, "beta1": 0.8, "beta2": 0.99,
+         "adam_eps": 1e-7, "grad_clip": 0.5, "seed": 18446744073709551615,
+         "data": "corpus.txt", "markov_order": 3, "markov_alphabet": 10, "markov_branching": 2, "markov_seed": 9,
+         "device": "h100-sxm", "clock": "measured", "clock_scale": 0.5, "gpus_per_node": 4, "link": "ideal", "precision": "fp32",
+         "ignore_oom": true,
+         "checkpoint_dir": "runs/x", "checkpoint_every": 5, "keep_checkpoints": 2, "resume": "never", "attempt": 3,
+         "fail_at_step": 4, "fail_rank": 1, "fail_mode": "slow", "slow_factor": 2, "mtbf_hours": 0.5, "restart_cost_s": 7,
+         "checkpoint_bandwidth": 1e9,
+         "log_every": 3, "trace": "t.json", "trace_wall": true, "summary_json": "s.json", "dump_step": 2, "dump_dir": "d"}
+        """#
+        return (json, try parse(json))
+    }
+
+    /// Every key survives file -> config -> manifest (canonical JSON) -> config, and the
+    /// file above really sets every key (none keeps its default).
+    func testEveryKeyRoundTripsThroughTheManifest() throws {
+        let (json, c) = try everyKeyChanged()
+        let fileKeys = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]).keys.sorted()
+        XCTAssertEqual(fileKeys, RunConfig.keys, "the test file must set every key")
+        let manifest = try c.canonicalJSON()
+        let back = try ConfigFile.parse(manifest, name: "test.json")
+        XCTAssertEqual(back, c)
+        let defaults = try JSONSerialization.jsonObject(with: RunConfig().canonicalJSON()) as! [String: Any]
+        let changed = try JSONSerialization.jsonObject(with: manifest) as! [String: Any]
+        for key in RunConfig.keys {
+            let before = defaults[key] as? NSObject ?? NSNull(), after = changed[key] as? NSObject ?? NSNull()
+            XCTAssertNotEqual(before, after, "key \(key) keeps its default in the round-trip test")
+        }
+        // Canonical: the same configuration always encodes to the same bytes, keys sorted.
+        XCTAssertEqual(try back.canonicalJSON(), manifest)
+    }
+
+    /// The config hash covers what changes the numbers and nothing else.
+    func testNumericsFingerprint() throws {
+        let base = RunConfig()
+        var layout = base
+        layout.tp = 4; layout.pp = 2; layout.schedule = .gpipe; layout.device = "h100-sxm"; layout.logEvery = 1
+        XCTAssertEqual(try layout.numericsJSON(), try base.numericsJSON())
+        var numerics = base
+        numerics.model.seqLen = 32
+        XCTAssertNotEqual(try numerics.numericsJSON(), try base.numericsJSON())
+        var seed = base
+        seed.seed = 99
+        XCTAssertNotEqual(try seed.numericsJSON(), try base.numericsJSON())
+    }
+
     func testValidationMessages() {
         var c = RunConfig()
         c.model.topK = 0
