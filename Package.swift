@@ -36,7 +36,7 @@ let package = Package(
         .target(name: "Projection", dependencies: ["Plan", "Schedule", "Model", "Emulation", "Formats"]),
         .target(name: "Bench", dependencies: ["Train", "Parallel", "Plan", "Schedule", "Model", "Comm", "Emulation", "Formats", "Tensor"]),
         .executableTarget(name: "moe-train", dependencies: [
-            "Bench", "Projection", "Train", "Resilience", "Plan", "Schedule",
+            "Bench", "Projection", "Train", "Resilience", "Plan", "Schedule", "Model", "Emulation",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

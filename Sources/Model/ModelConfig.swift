@@ -40,25 +40,27 @@ public struct ModelConfig: Equatable, Sendable, Codable {
 
     /// Throws the first violated rule, in words a user can act on.
     public func validate() throws {
-        func need(_ ok: Bool, _ msg: @autoclosure () -> String) throws { if !ok { throw InvalidConfig(msg()) } }
-        try need(vocab >= 2 && vocab <= 65536, "vocab must be between 2 and 65536 (got \(vocab))")
-        try need(dModel >= 2, "--d-model must be at least 2 (got \(dModel))")
-        try need(layers >= 1, "--layers must be at least 1 (got \(layers))")
-        try need(heads >= 1, "--heads must be at least 1 (got \(heads))")
-        try need(dModel % heads == 0, "--d-model \(dModel) is not divisible by --heads \(heads)")
-        try need(headDim % 2 == 0, "head dimension d-model/heads = \(dModel)/\(heads) = \(headDim) must be even for rotary positions")
-        try need(kvHeads >= 1 && kvHeads <= heads, "--kv-heads must be between 1 and --heads \(heads) (got \(kvHeads))")
-        try need(heads % kvHeads == 0, "--heads \(heads) is not divisible by --kv-heads \(kvHeads)")
-        try need(ffnHidden >= 1, "ffn hidden size must be at least 1 (got \(ffnHidden))")
-        try need(moeEvery >= 0, "moe_every must be 0 (all dense) or positive (got \(moeEvery))")
-        try need(experts >= 1, "--experts must be at least 1 (got \(experts))")
-        try need(topK >= 1, "--top-k must be at least 1 (got \(topK))")
-        try need(topK <= experts, "--top-k \(topK) exceeds --experts \(experts)")
-        try need(capacityFactor >= 0, "--capacity-factor must be >= 0, 0 meaning unlimited (got \(capacityFactor))")
-        try need(auxLossCoef >= 0 && zLossCoef >= 0, "loss coefficients must be >= 0")
-        try need(seqLen >= 2, "--seq-len must be at least 2 (got \(seqLen))")
-        try need(normEps > 0 && initStd > 0 && ropeTheta > 1, "norm_eps and init_std must be positive and rope_theta > 1")
-        try need(routerInitScale > 0, "router_init_scale must be positive (got \(routerInitScale))")
+        typealias V = Validation
+        try V.require(vocab, in: 2...V.maxCount, "vocab")
+        try V.require(dModel, in: 2...V.maxCount, "--d-model")
+        try V.require(layers, in: 1...1024, "--layers")
+        try V.require(heads, in: 1...dModel, "--heads")
+        try V.require(dModel % heads == 0, "--d-model \(dModel) is not divisible by --heads \(heads)")
+        try V.require(headDim % 2 == 0, "head dimension d-model/heads = \(dModel)/\(heads) = \(headDim) must be even for rotary positions")
+        try V.require(kvHeads, in: 1...heads, "--kv-heads")
+        try V.require(heads % kvHeads == 0, "--heads \(heads) is not divisible by --kv-heads \(kvHeads)")
+        try V.require(ffnHidden, in: 1...V.maxCount, "--ffn-hidden")
+        try V.require(moeEvery, in: 0...layers, "--moe-every", note: "0 meaning all dense")
+        try V.require(experts, in: 1...4096, "--experts")
+        try V.require(topK, in: 1...experts, "--top-k")
+        try V.require(seqLen, in: 2...V.maxCount, "--seq-len")
+        try V.require(capacityFactor, in: 0...Double(experts), "--capacity-factor", note: "0 meaning unlimited")
+        try V.require(auxLossCoef, in: 0...100, "--aux-loss-coef")
+        try V.require(zLossCoef, in: 0...100, "--z-loss-coef")
+        try V.require(ropeTheta, in: 1.0000001...1e12, "rope_theta")
+        try V.require(normEps, in: 1e-30...0.1, "norm_eps")
+        try V.require(initStd, in: 1e-30...10, "init_std")
+        try V.require(routerInitScale, in: 1e-30...1000, "--router-init-scale")
     }
 
     /// Expert capacity (assignments per expert per sequence), or nil when unlimited.

@@ -45,12 +45,14 @@ public struct JobPlan: Sendable {
     public init(config: RunConfig, world: Int, purpose: Purpose = .training) throws {
         do {
             try config.validate()
+            try Validation.require(world, in: 1...Validation.maxCount, "the world size (ranks)")
             let topo = try Topology(world: world, tp: config.tp, pp: config.pp, dp: config.dp, ep: config.ep, model: config.model)
             if topo.pp > 1 && config.model.tieEmbeddings {
                 throw UsageError("tied embeddings with --pp \(topo.pp) are not supported: the embedding (first stage) and the LM head (last stage) would need a tied-gradient all-reduce; untie them or use --pp 1")
             }
             let batch = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
                                       microBatches: config.microBatches, dp: topo.dp)
+            try Self.checkSizes(config.model, microBatchSize: batch.microBatchSize)
             let tokensPerMicroBatch = try Checked.product(batch.microBatchSize, config.model.seqLen,
                                                           what: "a micro-batch of --micro-batch-size \(batch.microBatchSize) x --seq-len \(config.model.seqLen) tokens")
             guard tokensPerMicroBatch % topo.tp == 0 else {
@@ -98,6 +100,25 @@ public struct JobPlan: Sendable {
             throw e
         } catch {
             throw UsageError(String(describing: error))
+        }
+    }
+
+    /// Largest parameter or activation count a plan accepts: products of the model's sizes
+    /// are computed in `Int` everywhere below this, so they must stay far from overflow.
+    public static let maxElements = Double(1 << 48)
+
+    /// Estimates (upper bounds, in floating point) of the parameters and of one
+    /// micro-batch's activations, refused before any exact count is computed.
+    static func checkSizes(_ m: ModelConfig, microBatchSize b: Int) throws {
+        let (C, V, L, H, F, E, K, T) = (Double(m.dModel), Double(m.vocab), Double(m.layers), Double(m.heads),
+                                        Double(m.ffnHidden), Double(m.experts), Double(m.topK), Double(m.seqLen))
+        let parameters = 2 * V * C + L * (4 * C * C + (E + 1) * 3 * C * F + C * E + 4 * C)
+        guard parameters < maxElements else {
+            throw UsageError(String(format: "the model is too large to plan: about %.2g parameters (at most %.2g); reduce --layers, --d-model, --experts or --ffn-hidden", parameters, maxElements))
+        }
+        let activations = Double(b) * T * (L * (16 * C + 4 * K * F + 2 * E + 2 * H * T) + 2 * V)
+        guard activations < maxElements else {
+            throw UsageError(String(format: "a micro-batch is too large to plan: about %.2g activation values (at most %.2g); reduce --micro-batch-size, --seq-len or the model", activations, maxElements))
         }
     }
 

@@ -75,7 +75,7 @@ public struct RunConfig: Equatable, Sendable {
     public init() {}
 
     /// The file `--dump-step N` writes under `--dump-dir`.
-    public static func dumpFileName(step: Int) -> String { String(format: "step-%06d.safetensors", step) }
+    public static func dumpFileName(step: Int) -> String { String(format: "step-%06ld.safetensors", step) }
 
     /// Where checkpoints, the step log, the heartbeat and the event log of this run live.
     public var runDirectory: String { checkpointDir ?? "checkpoints/\(configName)" }
@@ -85,44 +85,56 @@ public struct RunConfig: Equatable, Sendable {
         public init(_ d: String) { description = d }
     }
 
-    /// Checks the settings that do not depend on the world size.
+    /// Checks the settings that do not depend on the world size, each against its range.
     public func validate() throws {
-        func need(_ ok: Bool, _ msg: String) throws { if !ok { throw ConfigError(msg) } }
+        typealias V = Validation
+        let maxCount = V.maxCount, maxSteps = 1_000_000_000
         try model.validate()
-        try need(steps >= 1, "--steps must be at least 1 (got \(steps))")
-        try need(lr > 0 && lr.isFinite, "--lr must be a positive number (got \(lr))")
-        try need(minLRRatio >= 0 && minLRRatio <= 1, "min_lr_ratio must be in [0, 1] (got \(minLRRatio))")
-        try need(warmupSteps >= 0, "--warmup-steps must be >= 0 (got \(warmupSteps))")
-        try need(weightDecay >= 0, "--weight-decay must be >= 0 (got \(weightDecay))")
-        try need(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, "Adam betas must be in [0, 1)")
-        try need(adamEps > 0, "adam_eps must be positive")
-        try need(gradClip >= 0, "--grad-clip must be >= 0, 0 meaning no clipping (got \(gradClip))")
-        try need(zero == 0 || zero == 1, "--zero must be 0 or 1 (got \(zero))")
-        try need(virtualStages >= 1, "--virtual-stages must be at least 1 (got \(virtualStages))")
-        try need(virtualStages == 1 || schedule == .interleaved,
-                 "--virtual-stages \(virtualStages) needs --schedule interleaved (\(schedule) runs one chunk per rank)")
-        try need(logEvery >= 1, "--log-every must be at least 1 (got \(logEvery))")
-        if let g = globalBatch { try need(g >= 1, "--global-batch must be at least 1 (got \(g))") }
-        if let b = microBatchSize { try need(b >= 1, "--micro-batch-size must be at least 1 (got \(b))") }
-        if let m = microBatches { try need(m >= 1, "--micro-batches must be at least 1 (got \(m))") }
-        try need(globalBatch != nil || (microBatchSize != nil && microBatches != nil),
-                 "set --global-batch, or both --micro-batch-size and --micro-batches")
+        try V.require(tp, in: 1...maxCount, "--tp")
+        try V.require(pp, in: 1...model.layers, "--pp", note: "at most one stage per layer")
+        if let dp { try V.require(dp, in: 1...maxCount, "--dp") }
+        try V.require(ep, in: 1...model.experts, "--ep", note: "at most one rank per expert")
+        try V.require(zero, in: 0...1, "--zero")
+        try V.require(virtualStages, in: 1...model.layers, "--virtual-stages")
+        try V.require(virtualStages == 1 || schedule == .interleaved,
+                      "--virtual-stages \(virtualStages) needs --schedule interleaved (\(schedule.rawValue) runs one chunk per rank)")
+        if let counts = ppLayers {
+            try V.require(counts.count <= 1024 && counts.allSatisfy { (0...model.layers).contains($0) },
+                          "--pp-layers \(counts.map(String.init).joined(separator: ",")): each count must be between 0 and --layers \(model.layers)")
+        }
+        if let g = globalBatch { try V.require(g, in: 1...maxCount, "--global-batch") }
+        if let b = microBatchSize { try V.require(b, in: 1...maxCount, "--micro-batch-size") }
+        if let m = microBatches { try V.require(m, in: 1...maxCount, "--micro-batches") }
+        try V.require(globalBatch != nil || (microBatchSize != nil && microBatches != nil),
+                      "set --global-batch, or both --micro-batch-size and --micro-batches")
+        try V.require(steps, in: 1...maxSteps, "--steps")
+        try V.require(lr, in: 1e-12...10, "--lr")
+        try V.require(minLRRatio, in: 0...1, "min_lr_ratio")
+        try V.require(warmupSteps, in: 0...maxSteps, "--warmup-steps")
+        try V.require(weightDecay, in: 0...100, "--weight-decay")
+        try V.require(lr * weightDecay < 1,
+                      "--lr \(lr) x --weight-decay \(weightDecay) = \(lr * weightDecay) must be below 1: AdamW's decay would flip the sign of every weight")
+        try V.require(beta1, in: 0...0.999999, "beta1")
+        try V.require(beta2, in: 0...0.999999, "beta2")
+        try V.require(adamEps, in: 1e-30...1, "adam_eps")
+        try V.require(gradClip, in: 0...1e12, "--grad-clip", note: "0 meaning no clipping")
+        try V.require(logEvery, in: 1...maxSteps, "--log-every")
         if let s = dumpStep {
-            try need(s >= 1 && s <= steps, "--dump-step must be between 1 and --steps \(steps) (got \(s))")
-            try need(dumpDir != nil, "--dump-step needs --dump-dir")
+            try V.require(s, in: 1...steps, "--dump-step", note: "a step of the run")
+            try V.require(dumpDir != nil, "--dump-step \(s) needs --dump-dir")
         }
         if data == "markov" { try markov.validate() }
-        try need(clockScale > 0 && clockScale.isFinite, "--clock-scale must be positive (got \(clockScale))")
-        try need(gpusPerNode >= 1, "--gpus-per-node must be at least 1 (got \(gpusPerNode))")
-        try need(checkpointEvery >= 0, "--checkpoint-every must be >= 0, 0 meaning never (got \(checkpointEvery))")
-        try need(keepCheckpoints >= 0, "--keep-checkpoints must be >= 0, 0 meaning all (got \(keepCheckpoints))")
-        try need(attempt >= 1, "--attempt must be at least 1 (got \(attempt))")
-        if let s = failAtStep { try need(s >= 1 && s <= steps, "--fail-at-step must be between 1 and --steps \(steps) (got \(s))") }
-        try need(failRank >= 0, "--fail-rank must be >= 0 (got \(failRank))")
-        try need(slowFactor >= 1, "--slow-factor must be >= 1 (got \(slowFactor))")
-        if let h = mtbfHours { try need(h > 0, "--mtbf-hours must be positive (got \(h))") }
-        try need(restartCostS >= 0, "--restart-cost-s must be >= 0 (got \(restartCostS))")
-        try need(checkpointBandwidth > 0, "checkpoint_bandwidth must be positive (got \(checkpointBandwidth))")
+        try V.require(clockScale, in: 1e-9...1e9, "--clock-scale")
+        try V.require(gpusPerNode, in: 1...maxCount, "--gpus-per-node")
+        try V.require(checkpointEvery, in: 0...maxSteps, "--checkpoint-every", note: "0 meaning never")
+        try V.require(keepCheckpoints, in: 0...1_000_000, "--keep-checkpoints", note: "0 meaning all")
+        try V.require(attempt, in: 1...1_000_000, "--attempt")
+        if let s = failAtStep { try V.require(s, in: 1...steps, "--fail-at-step", note: "a step of the run") }
+        try V.require(failRank, in: 0...maxCount, "--fail-rank")
+        try V.require(slowFactor, in: 1...1e6, "--slow-factor")
+        if let h = mtbfHours { try V.require(h, in: 1e-9...1e9, "--mtbf-hours") }
+        try V.require(restartCostS, in: 0...1e9, "--restart-cost-s")
+        try V.require(checkpointBandwidth, in: 1...1e15, "checkpoint_bandwidth", note: "bytes/s")
     }
 }
 
@@ -175,26 +187,27 @@ public struct BatchPlan: Equatable, Sendable {
 
     public init(globalBatch g: Int?, microBatchSize b: Int?, microBatches m: Int?, dp: Int) throws {
         func fail(_ s: String) -> RunConfig.ConfigError { RunConfig.ConfigError(s) }
+        // Every input is at most 2^20 (validated), so these products cannot overflow.
         switch (g, b, m) {
         case let (g?, b?, m?):
             guard g == b * m * dp else {
-                throw fail("--global-batch \(g) differs from micro-batch-size \(b) x micro-batches \(m) x dp \(dp) = \(b * m * dp)")
+                throw fail("--global-batch \(g) differs from --micro-batch-size \(b) x --micro-batches \(m) x dp \(dp) = \(b * m * dp)")
             }
             globalBatch = g; microBatchSize = b; microBatches = m
         case let (g?, b?, nil):
             guard g % (b * dp) == 0 else {
-                throw fail("global batch \(g) is not divisible by micro-batch-size \(b) x dp \(dp) = \(b * dp)")
+                throw fail("--global-batch \(g) is not divisible by --micro-batch-size \(b) x dp \(dp) = \(b * dp)")
             }
             globalBatch = g; microBatchSize = b; microBatches = g / (b * dp)
         case let (g?, nil, m?):
             guard g % (m * dp) == 0 else {
-                throw fail("global batch \(g) is not divisible by micro-batches \(m) x dp \(dp) = \(m * dp)")
+                throw fail("--global-batch \(g) is not divisible by --micro-batches \(m) x dp \(dp) = \(m * dp)")
             }
             globalBatch = g; microBatchSize = g / (m * dp); microBatches = m
         case let (nil, b?, m?):
             globalBatch = b * m * dp; microBatchSize = b; microBatches = m
         case let (g?, nil, nil):
-            guard g % dp == 0 else { throw fail("global batch \(g) is not divisible by dp \(dp)") }
+            guard g % dp == 0 else { throw fail("--global-batch \(g) is not divisible by dp \(dp)") }
             globalBatch = g; microBatchSize = 1; microBatches = g / dp
         default:
             throw fail("set --global-batch, or both --micro-batch-size and --micro-batches")

@@ -19,6 +19,7 @@ public enum LayoutSweep {
 
     public static func run(account a: PublishedRun, base: ProjectionReport.Layout, log: (String) -> Void) throws {
         let start = Date()
+        try ProjectionReport.validate(account: a, layout: base, failures: nil)
         let device = try EmulatorSetup.findProfile(base.device ?? a.device)
         let gpusPerNode = base.gpusPerNode ?? 8
         var fits: [Candidate] = []
@@ -55,12 +56,12 @@ public enum LayoutSweep {
             }
         }
         fits.sort { $0.tokensPerSecond > $1.tokensPerSecond }
-        log(String(format: "layout sweep on %.0f %@ (%d GPUs per node), %.3g-token batch: %d layouts tried, %d fit, %.1f s",
+        log(String(format: "layout sweep on %.0f %@ (%ld GPUs per node), %.3g-token batch: %ld layouts tried, %ld fit, %.1f s",
                    a.gpus, device.name, gpusPerNode, a.batchTokens, tried, fits.count, Date().timeIntervalSince(start)))
         log("  rank  layout                          GPUs    step (s)   bubble    MFU   memory (GiB)   tokens/s    days")
         for (i, c) in fits.prefix(10).enumerated() {
             let name = "TP\(c.tp) x PP\(c.pp) x DP\(c.dp) \(c.schedule)\(c.virtualStages > 1 ? " v\(c.virtualStages)" : "")"
-            log(String(format: "  %4d  %@ %6d %10.2f %7.1f%% %5.1f%% %13.1f %10.3g %7.1f", i + 1,
+            log(String(format: "  %4ld  %@ %6ld %10.2f %7.1f%% %5.1f%% %13.1f %10.3g %7.1f", i + 1,
                        name.padding(toLength: 30, withPad: " ", startingAt: 0), c.tp * c.pp * c.dp, c.stepTime, 100 * c.bubble,
                        100 * c.mfu, c.memory / 1073741824, c.tokensPerSecond, a.tokens / c.tokensPerSecond / 86400))
         }

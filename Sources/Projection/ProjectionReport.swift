@@ -50,13 +50,32 @@ public enum ProjectionReport {
         return (c, tp * pp * dp)
     }
 
+    /// Every figure the user can set, against its range, before anything is computed.
+    public static func validate(account a: PublishedRun, layout: Layout, failures: Failures?) throws {
+        do {
+            let gpus = max(Int(a.gpus), 1)
+            for (flag, value) in [("--tp", layout.tp), ("--pp", layout.pp), ("--dp", layout.dp), ("--ep", layout.ep),
+                                  ("--gpus-per-node", layout.gpusPerNode)] {
+                if let v = value { try Validation.require(v, in: 1...gpus, flag, note: "the account has \(gpus) GPUs") }
+            }
+            if let m = layout.microBatches { try Validation.require(m, in: 1...Validation.maxCount, "--micro-batches") }
+            if let v = layout.virtualStages { try Validation.require(v, in: 1...max(Int(a.layers), 1), "--virtual-stages") }
+            try Validation.require(a.usdPerGPUHour, in: 0.000001...1e6, "--usd-per-gpu-hour")
+            if let f = failures {
+                try Validation.require(f.mtbfHours, in: 1e-6...1e9, "--mtbf-hours")
+                try Validation.require(f.restartCostS, in: 0...1e9, "--restart-cost-s")
+                try Validation.require(f.checkpointBandwidth, in: 1...1e15, "--checkpoint-bandwidth", note: "bytes/s")
+                if let k = f.checkpointEverySteps { try Validation.require(k, in: 1...1_000_000_000, "--checkpoint-every") }
+            }
+        } catch let e as Validation.OutOfRange {
+            throw UsageError("project: \(e.description)")
+        }
+    }
+
     public static func run(account a: PublishedRun, layout: Layout, failures: Failures?, json: String?, log: (String) -> Void) throws {
         let device = try EmulatorSetup.findProfile(layout.device ?? a.device)
         let alt = try EmulatorSetup.findProfile(a.altDevice)
-        for (flag, value) in [("--tp", layout.tp), ("--pp", layout.pp), ("--dp", layout.dp), ("--ep", layout.ep),
-                              ("--micro-batches", layout.microBatches), ("--virtual-stages", layout.virtualStages)] {
-            if let v = value, v < 1 { throw UsageError("project: \(flag) must be at least 1 (got \(v))") }
-        }
+        try validate(account: a, layout: layout, failures: failures)
         let (config, world) = config(a, layout)
         guard world >= 1, (config.globalBatch ?? 0) >= 1 else {
             throw UsageError("project: \(Int(a.gpus)) GPUs and a \(a.batchTokens)-token batch do not hold one replica of TP\(config.tp) x PP\(config.pp) with a sequence each")
@@ -105,17 +124,17 @@ public enum ProjectionReport {
             let jobMTBF = f.mtbfHours * 3600 / Double(world)
             let checkpointCost = (mem.parameters + mem.optimizerState) / f.checkpointBandwidth
             let optimum = (2 * checkpointCost * jobMTBF).squareRoot()
-            let every = f.checkpointEverySteps ?? max(1, Int((optimum / p.stepTime).rounded()))
+            let every = f.checkpointEverySteps ?? Int(min(max((optimum / p.stepTime).rounded(), 1), 1e9))
             let tau = Double(every) * p.stepTime
             let lossPerFailure = tau / 2 + f.restartCostS
             let denominator = 1 - lossPerFailure / jobMTBF
             guard denominator > 0 else {
-                throw UsageError(String(format: "project: with a job MTBF of %.0f s, each failure loses %.0f s on average: the run never finishes", jobMTBF, lossPerFailure))
+                throw UsageError(String(format: "project: --mtbf-hours %g gives a job MTBF of %.0f s over %ld GPUs, and each failure loses %.0f s on average (half a checkpoint interval plus --restart-cost-s): the run never finishes", f.mtbfHours, jobMTBF, world, lossPerFailure))
             }
             let total = seconds * (1 + checkpointCost / tau) / denominator
             let failuresExpected = total / jobMTBF
             let goodput = seconds / total
-            log(String(format: "  failures: job MTBF %.2f h (%.0f h per GPU / %d GPUs); checkpoint %.0f s every %d steps (%.0f s; Young/Daly optimum %.0f s)",
+            log(String(format: "  failures: job MTBF %.2f h (%.0f h per GPU / %ld GPUs); checkpoint %.0f s every %ld steps (%.0f s; Young/Daly optimum %.0f s)",
                        jobMTBF / 3600, f.mtbfHours, world, checkpointCost, every, tau, optimum))
             log(String(format: "  expected %.0f failures: lost work %.1f days, restarts %.1f days, checkpoints %.1f days; %.1f days in all, goodput %.1f%%, effective utilization %.1f%%",
                        failuresExpected, failuresExpected * tau / 2 / 86400, failuresExpected * f.restartCostS / 86400,

@@ -12,8 +12,8 @@ import Plan
 /// durable, so a crash at any instant leaves the old checkpoint or the new one complete:
 /// a step directory without a manifest is torn and never taken for whole.
 public enum Checkpoint {
-    public static func stepName(_ step: Int) -> String { String(format: "step-%06d", step) }
-    public static func shardName(_ rank: Int) -> String { String(format: "rank-%05d.safetensors", rank) }
+    public static func stepName(_ step: Int) -> String { String(format: "step-%06ld", step) }
+    public static func shardName(_ rank: Int) -> String { String(format: "rank-%05ld.safetensors", rank) }
 
     /// The layout a checkpoint was written with: it must match to resume.
     public struct Layout: Equatable, CustomStringConvertible {

@@ -47,12 +47,12 @@ public enum GoodputSweep {
         }
         let jobMTBF = mtbfHours * 3600 / Double(np)
         let optimum = (2 * checkpointCost * jobMTBF).squareRoot()
-        log(String(format: "job MTBF %.4g emulated s (%d GPUs x %.4g h each); checkpoint cost %.4g s; step %.4g s; utilization without failures %.4f%%",
+        log(String(format: "job MTBF %.4g emulated s (%ld GPUs x %.4g h each); checkpoint cost %.4g s; step %.4g s; utilization without failures %.4f%%",
                    jobMTBF, np, mtbfHours, checkpointCost, stepTime, 100 * baseline))
         log(String(format: "Young/Daly optimum interval sqrt(2 x C x MTBF) = %.4g s = %.1f steps", optimum, optimum / max(stepTime, 1e-30)))
         log("  every   restarts   lost work (s)   effective utilization   predicted")
         for r in rows {
-            log(String(format: "  %5d   %8d   %13.6f   %20.4f%%   %8.4f%%", r.interval, r.restarts, r.lostWork, 100 * r.measured, 100 * r.predicted))
+            log(String(format: "  %5ld   %8ld   %13.6f   %20.4f%%   %8.4f%%", r.interval, r.restarts, r.lostWork, 100 * r.measured, 100 * r.predicted))
         }
         return rows
     }

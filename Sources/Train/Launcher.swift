@@ -117,6 +117,11 @@ extension Launcher {
     /// groups of a tp x pp grid and checks the results. Returns the number of checks passed.
     public static func commCheck(tp: Int, pp: Int, ep: Int, log: @escaping (String) -> Void) throws -> Bool {
         let env = LaunchEnvironment.current
+        for (flag, value) in [("--tp", tp), ("--pp", pp), ("--ep", ep)] {
+            do { try Validation.require(value, in: 1...max(env.worldSize, 1), flag, note: "the world has \(env.worldSize) rank(s)") } catch {
+                throw UsageError(String(describing: error))
+            }
+        }
         // A model shape that any valid grid can hold: only the rank arithmetic is under test.
         var model = ModelConfig()
         model.layers = max(pp, 1); model.heads = max(tp, 1); model.kvHeads = 1; model.dModel = 2 * max(tp, 1)

@@ -13,7 +13,7 @@ extension Trainer {
     func printHeader() {
         let c = config.model, layout = singleLayout, topo = groups.topology
         log("moe-train: \(topo.world) rank(s), tp \(topo.tp) pp \(topo.pp) dp \(topo.dp) ep \(topo.ep)")
-        log(String(format: "model: %d layers, d_model %d, %d heads (%d KV), %d experts top-%d (ffn %d), seq %d, %@ | params %@ total, %@ active per token",
+        log(String(format: "model: %ld layers, d_model %ld, %ld heads (%ld KV), %ld experts top-%ld (ffn %ld), seq %ld, %@ | params %@ total, %@ active per token",
                    c.layers, c.dModel, c.heads, c.kvHeads, c.experts, c.topK, c.ffnHidden, c.seqLen,
                    c.kvHeads == 1 ? "MQA" : (c.kvHeads == c.heads ? "MHA" : "GQA"),
                    Self.human(layout.globalCount), Self.human(layout.activeCount(config: c))))
@@ -24,16 +24,16 @@ extension Trainer {
         }
         if let cap = c.expertCapacity { log("expert capacity: \(cap) assignments per expert per sequence (factor \(c.capacityFactor))") }
         let p = emulator.profile
-        log(String(format: "device: %@ (%.0f TFLOP/s peak, %.2f TB/s HBM), %@ clock, %@ links, %d GPUs per node",
+        log(String(format: "device: %@ (%.0f TFLOP/s peak, %.2f TB/s HBM), %@ clock, %@ links, %ld GPUs per node",
                    p.name, p.peakFLOPS / 1e12, p.memoryBandwidth / 1e12, clock.mode.name, config.link.rawValue, config.gpusPerNode))
         for line in memory.table(device: p, precision: emulator.precision) { log(line) }
     }
 
     public func format(_ r: StepRecord) -> String {
-        var s = String(format: "step %5d/%d | loss %.4f | aux %.3f | gnorm %.3f | lr %.2e", r.step, config.steps,
+        var s = String(format: "step %5ld/%ld | loss %.4f | aux %.3f | gnorm %.3f | lr %.2e", r.step, config.steps,
                        r.loss, r.aux, r.gradNorm, r.lr)
         if let l = r.loadSummary(moeLayers: moeLayers) {
-            s += String(format: " | load %d/%.1f/%d drop %.1f%%", l.min, l.mean, l.max, 100 * r.droppedFraction)
+            s += String(format: " | load %ld/%.1f/%ld drop %.1f%%", l.min, l.mean, l.max, 100 * r.droppedFraction)
         }
         let t = r.timing
         s += String(format: " | step %@ MFU %.2f%%", Self.seconds(t.stepTime), 100 * t.mfu)
@@ -45,7 +45,7 @@ extension Trainer {
 
     func printFooter() {
         guard let last = records.last, let first = records.first else { return }
-        var s = String(format: "done: %d steps in %.1f s wall, loss %.4f -> %.4f", records.count, wallSeconds, first.loss, last.loss)
+        var s = String(format: "done: %ld steps in %.1f s wall, loss %.4f -> %.4f", records.count, wallSeconds, first.loss, last.loss)
         if let floor = data.entropyFloor(seqLen: config.model.seqLen) {
             s += String(format: " (floor %.4f, gap %.4f)", floor, last.loss - floor)
         }

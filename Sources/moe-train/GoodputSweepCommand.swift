@@ -1,5 +1,6 @@
 import Resilience
 import Plan
+import Model
 import ArgumentParser
 import Foundation
 import Train
@@ -17,13 +18,23 @@ struct GoodputSweepCommand: ParsableCommand {
     @Option(help: "Directory for the runs (one per interval; must not exist).") var out = "runs/goodput-sweep"
     @Argument(parsing: .postTerminator, help: "Training flags (after --).") var trainingFlags: [String] = []
 
-    func run() throws {
-        let intervals = checkpointEvery.split(separator: ",").compactMap { Int($0) }
-        guard !intervals.isEmpty, intervals.allSatisfy({ $0 >= 1 }) else {
-            throw ValidationError("--checkpoint-every needs comma-separated positive step counts, such as 2,5,10")
+    func validate() throws {
+        do {
+            try Validation.require(np, in: 1...SuperviseCommand.maxRanks, "--np")
+            try Validation.require(mtbfHours, in: 1e-9...1e9, "--mtbf-hours")
+            try Validation.require(maxRestarts, in: 0...10_000, "--max-restarts")
+        } catch { throw ValidationError(String(describing: error)) }
+        guard !intervals.isEmpty, intervals.allSatisfy({ $0 != nil && (1...1_000_000_000).contains($0!) }) else {
+            throw ValidationError("--checkpoint-every \(checkpointEvery): expected comma-separated step counts from 1 to 1000000000, such as 2,5,10")
         }
+    }
+
+    var intervals: [Int?] { checkpointEvery.split(separator: ",", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: .whitespaces)) } }
+
+    func run() throws {
+        let intervals = self.intervals.compactMap { $0 }
         let config: RunConfig
-        do { config = try TrainCommand.parse(trainingFlags).resolvedConfig(); try config.validate() } catch {
+        do { config = try TrainCommand.parse(NegativeValues.joined(trainingFlags)).resolvedConfig(); _ = try JobPlan(config: config, world: np) } catch {
             throw ValidationError("training flags: " + MoeTrain.message(for: error))
         }
         let binary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path

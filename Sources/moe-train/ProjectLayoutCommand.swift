@@ -1,5 +1,6 @@
 import Projection
 import Plan
+import Model
 import ArgumentParser
 import Foundation
 import Train
@@ -15,10 +16,15 @@ struct ProjectLayoutCommand: ParsableCommand {
     @Option(name: .customLong("json"), help: "Write the projection as JSON here.") var json: String?
     @OptionGroup var training: TrainCommand
 
+    func validate() throws {
+        do { try Validation.require(world, in: 1...Validation.maxCount, "--world") } catch {
+            throw ValidationError(String(describing: error))
+        }
+    }
+
     func run() throws {
         do {
             let config = try training.resolvedConfig()
-            try config.validate()
             let p = try Projection(config: config, worldSize: world)
             print(String(format: "projected step: %.6f ms emulated, pipeline phase %.6f ms, bubble %.1f%% (per stage %@), MFU %.3f%%",
                          p.stepTime * 1e3, p.pipelinePhase * 1e3, 100 * p.bubble,

@@ -1,5 +1,6 @@
 import Resilience
 import Plan
+import Model
 import ArgumentParser
 import Foundation
 import Train
@@ -18,16 +19,21 @@ struct SuperviseCommand: ParsableCommand {
     @Option(name: .customLong("mpirun-args"), help: "Extra mpirun arguments, as one string.") var mpirunArgs = ""
     @Argument(parsing: .postTerminator, help: "Training flags (after --).") var trainingFlags: [String] = []
 
+    /// The most ranks one job may start on this machine's mpirun.
+    static let maxRanks = 4096
+
     func validate() throws {
-        guard np >= 1 else { throw ValidationError("--np must be at least 1 (got \(np))") }
-        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be >= 0 (got \(maxRestarts))") }
-        guard hangTimeout > 0 else { throw ValidationError("--hang-timeout must be positive (got \(hangTimeout))") }
+        do {
+            try Validation.require(np, in: 1...Self.maxRanks, "--np")
+            try Validation.require(maxRestarts, in: 0...10_000, "--max-restarts")
+            try Validation.require(hangTimeout, in: 0.001...1e7, "--hang-timeout", note: "seconds")
+        } catch { throw ValidationError(String(describing: error)) }
     }
 
     func run() throws {
         // The training flags are checked here first, so that bad input fails once, not per attempt.
         let config: RunConfig
-        do { config = try TrainCommand.parse(trainingFlags).resolvedConfig(); try config.validate() } catch {
+        do { config = try TrainCommand.parse(NegativeValues.joined(trainingFlags)).resolvedConfig(); _ = try JobPlan(config: config, world: np) } catch {
             throw ValidationError("training flags: " + (error is ValidationError ? String(describing: error) : MoeTrain.message(for: error)))
         }
         guard !trainingFlags.contains("--summary-json") && !trainingFlags.contains("--attempt") else {

@@ -7,7 +7,7 @@ import Train
 /// exit status 2 on every rank (ArgumentParser's own codes are remapped).
 let launch = LaunchEnvironment.current
 do {
-    var command = try MoeTrain.parseAsRoot()
+    var command = try MoeTrain.parseAsRoot(NegativeValues.joined(Array(CommandLine.arguments.dropFirst())))
     try command.run()
 } catch {
     let code = MoeTrain.exitCode(for: error)

@@ -112,7 +112,7 @@ final class ConfigTests: XCTestCase {
         c.model.topK = 0
         XCTAssertTrue(message { try c.validate() }.contains("--top-k"))
         c = RunConfig(); c.model.topK = 5; c.model.experts = 4
-        XCTAssertTrue(message { try c.validate() }.contains("exceeds --experts 4"))
+        XCTAssertTrue(message { try c.validate() }.contains("--top-k must be between 1 and 4 (got 5)"))
         c = RunConfig(); c.model.heads = 3
         XCTAssertTrue(message { try c.validate() }.contains("not divisible by --heads 3"))
         c = RunConfig(); c.dumpStep = 3
