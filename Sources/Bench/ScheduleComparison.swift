@@ -20,8 +20,13 @@ public enum ScheduleComparison {
         public let summary: [String: Any]
     }
 
-    public static func run(_ base: RunConfig, outDir: String, log: @escaping (String) -> Void) throws {
+    /// `dryRun`: check every schedule's plan and the output directory, then stop.
+    public static func run(_ base: RunConfig, outDir: String, dryRun: Bool = false, log: @escaping (String) -> Void) throws {
         let env = LaunchEnvironment.current
+        // The user's flags are checked as given; --virtual-stages applies to the interleaved run.
+        var given = base
+        if given.virtualStages > 1 { given.schedule = .interleaved }
+        try given.validate()
         var configs: [(String, RunConfig)] = []
         for kind in ScheduleKind.allCases {
             var c = base
@@ -32,7 +37,7 @@ public enum ScheduleComparison {
             c.dumpStep = nil
             if kind == .interleaved {
                 // Two chunks per rank where the layers allow it; the micro-batches must divide by P.
-                c.virtualStages = c.model.layers >= 2 * c.pp ? 2 : 1
+                c.virtualStages = base.virtualStages > 1 ? base.virtualStages : (c.model.layers >= 2 * c.pp ? 2 : 1)
             }
             configs.append((kind.rawValue, c))
         }
@@ -48,6 +53,13 @@ public enum ScheduleComparison {
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: outDir, isDirectory: &isDir), !isDir.boolValue {
             throw UsageError("--out \(outDir) exists and is not a directory")
+        }
+        if dryRun {
+            if env.rank == 0 {
+                for (name, p) in checked { log("\(name): \(p.plan.batch.microBatches) micro-batches, layers per stage \(p.plan.stages)") }
+                log("dry run: every schedule's plan is valid; nothing was run or written")
+            }
+            return
         }
         if env.rank == 0 {
             do { try FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true) } catch {

@@ -38,6 +38,26 @@ public enum Launcher {
         }
     }
 
+    /// The data source in words, for the run's header.
+    static func dataLines(_ data: DataSource, seqLen: Int) -> [String] {
+        var lines = ["data: \(data.description)"]
+        if let floor = data.entropyFloor(seqLen: seqLen) {
+            lines.append(String(format: "entropy floor: %.4f nats/token (the lowest loss any model can reach on this data)", floor))
+        }
+        return lines
+    }
+
+    /// `--dry-run`: everything a run checks before it starts (the plan, the data, the
+    /// checkpoint to resume from), printed, with nothing run or written.
+    public static func dryRun(_ config: RunConfig, log: (String) -> Void) throws {
+        let prepared = try prepare(config, env: LaunchEnvironment.current)
+        guard LaunchEnvironment.current.rank == 0 else { return }
+        for line in prepared.plan.headerLines(data: dataLines(prepared.data, seqLen: config.model.seqLen)) { log(line) }
+        for s in prepared.skipped { log("resume: would skip \(s)") }
+        if let r = prepared.resume { log("resume: would continue from \(r.path) (step \(r.step))") }
+        log("dry run: the plan is valid; nothing was run or written")
+    }
+
     /// Which checkpoint to continue from: `--resume never` none; a step directory that one
     /// (it must verify); `auto` the newest one of the run directory that verifies, skipping
     /// (and reporting) torn or corrupt ones. A checkpoint of another layout or configuration

@@ -11,22 +11,7 @@ import Tensor
 extension Trainer {
 
     func printHeader() {
-        let c = config.model, layout = singleLayout, topo = groups.topology
-        log("moe-train: \(topo.world) rank(s), tp \(topo.tp) pp \(topo.pp) dp \(topo.dp) ep \(topo.ep)")
-        log(String(format: "model: %ld layers, d_model %ld, %ld heads (%ld KV), %ld experts top-%ld (ffn %ld), seq %ld, %@ | params %@ total, %@ active per token",
-                   c.layers, c.dModel, c.heads, c.kvHeads, c.experts, c.topK, c.ffnHidden, c.seqLen,
-                   c.kvHeads == 1 ? "MQA" : (c.kvHeads == c.heads ? "MHA" : "GQA"),
-                   Self.human(layout.globalCount), Self.human(layout.activeCount(config: c))))
-        log("batch: \(plan.globalBatch) sequences x \(c.seqLen) tokens per step = \(plan.microBatches) micro-batches of \(plan.microBatchSize) per data-parallel rank")
-        log("data: \(data.description)")
-        if let floor = data.entropyFloor(seqLen: c.seqLen) {
-            log(String(format: "entropy floor: %.4f nats/token (the lowest loss any model can reach on this data)", floor))
-        }
-        if let cap = c.expertCapacity { log("expert capacity: \(cap) assignments per expert per sequence (factor \(c.capacityFactor))") }
-        let p = emulator.profile
-        log(String(format: "device: %@ (%.0f TFLOP/s peak, %.2f TB/s HBM), %@ clock, %@ links, %ld GPUs per node",
-                   p.name, p.peakFLOPS / 1e12, p.memoryBandwidth / 1e12, clock.mode.name, config.link.rawValue, config.gpusPerNode))
-        for line in memory.table(device: p, precision: emulator.precision) { log(line) }
+        for line in job.headerLines(data: Launcher.dataLines(data, seqLen: config.model.seqLen)) { log(line) }
     }
 
     public func format(_ r: StepRecord) -> String {
@@ -109,12 +94,7 @@ extension Trainer {
         return String(format: "%.1f us", s * 1e6)
     }
 
-    static func human(_ n: Int) -> String {
-        if n >= 1_000_000_000 { return String(format: "%.2fB", Double(n) / 1e9) }
-        if n >= 1_000_000 { return String(format: "%.2fM", Double(n) / 1e6) }
-        if n >= 1_000 { return String(format: "%.1fK", Double(n) / 1e3) }
-        return "\(n)"
-    }
+    static func human(_ n: Int) -> String { JobPlan.human(n) }
 
     static let groupNames = ["world"] + Topology.Group.allCases.map(\.rawValue)
 

@@ -19,7 +19,7 @@ struct CompareSchedulesCommand: ParsableCommand {
         do { config = try training.resolvedConfig() } catch { throw ValidationError(String(describing: error)) }
         if training.steps == nil { config.steps = 3 }
         do {
-            try ScheduleComparison.run(config, outDir: out) { print($0); fflush(stdout) }
+            try ScheduleComparison.run(config, outDir: out, dryRun: training.dryRun) { print($0); fflush(stdout) }
         } catch let e as UsageError {
             throw ValidationError(e.description)
         }

@@ -80,6 +80,7 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("mtbf-hours"), help: "Mean time between failures of one emulated GPU, in emulated hours.") var mtbfHours: Double?
     @Option(name: .customLong("restart-cost-s"), help: "Emulated seconds a restart costs (detection, relaunch, load).") var restartCostS: Double?
     @Flag(name: .customLong("trace-wall"), help: "Add wall-clock tracks to the trace.") var traceWall = false
+    @Flag(name: .customLong("dry-run"), help: "Check everything and print the plan (grid, model, batch, pipeline, memory per rank) without running or writing anything.") var dryRun = false
 
     /// The config file (or defaults) with every given flag applied on top.
     func resolvedConfig() throws -> RunConfig {
@@ -127,6 +128,7 @@ struct TrainCommand: ParsableCommand {
         let config: RunConfig
         do { config = try resolvedConfig() } catch { throw ValidationError(String(describing: error)) }
         do {
+            if dryRun { return try Launcher.dryRun(config) { print($0); fflush(stdout) } }
             try Launcher.train(config) { print($0); fflush(stdout) }
         } catch let e as UsageError {
             throw ValidationError(e.description)
