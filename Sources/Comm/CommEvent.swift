@@ -40,14 +40,12 @@ extension CommKind {
 public struct CommEvent: Sendable {
     public let kind: CommKind
     public let group: String
-    public let groupSize: Int
     public let bytes: Int
     public let peer: Int?
 }
 
-/// Hooks called around every Communicator operation (before it starts, after it completes).
+/// A hook called after every Communicator operation completes.
 public protocol CommObserver: AnyObject {
-    func willStart(_ event: CommEvent)
     func didComplete(_ event: CommEvent)
 }
 
@@ -61,7 +59,6 @@ public final class CommCounter: CommObserver, @unchecked Sendable {
     public private(set) var bytes: [Key: Int] = [:]
     public private(set) var calls: [Key: Int] = [:]
     public init() {}
-    public func willStart(_ event: CommEvent) {}
     public func didComplete(_ event: CommEvent) {
         let k = Key(kind: event.kind, group: event.group)
         bytes[k, default: 0] += event.bytes

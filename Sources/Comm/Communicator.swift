@@ -128,9 +128,8 @@ public struct Communicator: @unchecked Sendable {
     /// a max all-reduce issued at the same time on the clock communicator (no extra round
     /// trip in sequence), and the clock advances by the cost model's time for the group.
     func perform(_ kind: CommKind, bytes: Int, emulatedBytes: Double, _ start: (inout MPI_Request?) -> Void) {
-        let event = CommEvent(kind: kind, group: name, groupSize: size, bytes: bytes, peer: nil)
+        let event = CommEvent(kind: kind, group: name, bytes: bytes, peer: nil)
         let observers = hooks.clockSuspended == 0 ? hooks.observers : []
-        for o in observers { o.willStart(event) }
         var req: MPI_Request? = nil
         if let clock = hooks.activeClock, size > 1 {
             clock.flush()
@@ -317,8 +316,7 @@ public struct Communicator: @unchecked Sendable {
     /// Sending costs the sender nothing on its emulated clock (copy engines are asynchronous);
     /// the receiver pays the transfer.
     public func isend<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to peer: Int, tag: Int) -> Request {
-        let ev = CommEvent(kind: .send, group: name, groupSize: size, bytes: count * MemoryLayout<T>.stride, peer: peer)
-        if hooks.clockSuspended == 0 { for o in hooks.observers { o.willStart(ev) } }
+        let ev = CommEvent(kind: .send, group: name, bytes: count * MemoryLayout<T>.stride, peer: peer)
         let clock = hooks.activeClock
         let r = Request(event: ev, emulatedBytes: emulatedBytes(T.self, count: count), timed: clock != nil)
         MPI_Isend(buffer, Int32(count), T.mpiType, Int32(peer), Int32(tag), handle, &r.handle)
@@ -332,8 +330,7 @@ public struct Communicator: @unchecked Sendable {
 
     /// Starts receiving `count` elements from `peer` into `buffer`.
     public func irecv<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, from peer: Int, tag: Int) -> Request {
-        let ev = CommEvent(kind: .recv, group: name, groupSize: size, bytes: count * MemoryLayout<T>.stride, peer: peer)
-        if hooks.clockSuspended == 0 { for o in hooks.observers { o.willStart(ev) } }
+        let ev = CommEvent(kind: .recv, group: name, bytes: count * MemoryLayout<T>.stride, peer: peer)
         let clock = hooks.activeClock
         let r = Request(event: ev, emulatedBytes: emulatedBytes(T.self, count: count), timed: clock != nil)
         MPI_Irecv(buffer, Int32(count), T.mpiType, Int32(peer), Int32(tag), handle, &r.handle)

@@ -1,5 +1,5 @@
 /// What a stretch of a rank's emulated time was spent on.
-public enum SpanKind: String, Sendable, CaseIterable, Codable {
+public enum SpanKind: String, Sendable, CaseIterable {
     case forward, backward
     case weightGrad = "weight-gradient"
     case optimizer

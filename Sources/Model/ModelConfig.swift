@@ -4,7 +4,7 @@
 /// Dimension legend used in the model's comments:
 /// B micro-batch sequences, T sequence length, N = B*T tokens, C d_model, H query heads,
 /// G KV heads, D head dim (C/H), E experts, K top-k, F FFN (expert) hidden size, V vocabulary.
-public struct ModelConfig: Equatable, Sendable, Codable {
+public struct ModelConfig: Equatable, Sendable {
     public var vocab: Int = 256          // V: byte-level
     public var dModel: Int = 64          // C
     public var layers: Int = 2           // L

@@ -166,14 +166,3 @@ public struct Projection {
         executedFLOPsPerStep = executed
     }
 }
-
-extension Projection {
-    /// The account's run as a moe-train configuration: its width, heads, one KV head, 16
-    /// experts top-2 with each expert's hidden size from its parameter count, 8k sequences,
-    /// TP8 x PP15, experts split over the 8 TP ranks (so that the ~30 GB per GPU of the
-    /// account holds), the largest whole number of replicas that fits the GPU count, and the
-    /// 60M-token batch as whole micro-batches of one sequence per replica.
-    public static func config(for a: PublishedRun) -> (RunConfig, world: Int) {
-        ProjectionReport.config(a, ProjectionReport.Layout())
-    }
-}

@@ -9,8 +9,6 @@ public struct PipelineSchedule: Sendable {
     /// The simulator's view with uniform costs (forward 1, backward 2): in-flight micro-batches.
     public let uniform: Simulator.Result
 
-    public struct InvalidSchedule: Error, CustomStringConvertible { public let description: String }
-
     /// The executor's message tags cover this many micro-batches and virtual stages (MPI
     /// guarantees tags up to 32767); projections, which send nothing, have no such bound.
     public static let executorLimits = (microbatches: 250, virtualStages: 64)

@@ -84,10 +84,4 @@ public struct Tensor: @unchecked Sendable {
         precondition(start >= 0 && start + n <= rows, "row slice out of range")
         return Tensor(view: storage, offset: offset + start * cols, shape: [n, cols])
     }
-
-    /// Same storage, new shape with the same element count.
-    public func reshaped(_ newShape: [Int]) -> Tensor {
-        precondition(newShape.reduce(1, *) == count, "reshape changes element count")
-        return Tensor(view: storage, offset: offset, shape: newShape)
-    }
 }

@@ -39,7 +39,6 @@ public final class AdamW {
     public func restore(stepCount n: Int) { stepCount = n }
 
     /// Bytes of optimizer state this rank holds (two fp32 moments).
-    public var stateBytes: Int { 2 * range.count * 4 }
 
     /// One update of `params[range]` from `grads[range] * gradScale` (the clipping factor).
     public func step(params: Storage, grads: Storage, lr: Double, gradScale: Float = 1) {

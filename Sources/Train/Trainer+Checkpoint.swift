@@ -58,7 +58,7 @@ extension Trainer {
         if faults.crashesWhileSaving(step: step) {
             log("fault: rank \(world.rank) dies while writing its checkpoint shard at step \(step)")
             let tmp = dir + "/." + Checkpoint.shardName(world.rank) + ".tmp-\(getpid())"
-            FileManager.default.createFile(atPath: tmp, contents: Data(blob.prefix(blob.count / 2)))
+            _ = FileManager.default.createFile(atPath: tmp, contents: Data(blob.prefix(blob.count / 2)))
             faults.crash()
         }
         try AtomicFile.write(blob, to: path)

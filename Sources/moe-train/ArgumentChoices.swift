@@ -5,8 +5,8 @@ import Schedule
 
 // The configuration's choices are typed on the command line too: an unknown value is
 // rejected by the parser with the flag, the value and the choices.
-extension ScheduleKind: @retroactive ExpressibleByArgument {}
-extension ClockChoice: @retroactive ExpressibleByArgument {}
-extension LinkChoice: @retroactive ExpressibleByArgument {}
-extension Precision: @retroactive ExpressibleByArgument {}
-extension FailMode: @retroactive ExpressibleByArgument {}
+extension ScheduleKind: ExpressibleByArgument {}
+extension ClockChoice: ExpressibleByArgument {}
+extension LinkChoice: ExpressibleByArgument {}
+extension Precision: ExpressibleByArgument {}
+extension FailMode: ExpressibleByArgument {}
