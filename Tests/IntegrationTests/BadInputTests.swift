@@ -4,10 +4,6 @@ import TestSupport
 
 /// Bad input: one clear message from rank 0, exit status 2 on every rank, no hang.
 final class BadInputTests: XCTestCase {
-    override func setUpWithError() throws {
-        guard Subprocess.binary != nil else { throw XCTSkip("MOE_TRAIN_BIN not set; run through `make test`") }
-    }
-
     func assertRejected(np: Int = 1, _ args: [String], mentions: [String], within seconds: Double = 60,
                         file: StaticString = #filePath, line: UInt = #line) throws {
         let r = try Subprocess.mpirun(np: np, args, timeout: max(seconds * 3, 30))

@@ -4,10 +4,6 @@ import TestSupport
 
 /// Every Communicator operation over real MPI, on the world and on tp/pp/dp/ep sub-groups.
 final class CommunicatorTests: XCTestCase {
-    override func setUpWithError() throws {
-        guard Subprocess.binary != nil else { throw XCTSkip("MOE_TRAIN_BIN not set; run through `make test`") }
-    }
-
     func check(np: Int, _ args: [String], extraMPIArgs: [String] = []) throws {
         let r = try Subprocess.mpirun(np: np, ["comm-check"] + args, extraMPIArgs: extraMPIArgs, timeout: 120)
         XCTAssertEqual(r.status, 0, r.output)

@@ -5,10 +5,6 @@ import TestSupport
 /// Acceptance 6: the dump of step N loads with Python's safetensors and holds a gradient
 /// for every parameter.
 final class DumpTests: XCTestCase {
-    override func setUpWithError() throws {
-        guard Subprocess.binary != nil else { throw XCTSkip("MOE_TRAIN_BIN not set; run through `make test`") }
-    }
-
     func testDumpLoadsInPythonSafetensors() throws {
         let dir = try Subprocess.tempDir()
         let r = try Subprocess.mpirun(np: 1, ["--config", "configs/tiny.json", "--steps", "4", "--dump-step", "3",

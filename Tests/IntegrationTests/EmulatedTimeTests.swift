@@ -4,10 +4,6 @@ import TestSupport
 
 /// The emulated device clock through real runs: determinism, traces, memory, out-of-memory.
 final class EmulatedTimeTests: XCTestCase {
-    override func setUpWithError() throws {
-        guard Subprocess.binary != nil else { throw XCTSkip("MOE_TRAIN_BIN not set; run through `make test`") }
-    }
-
     func run(np: Int, _ args: [String], in dir: String, file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
         let r = try Subprocess.mpirun(np: np, ["--config", "configs/tiny.json", "--summary-json", dir + "/s.json"] + args)
         XCTAssertEqual(r.status, 0, r.output, file: file, line: line)

@@ -5,10 +5,6 @@ import TestSupport
 /// Failures, sharded checkpoints and restarts under the supervisor (acceptance list of the
 /// failures issue): the job ends where an uninterrupted run ends.
 final class FaultToleranceTests: XCTestCase {
-    override func setUpWithError() throws {
-        guard Subprocess.binary != nil else { throw XCTSkip("MOE_TRAIN_BIN not set; run through `make test`") }
-    }
-
     static let layout = ["--config", "configs/tiny.json", "--tp", "2", "--pp", "2", "--steps", "24", "--checkpoint-every", "5"]
 
     /// The uninterrupted 4-rank run the supervised ones must reproduce.
@@ -22,7 +18,7 @@ final class FaultToleranceTests: XCTestCase {
 
     func supervise(_ flags: [String], hangTimeout: Double = 60, maxRestarts: Int = 2) throws -> (Subprocess.Result, [String: Any], String) {
         let dir = try Subprocess.tempDir()
-        let bin = try XCTUnwrap(Subprocess.binary)
+        let bin = try Subprocess.binary
         let r = try Subprocess.run(bin, ["supervise", "--np", "4", "--max-restarts", String(maxRestarts), "--hang-timeout", String(hangTimeout),
                                          "--summary-json", dir + "/job.json", "--"] + flags + ["--checkpoint-dir", dir + "/run"],
                                    cwd: Subprocess.repoRoot, timeout: 600)
@@ -160,7 +156,7 @@ final class FaultToleranceTests: XCTestCase {
                                               "--checkpoint-every", "6", "--checkpoint-dir", dir + "/run", "--summary-json", dir + "/s.json"])
         XCTAssertEqual(r.status, 0, r.output)
         let checksum = try XCTUnwrap(try Subprocess.readJSON(dir + "/s.json")["param_checksum"] as? String)
-        let e = try Subprocess.run(try XCTUnwrap(Subprocess.binary), ["export", "--checkpoint", dir + "/run", "--out", dir + "/m.safetensors"])
+        let e = try Subprocess.run(try Subprocess.binary, ["export", "--checkpoint", dir + "/run", "--out", dir + "/m.safetensors"])
         XCTAssertEqual(e.status, 0, e.output)
         XCTAssertTrue(e.stdout.contains(checksum), e.output)
     }

@@ -5,10 +5,6 @@ import TestSupport
 /// Tensor, expert and data parallelism (with ZeRO-1) compute the same training run as one
 /// rank: the same gradients at a step, the same losses over many steps.
 final class ParallelEquivalenceTests: XCTestCase {
-    override func setUpWithError() throws {
-        guard Subprocess.binary != nil else { throw XCTSkip("MOE_TRAIN_BIN not set; run through `make test`") }
-    }
-
     /// The layouts of the acceptance list: (ranks, flags).
     static let layouts: [(np: Int, flags: [String])] = [
         (2, ["--tp", "2"]),

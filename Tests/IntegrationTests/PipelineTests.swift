@@ -6,10 +6,6 @@ import TestSupport
 /// one stage for every schedule, bubbles against the simulator and the closed forms, peak
 /// activation memory, and compare-schedules.
 final class PipelineTests: XCTestCase {
-    override func setUpWithError() throws {
-        guard Subprocess.binary != nil else { throw XCTSkip("MOE_TRAIN_BIN not set; run through `make test`") }
-    }
-
     func run(np: Int, _ args: [String], timeout: Double = 300, file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
         let dir = try Subprocess.tempDir()
         let r = try Subprocess.mpirun(np: np, args + ["--summary-json", dir + "/s.json"], timeout: timeout)

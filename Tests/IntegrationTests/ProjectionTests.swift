@@ -4,12 +4,8 @@ import TestSupport
 
 /// `moe-train project`: the background account's arithmetic from the command line.
 final class ProjectionTests: XCTestCase {
-    override func setUpWithError() throws {
-        guard Subprocess.binary != nil else { throw XCTSkip("MOE_TRAIN_BIN not set; run through `make test`") }
-    }
-
     func testAccountArithmeticIsPrinted() throws {
-        let bin = try XCTUnwrap(Subprocess.binary)
+        let bin = try Subprocess.binary
         let r = try Subprocess.run(bin, ["project", "--config", "configs/gpt4-account.json"], cwd: Subprocess.repoRoot)
         XCTAssertEqual(r.status, 0, r.output)
         for text in ["1.83e+12", "2.77e+11", "2.16e+25", "89.1 to 100.2 days", "105 days", "$21.6M", "56% of the bf16 peak", "30.5 GB"] {
@@ -25,7 +21,7 @@ extension ProjectionTests {
     /// Acceptance 3: for layouts that also run for real (tiny config, modeled clock), the
     /// projection predicts the emulated step time the run measures, within 2%.
     func testProjectionMatchesRealRuns() throws {
-        let bin = try XCTUnwrap(Subprocess.binary)
+        let bin = try Subprocess.binary
         for (np, flags) in [(4, ["--tp", "2", "--pp", "2"]), (4, ["--tp", "2", "--pp", "2", "--moe-every", "0"]),
                             (4, ["--pp", "4", "--layers", "4", "--micro-batches", "8", "--schedule", "gpipe"]),
                             (4, ["--tp", "2", "--ep", "4"])] {
@@ -46,7 +42,7 @@ extension ProjectionTests {
 
     /// Acceptance 2 (first part): the emulator's own prediction of the account's run is printed.
     func testEmulatorPredictionOfTheAccountsRun() throws {
-        let r = try Subprocess.run(try XCTUnwrap(Subprocess.binary), ["project"], cwd: Subprocess.repoRoot)
+        let r = try Subprocess.run(try Subprocess.binary, ["project"], cwd: Subprocess.repoRoot)
         XCTAssertEqual(r.status, 0, r.output)
         for text in ["the emulator's prediction", "TP8 x PP15 x DP208", "pipeline bubble", "MFU", "memory per GPU", "days"] {
             XCTAssertTrue(r.stdout.contains(text), "\(text) missing:\n\(r.stdout)")
@@ -58,7 +54,7 @@ extension ProjectionTests {
     /// The JSON of a projection holds the keys the issue lists, and goodput when an MTBF is given.
     func testProjectionJSONAndGoodput() throws {
         let dir = try Subprocess.tempDir()
-        let r = try Subprocess.run(try XCTUnwrap(Subprocess.binary),
+        let r = try Subprocess.run(try Subprocess.binary,
                                    ["project", "--mtbf-hours", "50000", "--json", dir + "/p.json"], cwd: Subprocess.repoRoot)
         XCTAssertEqual(r.status, 0, r.output)
         let p = try Subprocess.readJSON(dir + "/p.json")
@@ -77,7 +73,7 @@ extension ProjectionTests {
     /// The sweep over a 25,000-GPU cluster prints its table and its rejections. (Its time is
     /// reported in the README, not asserted: tests never assert on wall-clock speed.)
     func testSweepReportsLayoutsAndRejections() throws {
-        let r = try Subprocess.run(try XCTUnwrap(Subprocess.binary), ["project", "--sweep", "--device", "a100-80gb"],
+        let r = try Subprocess.run(try Subprocess.binary, ["project", "--sweep", "--device", "a100-80gb"],
                                    cwd: Subprocess.repoRoot, timeout: 300)
         XCTAssertEqual(r.status, 0, r.output)
         XCTAssertTrue(r.stdout.contains("layouts tried"), r.stdout)
@@ -89,7 +85,7 @@ extension ProjectionTests {
 extension ProjectionTests {
     /// Bad layouts for the projection: one message, exit 2, no trap.
     func testProjectRejectsBadLayouts() throws {
-        let bin = try XCTUnwrap(Subprocess.binary)
+        let bin = try Subprocess.binary
         for args in [["--tp", "0"], ["--pp", "4000"], ["--dp", "0"], ["--tp", "3"]] {
             let r = try Subprocess.run(bin, ["project"] + args, cwd: Subprocess.repoRoot)
             XCTAssertEqual(r.status, 2, "\(args): \(r.output)")

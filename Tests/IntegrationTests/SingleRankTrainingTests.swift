@@ -4,10 +4,6 @@ import TestSupport
 
 /// The foundation's acceptance runs, through real mpirun on the release binary.
 final class SingleRankTrainingTests: XCTestCase {
-    override func setUpWithError() throws {
-        guard Subprocess.binary != nil else { throw XCTSkip("MOE_TRAIN_BIN not set; run through `make test`") }
-    }
-
     func summary(_ args: [String], np: Int = 1, file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
         let dir = try Subprocess.tempDir()
         let path = dir + "/summary.json"

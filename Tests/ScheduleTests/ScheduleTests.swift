@@ -75,8 +75,7 @@ final class ScheduleTests: XCTestCase {
 
     /// Hand-made broken schedules are rejected with the rule, the stage and the action.
     func testBrokenSchedulesAreRejected() throws {
-        func reject(_ lists: [[String]], M: Int, v: Int = 1, _ rule: String, file: StaticString = #filePath, line: UInt = #line) {
-            let lowered = lists.map { $0.map { Action($0)! } }
+        func rejectActions(_ lowered: [[Action]], M: Int, v: Int = 1, _ rule: String, file: StaticString = #filePath, line: UInt = #line) {
             do {
                 _ = try Simulator.run(lowered, virtualStages: v, microbatches: M)
                 XCTFail("accepted a broken schedule", file: file, line: line)
@@ -84,6 +83,9 @@ final class ScheduleTests: XCTestCase {
                 XCTAssertTrue(e.rule.contains(rule), "\(e.rule)", file: file, line: line)
                 XCTAssertTrue(e.description.contains("<-- ERROR HERE") || e.grid.isEmpty, file: file, line: line)
             } catch { XCTFail("\(error)", file: file, line: line) }
+        }
+        func reject(_ lists: [[String]], M: Int, v: Int = 1, _ rule: String, file: StaticString = #filePath, line: UInt = #line) {
+            rejectActions(lists.map { $0.map { Action($0)! } }, M: M, v: v, rule, file: file, line: line)
         }
         // Backward before forward.
         reject([["B0", "F0"]], M: 1, "backward before its forward")
@@ -98,8 +100,23 @@ final class ScheduleTests: XCTestCase {
         // Deadlock: both stages wait for a gradient first.
         reject([["F0", "sF0", "rB0", "B0", "F1", "sF1", "rB1", "B1"],
                 ["rF1", "F1", "B1", "sB1", "rF0", "F0", "B0", "sB0"]], M: 2, "deadlock")
-        // A message sent but never received.
-        reject([["F0", "sF0", "rB0", "B0"], ["F0", "B0", "sB0"].map { $0 }], M: 1, "forward before its activation")
+        // Every send matched by one receive. In a schedule whose indices are in range, the rules
+        // above already require each send and each receive exactly once (and forbid any other),
+        // so sends and receives always pair up; the only way to reach the matching rule is a
+        // micro-batch below 0, which the range check does not catch (Action(text) never parses
+        // one, Action(kind, mb) builds it). If that check learns about negative indices, these
+        // schedules fail it instead, and the matching rule can no longer be reached at all.
+        // Stage 0 also runs micro-batch -1 and sends its activation; stage 1 never receives it
+        // (without the rule the simulator accepts this: a send does not wait).
+        func stage0(_ extra: [Action]) -> [Action] {
+            [Action(.forward, 0), Action(.sendActivation, 0)] + extra + [Action(.recvGradient, 0), Action(.backward, 0)]
+        }
+        let stage1 = [Action(.recvActivation, 0), Action(.forward, 0), Action(.backward, 0), Action(.sendGradient, 0)]
+        rejectActions([stage0([Action(.forward, -1), Action(.sendActivation, -1)]), stage1], M: 1,
+                      "message act -1 -> stage 1 sent 1 times but received 0 times")
+        // Stage 1 waits for an activation of micro-batch -1 that stage 0 never sends (without
+        // the rule: a deadlock, which is another error).
+        rejectActions([stage0([]), [Action(.recvActivation, -1)] + stage1], M: 1, "message act -1 -> stage 1 received 1 times but never sent")
     }
 
     func testInterleavedNeedsDivisibleMicrobatches() {

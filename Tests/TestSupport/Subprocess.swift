@@ -10,16 +10,60 @@ public enum Subprocess {
         public var output: String { stdout + stderr }
     }
 
-    public struct Missing: Error, CustomStringConvertible {
+    public struct Missing: Error, CustomStringConvertible, Sendable {
         public let description: String
     }
 
-    /// The release binary built by `make test` (MOE_TRAIN_BIN), or nil when not set.
-    public static var binary: String? {
-        guard let p = ProcessInfo.processInfo.environment["MOE_TRAIN_BIN"], FileManager.default.isExecutableFile(atPath: p) else {
-            return nil
+    /// The release binary the integration tests run: MOE_TRAIN_BIN when set (`make test`
+    /// sets it), else this repository's .build/release/moe-train when it is newer than every
+    /// source file, else that binary built once per test process. Throws (the test fails,
+    /// never skips) when there is none, saying how to build it.
+    public static var binary: String {
+        get throws { try resolvedBinary.get() }
+    }
+
+    /// Resolved (and built, if need be) on first use; a static let is initialized once,
+    /// thread-safely, so concurrent tests build at most once.
+    private static let resolvedBinary: Swift.Result<String, Missing> = resolveBinary()
+
+    private static func resolveBinary() -> Swift.Result<String, Missing> {
+        let fm = FileManager.default
+        let howTo = "build it with `swift build -c release --product moe-train` in \(repoRoot), "
+            + "or run the tests through `make test`, or point MOE_TRAIN_BIN at a release binary"
+        if let p = ProcessInfo.processInfo.environment["MOE_TRAIN_BIN"], !p.isEmpty {
+            return fm.isExecutableFile(atPath: p) ? .success(p)
+                : .failure(Missing(description: "MOE_TRAIN_BIN=\(p) is not an executable file: \(howTo)"))
         }
-        return p
+        let built = repoRoot + "/.build/release/moe-train"
+        if fm.isExecutableFile(atPath: built), !isOlderThanSources(built) { return .success(built) }
+        // `swift test` holds the lock on .build while the tests run: without --ignore-lock
+        // this build would wait for it forever. The outer `swift test` has finished building.
+        print("integration tests: building the release binary (swift build -c release --product moe-train) in \(repoRoot)")
+        let args = ["swift", "build", "-c", "release", "--product", "moe-train", "--ignore-lock"]
+        let r: Result
+        do {
+            r = try run("/usr/bin/env", args, cwd: repoRoot, timeout: 3600, environment: ProcessInfo.processInfo.environment)
+        } catch {
+            return .failure(Missing(description: "could not start `swift build` (\(error)): \(howTo)"))
+        }
+        guard r.status == 0, fm.isExecutableFile(atPath: built) else {
+            return .failure(Missing(description: "`\(args.joined(separator: " "))` failed (exit \(r.status)):\n"
+                                    + String(r.output.suffix(4000)) + "\n" + howTo))
+        }
+        return .success(built)
+    }
+
+    /// True when some file of Sources/ or Package.swift changed after `binary` was written.
+    private static func isOlderThanSources(_ binary: String) -> Bool {
+        let fm = FileManager.default
+        func modified(_ path: String) -> Date? { (try? fm.attributesOfItem(atPath: path))?[.modificationDate] as? Date }
+        guard let built = modified(binary) else { return true }
+        var paths = [repoRoot + "/Package.swift"]
+        let sources = repoRoot + "/Sources"
+        if let files = fm.enumerator(atPath: sources) {
+            for case let f as String in files { paths.append(sources + "/" + f) }
+        }
+        return paths.contains { (modified($0) ?? .distantPast) > built }
     }
 
     /// The repository root (for configs/), found from this file's location.
@@ -71,11 +115,13 @@ public enum Subprocess {
     }
 
     /// `mpirun -np N --bind-to none <binary> args`.
-    public static func mpirun(np: Int, _ args: [String], extraMPIArgs: [String] = [], timeout: Double = 300) throws -> Result {
-        guard let bin = binary else { throw Missing(description: "MOE_TRAIN_BIN is not set: run the integration tests through `make test`") }
+    /// Runs in `cwd` (default: the repository root, so relative config paths work).
+    public static func mpirun(np: Int, _ args: [String], extraMPIArgs: [String] = [], cwd: String? = nil,
+                              timeout: Double = 300) throws -> Result {
+        let bin = try binary
         let mpirun = ["/usr/bin/mpirun", "/usr/local/bin/mpirun"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "mpirun"
         return try run(mpirun, ["-np", String(np), "--bind-to", "none"] + extraMPIArgs + [bin] + args,
-                       cwd: repoRoot, timeout: timeout)
+                       cwd: cwd ?? repoRoot, timeout: timeout)
     }
 
     /// A fresh temporary directory.
