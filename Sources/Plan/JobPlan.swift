@@ -44,7 +44,11 @@ public struct JobPlan: Sendable {
 
     public init(config: RunConfig, world: Int, purpose: Purpose = .training) throws {
         do {
-            try config.validate()
+            // The vocabulary bound (65,536) is a limit of a run that allocates and trains the
+            // model; a projection only costs it (the account's vocabulary is 100,256).
+            var checked = config
+            if purpose != .training { checked.model.vocab = min(config.model.vocab, 65536) }
+            try checked.validate()
             let topo = try Topology(world: world, tp: config.tp, pp: config.pp, dp: config.dp, ep: config.ep, model: config.model)
             if topo.pp > 1 && config.model.tieEmbeddings {
                 throw UsageError("tied embeddings with --pp \(topo.pp) are not supported: the embedding (first stage) and the LM head (last stage) would need a tied-gradient all-reduce; untie them or use --pp 1")
