@@ -26,7 +26,7 @@ struct GoodputSweepCommand: ParsableCommand {
         do { config = try TrainCommand.parse(trainingFlags).resolvedConfig(); try config.validate() } catch {
             throw ValidationError("training flags: " + MoeTrain.message(for: error))
         }
-        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+        let binary = Installation.executablePath
         do {
             _ = try GoodputSweep.run(np: np, mtbfHours: mtbfHours, intervals: intervals, maxRestarts: maxRestarts,
                                      trainingFlags: trainingFlags, baseDirectory: out, binary: binary,
