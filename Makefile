@@ -53,7 +53,10 @@ bench: build
 comm-check: build
 	launch/run.sh -np 4 -- comm-check --tp 2
 
-install: build
+# `make install PREFIX=P` builds, then copies the binary to P/bin and configs/ (default,
+# tiny, the account, devices/) to P/share/moe-train, where the binary finds them from any
+# directory. `make install PREFIX=P BIN=path` installs an already-built binary, no build.
+install: $(if $(filter command line,$(origin BIN)),,build)
 	install -d $(PREFIX)/bin $(PREFIX)/share/moe-train/devices
 	install -m 755 $(BIN) $(PREFIX)/bin/moe-train
 	install -m 644 configs/*.json $(PREFIX)/share/moe-train/

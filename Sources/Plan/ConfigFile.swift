@@ -15,30 +15,12 @@ public enum ConfigFile {
         return try parse(data, name: path)
     }
 
-    /// Directories holding moe-train's configs, in search order: $MOE_TRAIN_CONFIGS, ./configs,
-    /// the installed share/moe-train next to the binary, and the repository a binary in
-    /// .build/ was built from.
-    public static var configDirectories: [String] {
-        var dirs: [String] = []
-        if let env = ProcessInfo.processInfo.environment["MOE_TRAIN_CONFIGS"] { dirs.append(env) }
-        dirs.append(FileManager.default.currentDirectoryPath + "/configs")
-        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-        dirs.append(exe.appendingPathComponent("../share/moe-train").standardized.path)  // make install
-        var dir = exe
-        for _ in 0..<5 {
-            dir = dir.deletingLastPathComponent()
-            dirs.append(dir.appendingPathComponent("configs").path)
-        }
-        return dirs
-    }
-
     /// The configuration used when no --config is given: `default.json` from the config
-    /// directories (the model `mpirun -np 16 moe-train --tp 4 --pp 4` trains).
+    /// directories (`Installation.configDirectories`; the model `mpirun -np 16 moe-train --tp 4
+    /// --pp 4` trains).
     public static func loadDefault() throws -> RunConfig {
-        for dir in configDirectories where FileManager.default.fileExists(atPath: dir + "/default.json") {
-            return try load(dir + "/default.json")
-        }
-        throw RunConfig.ConfigError("no --config given and no default.json found in \(configDirectories.joined(separator: ", ")); pass --config FILE or set MOE_TRAIN_CONFIGS")
+        if let path = Installation.findConfig("default.json") { return try load(path) }
+        throw RunConfig.ConfigError("no --config given and no default.json found (\(Installation.searchedDescription)); pass --config FILE or set MOE_TRAIN_CONFIGS")
     }
 
     /// Reads a configuration from a file's bytes; `name` is its path, for messages and for

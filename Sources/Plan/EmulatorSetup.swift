@@ -22,8 +22,9 @@ public struct EmulatorSetup: Sendable {
 
     public func makeClock() -> DeviceClock { DeviceClock(mode: mode, cost: cost) }
 
-    /// Directories searched for `NAME.json` device profiles, in order.
-    public static var profileDirectories: [String] { ConfigFile.configDirectories.map { $0 + "/devices" } }
+    /// Directories searched for `NAME.json` device profiles, in order: `devices/` in each of
+    /// `Installation.configDirectories`.
+    public static var profileDirectories: [String] { Installation.configDirectories.map { $0 + "/devices" } }
 
     public static func findProfile(_ name: String) throws -> DeviceProfile {
         if name.hasSuffix(".json") || name.contains("/") {

@@ -37,7 +37,7 @@ struct GoodputSweepCommand: ParsableCommand {
         do { config = try TrainCommand.parse(NegativeValues.joined(trainingFlags)).resolvedConfig(); _ = try JobPlan(config: config, world: np) } catch {
             throw ValidationError("training flags: " + MoeTrain.message(for: error))
         }
-        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+        let binary = Installation.executablePath
         do {
             _ = try GoodputSweep.run(np: np, mtbfHours: mtbfHours, intervals: intervals, maxRestarts: maxRestarts,
                                      trainingFlags: trainingFlags, baseDirectory: out, binary: binary,

@@ -5,7 +5,7 @@ import Schedule
 import Plan
 import Train
 
-/// `moe-train project --config configs/gpt4-account.json [layout flags] [--sweep]`: the
+/// `moe-train project [--config ACCOUNT.json] [layout flags] [--sweep]`: the
 /// background account's run, recomputed from its figures and projected by the emulator's
 /// own cost model and schedule simulation (no MPI, nothing allocated).
 struct ProjectCommand: ParsableCommand {
@@ -13,7 +13,8 @@ struct ProjectCommand: ParsableCommand {
         commandName: "project",
         abstract: "Project the background account's training run to cluster scale: arithmetic, step time, bubble, MFU, memory, days, cost, goodput."
     )
-    @Option(help: "The account's figures (JSON with model, training and sources).") var config = "configs/gpt4-account.json"
+    @Option(help: "The account's figures (JSON with model, training and sources). Default: gpt4-account.json from the config directories (./configs, PREFIX/share/moe-train, ...).")
+    var config: String?
     @Option(help: "GPU to emulate (default: the account's).") var device: String?
     @Option(help: "Tensor-parallel size (default: the account's 8).") var tp: Int?
     @Option(help: "Pipeline stages (default: the account's 15).") var pp: Int?
@@ -34,7 +35,7 @@ struct ProjectCommand: ParsableCommand {
 
     func run() throws {
         do {
-            var account = try PublishedRun.load(config)
+            var account = try PublishedRun.load(try accountPath())
             if let p = usdPerGPUHour { account.usdPerGPUHour = p }
             var layout = ProjectionReport.Layout()
             layout.device = device; layout.tp = tp; layout.pp = pp; layout.dp = dp; layout.ep = ep; layout.schedule = schedule
@@ -54,5 +55,12 @@ struct ProjectCommand: ParsableCommand {
         } catch let e as UsageError {
             throw ValidationError(e.description)
         }
+    }
+
+    /// --config when given, else the first gpt4-account.json in the config directories.
+    func accountPath() throws -> String {
+        if let config { return config }
+        if let found = Installation.findConfig("gpt4-account.json") { return found }
+        throw UsageError("no --config given and no gpt4-account.json found (\(Installation.searchedDescription)); pass --config FILE or set MOE_TRAIN_CONFIGS")
     }
 }

@@ -39,7 +39,7 @@ struct SuperviseCommand: ParsableCommand {
         guard !trainingFlags.contains("--summary-json") && !trainingFlags.contains("--attempt") else {
             throw ValidationError("pass --summary-json to supervise itself, not in the training flags; --attempt is set by the supervisor")
         }
-        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+        let binary = Installation.executablePath  // this very binary, wherever it was started from
         let options = Supervisor.Options(np: np, maxRestarts: maxRestarts, hangTimeout: hangTimeout, summaryJSON: summaryJSON,
                                          mpirunArgs: mpirunArgs.split(separator: " ").map(String.init), trainingFlags: trainingFlags,
                                          binary: binary, runDirectory: config.runDirectory, restartCostS: config.restartCostS)

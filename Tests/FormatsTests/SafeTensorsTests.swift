@@ -24,3 +24,16 @@ final class SafeTensorsTests: XCTestCase {
         XCTAssertThrowsError(try SafeTensors.decode([255, 0, 0, 0, 0, 0, 0, 0, 0x7b, 0x7d]))
     }
 }
+
+final class JSONTextTests: XCTestCase {
+    /// NaN becomes null; values read back from JSON keep their type and digits.
+    func testSanitizeKeepsParsedNumbersAndBooleans() throws {
+        let parsed = try JSONSerialization.jsonObject(with: Data(#"{"big": 18446744073709551615, "flag": true, "n": 2, "x": 0.5}"#.utf8))
+        let text = JSONText.encode(["config": parsed, "loss": Double.nan, "losses": [1.5, Double.infinity]])
+        XCTAssertTrue(text.contains("\"big\" : 18446744073709551615"), text)
+        XCTAssertTrue(text.contains("\"flag\" : true"), text)
+        XCTAssertTrue(text.contains("\"n\" : 2"), text)
+        XCTAssertTrue(text.contains("\"loss\" : null"), text)
+        XCTAssertTrue(text.contains("null"), text)
+    }
+}
