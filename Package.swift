@@ -49,7 +49,7 @@ let package = Package(
         .testTarget(name: "PlanTests", dependencies: ["Plan", "Schedule", "Model"]),
         .testTarget(name: "ProjectionTests", dependencies: ["Projection", "Plan"]),
         .testTarget(name: "TrainTests", dependencies: ["Train", "Plan", "Model", "Tensor"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["TestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["TestSupport"], exclude: ["Golden"]),
     ],
     // Language mode 5: the ranks are processes, not threads; strict Sendable checking buys nothing here.
     swiftLanguageModes: [.v5]
