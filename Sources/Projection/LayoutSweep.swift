@@ -41,12 +41,14 @@ public enum LayoutSweep {
                     guard world >= tp * pp, (config.globalBatch ?? 0) >= 1 else {
                         rejected["fewer GPUs or sequences than one replica needs", default: 0] += 1; continue
                     }
-                    let dp = world / (tp * pp)
-                    let M = config.globalBatch! / dp
-                    if v > 1 && M % pp != 0 { rejected["interleaved: micro-batches not divisible by pp", default: 0] += 1; continue }
-                    guard let p = try? Projection(config: config, worldSize: world, recompute: base.recompute) else {
-                        rejected["invalid layout for the model", default: 0] += 1; continue
+                    let p: Projection
+                    do { p = try Projection(config: config, worldSize: world, recompute: base.recompute) } catch {
+                        // The plan says why; the interleaved schedule's divisibility is the common case.
+                        let why = String(describing: error).contains("interleaved needs --micro-batches divisible by --pp")
+                            ? "interleaved: micro-batches not divisible by pp" : "invalid layout for the model"
+                        rejected[why, default: 0] += 1; continue
                     }
+                    let dp = p.plan.topology.dp
                     let mem = p.memory.roles.map(\.breakdown.total).max() ?? 0
                     if mem > device.memoryBytes { rejected["does not fit in \(device.name) memory", default: 0] += 1; continue }
                     fits.append(Candidate(tp: tp, pp: pp, dp: dp, schedule: schedule, virtualStages: v, stepTime: p.stepTime,

@@ -11,6 +11,8 @@ import Plan
 /// validated with. The data-parallel reduction, gradient norm and optimizer follow as in
 /// the trainer (ZeRO-1 reduce-scatter, all-reduce of the norm, AdamW, all-gather).
 public struct Projection {
+    /// The plan projected.
+    public let plan: JobPlan
     public let stepTime: Double
     public let pipelinePhase: Double
     public let bubblePerStage: [Double]
@@ -39,6 +41,7 @@ public struct Projection {
 
     /// Projects a planned job; its purpose says whether activations are recomputed.
     public init(plan job: JobPlan) throws {
+        plan = job
         let (config, topo, batch, plan, schedule, emulator) = (job.config, job.topology, job.batch, job.stages, job.schedule, job.emulator)
         var recompute = false
         if case .projection(let r) = job.purpose { recompute = r }

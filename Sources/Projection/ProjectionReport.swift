@@ -81,14 +81,12 @@ public enum ProjectionReport {
             throw UsageError("project: \(Int(a.gpus)) GPUs and a \(a.batchTokens)-token batch do not hold one replica of TP\(config.tp) x PP\(config.pp) with a sequence each")
         }
         let p: Projection
-        let batch: BatchPlan
         do {
             p = try Projection(config: config, worldSize: world, recompute: layout.recompute)
-            batch = try BatchPlan(globalBatch: config.globalBatch, microBatchSize: config.microBatchSize,
-                                  microBatches: config.microBatches, dp: world / (config.tp * config.pp))
         } catch {
             throw UsageError("project: \(error)")
         }
+        let batch = p.plan.batch
         for line in a.report(peak: device.peakFLOPS, altPeakBF16: alt.peakFLOPS, altPeakFP8: alt.peakFLOPSFP8 ?? .nan) { log(line) }
         let dp = batch.dp
         let M = batch.microBatches
