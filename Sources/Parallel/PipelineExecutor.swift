@@ -80,7 +80,7 @@ public final class PipelineExecutor {
                 let layers = plan.layers(rank: rank, chunk: a.chunk)
                 let io = batch(a.microbatch)
                 let input: Transformer.ChunkInput = stage == 0 ? .tokens(io.tokens) : .activation(received.removeValue(forKey: slot)!)
-                if stage > 0 { held(-rows * width) }
+                if stage > 0 { held(-rows * width) }   // from now on counted by the pass, as its input
                 start = min(start, clock.now)
                 let t0 = clock.now
                 let pass = clock.compute(.forward, a.description) {
