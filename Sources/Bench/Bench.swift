@@ -62,13 +62,9 @@ public enum Bench {
         // 1. GEMM shapes of one step, then each through the model's path and bare sgemm.
         let t = try trainer(config, world: world)
         var shapes: [GemmShape: Int] = [:]
-        let probe = Profiler()
-        Kernels.profiler = probe
-        Kernels.gemmShapes = { shapes[$0, default: 0] += 1 }
+        t.kernels.profiler = Profiler()   // GEMM shapes are reported where a profiler listens
+        t.kernels.gemmShapes = { shapes[$0, default: 0] += 1 }
         _ = try t.trainStep(1)
-        Kernels.gemmShapes = nil
-        Kernels.profiler = nil
-        Kernels.accountant = nil
         var gemm: [[String: Any]] = []
         for (shape, count) in shapes.sorted(by: { $0.key.flops * Double($0.value) > $1.key.flops * Double($1.value) }).prefix(quick ? 3 : 40) {
             let (model, bare) = timeGemm(shape, minSeconds: quick ? 0.002 : 0.02)
@@ -83,7 +79,7 @@ public enum Bench {
         // 2. The step's CPU time by category; 5. the emulator's overhead.
         let profiled = try trainer(config, world: world)
         let prof = Profiler()
-        Kernels.profiler = prof
+        profiled.kernels.profiler = prof
         var stepCPU: [Double] = []
         for s in 1...steps {
             let c0 = DeviceClock.threadCPUSeconds()
@@ -91,7 +87,6 @@ public enum Bench {
             stepCPU.append(DeviceClock.threadCPUSeconds() - c0)
         }
         prof.finish()
-        Kernels.profiler = nil
         let total = prof.totals.values.reduce(0, +)
         out["step_breakdown_s"] = prof.totals.mapValues { $0 / Double(steps) }
         out["non_gemm_fraction"] = total > 0 ? 1 - (prof.totals["GEMM"] ?? 0) / total : 0
@@ -99,11 +94,11 @@ public enum Bench {
         // Overhead: the same steps with the clock attached and recording, and without it.
         let withClock = try trainer(config, world: world)
         let without = try trainer(config, world: world)
+        without.kernels.accountant = nil   // the same step with no kernel costed and no span recorded
+        without.clock.recording = false
         var on: [Double] = [], off: [Double] = []
         for s in 1...(quick ? 1 : 10) {
-            Kernels.accountant = withClock.clock; withClock.clock.recording = true
             var c0 = DeviceClock.threadCPUSeconds(); _ = try withClock.trainStep(s); on.append(DeviceClock.threadCPUSeconds() - c0)
-            Kernels.accountant = nil; without.clock.recording = false
             c0 = DeviceClock.threadCPUSeconds(); _ = try without.trainStep(s); off.append(DeviceClock.threadCPUSeconds() - c0)
         }
         let a = on.min()!, b = off.min()!

@@ -1,8 +1,10 @@
 /// The kernels and messages one rank runs for a chunk of the model, listed from the shapes
 /// alone, in the order the layers run them: the same GEMM shapes and elementwise traffic the
-/// layers report to `Kernels` (keep the two in step), so that the projection to cluster
-/// scale costs exactly what the emulator would measure, without allocating the model.
-/// Expert work assumes balanced routing: every expert gets its share of the assignments.
+/// layers report to `Kernels`, so that the projection to cluster scale costs exactly what the
+/// emulator would measure, without allocating the model. `KernelInventoryTests` holds the
+/// two together: the real layers' forward and backward of several shards must report
+/// exactly this list. Expert work assumes balanced routing: every expert gets its share of
+/// the assignments and none is dropped.
 public enum KernelInventory {
     public enum Work: Equatable, Sendable {
         case kernel(flops: Double, elements: Double)

@@ -52,10 +52,10 @@ public enum MoE {
         let dispatch: Dispatch
         let batches: [ExpertBatch?]
         let returned: [Float]     // expert outputs back at the sender, in sendSlots order
-        /// Floats this cache holds beyond its input (which belongs to the caller): router
-        /// probabilities, the exchanged rows, per expert its hidden activations and output.
+        /// Floats this cache holds beyond its input (which belongs to the caller): the
+        /// routing's, the exchanged rows, per expert its hidden activations and output.
         public var floatCount: Int {
-            batches.reduce(routing.probs.count + returned.count) { $0 + ($1.map { $0.ff.x.count + $0.ff.floatCount + $0.y.count } ?? 0) }
+            batches.reduce(routing.floatCount + returned.count) { $0 + ($1.map { $0.ff.x.count + $0.ff.floatCount + $0.y.count } ?? 0) }
         }
     }
 

@@ -32,6 +32,10 @@ public struct Routing {
     /// Assignments kept per expert (after capacity).
     public let load: [Int]
     public let dropped: Int
+
+    /// Floats the routing keeps for the backward: probabilities, gates, log-sum-exps and
+    /// per-sequence expert fractions (N E + N K + N + S E). Choices and kept flags are integers.
+    public var floatCount: Int { probs.count + gate.count + lse.count + fraction.count }
 }
 
 public enum Router {

@@ -138,7 +138,7 @@ public final class Transformer {
         public let output: Tensor
         let head: (xf: Tensor, rstdF: Tensor, dLogits: Tensor)?
         public let stats: MicroBatchStats
-        /// Floats of activations this pass keeps (its caches and output).
+        /// Floats of activations this pass keeps (its input, caches and output).
         public let activationFloats: Int
         public var isLast: Bool { head != nil }
     }
@@ -164,6 +164,7 @@ public final class Transformer {
             live += x.count
         case .activation(let a):
             x = a
+            live += a.count   // kept as the first block's input until the backward
         }
         var caches: [BlockCache] = []
         for l in layers {
@@ -237,27 +238,38 @@ public final class Transformer {
         return pass.stats
     }
 
-    /// The activation floats one micro-batch of `sequences` keeps on a rank holding `shard`,
-    /// from the shapes alone (the same buffers `forward` counts), assuming every routed
-    /// assignment is kept and expert work is balanced over the expert-parallel ranks.
-    /// Used to check memory before anything is allocated.
+    /// The activation floats one micro-batch of `sequences` keeps in a pipeline chunk held as
+    /// `shard`, from the shapes alone: the buffers `forwardChunk` counts (its input, the
+    /// embedding's output or the activation received from the previous stage; every held
+    /// layer's `layerActivationFloats`; the head's), assuming every routed assignment is kept
+    /// and expert work is balanced over the expert-parallel ranks. A shard of several chunks
+    /// counts one input. Used to check memory before anything is allocated.
     public static func activationFloats(config c: ModelConfig, sequences B: Int, shard: ShardSpec = .single) -> Int {
-        let T = c.seqLen, n = B * T, C = c.dModel, D = c.headDim
-        let heads = shard.heads(c)
-        let assignments = n / shard.tp * c.topK                       // this rank's tokens' assignments
-        var total = shard.embedding ? n * C : 0  // embedding output
+        let n = B * c.seqLen, C = c.dModel
+        var total = n * C                                             // the chunk's input
         for l in 0..<c.layers where shard.holds(layer: l) {
-            total += 4 * n * C + 2 * n                                // xn1, a, xn2, block output; two rstd
-            total += n * heads.qHeads * D * 2 + 2 * n * heads.kvHeads * D   // q, o; k, v
-            total += B * heads.qHeads * T * T                         // attention probabilities
-            if c.isMoE(layer: l) {
-                // router probs, returned rows, and per expert the received x, h, a, y
-                total += n * c.experts + assignments * C + assignments * (2 * C + 2 * c.ffnHidden)
-            } else {
-                total += 2 * n * c.ffnHidden / shard.tp
-            }
+            total += layerActivationFloats(config: c, sequences: B, shard: shard, layer: l)
         }
         return total + (shard.head ? n * C + n + n * shard.vocabRange(c).count : 0)  // final norm, rstd, logits
+    }
+
+    /// The floats layer `l`'s forward keeps for its backward beyond its input (its output,
+    /// which the next layer keeps as input, included).
+    public static func layerActivationFloats(config c: ModelConfig, sequences B: Int, shard: ShardSpec, layer l: Int) -> Int {
+        let T = c.seqLen, n = B * T, C = c.dModel, D = c.headDim
+        let heads = shard.heads(c)
+        var total = 4 * n * C + 2 * n                                 // xn1, a, xn2, block output; two rstd
+        total += n * heads.qHeads * D * 2 + 2 * n * heads.kvHeads * D   // q, o; k, v
+        total += B * heads.qHeads * T * T                             // attention probabilities
+        if c.isMoE(layer: l) {
+            let assignments = n / shard.tp * c.topK                   // this rank's tokens' assignments
+            total += n * c.experts + n * c.topK + n + B * c.experts   // routing: probabilities, gates, lse, fractions
+            // returned rows, and per expert the received x, h, a, y
+            total += assignments * C + assignments * (2 * C + 2 * c.ffnHidden)
+        } else {
+            total += 2 * n * c.ffnHidden / shard.tp
+        }
+        return total
     }
 
     /// Forward only, returning the summed LM loss over the tokens (for evaluation and tests).

@@ -48,9 +48,7 @@ public enum CommCheck {
                                    intraNode: link, interNode: LinkClass(alpha: 20e-6, beta: 10e9))
         let cost = CostModel(device: device, bytesPerElement: 2, links: LinkModel(intraNode: link, interNode: device.interNode, gpusPerNode: 64))
         let clock = DeviceClock(mode: .modeled, cost: cost)
-        let saved = Kernels.accountant
-        Kernels.accountant = clock
-        defer { Kernels.accountant = saved; world.detachClock() }
+        defer { world.detachClock() }
         world.attach(clock: clock, floatBytes: 2)
         let m = 256, n = 128, k = 512, count = 4096
         let gemmCost = cost.kernel(flops: 2.0 * Double(m * n * k), elements: Double(m * k + k * n + m * n))
@@ -58,7 +56,9 @@ public enum CommCheck {
         if world.rank == 0 {
             let a = Tensor(zeros: [m, k]), b = Tensor(zeros: [k, n]), c = Tensor(zeros: [m, n])
             clock.compute(.forward, "gemm") {
-                Kernels.gemm(transA: false, transB: false, m: m, n: n, k: k, a: a.ptr, lda: k, b: b.ptr, ldb: n, c: c.ptr, ldc: n)
+                Kernels.with(KernelContext(accountant: clock)) {
+                    Kernels.gemm(transA: false, transB: false, m: m, n: n, k: k, a: a.ptr, lda: k, b: b.ptr, ldb: n, c: c.ptr, ldc: n)
+                }
             }
             expect(clock.now == gemmCost, "sender clock \(clock.now), want \(gemmCost)")
             payload.withUnsafeBufferPointer { world.send($0.baseAddress!, count: count, to: 1, tag: 3) }

@@ -80,7 +80,7 @@ public final class PipelineExecutor {
                 let layers = plan.layers(rank: rank, chunk: a.chunk)
                 let io = batch(a.microbatch)
                 let input: Transformer.ChunkInput = stage == 0 ? .tokens(io.tokens) : .activation(received.removeValue(forKey: slot)!)
-                if stage > 0 { held(-rows * width) }
+                if stage > 0 { held(-rows * width) }   // from now on counted by the pass, as its input
                 start = min(start, clock.now)
                 let t0 = clock.now
                 let pass = clock.compute(.forward, a.description) {
@@ -98,10 +98,10 @@ public final class PipelineExecutor {
                 let queue = a.kind == .backwardInput ? WeightGradQueue() : nil
                 start = min(start, clock.now)
                 let t0 = clock.now
-                let dx = clock.compute(.backward, a.description) { () -> Tensor? in
-                    Kernels.deferredWeightGrads = queue
-                    defer { Kernels.deferredWeightGrads = nil }
-                    return model.backwardChunk(pass, outputGradient: grad, scale: scale)
+                var kernels = Kernels.context   // the caller's hooks, and this action's weight-gradient queue
+                kernels.deferredWeightGrads = queue
+                let dx = clock.compute(.backward, a.description) {
+                    Kernels.with(kernels) { model.backwardChunk(pass, outputGradient: grad, scale: scale) }
                 }
                 end = clock.now
                 durations[a] = end - t0

@@ -39,15 +39,22 @@ public struct MemoryPlan: Sendable {
             let partial = layout.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count }
             let inFlight = schedule.uniform.peakInFlight[c.pp]
             let activations: Int
-            if recompute, let held = shard.layers, let first = held.first {
-                let oneLayer = ShardSpec(tp: shard.tp, tpRank: shard.tpRank, ep: shard.ep, epRank: shard.ep > 1 ? shard.epRank : 0,
-                                         layers: [first], embedding: false, head: false)
+            if recompute, let held = shard.layers, !held.isEmpty {
+                // The layer inputs of every micro-batch in flight, plus the working set of the
+                // largest layer being recomputed.
                 let inputs = held.count / stagePlan.virtualStages * plan.microBatchSize * config.model.seqLen * config.model.dModel
-                activations = inputs * max(inFlight, 1)
-                    + Transformer.activationFloats(config: config.model, sequences: plan.microBatchSize, shard: oneLayer)
+                activations = inputs * max(inFlight, 1) + held.map {
+                    Transformer.layerActivationFloats(config: config.model, sequences: plan.microBatchSize, shard: shard, layer: $0)
+                }.max()!
             } else {
-                let perChunk = Transformer.activationFloats(config: config.model, sequences: plan.microBatchSize, shard: shard)
-                    / stagePlan.virtualStages
+                // What one micro-batch keeps in one of the rank's chunks, on average over them
+                // (each keeps its own input; the first and last also the embedding and head).
+                let perChunk = (0..<stagePlan.virtualStages).reduce(0) { total, chunk in
+                    let vs = stagePlan.virtualStage(rank: c.pp, chunk: chunk)
+                    let one = ShardSpec(tp: shard.tp, tpRank: shard.tpRank, ep: shard.ep, epRank: shard.epRank,
+                                        layers: Array(stagePlan.layers[vs]), embedding: vs == 0, head: vs == stagePlan.virtualStageCount - 1)
+                    return total + Transformer.activationFloats(config: config.model, sequences: plan.microBatchSize, shard: one)
+                } / stagePlan.virtualStages
                 activations = perChunk * max(inFlight, 1)
             }
             let b = MemoryBreakdown(precision: precision, parametersHeld: layout.specs.reduce(0) { $0 + $1.count },

@@ -8,31 +8,16 @@ public protocol KernelAccountant: AnyObject {
 }
 
 /// Elementwise and BLAS kernels. Every matmul of the model goes through `gemm`, which reports
-/// its FLOPs and traffic to the accountant; elementwise layers report theirs with `account`.
+/// its FLOPs and traffic to the accountant of the installed `KernelContext`; elementwise
+/// layers report theirs with `account`. The hooks live in the context (`Kernels.with`),
+/// never in a static: kernels hold no process-wide mutable state.
 public enum Kernels {
-    /// The accountant of this process (one rank = one process = one emulated GPU), if any.
-    nonisolated(unsafe) public static var accountant: KernelAccountant?
-
-    /// Benchmark hooks (nil in training): `profiler` hears every kernel boundary with the
-    /// source file that ran it, `gemmShapes` every GEMM's shape.
-    nonisolated(unsafe) public static var profiler: KernelProfiler?
-    nonisolated(unsafe) public static var gemmShapes: ((GemmShape) -> Void)?
-
-    /// Runs `body` with accounting off: for loops of small GEMMs that a GPU runs as one
-    /// batched kernel, which the caller then reports once with `account`.
-    @inline(__always)
-    public static func unaccounted<R>(_ body: () throws -> R) rethrows -> R {
-        let saved = accountant
-        accountant = nil
-        defer { accountant = saved }
-        return try body()
-    }
-
     /// Reports one non-GEMM (or batched) kernel to the accountant.
     @inline(__always)
     public static func account(flops: Double, elements: Double, file: StaticString = #fileID) {
-        accountant?.kernel(flops: flops, elements: elements)
-        profiler?.boundary(file: file)
+        let slot = KernelContextSlot.current
+        slot.context.accountant?.kernel(flops: flops, elements: elements)
+        slot.context.profiler?.boundary(file: file)
     }
 
     /// C = alpha * op(A) * op(B) + beta * C, row-major, `op` = transpose when the flag is set.
@@ -43,19 +28,23 @@ public enum Kernels {
                             b: UnsafePointer<Float>, ldb: Int,
                             beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, file: StaticString = #fileID) {
         if m == 0 || n == 0 { return }
-        if let p = profiler {
+        let slot = KernelContextSlot.current
+        if let p = slot.context.profiler {
             p.boundary(file: "GEMM")
-            gemmShapes?(GemmShape(transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc, beta: beta))
+            slot.context.gemmShapes?(GemmShape(transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc, beta: beta))
             defer { p.boundary(file: file) }  // what the caller does next belongs to the caller
-            gemmCore(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            gemmCore(slot.context.accountant, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                     b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
             return
         }
-        gemmCore(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        gemmCore(slot.context.accountant, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                 b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
     }
 
     @inline(__always)
-    static func gemmCore(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
-                         b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    static func gemmCore(_ accountant: KernelAccountant?, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                         a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float,
+                         c: UnsafeMutablePointer<Float>, ldc: Int) {
         accountant?.kernel(flops: 2 * Double(m) * Double(n) * Double(k),
                            elements: Double(m * k + k * n + (beta == 0 ? 1 : 2) * m * n))
         if k == 0 {
@@ -75,12 +64,9 @@ public enum Kernels {
              b: w.ptr, ldb: inDim, beta: accumulate ? 1 : 0, c: y.ptr, ldc: outDim, file: file)
     }
 
-    /// When set, the weight-gradient GEMMs of `linearBackward` are queued here instead of
-    /// run: the zero-bubble split of a backward into input gradients now (I) and weight
-    /// gradients later (W).
-    nonisolated(unsafe) public static var deferredWeightGrads: WeightGradQueue?
-
-    /// dx[n, in] (+)= dy[n, out] * W[out, in]; dW[out, in] += dy^T * x.
+    /// dx[n, in] (+)= dy[n, out] * W[out, in]; dW[out, in] += dy^T * x. The weight gradient
+    /// is queued instead when the context defers weight gradients (zero-bubble I/W split);
+    /// it is then costed by the context in force when the queue runs.
     public static func linearBackward(_ x: Tensor, _ w: Tensor, _ dy: Tensor,
                                       dx: Tensor?, dw: Tensor, accumulateDx: Bool = false, file: StaticString = #fileID) {
         let n = x.rows, inDim = x.cols, outDim = w.shape[0]
@@ -93,7 +79,7 @@ public enum Kernels {
             gemm(transA: true, transB: false, m: outDim, n: inDim, k: n, a: dy.ptr, lda: outDim,
                  b: x.ptr, ldb: inDim, beta: 1, c: dw.ptr, ldc: inDim, file: file)
         }
-        if let queue = deferredWeightGrads { queue.append(weightGrad, floats: x.count + dy.count) } else { weightGrad() }
+        if let queue = KernelContextSlot.current.context.deferredWeightGrads { queue.append(weightGrad, floats: x.count + dy.count) } else { weightGrad() }
     }
 
     /// y += a * x

@@ -31,6 +31,9 @@ public final class Trainer {
     let lrSchedule: LRSchedule
     public let emulator: EmulatorSetup
     public let clock: DeviceClock
+    /// The hooks this trainer's kernels report to (its clock), installed around each step's
+    /// work by `trainStep`; a benchmark may add its profiler here.
+    public var kernels: KernelContext
     public let memory: MemoryPlan
     let flopsPerToken: Double
     let log: (String) -> Void
@@ -74,7 +77,7 @@ public final class Trainer {
         groups.world.addObserver(counter)
         // One process = one rank = one emulated GPU: its kernels and messages move this clock.
         clock = emulator.makeClock()
-        Kernels.accountant = clock
+        kernels = KernelContext(accountant: clock)
         groups.world.attach(clock: clock, floatBytes: emulator.precision.elementBytes)
         executor = PipelineExecutor(model: model, plan: stagePlan, pp: groups.pp, actions: schedule.lowered[groups.coordinates.pp],
                                     clock: clock)
@@ -135,7 +138,12 @@ public final class Trainer {
     var lastStepStart = 0.0
     var lastDurations: [Action: Double] = [:]
 
+    /// One optimizer step, its kernels reported to this trainer's `kernels` context only.
     public func trainStep(_ step: Int) throws -> StepRecord {
+        try Kernels.with(kernels) { try trainStepInContext(step) }
+    }
+
+    func trainStepInContext(_ step: Int) throws -> StepRecord {
         faults.beforeStep(step, clock: clock, log: log)
         let t0 = DispatchTime.now().uptimeNanoseconds
         lastStepStart = clock.now

@@ -21,12 +21,12 @@ final class CostModelTests: XCTestCase {
     /// The clock in modeled mode charges a real GEMM exactly its roofline time.
     func testClockChargesTheGemmItRan() {
         let clock = DeviceClock(mode: .modeled, cost: cost)
-        Kernels.accountant = clock
-        defer { Kernels.accountant = nil }
         let m = 64, n = 32, k = 16
         let a = Tensor(zeros: [m, k]), b = Tensor(zeros: [k, n]), c = Tensor(zeros: [m, n])
-        clock.compute(.forward, "gemm") {
-            Kernels.gemm(transA: false, transB: false, m: m, n: n, k: k, a: a.ptr, lda: k, b: b.ptr, ldb: n, c: c.ptr, ldc: n)
+        Kernels.with(KernelContext(accountant: clock)) {
+            clock.compute(.forward, "gemm") {
+                Kernels.gemm(transA: false, transB: false, m: m, n: n, k: k, a: a.ptr, lda: k, b: b.ptr, ldb: n, c: c.ptr, ldc: n)
+            }
         }
         let expected = max(2.0 * Double(m * n * k) / (100e12 * 0.5), Double(m * k + k * n + m * n) * 2 / (1e12 * 0.8))
         XCTAssertEqual(clock.now, expected)

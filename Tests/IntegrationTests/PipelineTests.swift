@@ -129,10 +129,14 @@ final class PipelineTests: XCTestCase {
     }
 
     /// Acceptance 5: compare-schedules writes the table, JSON, traces and SVGs in one command.
+    /// It builds one trainer per schedule in the same processes; each trainer's kernels are
+    /// costed by its own clock only, so every schedule's emulated step times and final
+    /// parameters equal those of a run of that schedule alone, exactly (the modeled clock is
+    /// deterministic).
     func testCompareSchedules() throws {
         let dir = try Subprocess.tempDir()
-        let r = try Subprocess.mpirun(np: 4, ["compare-schedules", "--config", "configs/tiny.json", "--layers", "8", "--pp", "4",
-                                              "--micro-batches", "8", "--steps", "2", "--out", dir])
+        let common = ["--config", "configs/tiny.json", "--layers", "8", "--pp", "4", "--micro-batches", "8", "--steps", "2"]
+        let r = try Subprocess.mpirun(np: 4, ["compare-schedules"] + common + ["--out", dir])
         XCTAssertEqual(r.status, 0, r.output)
         for name in ["gpipe", "1f1b", "interleaved", "zb-h1"] {
             XCTAssertTrue(r.stdout.contains(name), r.stdout)
@@ -149,5 +153,12 @@ final class PipelineTests: XCTestCase {
         let bubble = Dictionary(uniqueKeysWithValues: rows.map { ($0["schedule"] as! String, $0["bubble_fraction"] as! Double) })
         XCTAssertLessThan(bubble["interleaved"]!, bubble["1f1b"]!)
         XCTAssertLessThan(bubble["zb-h1"]!, bubble["1f1b"]!)
+        for row in rows {
+            let name = try XCTUnwrap(row["schedule"] as? String), v = try XCTUnwrap(row["virtual_stages"] as? Int)
+            let alone = try run(np: 4, common + ["--schedule", name, "--virtual-stages", String(v)])
+            XCTAssertEqual(try XCTUnwrap(row["emulated_step_times_s"] as? [Double]), try XCTUnwrap(alone["emulated_step_times_s"] as? [Double]),
+                           "\(name): emulated step times in compare-schedules and alone")
+            XCTAssertEqual(try XCTUnwrap(row["param_checksum"] as? String), try XCTUnwrap(alone["param_checksum"] as? String), name)
+        }
     }
 }
