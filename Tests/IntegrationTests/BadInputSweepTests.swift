@@ -168,6 +168,71 @@ final class BadInputSweepTests: XCTestCase {
             }
         }
         print("bad-input sweep: \(swept.count) options x \(Self.values.count) values = \(cases.count) cases: \(rejected) rejected, \(accepted) accepted, \(failures.count) failures")
+        failures += try sweepConfigKeys(binary: binary, base: base)
         XCTAssertTrue(failures.isEmpty, "\(failures.count) of \(cases.count) cases misbehave:\n" + failures.joined(separator: "\n"))
+    }
+
+    /// Every config-file key (listed by the binary itself in its unknown-key message) set to
+    /// values a file may hold by mistake; the training command with `--dry-run` must accept or
+    /// reject each one by name (the key, or the flag that sets the same thing).
+    func sweepConfigKeys(binary: String, base: String) throws -> [String] {
+        let probeDir = base + "/keys"
+        try FileManager.default.createDirectory(atPath: probeDir, withIntermediateDirectories: true)
+        try #"{"no_such_key": 1}"#.write(toFile: probeDir + "/probe.json", atomically: true, encoding: .utf8)
+        let probe = try Subprocess.run(binary, ["--config", probeDir + "/probe.json", "--dry-run"], cwd: probeDir, timeout: 60)
+        guard let open = probe.stderr.range(of: "(known keys: "), let close = probe.stderr.range(of: ")", range: open.upperBound..<probe.stderr.endIndex) else {
+            return ["the unknown-key message does not list the known keys: \(probe.stderr)"]
+        }
+        let keys = probe.stderr[open.upperBound..<close.lowerBound].components(separatedBy: ", ")
+        XCTAssertGreaterThan(keys.count, 60, "too few config keys: \(keys)")
+        let tinyText = try String(contentsOfFile: tiny, encoding: .utf8)
+        guard let tinyObject = try JSONSerialization.jsonObject(with: Data(tinyText.utf8)) as? [String: Any] else { return ["tiny.json"] }
+        let values = ["0", "-1", "9223372036854775807", "1e14", "1e300", "\"abc\"", "null", "true"]
+        var cases: [Case] = []
+        var n = 0
+        for key in keys {
+            for value in values {
+                n += 1
+                let dir = base + "/key-\(n)"
+                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+                // tiny.json with one key replaced, written outside the case's directory.
+                var object = tinyObject
+                object[key] = nil
+                var text = String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self)
+                text = String(text.dropLast()) + ", \"\(key)\": \(value)}"
+                let file = base + "/key-\(n).json"
+                try text.write(toFile: file, atomically: true, encoding: .utf8)
+                cases.append(Case(command: "train", flag: key, value: value, args: ["--config", file, "--steps", "2", "--dry-run"],
+                                  dir: dir, mayWrite: []))
+            }
+        }
+        var failures: [String] = []
+        var accepted = 0, rejected = 0
+        for (c, result) in runAll(cases, binary: binary) {
+            let what = "config key \"\(c.flag)\": \(c.value)"
+            guard let r = result else { failures.append("\(what): could not run"); continue }
+            if r.seconds >= 60 { failures.append("\(what): hangs"); continue }
+            let text = r.stdout + r.stderr
+            let left = ((try? FileManager.default.contentsOfDirectory(atPath: c.dir)) ?? [])
+            if !left.isEmpty { failures.append("\(what): wrote \(left)") }
+            switch r.status {
+            case 2:
+                rejected += 1
+                let flag = "--" + c.flag.replacingOccurrences(of: "_", with: "-")
+                let message = r.stderr.split(separator: "\n").first { $0.hasPrefix("moe-train: error:") }.map(String.init) ?? ""
+                if !message.contains("\"\(c.flag)\"") && !message.contains(c.flag + " ") && !message.contains(flag) {
+                    failures.append("\(what): the message names neither the key nor \(flag): \(message)")
+                }
+            case 0:
+                accepted += 1
+                if text.range(of: #"(^|[^A-Za-z_])-?(nan|inf)([^A-Za-z_]|$)"#, options: .regularExpression) != nil {
+                    failures.append("\(what): accepted, and the output shows nan or inf")
+                }
+            default:
+                failures.append("\(what): exit status \(r.status): \(text.suffix(300))")
+            }
+        }
+        print("config-key sweep: \(keys.count) keys x \(values.count) values = \(cases.count) cases: \(rejected) rejected, \(accepted) accepted, \(failures.count) failures")
+        return failures
     }
 }
