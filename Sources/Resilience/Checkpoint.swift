@@ -50,7 +50,7 @@ public enum Checkpoint {
     public static func configHash(_ c: RunConfig) -> String {
         let text = "\(c.model)|\(String(describing: c.globalBatch))|\(c.steps)|\(c.lr)|\(c.minLRRatio)|\(c.warmupSteps)|\(c.weightDecay)|"
             + "\(c.beta1)|\(c.beta2)|\(c.adamEps)|\(c.gradClip)|\(c.seed)|\(c.data)|\(c.markov)"
-        return String(SHA256.hexDigest(Array(text.utf8)).prefix(16))
+        return String(SHA256Hex.of(Array(text.utf8)).prefix(16))
     }
 
     public struct Manifest {
@@ -102,7 +102,7 @@ public enum Checkpoint {
             guard content.count == bytes else {
                 return .failure(CheckpointProblem("\(name): shard \(file) has \(content.count) bytes, the manifest says \(bytes)"))
             }
-            let actual = SHA256.hexDigest([UInt8](content))
+            let actual = SHA256Hex.of(content)
             guard actual == sha else {
                 return .failure(CheckpointProblem("\(name): shard \(file) is corrupt: SHA-256 \(actual.prefix(12))... does not match the manifest's \(sha.prefix(12))..."))
             }

@@ -63,9 +63,7 @@ public enum Export {
                 offset += s.globalCount
             }
         }
-        var h = SHA256()
-        global.withUnsafeBufferPointer { h.update(floats: $0.baseAddress!, count: $0.count) }
-        let checksum = SHA256.hex(h.finalize())
+        let checksum = global.withUnsafeBufferPointer { SHA256Hex.of(floats: $0) }
         try AtomicFile.write(SafeTensors.encode(entries, metadata: ["step": String(manifest.step), "param_checksum": checksum,
                                                                    "source": path]), to: out)
         log("exported \(path) (step \(manifest.step), \(l)) to \(out): \(single.specs.count) tensors, param checksum \(checksum)")
