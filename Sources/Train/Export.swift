@@ -13,17 +13,18 @@ import Tensor
 /// configuration and layout, so nothing else is needed.
 public enum Export {
     public static func run(checkpoint: String, out: String, log: (String) -> Void) throws {
-        var path = checkpoint
-        if !FileManager.default.fileExists(atPath: path + "/manifest.json") {
-            let (candidate, skipped) = Checkpoint.newestValid(in: path)
+        // Every shard is read, so every shard is hashed (once).
+        let path: String, manifest: Checkpoint.Manifest
+        if FileManager.default.fileExists(atPath: checkpoint + "/manifest.json") {
+            switch Checkpoint.verify(checkpoint) {
+            case .success(let m): (path, manifest) = (checkpoint, m)
+            case .failure(let p): throw UsageError("export: \(p.description)")
+            }
+        } else {
+            let (candidate, skipped) = Checkpoint.newestValid(in: checkpoint)
             for s in skipped { log("export: skipped \(s)") }
             guard let c = candidate else { throw UsageError("no valid checkpoint in \(checkpoint) (a step directory or a run directory)") }
-            path = c.path
-        }
-        let manifest: Checkpoint.Manifest
-        switch Checkpoint.verify(path) {
-        case .success(let m): manifest = m
-        case .failure(let p): throw UsageError("export: \(p.description)")
+            (path, manifest) = (c.path, c.manifest)
         }
         guard !FileManager.default.fileExists(atPath: out) else { throw UsageError("export: \(out) already exists; choose another --out") }
         guard let data = FileManager.default.contents(atPath: path + "/manifest.json"),
