@@ -10,6 +10,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
     ],
     targets: [
         // System-library shims: the only C the project touches.
@@ -23,8 +24,9 @@ let package = Package(
         //   moe-train -> Projection -> Plan -> {Schedule, Model, Emulation, Formats}
         //   Train -> Parallel -> {Plan, Comm} ; Comm -> Emulation -> Tensor ; Model -> Tensor
         // Schedule, Plan and Projection link no MPI: their unit tests run without it.
+        // Formats -> Crypto (swift-crypto): SHA-256 of checkpoint shards, config and parameters.
         .target(name: "Tensor", dependencies: ["CBLAS"]),
-        .target(name: "Formats", dependencies: []),
+        .target(name: "Formats", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Emulation", dependencies: ["Tensor", "Formats"]),
         .target(name: "Comm", dependencies: ["CMPI", "Emulation"]),
         .target(name: "Model", dependencies: ["Tensor"]),

@@ -51,7 +51,7 @@ public enum Checkpoint {
     public static func configHash(_ c: RunConfig) -> String {
         // Encoding fails only for non-finite numbers, which validation has already refused.
         let json = (try? c.numericsJSON()) ?? Data()
-        return String(SHA256.hexDigest(Array(json)).prefix(16))
+        return String(SHA256Hex.of(Array(json)).prefix(16))
     }
 
     public struct Manifest {
@@ -79,9 +79,11 @@ public enum Checkpoint {
         }.sorted { $0.0 > $1.0 }
     }
 
-    /// Reads and checks one checkpoint directory: its manifest, and every shard's size and
-    /// SHA-256. Returns the manifest or a sentence saying what is wrong.
-    public static func verify(_ path: String) -> Result<Manifest, CheckpointProblem> {
+    /// Reads one checkpoint directory's manifest and checks what needs no hashing: the
+    /// manifest is present and well formed, lists one shard per rank under its name, and
+    /// every shard file is present with the listed size. Returns the manifest or a sentence
+    /// saying what is wrong. The shards' SHA-256 are checked by `verifyShard`.
+    public static func inspect(_ path: String) -> Result<Manifest, CheckpointProblem> {
         let name = URL(fileURLWithPath: path).lastPathComponent
         guard let data = FileManager.default.contents(atPath: path + "/manifest.json") else {
             let shards = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).filter { $0.hasSuffix(".safetensors") }.count
@@ -93,19 +95,19 @@ public enum Checkpoint {
             return .failure(CheckpointProblem("\(name)/manifest.json is malformed"))
         }
         var shards: [(String, Int, String)] = []
-        for s in shardList {
+        for (rank, s) in shardList.enumerated() {
             guard let file = s["file"] as? String, let bytes = s["bytes"] as? Int, let sha = s["sha256"] as? String else {
                 return .failure(CheckpointProblem("\(name)/manifest.json has a malformed shard entry"))
             }
-            guard let content = FileManager.default.contents(atPath: path + "/" + file) else {
+            guard file == shardName(rank) else {
+                return .failure(CheckpointProblem("\(name)/manifest.json lists \(file) where rank \(rank)'s \(shardName(rank)) belongs"))
+            }
+            guard let attributes = try? FileManager.default.attributesOfItem(atPath: path + "/" + file),
+                  let size = (attributes[.size] as? NSNumber)?.intValue else {
                 return .failure(CheckpointProblem("\(name): shard \(file) is missing"))
             }
-            guard content.count == bytes else {
-                return .failure(CheckpointProblem("\(name): shard \(file) has \(content.count) bytes, the manifest says \(bytes)"))
-            }
-            let actual = SHA256.hexDigest([UInt8](content))
-            guard actual == sha else {
-                return .failure(CheckpointProblem("\(name): shard \(file) is corrupt: SHA-256 \(actual.prefix(12))... does not match the manifest's \(sha.prefix(12))..."))
+            guard size == bytes else {
+                return .failure(CheckpointProblem("\(name): shard \(file) has \(size) bytes, the manifest says \(bytes)"))
             }
             shards.append((file, bytes, sha))
         }
@@ -115,13 +117,69 @@ public enum Checkpoint {
         return .success(Manifest(step: step, layout: layout, configHash: hash, shards: shards))
     }
 
+    /// What is wrong with a shard that passed `inspect` but not its hashing. `kind` is what
+    /// ranks exchange, so that rank 0 can name a shard another rank hashed.
+    public struct ShardFault: Error, CustomStringConvertible {
+        public enum Kind: Int64 { case unreadable = 1, resized, corrupt }
+        public let kind: Kind
+        /// The checkpoint's directory name (`step-000020`) and the shard's file name.
+        public let checkpoint, file: String
+        /// What only the rank that hashed the shard knows (the digests, the read error).
+        public let detail: String?
+        public init(_ kind: Kind, checkpoint: String, file: String, detail: String? = nil) {
+            self.kind = kind; self.checkpoint = checkpoint; self.file = file; self.detail = detail
+        }
+        public var description: String {
+            let what: String
+            switch kind {
+            case .unreadable: what = "cannot be read"
+            case .resized: what = "changed size since its manifest was read"
+            case .corrupt: what = "is corrupt: its SHA-256 does not match the manifest's"
+            }
+            return "\(checkpoint): shard \(file) \(what)" + (detail.map { " (\($0))" } ?? "")
+        }
+    }
+
+    /// Hashes shard `rank` of a checkpoint whose manifest `inspect` returned and compares it
+    /// with the manifest. Returns the bytes hashed, and the fault if there is one.
+    public static func verifyShard(_ rank: Int, of manifest: Manifest, in path: String) -> (bytesHashed: Int, fault: ShardFault?) {
+        let name = URL(fileURLWithPath: path).lastPathComponent
+        let listed = manifest.shards[rank]
+        let digest: (hex: String, bytes: Int)
+        do { digest = try SHA256Hex.of(fileAtPath: path + "/" + listed.file) } catch {
+            return (0, ShardFault(.unreadable, checkpoint: name, file: listed.file, detail: "\(error)"))
+        }
+        guard digest.bytes == listed.bytes else {
+            return (digest.bytes, ShardFault(.resized, checkpoint: name, file: listed.file,
+                                             detail: "\(digest.bytes) bytes, the manifest says \(listed.bytes)"))
+        }
+        guard digest.hex == listed.sha256 else {
+            return (digest.bytes, ShardFault(.corrupt, checkpoint: name, file: listed.file,
+                                             detail: "\(digest.hex.prefix(12))... against \(listed.sha256.prefix(12))..."))
+        }
+        return (digest.bytes, nil)
+    }
+
+    /// `inspect`, then every shard hashed: for a reader of every shard (export). A job
+    /// resuming hashes each shard once, on its own rank (the launcher).
+    public static func verify(_ path: String) -> Result<Manifest, CheckpointProblem> {
+        switch inspect(path) {
+        case .failure(let p): return .failure(p)
+        case .success(let m):
+            for rank in m.shards.indices {
+                if let fault = verifyShard(rank, of: m, in: path).fault { return .failure(CheckpointProblem(fault.description)) }
+            }
+            return .success(m)
+        }
+    }
+
     public struct CheckpointProblem: Error, CustomStringConvertible {
         public let description: String
         public init(_ d: String) { description = d }
     }
 
-    /// The newest checkpoint of `dir` that verifies, and a sentence for each newer one
-    /// that did not (reported and skipped).
+    /// The newest checkpoint of `dir` that verifies (every shard hashed), and a sentence for
+    /// each newer one that did not (reported and skipped).
     public static func newestValid(in dir: String) -> (Candidate?, skipped: [String]) {
         var skipped: [String] = []
         for (step, path) in stepDirectories(dir) {

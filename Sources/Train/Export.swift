@@ -13,17 +13,18 @@ import Tensor
 /// configuration and layout, so nothing else is needed.
 public enum Export {
     public static func run(checkpoint: String, out: String, log: (String) -> Void) throws {
-        var path = checkpoint
-        if !FileManager.default.fileExists(atPath: path + "/manifest.json") {
-            let (candidate, skipped) = Checkpoint.newestValid(in: path)
+        // Every shard is read, so every shard is hashed (once).
+        let path: String, manifest: Checkpoint.Manifest
+        if FileManager.default.fileExists(atPath: checkpoint + "/manifest.json") {
+            switch Checkpoint.verify(checkpoint) {
+            case .success(let m): (path, manifest) = (checkpoint, m)
+            case .failure(let p): throw UsageError("export: \(p.description)")
+            }
+        } else {
+            let (candidate, skipped) = Checkpoint.newestValid(in: checkpoint)
             for s in skipped { log("export: skipped \(s)") }
             guard let c = candidate else { throw UsageError("no valid checkpoint in \(checkpoint) (a step directory or a run directory)") }
-            path = c.path
-        }
-        let manifest: Checkpoint.Manifest
-        switch Checkpoint.verify(path) {
-        case .success(let m): manifest = m
-        case .failure(let p): throw UsageError("export: \(p.description)")
+            (path, manifest) = (c.path, c.manifest)
         }
         guard !FileManager.default.fileExists(atPath: out) else { throw UsageError("export: \(out) already exists; choose another --out") }
         guard let data = FileManager.default.contents(atPath: path + "/manifest.json"),
@@ -63,9 +64,7 @@ public enum Export {
                 offset += s.globalCount
             }
         }
-        var h = SHA256()
-        global.withUnsafeBufferPointer { h.update(floats: $0.baseAddress!, count: $0.count) }
-        let checksum = SHA256.hex(h.finalize())
+        let checksum = global.withUnsafeBufferPointer { SHA256Hex.of(floats: $0) }
         try AtomicFile.write(SafeTensors.encode(entries, metadata: ["step": String(manifest.step), "param_checksum": checksum,
                                                                    "source": path]), to: out)
         log("exported \(path) (step \(manifest.step), \(l)) to \(out): \(single.specs.count) tensors, param checksum \(checksum)")

@@ -15,13 +15,13 @@ public enum Launcher {
     public struct Prepared {
         public let plan: JobPlan
         public let data: DataSource
-        /// The checkpoint to resume from, and a sentence for each newer one that was skipped.
-        public let resume: Checkpoint.Candidate?
-        public let skipped: [String]
+        /// The checkpoints to resume from, newest first, checked but not yet hashed: each
+        /// rank hashes its own shard after MPI starts (`chooseCheckpoint`).
+        public let resume: ResumePlan
     }
 
-    /// Builds the job's plan (which validates the input), opens the data source and finds the
-    /// checkpoint to resume from. Writes nothing: the run directory is created by the trainer.
+    /// Builds the job's plan (which validates the input), opens the data source and lists the
+    /// checkpoints to resume from. Writes nothing: the run directory is created by the trainer.
     public static func prepare(_ config: RunConfig, env: LaunchEnvironment) throws -> Prepared {
         let plan = try JobPlan(config: config, world: env.worldSize)
         do {
@@ -31,8 +31,7 @@ public enum Launcher {
             guard data.maxToken < config.model.vocab else {
                 throw UsageError("vocab \(config.model.vocab) is too small for the data, whose largest token is \(data.maxToken) (byte-level data needs vocab 256)")
             }
-            let (resume, skipped) = try resumePoint(plan)
-            return Prepared(plan: plan, data: data, resume: resume, skipped: skipped)
+            return Prepared(plan: plan, data: data, resume: try resumePlan(plan))
         } catch let e as UsageError { throw e } catch {
             throw UsageError(String(describing: error))
         }
@@ -53,45 +52,20 @@ public enum Launcher {
         let prepared = try prepare(config, env: LaunchEnvironment.current)
         guard LaunchEnvironment.current.rank == 0 else { return }
         for line in prepared.plan.headerLines(data: dataLines(prepared.data, seqLen: config.model.seqLen)) { log(line) }
-        for s in prepared.skipped { log("resume: would skip \(s)") }
-        if let r = prepared.resume { log("resume: would continue from \(r.path) (step \(r.step))") }
+        for entry in prepared.resume.entries {
+            switch entry {
+            case .skipped(let why): log("resume: would skip \(why)")
+            case .candidate(let c):
+                log("resume: would continue from \(c.path) (step \(c.step)) once every rank's shard hashes to its manifest")
+            case .refused(let why): log("resume: would stop at an older checkpoint: \(why)")
+            }
+            if case .candidate = entry { break }
+        }
         log("dry run: the plan is valid; nothing was run or written")
     }
 
-    /// Which checkpoint to continue from: `--resume never` none; a step directory that one
-    /// (it must verify); `auto` the newest one of the run directory that verifies, skipping
-    /// (and reporting) torn or corrupt ones. A checkpoint of another layout or configuration
-    /// stops the run with a message naming both.
-    static func resumePoint(_ plan: JobPlan) throws -> (Checkpoint.Candidate?, [String]) {
-        let config = plan.config
-        var candidate: Checkpoint.Candidate?
-        var skipped: [String] = []
-        switch config.resume {
-        case "never":
-            return (nil, [])
-        case "auto":
-            // A run that neither checkpoints nor names a run directory leaves checkpoints/ alone.
-            guard config.checkpointEvery > 0 || config.checkpointDir != nil else { return (nil, []) }
-            (candidate, skipped) = Checkpoint.newestValid(in: config.runDirectory)
-        default:
-            switch Checkpoint.verify(config.resume) {
-            case .success(let m): candidate = Checkpoint.Candidate(step: m.step, path: config.resume, manifest: m)
-            case .failure(let p): throw UsageError("--resume \(config.resume): \(p.description)")
-            }
-        }
-        guard let c = candidate else { return (nil, skipped) }
-        let mine = Checkpoint.Layout(plan)
-        guard c.manifest.layout == mine else {
-            throw UsageError("cannot resume from \(c.path): it was written with layout \(c.manifest.layout), and this run's layout is \(mine); resharding is not supported: rerun with the checkpoint's layout, or pass --resume never (or another --checkpoint-dir) to start afresh")
-        }
-        let hash = Checkpoint.configHash(config)
-        guard c.manifest.configHash == hash else {
-            throw UsageError("cannot resume from \(c.path): it was written by a run with another model, batch, optimizer, data or seed (config hash \(c.manifest.configHash), this run \(hash)); pass --resume never or another --checkpoint-dir")
-        }
-        return (c, skipped)
-    }
-
-    /// Trains; returns normally on success. Throws `UsageError` for bad input (before MPI starts).
+    /// Trains; returns normally on success. Throws `UsageError` for bad input: before MPI
+    /// starts, or on every rank alike when hashing finds the checkpoint to resume from corrupt.
     public static func train(_ config: RunConfig, log: @escaping (String) -> Void) throws {
         let env = LaunchEnvironment.current
         let prepared = try prepare(config, env: env)
@@ -100,10 +74,11 @@ public enum Launcher {
         defer { Communicator.finalize() }
         let groups = ProcessGroups(world: world, topology: prepared.plan.topology)
         let trainer: Trainer
+        let resume: ResumeReport
         do {
+            resume = try chooseCheckpoint(prepared.resume, world: world, log: log)
             trainer = try Trainer(plan: prepared.plan, groups: groups, data: prepared.data, log: log)
-            if world.rank == 0 { for s in prepared.skipped { log("resume: skipped \(s)") } }
-            if let r = prepared.resume { try trainer.restore(from: r) }
+            if let r = resume.chosen { try trainer.restore(from: r) }
         } catch let e as UsageError { throw e } catch {
             throw UsageError(String(describing: error))
         }
@@ -116,7 +91,9 @@ public enum Launcher {
             }
         }
         if world.rank == 0, let path = config.summaryJSON {
-            try AtomicFile.write(JSONText.encode(trainer.summary()), to: path)
+            var summary = trainer.summary()
+            summary["resume"] = resume.json
+            try AtomicFile.write(JSONText.encode(summary), to: path)
             log("summary written to \(path)")
         }
     }

@@ -66,7 +66,7 @@ extension Trainer {
         let owned = Double(optimizers.reduce(0) { $0 + $1.range.count })
         let emulatedBytes = held * emulator.precision.elementBytes + owned * emulator.precision.optimizerBytesPerParameter
         clock.spend(emulatedBytes / config.checkpointBandwidth, as: .checkpoint, detail: "save \(Checkpoint.stepName(step))")
-        let entry = "\(blob.count) \(SHA256.hexDigest(blob))"
+        let entry = "\(blob.count) \(SHA256Hex.of(blob))"
         let entries = world.untimed { world.gatherBytes(Array(entry.utf8), root: 0) }
         guard world.rank == 0 else { return }
         let shards = entries.enumerated().map { rank, bytes -> [String: Any] in

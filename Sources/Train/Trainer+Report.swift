@@ -82,9 +82,7 @@ extension Trainer {
         guard let global = GlobalParameters.gather(params.values, layout: params.layout, single: singleLayout, groups: groups, layoutOf: layoutOf) else {
             return ""
         }
-        var h = SHA256()
-        global.withUnsafeBufferPointer { h.update(floats: $0.baseAddress!, count: $0.count) }
-        return SHA256.hex(h.finalize())
+        return global.withUnsafeBufferPointer { SHA256Hex.of(floats: $0) }
     }
 
     /// Emulated seconds in a readable unit.

@@ -99,11 +99,52 @@ final class FaultToleranceTests: XCTestCase {
         var bytes = try XCTUnwrap(FileManager.default.contents(atPath: shard))
         bytes[bytes.count / 2] ^= 0x40
         try bytes.write(to: URL(fileURLWithPath: shard))
+        // Named explicitly, the corrupt checkpoint is an error (exit 2), not skipped.
+        let explicit = try Subprocess.mpirun(np: 4, flags + ["--resume", dir + "/run/step-000020"])
+        XCTAssertEqual(explicit.status, 2, explicit.output)
+        XCTAssertTrue(explicit.stderr.contains("--resume \(dir)/run/step-000020: step-000020: shard rank-00001.safetensors is corrupt"),
+                      explicit.output)
+        XCTAssertFalse(explicit.output.contains("MPI_ABORT"), explicit.output)
+        let (sizes20, sizes15) = (try shardSizes(dir + "/run/step-000020"), try shardSizes(dir + "/run/step-000015"))
         let again = try Subprocess.mpirun(np: 4, flags + ["--summary-json", dir + "/s.json"])
         XCTAssertEqual(again.status, 0, again.output)
         XCTAssertTrue(again.stdout.contains("step-000020: shard rank-00001.safetensors is corrupt"), again.stdout)
         XCTAssertTrue(again.stdout.contains("resumed from \(dir)/run/step-000015"), again.stdout)
-        XCTAssertEqual((try Subprocess.readJSON(dir + "/s.json")["losses"] as? [Double])?.count, 9)  // steps 16...24
+        let s = try Subprocess.readJSON(dir + "/s.json")
+        XCTAssertEqual((s["losses"] as? [Double])?.count, 9)  // steps 16...24
+        // Both candidates were hashed, each byte once in the job.
+        let resume = try XCTUnwrap(s["resume"] as? [String: Any])
+        XCTAssertEqual(resume["candidates_hashed"] as? Int, 2)
+        XCTAssertEqual(resume["bytes_hashed_all_ranks"] as? Int, sizes20.reduce(0, +) + sizes15.reduce(0, +))
+    }
+
+    /// Sizes of the four shards of a checkpoint, as on disk.
+    func shardSizes(_ checkpoint: String) throws -> [Int] {
+        try (0..<4).map { rank in
+            let attributes = try FileManager.default.attributesOfItem(atPath: checkpoint + String(format: "/rank-%05d.safetensors", rank))
+            return try XCTUnwrap(attributes[.size] as? NSNumber).intValue
+        }
+    }
+
+    /// Resuming a 4-rank checkpoint hashes each of its bytes once in the job (each rank its
+    /// own shard), not once per rank: the ranks' bytes hashed add up to the shards' bytes.
+    func testResumeHashesEachShardOnce() throws {
+        let dir = try Subprocess.tempDir()
+        let flags = Self.layout + ["--checkpoint-dir", dir + "/run"]
+        let first = try Subprocess.mpirun(np: 4, flags + ["--summary-json", dir + "/first.json"])
+        XCTAssertEqual(first.status, 0, first.output)
+        let fresh = try XCTUnwrap(try Subprocess.readJSON(dir + "/first.json")["resume"] as? [String: Any])
+        XCTAssertEqual(fresh["bytes_hashed_all_ranks"] as? Int, 0)
+        let sizes = try shardSizes(dir + "/run/step-000020")
+        let again = try Subprocess.mpirun(np: 4, flags + ["--summary-json", dir + "/s.json"])
+        XCTAssertEqual(again.status, 0, again.output)
+        XCTAssertTrue(again.stdout.contains("resumed from \(dir)/run/step-000020"), again.stdout)
+        let resume = try XCTUnwrap(try Subprocess.readJSON(dir + "/s.json")["resume"] as? [String: Any])
+        XCTAssertEqual(resume["step"] as? Int, 20)
+        XCTAssertEqual(resume["candidates_hashed"] as? Int, 1)
+        XCTAssertEqual(resume["shard_bytes"] as? Int, sizes.reduce(0, +))
+        XCTAssertEqual(resume["bytes_hashed_all_ranks"] as? Int, sizes.reduce(0, +), "not world x bytes")
+        XCTAssertEqual(resume["bytes_hashed"] as? Int, sizes[0], "rank 0 hashes its own shard only")
     }
 
     /// Acceptance 5: a poisoned gradient never reaches the parameters: the step is skipped

@@ -1,0 +1,148 @@
+import Foundation
+import Resilience
+import Comm
+import Plan
+
+/// Which checkpoint a run continues from, decided in two halves so that each byte of a
+/// checkpoint is hashed once in the job, not once per rank: before MPI starts every rank
+/// reads the manifests and checks what needs no hashing (`resumePlan`); after, each rank
+/// hashes only its own shard of a candidate and the ranks agree on the verdict with one
+/// collective (`chooseCheckpoint`).
+extension Launcher {
+    /// The checkpoints a run may continue from, newest first, checked but not hashed.
+    public struct ResumePlan {
+        public enum Entry {
+            /// A step directory that failed the cheap checks: the sentence rank 0 reports.
+            case skipped(String)
+            /// A checkpoint of this layout and configuration, to hash and resume from if every shard matches.
+            case candidate(Checkpoint.Candidate)
+            /// A checkpoint of another layout or configuration: reaching it stops the run.
+            case refused(String)
+        }
+        public let entries: [Entry]
+        /// `--resume DIR`: a shard that does not match is an error, not a reason to look further.
+        public let explicit: Bool
+        public static let none = ResumePlan(entries: [], explicit: false)
+    }
+
+    /// What resuming found and hashed (the summary's "resume").
+    public struct ResumeReport {
+        public internal(set) var chosen: Checkpoint.Candidate?
+        /// Candidates hashed (the chosen one and newer ones found corrupt), their listed
+        /// shard bytes, the bytes this rank hashed and the bytes all ranks hashed.
+        public internal(set) var candidatesHashed = 0, shardBytes = 0, bytesHashed = 0, bytesHashedAllRanks = 0
+        public var json: [String: Any] {
+            ["checkpoint": chosen.map { $0.path as Any } ?? NSNull(), "step": chosen?.step ?? 0,
+             "candidates_hashed": candidatesHashed, "shard_bytes": shardBytes,
+             "bytes_hashed": bytesHashed, "bytes_hashed_all_ranks": bytesHashedAllRanks]
+        }
+    }
+
+    /// Before MPI: `--resume never` nothing; a step directory that one (its manifest and shard
+    /// sizes must check); `auto` the step directories of the run directory, newest first,
+    /// those that fail the cheap checks kept as sentences to report. A checkpoint of another
+    /// layout or configuration stops the run with a message naming both: here if it is the
+    /// newest candidate, else when the ranks reach it after rejecting the newer ones.
+    static func resumePlan(_ plan: JobPlan) throws -> ResumePlan {
+        let config = plan.config
+        let mine = Checkpoint.Layout(plan)
+        let hash = Checkpoint.configHash(config)
+        func refusal(_ c: Checkpoint.Candidate) -> String? {
+            if c.manifest.layout != mine {
+                return "cannot resume from \(c.path): it was written with layout \(c.manifest.layout), and this run's layout is \(mine); resharding is not supported: rerun with the checkpoint's layout, or pass --resume never (or another --checkpoint-dir) to start afresh"
+            }
+            if c.manifest.configHash != hash {
+                return "cannot resume from \(c.path): it was written by a run with another model, batch, optimizer, data or seed (config hash \(c.manifest.configHash), this run \(hash)); pass --resume never or another --checkpoint-dir"
+            }
+            return nil
+        }
+        switch config.resume {
+        case "never":
+            return .none
+        case "auto":
+            // A run that neither checkpoints nor names a run directory leaves checkpoints/ alone.
+            guard config.checkpointEvery > 0 || config.checkpointDir != nil else { return .none }
+            var entries: [ResumePlan.Entry] = []
+            var candidates = 0
+            for (step, path) in Checkpoint.stepDirectories(config.runDirectory) {
+                switch Checkpoint.inspect(path) {
+                case .failure(let p):
+                    entries.append(.skipped(p.description))
+                case .success(let m):
+                    let c = Checkpoint.Candidate(step: step, path: path, manifest: m)
+                    if let r = refusal(c) {
+                        if candidates == 0 { throw UsageError(r) }
+                        entries.append(.refused(r))
+                        return ResumePlan(entries: entries, explicit: false)
+                    }
+                    entries.append(.candidate(c))
+                    candidates += 1
+                }
+            }
+            return ResumePlan(entries: entries, explicit: false)
+        default:
+            switch Checkpoint.inspect(config.resume) {
+            case .success(let m):
+                let c = Checkpoint.Candidate(step: m.step, path: config.resume, manifest: m)
+                if let r = refusal(c) { throw UsageError(r) }
+                return ResumePlan(entries: [.candidate(c)], explicit: true)
+            case .failure(let p):
+                throw UsageError("--resume \(config.resume): \(p.description)")
+            }
+        }
+    }
+
+    /// After MPI starts (collective): walks the plan newest first. Of each candidate, every
+    /// rank hashes only its own shard, and one all-gather of (step, fault, bytes hashed) per
+    /// candidate gives every rank every verdict: all take the same checkpoint, or all skip
+    /// it, rank 0 naming each bad shard. Throws on every rank alike when an explicit
+    /// `--resume` checkpoint has a bad shard or the walk reaches a refused checkpoint.
+    static func chooseCheckpoint(_ plan: ResumePlan, world: Communicator, log: (String) -> Void) throws -> ResumeReport {
+        var report = ResumeReport()
+        var next = 0
+        while true {
+            // This rank's next candidate or refusal; rank 0 reports the skipped directories before it.
+            var candidate: Checkpoint.Candidate?
+            var refused: String?
+            while next < plan.entries.count && candidate == nil && refused == nil {
+                switch plan.entries[next] {
+                case .skipped(let s): if world.rank == 0 { log("resume: skipped \(s)") }
+                case .candidate(let c): candidate = c
+                case .refused(let r): refused = r
+                }
+                next += 1
+            }
+            let check = candidate.map { Checkpoint.verifyShard(world.rank, of: $0.manifest, in: $0.path) }
+            // -1: no candidate left, -2: a refused checkpoint; ranks that listed the run
+            // directory alike send the same step.
+            let step = candidate?.step ?? (refused == nil ? -1 : -2)
+            let mine: [Int64] = [Int64(step), check?.fault?.kind.rawValue ?? 0, Int64(check?.bytesHashed ?? 0)]
+            let all = world.untimed { world.allGather(mine) }
+            let steps = stride(from: 0, to: all.count, by: 3).map { all[$0] }
+            let faults = stride(from: 1, to: all.count, by: 3).map { all[$0] }
+            report.bytesHashed += check?.bytesHashed ?? 0
+            report.bytesHashedAllRanks += stride(from: 2, to: all.count, by: 3).reduce(0) { $0 + Int(all[$1]) }
+            guard steps.allSatisfy({ $0 == steps[0] }) else {
+                throw UsageError("the ranks listed different checkpoints to resume from: did the run directory change while the job started?")
+            }
+            guard let c = candidate else {
+                if let r = refused { throw UsageError(r) }
+                return report
+            }
+            report.candidatesHashed += 1
+            report.shardBytes += c.manifest.shards.reduce(0) { $0 + $1.bytes }
+            let bad = faults.enumerated().compactMap { rank, code -> String? in
+                guard let kind = Checkpoint.ShardFault.Kind(rawValue: code) else { return nil }
+                if rank == world.rank, let f = check?.fault { return f.description }
+                let name = URL(fileURLWithPath: c.path).lastPathComponent
+                return Checkpoint.ShardFault(kind, checkpoint: name, file: c.manifest.shards[rank].file, detail: "hashed by rank \(rank)").description
+            }
+            if bad.isEmpty {
+                report.chosen = c
+                return report
+            }
+            if plan.explicit { throw UsageError("--resume \(c.path): " + bad.joined(separator: "; ")) }
+            if world.rank == 0 { for s in bad { log("resume: skipped \(s)") } }
+        }
+    }
+}
