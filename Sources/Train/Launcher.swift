@@ -116,7 +116,7 @@ public enum Launcher {
             }
         }
         if world.rank == 0, let path = config.summaryJSON {
-            try AtomicFile.write(JSONText.encode(trainer.summary()), to: path)
+            try AtomicFile.write(try JSONText.encode(trainer.summary()), to: path)
             log("summary written to \(path)")
         }
     }

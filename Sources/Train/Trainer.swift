@@ -105,8 +105,8 @@ public final class Trainer {
             let record = try trainStep(step)
             records.append(record)
             if isLogger {
-                if step == startStep + 1 { runLog.event("first_step", ["attempt": config.attempt, "step": step]) }
-                logStep(record)
+                if step == startStep + 1 { try runLog.event(RunEvent(.firstStep, attempt: config.attempt, step: step)) }
+                try logStep(record)
             }
             if isLogger && (step == startStep + 1 || step % config.logEvery == 0 || step == config.steps) { log(format(record)) }
         }
@@ -199,13 +199,13 @@ public final class Trainer {
     }
 
     /// Appends the step to the run directory's step log and beats the heartbeat (rank 0).
-    func logStep(_ r: StepRecord) {
+    func logStep(_ r: StepRecord) throws {
         let t = r.timing
-        runLog.step(["attempt": config.attempt, "step": r.step, "loss": r.loss, "skipped": r.skipped,
-                     "emulated": ["step": t.stepTime, "compute": t.compute, "communication": t.communication,
-                                  "idle": t.idle, "checkpoint": t.checkpoint],
-                     "wall_s": r.wallSeconds, "model_flops": Double(r.tokens) * flopsPerToken,
-                     "ranks": groups.world.size, "peak_flops": emulator.profile.peakFLOPS])
+        try runLog.step(StepLogLine(attempt: config.attempt, step: r.step, loss: r.loss, skipped: r.skipped,
+                                    emulated: .init(step: t.stepTime, compute: t.compute, communication: t.communication,
+                                                    idle: t.idle, checkpoint: t.checkpoint),
+                                    wallSeconds: r.wallSeconds, modelFLOPs: Double(r.tokens) * flopsPerToken,
+                                    ranks: groups.world.size, peakFLOPS: emulator.profile.peakFLOPS))
         runLog.heartbeat(step: r.step)
     }
 
