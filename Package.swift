@@ -51,7 +51,9 @@ let package = Package(
         .testTarget(name: "PlanTests", dependencies: ["Plan", "Schedule", "Model"]),
         .testTarget(name: "ProjectionTests", dependencies: ["Projection", "Plan"]),
         .testTarget(name: "TrainTests", dependencies: ["Train", "Plan", "Model", "Tensor"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["TestSupport"], exclude: ["Golden"]),
+        // The typed outputs (summary, step log, events, goodput, job summary, compare rows): round trips.
+        .testTarget(name: "OutputsTests", dependencies: ["Formats", "Resilience", "Bench"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["TestSupport", "Formats"], exclude: ["Golden"]),
     ],
     // Language mode 5: the ranks are processes, not threads; strict Sendable checking buys nothing here.
     swiftLanguageModes: [.v5]

@@ -14,12 +14,6 @@ import Tensor
 /// schedule's emulated step time, measured and closed-form bubble, peak activation memory,
 /// throughput and MFU, as a table, JSON, a Chrome trace and an SVG timeline per schedule.
 public enum ScheduleComparison {
-    public struct Row {
-        public let schedule: String
-        public let virtualStages: Int
-        public let summary: [String: Any]
-    }
-
     /// `dryRun`: check every schedule's plan and the output directory, then stop.
     public static func run(_ base: RunConfig, outDir: String, dryRun: Bool = false, log: @escaping (String) -> Void) throws {
         let env = LaunchEnvironment.current
@@ -69,7 +63,7 @@ public enum ScheduleComparison {
         Launcher.ensureSingleThreadedBLAS(rank: env.rank, log: log)
         let world = Communicator.initWorld()
         defer { Communicator.finalize() }
-        var rows: [Row] = []
+        var rows: [ComparisonRow] = []
         for (name, prepared) in checked {
             let (c, topo) = (prepared.plan.config, prepared.plan.topology)
             let groups = ProcessGroups(world: world, topology: topo)
@@ -86,21 +80,16 @@ public enum ScheduleComparison {
                     try AtomicFile.write(TimelineSVG.render(title: title, stages: picture.stages, from: picture.start, to: picture.end),
                                          to: "\(outDir)/timeline-\(name).svg")
                 }
-                rows.append(Row(schedule: name, virtualStages: c.virtualStages, summary: summary))
+                rows.append(ComparisonRow(schedule: name, summary: summary))
             }
         }
         guard world.rank == 0 else { return }
         for line in table(rows) { log(line) }
-        let json: [String: Any] = ["schedules": rows.map { r -> [String: Any] in
-            var s = r.summary
-            s["schedule"] = r.schedule
-            return s
-        }]
-        try AtomicFile.write(JSONText.encode(json), to: outDir + "/compare.json")
+        try AtomicFile.write(try JSONText.encode(ComparisonReport(schedules: rows)), to: outDir + "/compare.json")
         log("wrote \(outDir)/compare.json, trace-*.json (Perfetto) and timeline-*.svg")
     }
 
-    static func table(_ rows: [Row]) -> [String] {
+    static func table(_ rows: [ComparisonRow]) -> [String] {
         func row(_ cells: [String]) -> String {
             cells.enumerated().map { i, c in
                 i == 0 ? c.padding(toLength: 16, withPad: " ", startingAt: 0) : String(repeating: " ", count: max(0, 13 - c.count)) + c
@@ -109,18 +98,17 @@ public enum ScheduleComparison {
         var lines = [row(["schedule", "step (emul.)", "bubble", "formula", "simulated", "peak act. s0", "(micro-b.)",
                           "tok/s emul.", "tok/s wall", "MFU"])]
         for r in rows {
-            let s = r.summary
-            func d(_ k: String) -> Double { s[k] as? Double ?? .nan }
-            let peak = (s["peak_activation_bytes_per_stage"] as? [Double])?.first ?? .nan
-            let microbatch = d("microbatch_activation_bytes") * Double(r.virtualStages)
-            lines.append(row([r.schedule + (r.virtualStages > 1 ? " v=\(r.virtualStages)" : ""),
-                              String(format: "%.3f ms", d("emulated_step_time_s") * 1e3),
-                              String(format: "%.1f%%", 100 * d("bubble_fraction")),
-                              String(format: "%.1f%%", 100 * d("bubble_fraction_closed_form")),
-                              String(format: "%.1f%%", 100 * d("bubble_fraction_simulated")),
+            let s = r.summary, v = s.virtualStages
+            let peak = s.peakActivationBytesPerStage.first ?? .nan
+            let microbatch = s.microbatchActivationBytes * Double(v)
+            lines.append(row([r.schedule + (v > 1 ? " v=\(v)" : ""),
+                              String(format: "%.3f ms", s.emulatedStepTimeS * 1e3),
+                              String(format: "%.1f%%", 100 * s.bubbleFraction),
+                              String(format: "%.1f%%", 100 * s.bubbleFractionClosedForm),
+                              String(format: "%.1f%%", 100 * s.bubbleFractionSimulated),
                               MemoryBreakdown.human(peak), String(format: "%.1f", peak / microbatch),
-                              String(format: "%.0f", d("tokens_per_s_emulated")), String(format: "%.0f", d("tokens_per_s_wall")),
-                              String(format: "%.2f%%", 100 * d("mfu"))]))
+                              String(format: "%.0f", s.tokensPerSEmulated), String(format: "%.0f", s.tokensPerSWall),
+                              String(format: "%.2f%%", 100 * s.mfu)]))
         }
         return lines
     }

@@ -1,9 +1,9 @@
 import Foundation
 
 /// The run directory's logs, written by rank 0 (and the supervisor): `steps.jsonl` (one
-/// line per completed step of every attempt), `events.jsonl` (attempt start, first step,
-/// checkpoint saved or loaded, failure, kill, restart) and `heartbeat` (the last step),
-/// which the supervisor watches to detect a hang.
+/// `StepLogLine` per completed step of every attempt), `events.jsonl` (one `RunEvent` per
+/// attempt start, first step, checkpoint saved or loaded, failure, kill, restart) and
+/// `heartbeat` (the last step), which the supervisor watches to detect a hang.
 public struct RunLog {
     public let dir: String
 
@@ -13,25 +13,29 @@ public struct RunLog {
     public var eventsPath: String { dir + "/events.jsonl" }
     public var heartbeatPath: String { dir + "/heartbeat" }
 
-    public func event(_ kind: String, _ fields: [String: Any] = [:]) {
-        var f = fields
-        f["event"] = kind
-        f["time"] = Date().timeIntervalSince1970
-        append(f, to: eventsPath)
-    }
+    /// Appends an event. Writing is best effort (no run directory: nothing is written); a
+    /// record JSON cannot hold (a non-finite number where its type allows none) is an error.
+    public func event(_ e: RunEvent) throws { try append(e, to: eventsPath) }
 
-    public func step(_ fields: [String: Any]) { append(fields, to: stepsPath) }
+    /// Appends a step line, as `event`.
+    public func step(_ line: StepLogLine) throws { try append(line, to: stepsPath) }
 
     public func heartbeat(step: Int) {
         guard FileManager.default.fileExists(atPath: dir) else { return }
         try? "\(step) \(Date().timeIntervalSince1970)\n".write(toFile: heartbeatPath, atomically: true, encoding: .utf8)
     }
 
+    /// Every step line of every attempt, in the order written.
+    public func steps() throws -> [StepLogLine] { try Self.read(StepLogLine.self, from: stepsPath) }
+
+    /// Every event, in the order written.
+    public func events() throws -> [RunEvent] { try Self.read(RunEvent.self, from: eventsPath) }
+
     /// One JSON object per line, appended with O_APPEND (a line is written whole or, if the
     /// process dies in the middle, ignored by readers as unparsable).
-    func append(_ object: [String: Any], to path: String) {
-        guard FileManager.default.fileExists(atPath: dir),
-              let data = try? JSONSerialization.data(withJSONObject: JSONText.sanitize(object), options: [.sortedKeys]) else { return }
+    func append<T: Encodable>(_ record: T, to path: String) throws {
+        let data = try JSONText.line(record)
+        guard FileManager.default.fileExists(atPath: dir) else { return }
         let fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         guard fd >= 0 else { return }
         var line = [UInt8](data)
@@ -40,11 +44,20 @@ public struct RunLog {
         close(fd)
     }
 
-    /// Reads a JSON-lines file, skipping lines that do not parse (a torn last line).
-    public static func read(_ path: String) -> [[String: Any]] {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
-        return text.split(separator: "\n").compactMap {
-            (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any]
+    /// Reads a JSON-lines file (none yet: no lines). A line that is not JSON at all (torn by a
+    /// crash while it was written) is skipped; a JSON line that does not decode as `T` (a
+    /// missing or renamed key) is an error naming the file and the line.
+    public static func read<T: Decodable>(_ type: T.Type, from path: String) throws -> [T] {
+        guard FileManager.default.fileExists(atPath: path) else { return [] }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw JSONText.DecodeError(source: path, reason: "cannot read the file")
         }
+        var out: [T] = []
+        for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() where !line.isEmpty {
+            let data = Data(line.utf8)
+            guard (try? JSONSerialization.jsonObject(with: data)) != nil else { continue }
+            out.append(try JSONText.decode(type, from: data, source: "\(path) line \(i + 1)"))
+        }
+        return out
     }
 }

@@ -18,49 +18,45 @@ public struct Goodput {
     public var total: Double { usefulCompute + bubble + exposedComm + checkpoint + lostWork + restart }
     public var effectiveUtilization: Double { total > 0 && peakFLOPS > 0 ? modelFLOPs / (peakFLOPS * Double(ranks) * total) : 0 }
 
-    public static func compute(runDirectory: String, restarts: Int, restartCostS: Double, wallSeconds: Double) -> Goodput {
-        let records = RunLog.read(RunLog(dir: runDirectory).stepsPath)
+    /// From the run directory's `steps.jsonl`; a line that lacks a field is an error naming it.
+    public static func compute(runDirectory: String, restarts: Int, restartCostS: Double, wallSeconds: Double) throws -> Goodput {
+        let records = try RunLog(dir: runDirectory).steps()
         // The surviving record of a step is the one of the last attempt that completed it.
-        var survivor: [Int: [String: Any]] = [:]
+        var survivor: [Int: StepLogLine] = [:]
         for r in records {
-            guard let step = r["step"] as? Int else { continue }
-            if let old = survivor[step], (old["attempt"] as? Int ?? 0) > (r["attempt"] as? Int ?? 0) { continue }
-            survivor[step] = r
+            if let old = survivor[r.step], old.attempt > r.attempt { continue }
+            survivor[r.step] = r
         }
         var g = Goodput()
         for r in records {
-            guard let step = r["step"] as? Int, let e = r["emulated"] as? [String: Any] else { continue }
-            let stepTime = e["step"] as? Double ?? 0
-            if let s = survivor[step], (s["attempt"] as? Int) == (r["attempt"] as? Int) {
-                let compute = e["compute"] as? Double ?? 0, comm = e["communication"] as? Double ?? 0
-                let ckpt = e["checkpoint"] as? Double ?? 0
-                g.usefulCompute += compute
-                g.exposedComm += comm
-                g.checkpoint += ckpt
-                g.bubble += max(stepTime - compute - comm - ckpt, 0)   // idle, and waiting for the slowest rank
-                g.wallSteps += r["wall_s"] as? Double ?? 0
-                g.modelFLOPs += (r["skipped"] as? Bool ?? false) ? 0 : (r["model_flops"] as? Double ?? 0)
-                g.peakFLOPS = r["peak_flops"] as? Double ?? 0
-                g.ranks = r["ranks"] as? Int ?? 0
+            let e = r.emulated
+            if survivor[r.step]?.attempt == r.attempt {
+                g.usefulCompute += e.compute
+                g.exposedComm += e.communication
+                g.checkpoint += e.checkpoint
+                g.bubble += max(e.step - e.compute - e.communication - e.checkpoint, 0)   // idle, and waiting for the slowest rank
+                g.wallSteps += r.wallSeconds
+                g.modelFLOPs += r.skipped ? 0 : r.modelFLOPs
+                g.peakFLOPS = r.peakFLOPS
+                g.ranks = r.ranks
             } else {
-                g.lostWork += stepTime
-                g.wallLost += r["wall_s"] as? Double ?? 0
+                g.lostWork += e.step
+                g.wallLost += r.wallSeconds
                 g.lostSteps += 1
             }
         }
-        g.survivingLosses = survivor.keys.sorted().map { survivor[$0]!["loss"] as? Double ?? .nan }
+        g.survivingLosses = survivor.keys.sorted().map { survivor[$0]!.loss }
         g.restart = Double(restarts) * restartCostS
         g.wallTotal = wallSeconds
         g.wallOther = max(wallSeconds - g.wallSteps - g.wallLost, 0)
         return g
     }
 
-    public var json: [String: Any] {
-        ["emulated_s": ["useful_compute": usefulCompute, "bubble_and_idle": bubble, "exposed_communication": exposedComm,
-                        "checkpoint_save": checkpoint, "lost_work": lostWork, "restart": restart, "total": total],
-         "wall_s": ["surviving_steps": wallSteps, "lost_steps": wallLost, "startup_detection_relaunch_load": wallOther,
-                    "total": wallTotal],
-         "effective_utilization": effectiveUtilization, "lost_steps": lostSteps, "model_flops_surviving": modelFLOPs]
+    public var record: GoodputRecord {
+        GoodputRecord(emulated: .init(usefulCompute: usefulCompute, bubbleAndIdle: bubble, exposedCommunication: exposedComm,
+                                      checkpointSave: checkpoint, lostWork: lostWork, restart: restart, total: total),
+                      wall: .init(survivingSteps: wallSteps, lostSteps: wallLost, startupDetectionRelaunchLoad: wallOther, total: wallTotal),
+                      effectiveUtilization: effectiveUtilization, lostSteps: lostSteps, modelFLOPsSurviving: modelFLOPs)
     }
 
     public func table() -> [String] {

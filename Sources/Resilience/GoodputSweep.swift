@@ -32,7 +32,8 @@ public enum GoodputSweep {
             _ = try Supervisor(options: options) { line in
                 if line.hasPrefix("supervise: attempt") && line.contains("failed") { log("  " + line) }
             }.run()
-            let g = Goodput.compute(runDirectory: dir, restarts: restartsOf(dir), restartCostS: restartCostS, wallSeconds: 0)
+            let restarts = try restartsOf(dir)
+            let g = try Goodput.compute(runDirectory: dir, restarts: restarts, restartCostS: restartCostS, wallSeconds: 0)
             // The model's inputs, measured: step time, checkpoint cost, utilization without failures.
             let steps = Double(max(g.survivingLosses.count, 1))
             stepTime = (g.usefulCompute + g.bubble + g.exposedComm) / steps
@@ -43,7 +44,7 @@ public enum GoodputSweep {
             let tau = Double(k) * stepTime
             let waste = checkpointCost / tau + (tau / 2 + restartCostS) / jobMTBF
             rows.append(Row(interval: k, measured: g.effectiveUtilization, predicted: baseline * max(0, 1 - waste) / (1 + checkpointCost / tau),
-                            restarts: restartsOf(dir), lostWork: g.lostWork))
+                            restarts: restarts, lostWork: g.lostWork))
         }
         let jobMTBF = mtbfHours * 3600 / Double(np)
         let optimum = (2 * checkpointCost * jobMTBF).squareRoot()
@@ -57,7 +58,7 @@ public enum GoodputSweep {
         return rows
     }
 
-    static func restartsOf(_ dir: String) -> Int {
-        RunLog.read(RunLog(dir: dir).eventsPath).filter { $0["event"] as? String == "restart" }.count
+    static func restartsOf(_ dir: String) throws -> Int {
+        try RunLog(dir: dir).events().filter { $0.event == .restart }.count
     }
 }

@@ -62,20 +62,20 @@ public final class Supervisor {
             if attempt > 1 { flags += ["--resume", "auto"] }
             let args = ["-np", String(options.np), "--bind-to", "none"] + options.mpirunArgs + [options.binary] + flags
             log("supervise: attempt \(attempt): mpirun \(args.joined(separator: " "))")
-            runLog.event("attempt_start", ["attempt": attempt])
+            try runLog.event(RunEvent(.attemptStart, attempt: attempt))
             let outcome = try runAttempt(args, output: options.quiet ? options.runDirectory + "/attempt-\(attempt).log" : nil)
             switch outcome {
             case .success:
-                runLog.event("attempt_end", ["attempt": attempt, "status": "success"])
+                try runLog.event(RunEvent(.attemptEnd, attempt: attempt, status: "success"))
                 lastSummary = summary
             case .failed(let why):
-                runLog.event("failure", ["attempt": attempt, "reason": why])
+                try runLog.event(RunEvent(.failure, attempt: attempt, reason: why))
                 failures.append("attempt \(attempt): \(why)")
                 log("supervise: attempt \(attempt) failed: \(why)")
             case .hung:
                 let why = "no heartbeat for \(options.hangTimeout) s: hung; killed its process group"
-                runLog.event("failure", ["attempt": attempt, "reason": "hang"])
-                runLog.event("kill", ["attempt": attempt, "reason": "hang timeout \(options.hangTimeout) s"])
+                try runLog.event(RunEvent(.failure, attempt: attempt, reason: "hang"))
+                try runLog.event(RunEvent(.kill, attempt: attempt, reason: "hang timeout \(options.hangTimeout) s"))
                 failures.append("attempt \(attempt): \(why)")
                 log("supervise: attempt \(attempt): \(why)")
             }
@@ -86,21 +86,21 @@ public final class Supervisor {
             }
             restarts += 1
             attempt += 1
-            runLog.event("restart", ["attempt": attempt, "restarts": restarts])
+            try runLog.event(RunEvent(.restart, attempt: attempt, restarts: restarts))
         }
         let wall = Date().timeIntervalSince(start)
-        let report = Goodput.compute(runDirectory: options.runDirectory, restarts: restarts, restartCostS: options.restartCostS,
+        let report = try Goodput.compute(runDirectory: options.runDirectory, restarts: restarts, restartCostS: options.restartCostS,
                                      wallSeconds: wall)
         for line in report.table() { log(line) }
         if let path = options.summaryJSON {
-            var out: [String: Any] = ["attempts": attempt, "restarts": restarts, "failures": failures,
-                                      "succeeded": lastSummary != nil, "losses": report.survivingLosses,
-                                      "steps": report.survivingLosses.count, "goodput": report.json, "run_directory": options.runDirectory]
-            if let last = lastSummary, let data = FileManager.default.contents(atPath: last),
-               let s = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] {
-                out["param_checksum"] = s["param_checksum"]
-                out["final_loss"] = report.survivingLosses.last
-                out["last_attempt_summary"] = last
+            var out = JobSummary(attempts: attempt, restarts: restarts, failures: failures, succeeded: lastSummary != nil,
+                                 losses: report.survivingLosses, steps: report.survivingLosses.count, goodput: report.record,
+                                 runDirectory: options.runDirectory)
+            if let last = lastSummary {
+                // The successful attempt wrote its summary; one that does not read is an error naming it.
+                out.paramChecksum = try RunSummary.read(last).paramChecksum
+                out.finalLoss = report.survivingLosses.last
+                out.lastAttemptSummary = last
             }
             try AtomicFile.write(JSONText.encode(out), to: path)
             log("supervise: summary written to \(path)")

@@ -1,4 +1,5 @@
 import Foundation
+import Formats
 import Resilience
 import Comm
 import Plan
@@ -31,10 +32,10 @@ extension Launcher {
         /// Candidates hashed (the chosen one and newer ones found corrupt), their listed
         /// shard bytes, the bytes this rank hashed and the bytes all ranks hashed.
         public internal(set) var candidatesHashed = 0, shardBytes = 0, bytesHashed = 0, bytesHashedAllRanks = 0
-        public var json: [String: Any] {
-            ["checkpoint": chosen.map { $0.path as Any } ?? NSNull(), "step": chosen?.step ?? 0,
-             "candidates_hashed": candidatesHashed, "shard_bytes": shardBytes,
-             "bytes_hashed": bytesHashed, "bytes_hashed_all_ranks": bytesHashedAllRanks]
+        /// The summary's record of it.
+        public var record: RunSummary.Resume {
+            RunSummary.Resume(checkpoint: chosen?.path, step: chosen?.step ?? 0, candidatesHashed: candidatesHashed,
+                              shardBytes: shardBytes, bytesHashed: bytesHashed, bytesHashedAllRanks: bytesHashedAllRanks)
         }
     }
 

@@ -92,8 +92,8 @@ public enum Launcher {
         }
         if world.rank == 0, let path = config.summaryJSON {
             var summary = trainer.summary()
-            summary["resume"] = resume.json
-            try AtomicFile.write(JSONText.encode(summary), to: path)
+            summary.resume = resume.record
+            try AtomicFile.write(try JSONText.encode(summary), to: path)
             log("summary written to \(path)")
         }
     }

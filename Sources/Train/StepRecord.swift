@@ -48,3 +48,49 @@ public struct StepTiming: Sendable {
     public let hfu: Double
     public var bubble: Double { bubblePerStage.reduce(0, +) / Double(max(bubblePerStage.count, 1)) }
 }
+
+/// One rank's figures of a step, gathered from every rank (as doubles, one row per rank) to
+/// build the step's `StepTiming`.
+struct RankStepFigures: Equatable {
+    var stage: Int
+    /// Emulated time at which the rank started and ended the step.
+    var start: Double
+    var end: Double
+    /// Its first pipeline action's start and its last one's end.
+    var pipelineStart: Double
+    var pipelineEnd: Double
+    /// Compute and communication within the pipeline phase.
+    var pipelineWork: Double
+    /// Compute, communication, idle and checkpoint-saving time in the whole step.
+    var compute: Double
+    var communication: Double
+    var idle: Double
+    var executedFLOPs: Double
+    var checkpoint: Double
+
+    static let width = 11
+
+    var packed: [Double] {
+        [Double(stage), start, end, pipelineStart, pipelineEnd, pipelineWork, compute, communication, idle, executedFLOPs, checkpoint]
+    }
+
+    init(stage: Int, start: Double, end: Double, pipelineStart: Double, pipelineEnd: Double, pipelineWork: Double,
+         compute: Double, communication: Double, idle: Double, executedFLOPs: Double, checkpoint: Double) {
+        self.stage = stage; self.start = start; self.end = end; self.pipelineStart = pipelineStart; self.pipelineEnd = pipelineEnd
+        self.pipelineWork = pipelineWork; self.compute = compute; self.communication = communication; self.idle = idle
+        self.executedFLOPs = executedFLOPs; self.checkpoint = checkpoint
+    }
+
+    init(packed r: ArraySlice<Double>) {
+        precondition(r.count == Self.width, "a rank's step figures are \(Self.width) numbers, got \(r.count)")
+        let v = Array(r)
+        self.init(stage: Int(v[0]), start: v[1], end: v[2], pipelineStart: v[3], pipelineEnd: v[4], pipelineWork: v[5],
+                  compute: v[6], communication: v[7], idle: v[8], executedFLOPs: v[9], checkpoint: v[10])
+    }
+
+    /// The rows of an all-gather of every rank's `packed`, in rank order.
+    static func unpack(_ all: [Double], ranks: Int) -> [RankStepFigures] {
+        precondition(all.count == ranks * width, "expected \(ranks) x \(width) step figures, got \(all.count)")
+        return (0..<ranks).map { RankStepFigures(packed: all[($0 * width)..<(($0 + 1) * width)]) }
+    }
+}

@@ -24,7 +24,7 @@ extension Trainer {
         startStep = candidate.step
         if isLogger {
             log("resumed from \(candidate.path): continuing after step \(candidate.step) (attempt \(config.attempt))")
-            runLog.event("checkpoint_loaded", ["attempt": config.attempt, "step": candidate.step, "path": candidate.path])
+            try runLog.event(RunEvent(.checkpointLoaded, attempt: config.attempt, step: candidate.step, path: candidate.path))
         }
     }
 
@@ -79,7 +79,7 @@ extension Trainer {
                                        "shards": shards]
         try AtomicFile.write(JSONText.encode(manifest), to: dir + "/manifest.json")
         try AtomicFile.write(Checkpoint.stepName(step) + "\n", to: config.runDirectory + "/latest")
-        runLog.event("checkpoint_saved", ["attempt": config.attempt, "step": step])
+        try runLog.event(RunEvent(.checkpointSaved, attempt: config.attempt, step: step))
         if config.keepCheckpoints > 0 {
             // Only this run's own complete checkpoints (same configuration, at or before this
             // step) are pruned, never the one just written and never another run's.

@@ -109,17 +109,17 @@ extension Trainer {
 
     /// Per collective kind and group ("all-reduce/tp"): rank 0's bytes and calls, and the
     /// bytes and calls of all ranks together. Training traffic only (not bookkeeping).
-    func commBytes() -> [String: Any] {
-        var out: [String: Any] = [:]
+    func commBytes() -> [String: RunSummary.CommBytes] {
+        var out: [String: RunSummary.CommBytes] = [:]
         for (key, total) in commTotals {
-            out["\(key.kind.rawValue)/\(key.group)"] = ["bytes": counter.bytes[key] ?? 0, "calls": counter.calls[key] ?? 0,
-                                                         "bytes_all_ranks": Int(total.bytes), "calls_all_ranks": Int(total.calls)]
+            out["\(key.kind.rawValue)/\(key.group)"] = .init(bytes: counter.bytes[key] ?? 0, calls: counter.calls[key] ?? 0,
+                                                               bytesAllRanks: Int(total.bytes), callsAllRanks: Int(total.calls))
         }
         return out
     }
 
     /// The machine-readable result of the run.
-    public func summary() -> [String: Any] {
+    public func summary() -> RunSummary {
         let topo = groups.topology, c = config.model
         let losses = records.map(\.loss)
         var totalLoad = Array(repeating: Array(repeating: 0, count: c.experts), count: c.layers)
@@ -129,86 +129,61 @@ extension Trainer {
             dropped += r.dropped; assignments += r.assignments
         }
         let moe = moeLayers
-        var out: [String: Any] = [
-            "world_size": topo.world, "tp": topo.tp, "pp": topo.pp, "dp": topo.dp, "ep": topo.ep,
-            "steps": records.count,
-            "losses": losses,
-            "aux_losses": records.map(\.aux),
-            "grad_norms": records.map(\.gradNorm),
-            "learning_rates": records.map(\.lr),
-            "skipped_steps": records.filter(\.skipped).map(\.step),
-            "final_loss": losses.last ?? Double.nan,
-            "param_checksum": checksum,
-            "zero": config.zero,
-            "wall_time_s": wallSeconds,
-            "tokens_per_s_wall": Double(records.reduce(0) { $0 + $1.tokens }) / max(wallSeconds, 1e-9),
-            "total_params": singleLayout.globalCount,
-            "active_params": singleLayout.activeCount(config: c),
-            "local_params": params.layout.specs.reduce(0) { $0 + $1.count },
-            "optimizer_state_bytes": optimizers.reduce(0) { $0 + Double($1.range.count) } * emulator.precision.optimizerBytesPerParameter,
-            "comm_bytes": commBytes(),
-            "global_batch": plan.globalBatch, "micro_batch_size": plan.microBatchSize, "micro_batches": plan.microBatches,
-            "seq_len": c.seqLen, "seed": NSNumber(value: config.seed),
-            "data": data.description,
-            "expert_load": [
-                "moe_layers": moe,
-                "per_layer_total": moe.map { totalLoad[$0] },
-                "per_layer_last_step": moe.map { records.last?.load[$0] ?? [] },
-                "dropped_fraction": assignments == 0 ? 0.0 : Double(dropped) / Double(assignments),
-                "capacity_per_sequence": c.expertCapacity.map { $0 as Any } ?? NSNull(),
-            ] as [String: Any],
-        ]
-        out["entropy_floor"] = data.entropyFloor(seqLen: c.seqLen).map { $0 as Any } ?? NSNull()
+        let expertLoad = RunSummary.ExpertLoad(
+            moeLayers: moe, perLayerTotal: moe.map { totalLoad[$0] }, perLayerLastStep: moe.map { records.last?.load[$0] ?? [] },
+            droppedFraction: assignments == 0 ? 0.0 : Double(dropped) / Double(assignments), capacityPerSequence: c.expertCapacity)
         let timed = records.map(\.timing)
         let n = Double(max(timed.count, 1))
         let totalTime = timed.reduce(0) { $0 + $1.stepTime }
-        out["device"] = emulator.profile.name
-        out["clock"] = clock.mode.name
-        out["precision"] = emulator.precision.rawValue
-        out["link"] = config.link.rawValue
-        out["gpus_per_node"] = config.gpusPerNode
-        out["emulated_step_times_s"] = timed.map(\.stepTime)
-        out["emulated_step_time_s"] = totalTime / n
-        out["tokens_per_s_emulated"] = totalTime > 0 ? Double(records.reduce(0) { $0 + $1.tokens }) / totalTime : 0
-        out["mfu"] = timed.reduce(0) { $0 + $1.mfu } / n
-        out["hfu"] = timed.reduce(0) { $0 + $1.hfu } / n
+        let tokens = Double(records.reduce(0) { $0 + $1.tokens })
         let stages = groups.topology.pp
         let perStage = (0..<stages).map { i in timed.reduce(0) { $0 + $1.bubblePerStage[i] } / n }
-        out["bubble_fraction_per_stage"] = perStage
-        out["bubble_fraction"] = perStage.reduce(0, +) / Double(stages)
         let simulated = (0..<stages).map { i in timed.reduce(0) { $0 + ($1.simulatedBubblePerStage.count > i ? $1.simulatedBubblePerStage[i] : 0) } / n }
-        out["bubble_fraction_simulated_per_stage"] = simulated
-        out["bubble_fraction_simulated"] = simulated.reduce(0, +) / Double(stages)
         // The closed form; for ZB-H1 with the forward, input- and weight-gradient times this
         // rank measured in the last step (the paper's formula assumes them known).
         func mean(_ k: Action.Kind) -> Double {
             let d = lastDurations.filter { $0.key.kind == k }.map(\.value)
             return d.isEmpty ? 1 : d.reduce(0, +) / Double(d.count)
         }
-        out["bubble_fraction_closed_form"] = ClosedForm.bubble(schedule.kind, stages: stages, microbatches: plan.microBatches,
-                                                              virtualStages: stagePlan.virtualStages, forward: mean(.forward),
-                                                              backwardInput: mean(.backwardInput), backwardWeight: mean(.backwardWeight))
-        out["pipeline_phase_s"] = timed.reduce(0) { $0 + $1.pipelinePhase } / n
-        out["schedule"] = schedule.kind.rawValue
-        out["virtual_stages"] = stagePlan.virtualStages
-        out["pp_layers"] = stagePlan.layers.map(\.count)
-        out["peak_activation_bytes_per_stage"] = peakActivationPerStage.map { $0 * emulator.precision.elementBytes }
-        out["microbatch_activation_bytes"] = Double(Transformer.activationFloats(config: c, sequences: plan.microBatchSize,
-            shard: job.placement(of: 0).shard) / stagePlan.virtualStages) * emulator.precision.elementBytes
-        out["exposed_comm_fraction"] = totalTime > 0 ? timed.reduce(0) { $0 + $1.communication } / totalTime : 0
-        out["time_breakdown_s"] = ["compute": timed.reduce(0) { $0 + $1.compute }, "communication": timed.reduce(0) { $0 + $1.communication },
-                                   "idle": timed.reduce(0) { $0 + $1.idle }, "total": totalTime]
-        out["model_flops_per_token"] = flopsPerToken
-        out["resources"] = ["compute_cpu_s_per_rank": resources.computeCPU, "rss_bytes_per_rank": resources.rss]
+        let closedForm = ClosedForm.bubble(schedule.kind, stages: stages, microbatches: plan.microBatches,
+                                           virtualStages: stagePlan.virtualStages, forward: mean(.forward),
+                                           backwardInput: mean(.backwardInput), backwardWeight: mean(.backwardWeight))
         let measuredActivations = records.map(\.peakActivationFloats).max() ?? 0
-        out["memory_bytes"] = memory.roles.map { role -> [String: Any] in
-            var b = role.breakdown.json
-            b["role"] = role.name
-            b["ranks"] = role.ranks
-            b["activations_measured"] = Double(measuredActivations) * emulator.precision.elementBytes
-            b["capacity"] = emulator.profile.memoryBytes
-            return b
+        let memoryRoles = memory.roles.map { role in
+            let b = role.breakdown
+            return RunSummary.MemoryRole(role: role.name, ranks: role.ranks, parameters: b.parameters, gradients: b.gradients,
+                                         optimizerState: b.optimizerState, activations: b.activations, communication: b.communication,
+                                         total: b.total, activationsMeasured: Double(measuredActivations) * emulator.precision.elementBytes,
+                                         capacity: emulator.profile.memoryBytes)
         }
-        return out
+        return RunSummary(
+            worldSize: topo.world, tp: topo.tp, pp: topo.pp, dp: topo.dp, ep: topo.ep, zero: config.zero,
+            schedule: schedule.kind.rawValue, virtualStages: stagePlan.virtualStages, ppLayers: stagePlan.layers.map(\.count),
+            steps: records.count, losses: losses, auxLosses: records.map(\.aux), gradNorms: records.map(\.gradNorm),
+            learningRates: records.map(\.lr), skippedSteps: records.filter(\.skipped).map(\.step),
+            finalLoss: losses.last ?? Double.nan, entropyFloor: data.entropyFloor(seqLen: c.seqLen), paramChecksum: checksum,
+            totalParams: singleLayout.globalCount, activeParams: singleLayout.activeCount(config: c),
+            localParams: params.layout.specs.reduce(0) { $0 + $1.count },
+            optimizerStateBytes: optimizers.reduce(0) { $0 + Double($1.range.count) } * emulator.precision.optimizerBytesPerParameter,
+            globalBatch: plan.globalBatch, microBatchSize: plan.microBatchSize, microBatches: plan.microBatches, seqLen: c.seqLen,
+            seed: config.seed, data: data.description, expertLoad: expertLoad, commBytes: commBytes(),
+            device: emulator.profile.name, clock: clock.mode.name, precision: emulator.precision.rawValue, link: config.link.rawValue,
+            gpusPerNode: config.gpusPerNode,
+            emulatedStepTimesS: timed.map(\.stepTime), emulatedStepTimeS: totalTime / n,
+            tokensPerSEmulated: totalTime > 0 ? tokens / totalTime : 0,
+            mfu: timed.reduce(0) { $0 + $1.mfu } / n, hfu: timed.reduce(0) { $0 + $1.hfu } / n,
+            bubbleFractionPerStage: perStage, bubbleFraction: perStage.reduce(0, +) / Double(stages),
+            bubbleFractionSimulatedPerStage: simulated, bubbleFractionSimulated: simulated.reduce(0, +) / Double(stages),
+            bubbleFractionClosedForm: closedForm,
+            pipelinePhaseS: timed.reduce(0) { $0 + $1.pipelinePhase } / n,
+            peakActivationBytesPerStage: peakActivationPerStage.map { $0 * emulator.precision.elementBytes },
+            microbatchActivationBytes: Double(Transformer.activationFloats(config: c, sequences: plan.microBatchSize,
+                shard: job.placement(of: 0).shard) / stagePlan.virtualStages) * emulator.precision.elementBytes,
+            exposedCommFraction: totalTime > 0 ? timed.reduce(0) { $0 + $1.communication } / totalTime : 0,
+            timeBreakdownS: .init(compute: timed.reduce(0) { $0 + $1.compute }, communication: timed.reduce(0) { $0 + $1.communication },
+                                  idle: timed.reduce(0) { $0 + $1.idle }, total: totalTime),
+            modelFLOPsPerToken: flopsPerToken, memoryBytes: memoryRoles,
+            wallTimeS: wallSeconds, tokensPerSWall: tokens / max(wallSeconds, 1e-9),
+            resources: .init(computeCPUSecondsPerRank: resources.computeCPU, rssBytesPerRank: resources.rss))
     }
 }

@@ -108,8 +108,8 @@ public final class Trainer {
             let record = try trainStep(step)
             records.append(record)
             if isLogger {
-                if step == startStep + 1 { runLog.event("first_step", ["attempt": config.attempt, "step": step]) }
-                logStep(record)
+                if step == startStep + 1 { try runLog.event(RunEvent(.firstStep, attempt: config.attempt, step: step)) }
+                try logStep(record)
             }
             if isLogger && (step == startStep + 1 || step % config.logEvery == 0 || step == config.steps) { log(format(record)) }
         }
@@ -207,13 +207,13 @@ public final class Trainer {
     }
 
     /// Appends the step to the run directory's step log and beats the heartbeat (rank 0).
-    func logStep(_ r: StepRecord) {
+    func logStep(_ r: StepRecord) throws {
         let t = r.timing
-        runLog.step(["attempt": config.attempt, "step": r.step, "loss": r.loss, "skipped": r.skipped,
-                     "emulated": ["step": t.stepTime, "compute": t.compute, "communication": t.communication,
-                                  "idle": t.idle, "checkpoint": t.checkpoint],
-                     "wall_s": r.wallSeconds, "model_flops": Double(r.tokens) * flopsPerToken,
-                     "ranks": groups.world.size, "peak_flops": emulator.profile.peakFLOPS])
+        try runLog.step(StepLogLine(attempt: config.attempt, step: r.step, loss: r.loss, skipped: r.skipped,
+                                    emulated: .init(step: t.stepTime, compute: t.compute, communication: t.communication,
+                                                    idle: t.idle, checkpoint: t.checkpoint),
+                                    wallSeconds: r.wallSeconds, modelFLOPs: Double(r.tokens) * flopsPerToken,
+                                    ranks: groups.world.size, peakFLOPS: emulator.profile.peakFLOPS))
         runLog.heartbeat(step: r.step)
     }
 
@@ -241,29 +241,31 @@ public final class Trainer {
                     executedFLOPs: Double, tokens: Int) -> StepTiming {
         let whole = SpanTotals(Array(spans), from: start, to: clock.now)
         let pipelineWork = SpanTotals(Array(spans), from: start, to: pipeline.end)
-        let local: [Double] = [Double(groups.coordinates.pp), start, clock.now, pipeline.start, pipeline.end,
-                               pipelineWork.compute + pipelineWork.communication,
-                               whole.compute, whole.communication, whole.idle, executedFLOPs, whole.io]
-        let width = local.count
-        let all = groups.world.untimed { groups.world.allGather(local) }
-        let rows = (0..<groups.world.size).map { Array(all[($0 * width)..<(($0 + 1) * width)]) }
-        let stepStart = rows.map { $0[1] }.min()!, stepEnd = rows.map { $0[2] }.max()!
-        let phaseStart = rows.map { $0[3] }.min()!, phaseEnd = rows.map { $0[4] }.max()!
+        let local = RankStepFigures(stage: groups.coordinates.pp, start: start, end: clock.now,
+                                    pipelineStart: pipeline.start, pipelineEnd: pipeline.end,
+                                    pipelineWork: pipelineWork.compute + pipelineWork.communication,
+                                    compute: whole.compute, communication: whole.communication, idle: whole.idle,
+                                    executedFLOPs: executedFLOPs, checkpoint: whole.io)
+        let all = groups.world.untimed { groups.world.allGather(local.packed) }
+        let rows = RankStepFigures.unpack(all, ranks: groups.world.size)
+        let stepStart = rows.map(\.start).min()!, stepEnd = rows.map(\.end).max()!
+        let phaseStart = rows.map(\.pipelineStart).min()!, phaseEnd = rows.map(\.pipelineEnd).max()!
         let phase = phaseEnd - phaseStart
         let stepTime = stepEnd - stepStart
         let stages = groups.topology.pp
         var bubble = [Double](repeating: 0, count: stages), counts = [Double](repeating: 0, count: stages)
-        for r in rows where phase > 0 { bubble[Int(r[0])] += (phase - r[5]) / phase; counts[Int(r[0])] += 1 }
+        for r in rows where phase > 0 { bubble[r.stage] += (phase - r.pipelineWork) / phase; counts[r.stage] += 1 }
         for i in 0..<stages where counts[i] > 0 { bubble[i] /= counts[i] }
         let n = Double(rows.count)
         let peak = emulator.profile.peakFLOPS * n
-        return StepTiming(stepTime: stepTime, compute: rows.reduce(0) { $0 + $1[6] } / n,
-                          communication: rows.reduce(0) { $0 + $1[7] } / n, idle: rows.reduce(0) { $0 + $1[8] } / n,
-                          checkpoint: rows.reduce(0) { $0 + $1[10] } / n,
+        func mean(_ figure: KeyPath<RankStepFigures, Double>) -> Double { rows.reduce(0) { $0 + $1[keyPath: figure] } / n }
+        return StepTiming(stepTime: stepTime, compute: mean(\.compute),
+                          communication: mean(\.communication), idle: mean(\.idle),
+                          checkpoint: mean(\.checkpoint),
                           bubblePerStage: bubble, pipelinePhase: phase,
                           simulatedBubblePerStage: simulatedBubble(pipeline.durations),
                           mfu: stepTime > 0 ? Double(tokens) * flopsPerToken / (stepTime * peak) : 0,
-                          hfu: stepTime > 0 ? rows.reduce(0) { $0 + $1[9] } / (stepTime * peak) : 0)
+                          hfu: stepTime > 0 ? rows.reduce(0) { $0 + $1.executedFLOPs } / (stepTime * peak) : 0)
     }
 
     /// The bubble the event simulator predicts for this step's schedule, replayed with the

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import TestSupport
+import Formats
 
 /// The foundation's acceptance runs, through real mpirun on the release binary.
 final class SingleRankTrainingTests: XCTestCase {
@@ -64,5 +65,41 @@ final class SingleRankTrainingTests: XCTestCase {
         let losses = try XCTUnwrap(s["losses"] as? [Double])
         XCTAssertLessThan(losses.last!, losses.first! - 1.0)
         XCTAssertTrue(s["entropy_floor"] is NSNull)
+    }
+
+    /// The summary a real run writes decodes as the typed `RunSummary` (every key present with
+    /// its type), which writes the file back byte for byte (no key lost or added, no value
+    /// changed), and its values are the JSON object's.
+    func testSummaryDecodesAsTheTypedRecord() throws {
+        let dir = try Subprocess.tempDir()
+        let path = dir + "/summary.json"
+        let r = try Subprocess.mpirun(np: 1, ["--config", "configs/tiny.json", "--steps", "3", "--summary-json", path])
+        XCTAssertEqual(r.status, 0, r.output)
+        let typed = try RunSummary.read(path)
+        XCTAssertEqual(try JSONText.encode(typed), try String(contentsOfFile: path, encoding: .utf8))
+        let o = try Subprocess.readJSON(path)
+        // JSONSerialization's reader can differ from the exact value in the last digit.
+        func close(_ a: [Double], _ b: Any?, file: StaticString = #filePath, line: UInt = #line) {
+            let b = b as? [Double] ?? []
+            XCTAssertEqual(a.count, b.count, file: file, line: line)
+            for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-15 * max(abs(x), 1), file: file, line: line) }
+        }
+        close(typed.losses, o["losses"])
+        close(typed.gradNorms, o["grad_norms"])
+        close(typed.emulatedStepTimesS, o["emulated_step_times_s"])
+        close([typed.finalLoss, typed.mfu, typed.bubbleFraction, typed.timeBreakdownS.total],
+              [o["final_loss"], o["mfu"], o["bubble_fraction"], (o["time_breakdown_s"] as? [String: Any])?["total"]].compactMap { $0 as? Double })
+        XCTAssertEqual(typed.paramChecksum, o["param_checksum"] as? String)
+        XCTAssertEqual(typed.steps, o["steps"] as? Int)
+        XCTAssertEqual(typed.worldSize, o["world_size"] as? Int)
+        XCTAssertEqual(typed.schedule, o["schedule"] as? String)
+        XCTAssertEqual(typed.seed, (o["seed"] as? NSNumber)?.uint64Value)
+        XCTAssertEqual(typed.entropyFloor.map { [$0] } ?? [], [o["entropy_floor"] as? Double].compactMap { $0 })
+        let load = try XCTUnwrap(o["expert_load"] as? [String: Any])
+        XCTAssertEqual(typed.expertLoad.perLayerTotal, load["per_layer_total"] as? [[Int]])
+        XCTAssertEqual(typed.expertLoad.capacityPerSequence, load["capacity_per_sequence"] as? Int)
+        let memory = try XCTUnwrap(o["memory_bytes"] as? [[String: Any]])
+        XCTAssertEqual(typed.memoryBytes.map(\.role), memory.compactMap { $0["role"] as? String })
+        XCTAssertEqual(typed.memoryBytes.map(\.total), memory.compactMap { $0["total"] as? Double })
     }
 }
