@@ -33,9 +33,11 @@ run: build
 
 # Unit and integration tests, built once in release mode (debug Swift is 10-50x slower in
 # numeric loops); integration tests run the release binary under real mpirun, serialized.
+# --disable-testable-imports: the tests use public API only, so the libraries built for the
+# binary are reused as they are (with testable imports every module is compiled twice).
 test: build
 	@launch/install-deps.sh --with-python
-	MOE_TRAIN_BIN=$(abspath $(BIN)) swift test -c release --no-parallel --disable-swift-testing
+	MOE_TRAIN_BIN=$(abspath $(BIN)) swift test -c release --disable-testable-imports --no-parallel --disable-swift-testing
 
 # GPipe, 1F1B, interleaved and ZB-H1 on the default config and the 16-rank layout: a table,
 # compare.json, a Chrome trace and an SVG timeline per schedule under $(COMPARE_OUT).

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Plan
+import Plan
 
 /// The running executable and the config directories, from explicit inputs.
 final class InstallationTests: XCTestCase {
