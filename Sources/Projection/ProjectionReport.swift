@@ -14,12 +14,15 @@ public enum ProjectionReport {
         public init() {}
     }
 
+    /// The failure model's settings. They are checked whether or not an MTBF is given
+    /// (a nonsense interval is an error even when nothing uses it); without `mtbfHours`
+    /// no failures are projected.
     public struct Failures {
-        public var mtbfHours: Double
+        public var mtbfHours: Double?
         public var checkpointEverySteps: Int?
         public var restartCostS: Double
         public var checkpointBandwidth: Double
-        public init(mtbfHours: Double, checkpointEverySteps: Int?, restartCostS: Double, checkpointBandwidth: Double) {
+        public init(mtbfHours: Double?, checkpointEverySteps: Int?, restartCostS: Double, checkpointBandwidth: Double) {
             self.mtbfHours = mtbfHours; self.checkpointEverySteps = checkpointEverySteps
             self.restartCostS = restartCostS; self.checkpointBandwidth = checkpointBandwidth
         }
@@ -62,7 +65,7 @@ public enum ProjectionReport {
             if let v = layout.virtualStages { try Validation.require(v, in: 1...max(Int(a.layers), 1), "--virtual-stages") }
             try Validation.require(a.usdPerGPUHour, in: 0.000001...1e6, "--usd-per-gpu-hour")
             if let f = failures {
-                try Validation.require(f.mtbfHours, in: 1e-6...1e9, "--mtbf-hours")
+                if let h = f.mtbfHours { try Validation.require(h, in: 1e-6...1e9, "--mtbf-hours") }
                 try Validation.require(f.restartCostS, in: 0...1e9, "--restart-cost-s")
                 try Validation.require(f.checkpointBandwidth, in: 1...1e15, "--checkpoint-bandwidth", note: "bytes/s")
                 if let k = f.checkpointEverySteps { try Validation.require(k, in: 1...1_000_000_000, "--checkpoint-every") }
@@ -118,8 +121,8 @@ public enum ProjectionReport {
             "gpus": world, "tp": config.tp, "pp": config.pp, "dp": dp, "ep": config.ep, "micro_batches": M,
             "schedule": config.schedule.rawValue, "device": device.name, "recompute": layout.recompute,
         ]
-        if let f = failures {
-            let jobMTBF = f.mtbfHours * 3600 / Double(world)
+        if let f = failures, let mtbfHours = f.mtbfHours {
+            let jobMTBF = mtbfHours * 3600 / Double(world)
             let checkpointCost = (mem.parameters + mem.optimizerState) / f.checkpointBandwidth
             let optimum = (2 * checkpointCost * jobMTBF).squareRoot()
             let every = f.checkpointEverySteps ?? Int(min(max((optimum / p.stepTime).rounded(), 1), 1e9))
@@ -127,13 +130,13 @@ public enum ProjectionReport {
             let lossPerFailure = tau / 2 + f.restartCostS
             let denominator = 1 - lossPerFailure / jobMTBF
             guard denominator > 0 else {
-                throw UsageError(String(format: "project: --mtbf-hours %g gives a job MTBF of %.0f s over %ld GPUs, and each failure loses %.0f s on average (half a checkpoint interval plus --restart-cost-s): the run never finishes", f.mtbfHours, jobMTBF, world, lossPerFailure))
+                throw UsageError(String(format: "project: --mtbf-hours %g gives a job MTBF of %.0f s over %ld GPUs, and each failure loses %.0f s on average (half a checkpoint interval plus --restart-cost-s): the run never finishes", mtbfHours, jobMTBF, world, lossPerFailure))
             }
             let total = seconds * (1 + checkpointCost / tau) / denominator
             let failuresExpected = total / jobMTBF
             let goodput = seconds / total
             log(String(format: "  failures: job MTBF %.2f h (%.0f h per GPU / %ld GPUs); checkpoint %.0f s every %ld steps (%.0f s; Young/Daly optimum %.0f s)",
-                       jobMTBF / 3600, f.mtbfHours, world, checkpointCost, every, tau, optimum))
+                       jobMTBF / 3600, mtbfHours, world, checkpointCost, every, tau, optimum))
             log(String(format: "  expected %.0f failures: lost work %.1f days, restarts %.1f days, checkpoints %.1f days; %.1f days in all, goodput %.1f%%, effective utilization %.1f%%",
                        failuresExpected, failuresExpected * tau / 2 / 86400, failuresExpected * f.restartCostS / 86400,
                        seconds * checkpointCost / tau / 86400, total / 86400, 100 * goodput, 100 * goodput * p.mfu))

@@ -41,13 +41,12 @@ struct ProjectCommand: ParsableCommand {
             layout.device = device; layout.tp = tp; layout.pp = pp; layout.dp = dp; layout.ep = ep; layout.schedule = schedule
             layout.microBatches = microBatches; layout.virtualStages = virtualStages; layout.gpusPerNode = gpusPerNode
             layout.recompute = !noRecompute
+            let failures = ProjectionReport.Failures(mtbfHours: mtbfHours, checkpointEverySteps: checkpointEvery,
+                                                     restartCostS: restartCostS, checkpointBandwidth: checkpointBandwidth)
             if sweep {
+                try ProjectionReport.validate(account: account, layout: layout, failures: failures)
                 try LayoutSweep.run(account: account, base: layout) { print($0) }
                 return
-            }
-            let failures = mtbfHours.map {
-                ProjectionReport.Failures(mtbfHours: $0, checkpointEverySteps: checkpointEvery, restartCostS: restartCostS,
-                                          checkpointBandwidth: checkpointBandwidth)
             }
             try ProjectionReport.run(account: account, layout: layout, failures: failures, json: json) { print($0) }
         } catch let e as PublishedRun.Invalid {

@@ -122,9 +122,15 @@ final class BadInputSweepTests: XCTestCase {
             for flag in flags { probes.append(makeCase(command, flag, "abc")) }
         }
         var swept: [(Command, String)] = []
+        var choices: Set<String> = []  // "command --flag 'value'" the parser lists as a choice
         for (c, r) in runAll(probes, binary: binary) {
             guard let r, r.status == 2, r.stderr.contains("--" + c.flag) else { continue }
             swept.append((commands.first { $0.name == c.command }!, c.flag))
+            if let listed = r.stderr.range(of: "Please provide one of ") {
+                for value in Self.values where r.stderr[listed.upperBound...].contains("'\(value)'") {
+                    choices.insert("\(c.command) --\(c.flag) '\(value)'")
+                }
+            }
         }
         XCTAssertGreaterThan(swept.count, 60, "too few options found to sweep: \(swept.map(\.1))")
         for required in [("train", "steps"), ("train", "lr"), ("project", "mtbf-hours"), ("goodput-sweep", "np"),
@@ -157,6 +163,10 @@ final class BadInputSweepTests: XCTestCase {
                 if !left.isEmpty { failures.append("\(what): rejected, but wrote \(left)") }
             case 0:
                 accepted += 1
+                // No number means anything as -1 or NaN (only a named choice, such as
+                // --fail-mode nan, may be spelled so): accepting either is accepting nonsense,
+                // even when the option goes unused (a flag that only matters beside another).
+                if c.value == "-1" || c.value == "nan", !choices.contains("\(c.command) --\(c.flag) '\(c.value)'") { failures.append("\(what): accepted, but no option means anything by \(c.value)") }
                 if text.range(of: #"(^|[^A-Za-z_])-?(nan|inf)([^A-Za-z_]|$)"#, options: .regularExpression) != nil {
                     failures.append("\(what): accepted, and the output shows nan or inf: \(text.suffix(300))")
                 }
