@@ -163,14 +163,4 @@ public enum Checked {
         }
         return result
     }
-
-    public static func sum(_ terms: Int..., what: @autoclosure () -> String) throws -> Int {
-        var result = 0
-        for t in terms {
-            let (r, overflow) = result.addingReportingOverflow(t)
-            guard !overflow else { throw UsageError("\(what()) is too large to count") }
-            result = r
-        }
-        return result
-    }
 }
