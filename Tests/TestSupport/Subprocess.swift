@@ -78,6 +78,7 @@ public enum Subprocess {
         env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
         env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
         env["OMPI_MCA_rmaps_base_oversubscribe"] = "1"
+        env["OMPI_MCA_odls_base_sigkill_timeout"] = "0"  // as the Makefile: no 1 s wait after a rank fails
         return env
     }
 
