@@ -1,13 +1,13 @@
 import Foundation
 
 /// One line of the run directory's `events.jsonl`, written by the supervisor (attempt start
-/// and end, failure, kill, restart) and by rank 0 of the training job (first step, checkpoint
+/// and end, failure, kill, restart, interruption by a signal) and by rank 0 of the training job (first step, checkpoint
 /// saved or loaded). Only the fields an event has are written.
 public struct RunEvent: Codable, Equatable, Sendable {
     public enum Kind: String, Codable, Sendable, CaseIterable {
         case attemptStart = "attempt_start", attemptEnd = "attempt_end", firstStep = "first_step"
         case checkpointSaved = "checkpoint_saved", checkpointLoaded = "checkpoint_loaded"
-        case failure, kill, restart
+        case failure, kill, restart, interrupted
     }
 
     public var event: Kind

@@ -87,6 +87,7 @@ extension RunConfig: Codable {
         Field("beta2", \.beta2, numerics: true),
         Field("adam_eps", \.adamEps, numerics: true),
         Field("grad_clip", \.gradClip, numerics: true),
+        Field("max_skipped_steps", \.maxSkippedSteps),
         Field("seed", \.seed, numerics: true),
         // data
         Field("data", \.data, numerics: true),

@@ -34,6 +34,7 @@ public struct RunConfig: Equatable, Sendable {
     public var beta2 = 0.95
     public var adamEps = 1e-8
     public var gradClip = 1.0          // 0 disables clipping
+    public var maxSkippedSteps = 3     // non-finite steps in a row a run survives (skipping each); one more fails it
     public var seed: UInt64 = 1234
 
     // Data
@@ -118,6 +119,7 @@ public struct RunConfig: Equatable, Sendable {
         try V.require(beta2, in: 0...0.999999, "beta2")
         try V.require(adamEps, in: 1e-30...1, "adam_eps")
         try V.require(gradClip, in: 0...1e12, "--grad-clip", note: "0 meaning no clipping")
+        try V.require(maxSkippedSteps, in: 0...maxSteps, "--max-skipped-steps", note: "0 meaning the first non-finite step fails the run")
         try V.require(logEvery, in: 1...maxSteps, "--log-every")
         if let s = dumpStep {
             try V.require(s, in: 1...steps, "--dump-step", note: "a step of the run")
@@ -149,6 +151,9 @@ public enum LinkChoice: String, Sendable, CaseIterable, Codable { case profile, 
 public enum FailMode: String, Sendable, CaseIterable, Codable {
     case crash, hang, slow, nan
     case crashDuringCheckpoint = "crash-during-checkpoint"
+    /// The failing rank's first checkpoint shard at or after the failing step cannot be
+    /// written: no space left on the device (emulated; the rank exits 5, not retried).
+    case diskFull = "disk-full"
 }
 
 /// The embedded synthetic data source: an order-k Markov chain over a small alphabet.

@@ -94,6 +94,9 @@ public enum Checkpoint {
               let hash = o["config_hash"] as? String, let shardList = o["shards"] as? [[String: Any]] else {
             return .failure(CheckpointProblem("\(name)/manifest.json is malformed"))
         }
+        if name.hasPrefix("step-"), name.count == 11, let named = Int(name.dropFirst(5)), named != step {
+            return .failure(CheckpointProblem("\(name)/manifest.json is step \(step)'s, not step \(named)'s: the directory was renamed or the manifest copied"))
+        }
         var shards: [(String, Int, String)] = []
         for (rank, s) in shardList.enumerated() {
             guard let file = s["file"] as? String, let bytes = s["bytes"] as? Int, let sha = s["sha256"] as? String else {

@@ -68,6 +68,12 @@ public struct FaultInjector {
         targetsMe && mode == .crashDuringCheckpoint && step >= failStep!
     }
 
+    /// `disk-full`: the first checkpoint at or after the failing step finds no space for this
+    /// rank's shard.
+    public func diskFullWhileSaving(step: Int) -> Bool {
+        targetsMe && mode == .diskFull && step >= failStep!
+    }
+
     public func crash() -> Never {
         fflush(stdout)
         kill(getpid(), SIGKILL)

@@ -29,9 +29,11 @@ public enum GoodputSweep {
                                              mpirunArgs: [], trainingFlags: flags, binary: binary, runDirectory: dir,
                                              restartCostS: restartCostS, quiet: true)
             log("goodput-sweep: checkpoint every \(k) steps")
-            _ = try Supervisor(options: options) { line in
+            let result = try Supervisor(options: options) { line in
                 if line.hasPrefix("supervise: attempt") && line.contains("failed") { log("  " + line) }
             }.run()
+            // A job that gave up is still a row (its goodput shows it); bad input or a signal ends the sweep.
+            if result.status == .badInput || result.status == .interrupted { throw ExitFailure(result.status, "checkpoint every \(k) steps: " + result.message) }
             let restarts = try restartsOf(dir)
             let g = try Goodput.compute(runDirectory: dir, restarts: restarts, restartCostS: restartCostS, wallSeconds: 0)
             // The model's inputs, measured: step time, checkpoint cost, utilization without failures.

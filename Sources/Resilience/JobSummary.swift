@@ -3,7 +3,7 @@ import Formats
 /// The supervisor's summary of a whole job (`supervise --summary-json FILE`): attempts,
 /// restarts, the surviving steps' losses, goodput and, when an attempt succeeded, the last
 /// attempt's checksum and final loss and where its own summary is (those three keys are
-/// written only then).
+/// written only then), the supervisor's exit status and, short of success, why it stopped.
 public struct JobSummary: Codable, Sendable {
     public var attempts: Int
     public var restarts: Int
@@ -18,10 +18,15 @@ public struct JobSummary: Codable, Sendable {
     /// Present when an attempt succeeded; null if that loss is not finite.
     public var finalLoss: Double?
     public var lastAttemptSummary: String?
+    /// The supervisor's exit status (`ExitStatus`: 0, 2, 3 or 4).
+    public var exitStatus = 0
+    /// Why the job stopped short of success, in one sentence (absent on success).
+    public var stoppedBecause: String?
 
     enum CodingKeys: String, CodingKey {
         case attempts, restarts, failures, succeeded, losses, steps, goodput, runDirectory = "run_directory"
         case paramChecksum = "param_checksum", finalLoss = "final_loss", lastAttemptSummary = "last_attempt_summary"
+        case exitStatus = "exit_status", stoppedBecause = "stopped_because"
     }
 
     public init(attempts: Int, restarts: Int, failures: [String], succeeded: Bool, losses: [Double], steps: Int,
@@ -46,6 +51,8 @@ public struct JobSummary: Codable, Sendable {
         // decodeIfPresent would read null (a non-finite loss) as absent.
         finalLoss = c.contains(.finalLoss) ? try c.decode(NullIfNotFinite<Double>.self, forKey: .finalLoss).wrappedValue : nil
         lastAttemptSummary = try c.decodeIfPresent(String.self, forKey: .lastAttemptSummary)
+        exitStatus = try c.decode(Int.self, forKey: .exitStatus)
+        stoppedBecause = try c.decodeIfPresent(String.self, forKey: .stoppedBecause)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -61,5 +68,7 @@ public struct JobSummary: Codable, Sendable {
         try c.encodeIfPresent(paramChecksum, forKey: .paramChecksum)
         try c.encodeIfPresent(finalLoss.map(NullIfNotFinite.init(wrappedValue:)), forKey: .finalLoss)
         try c.encodeIfPresent(lastAttemptSummary, forKey: .lastAttemptSummary)
+        try c.encode(exitStatus, forKey: .exitStatus)
+        try c.encodeIfPresent(stoppedBecause, forKey: .stoppedBecause)
     }
 }

@@ -21,23 +21,56 @@ extension Checkpoint {
         return SafeTensors.encode(entries, metadata: meta)
     }
 
-    /// Restores this rank's state from its shard of `candidate`.
-    public static func load(_ candidate: Candidate, rank: Int, params: Parameters, optimizers: [AdamW]) throws {
-        let file = candidate.path + "/" + shardName(rank)
-        guard let data = FileManager.default.contents(atPath: file) else { throw CheckpointProblem("cannot read \(file)") }
-        let (tensors, meta) = try SafeTensors.decode([UInt8](data))
-        guard let p = tensors["params"], p.shape == [params.values.count] else {
-            throw CheckpointProblem("\(file): parameter shard does not fit this rank's layout")
+    /// One rank's shard, read and checked, not yet applied: nothing of the rank's state
+    /// changes until every rank has read its own (a job falls back as a whole).
+    public struct LoadedShard {
+        let params: [Float]
+        let optimizers: [(m: [Float], v: [Float], steps: Int)]
+    }
+
+    /// Reads this rank's shard of `candidate` and checks that it fits this rank's layout,
+    /// belongs to the candidate's step and holds finite numbers only (a shard whose manifest
+    /// was re-hashed after it was damaged passes the checksum, not this). Throws a
+    /// `CheckpointProblem` naming the checkpoint, the shard and the reason.
+    public static func readShard(_ candidate: Candidate, rank: Int, params: Parameters, optimizers: [AdamW]) throws -> LoadedShard {
+        let name = URL(fileURLWithPath: candidate.path).lastPathComponent + "/" + shardName(rank)
+        func problem(_ why: String) -> CheckpointProblem { CheckpointProblem("\(name): \(why)") }
+        guard let data = FileManager.default.contents(atPath: candidate.path + "/" + shardName(rank)) else { throw problem("cannot be read") }
+        let tensors: [String: SafeTensors.Loaded], meta: [String: String]
+        do { (tensors, meta) = try SafeTensors.decode([UInt8](data)) } catch { throw problem("is not a readable safetensors file (\(error))") }
+        guard meta["step"] == String(candidate.step) else {
+            throw problem("its header says step \(meta["step"] ?? "none"), the checkpoint is step \(candidate.step)")
         }
-        p.floats.withUnsafeBufferPointer { params.values.base.update(from: $0.baseAddress!, count: params.values.count) }
+        if let (tname, t) = tensors.first(where: { $0.value.dtype != "F32" }) { throw problem("tensor \(tname) is \(t.dtype), not F32") }
+        func finite(_ values: [Float], _ what: String) throws {
+            if let i = values.firstIndex(where: { !$0.isFinite }) { throw problem("\(what) holds a non-finite value (\(values[i]) at element \(i))") }
+        }
+        guard let p = tensors["params"], p.shape == [params.values.count] else {
+            throw problem("its parameter shard does not fit this rank's layout")
+        }
+        try finite(p.floats, "the parameter shard")
+        var moments: [(m: [Float], v: [Float], steps: Int)] = []
         for (i, o) in optimizers.enumerated() {
-            guard let m = tensors["adam.\(i).m"], let v = tensors["adam.\(i).v"], m.shape == [o.range.count],
-                  meta["adam.\(i).range"] == "\(o.range.lowerBound)..<\(o.range.upperBound)", let steps = meta["adam.\(i).steps"].flatMap(Int.init) else {
-                throw CheckpointProblem("\(file): optimizer shard \(i) does not fit this rank's ZeRO partition")
+            guard let m = tensors["adam.\(i).m"], let v = tensors["adam.\(i).v"], m.shape == [o.range.count], v.shape == [o.range.count],
+                  meta["adam.\(i).range"] == "\(o.range.lowerBound)..<\(o.range.upperBound)",
+                  let steps = meta["adam.\(i).steps"].flatMap(Int.init), steps >= 0 else {
+                throw problem("optimizer shard \(i) does not fit this rank's ZeRO partition")
             }
-            m.floats.withUnsafeBufferPointer { o.m.base.update(from: $0.baseAddress!, count: o.range.count) }
-            v.floats.withUnsafeBufferPointer { o.v.base.update(from: $0.baseAddress!, count: o.range.count) }
-            o.restore(stepCount: steps)
+            try finite(m.floats, "Adam's first moment \(i)")
+            try finite(v.floats, "Adam's second moment \(i)")
+            if let j = v.floats.firstIndex(where: { $0 < 0 }) { throw problem("Adam's second moment \(i) is negative at element \(j)") }
+            moments.append((m.floats, v.floats, steps))
+        }
+        return LoadedShard(params: p.floats, optimizers: moments)
+    }
+
+    /// Makes a shard read by `readShard` this rank's state.
+    public static func apply(_ shard: LoadedShard, params: Parameters, optimizers: [AdamW]) {
+        shard.params.withUnsafeBufferPointer { params.values.base.update(from: $0.baseAddress!, count: params.values.count) }
+        for (o, s) in zip(optimizers, shard.optimizers) {
+            s.m.withUnsafeBufferPointer { o.m.base.update(from: $0.baseAddress!, count: o.range.count) }
+            s.v.withUnsafeBufferPointer { o.v.base.update(from: $0.baseAddress!, count: o.range.count) }
+            o.restore(stepCount: s.steps)
         }
     }
 }

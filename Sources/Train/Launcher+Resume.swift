@@ -98,9 +98,11 @@ extension Launcher {
     /// candidate gives every rank every verdict: all take the same checkpoint, or all skip
     /// it, rank 0 naming each bad shard. Throws on every rank alike when an explicit
     /// `--resume` checkpoint has a bad shard or the walk reaches a refused checkpoint.
-    static func chooseCheckpoint(_ plan: ResumePlan, world: Communicator, log: (String) -> Void) throws -> ResumeReport {
-        var report = ResumeReport()
-        var next = 0
+    /// Resumable: `next` is where the walk goes on (after a chosen checkpoint some rank then
+    /// failed to load), `report` accumulates.
+    static func chooseCheckpoint(_ plan: ResumePlan, from next: inout Int, report: inout ResumeReport, world: Communicator,
+                                 log: (String) -> Void) throws {
+        report.chosen = nil
         while true {
             // This rank's next candidate or refusal; rank 0 reports the skipped directories before it.
             var candidate: Checkpoint.Candidate?
@@ -128,7 +130,7 @@ extension Launcher {
             }
             guard let c = candidate else {
                 if let r = refused { throw UsageError(r) }
-                return report
+                return
             }
             report.candidatesHashed += 1
             report.shardBytes += c.manifest.shards.reduce(0) { $0 + $1.bytes }
@@ -140,10 +142,42 @@ extension Launcher {
             }
             if bad.isEmpty {
                 report.chosen = c
-                return report
+                return
             }
             if plan.explicit { throw UsageError("--resume \(c.path): " + bad.joined(separator: "; ")) }
             if world.rank == 0 { for s in bad { log("resume: skipped \(s)") } }
+        }
+    }
+}
+
+extension Launcher {
+    /// After MPI starts (collective): the checkpoint the job continues from, read by every
+    /// rank. Each rank reads and checks its own shard of the newest candidate whose shards
+    /// hash to their manifest; unless every rank succeeds, the whole job falls back to the
+    /// next older candidate (rank 0 names every rank's reason), and with none left it starts
+    /// afresh. An explicit `--resume DIR` that a rank cannot load stops the job (exit 2).
+    static func resume(_ plan: ResumePlan, trainer: Trainer, world: Communicator, log: (String) -> Void) throws -> ResumeReport {
+        var report = ResumeReport()
+        var next = 0
+        while true {
+            try chooseCheckpoint(plan, from: &next, report: &report, world: world, log: log)
+            guard let candidate = report.chosen else { return report }
+            var shard: Checkpoint.LoadedShard?
+            var problem = ""
+            do { shard = try trainer.readShard(of: candidate) } catch { problem = String(describing: error) }
+            // Every rank learns whether all read their shards; rank 0 learns every reason.
+            let verdicts = world.untimed { world.allGather([Int64(problem.isEmpty ? 0 : 1)]) }
+            let reasons = world.untimed { world.gatherBytes(Array(problem.utf8), root: 0) }.map { String(decoding: $0, as: UTF8.self) }
+            if verdicts.allSatisfy({ $0 == 0 }), let shard {
+                try trainer.restore(from: candidate, shard: shard)
+                return report
+            }
+            let why = world.rank == 0
+                ? reasons.enumerated().filter { !$0.element.isEmpty }.map { "rank \($0.offset): \($0.element)" }.joined(separator: "; ")
+                : "see rank 0"
+
+            if plan.explicit { throw UsageError("--resume \(candidate.path): cannot load it: \(why)") }
+            if world.rank == 0 { log("resume: skipped \(URL(fileURLWithPath: candidate.path).lastPathComponent): cannot load it: \(why)") }
         }
     }
 }

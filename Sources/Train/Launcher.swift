@@ -76,9 +76,8 @@ public enum Launcher {
         let trainer: Trainer
         let resume: ResumeReport
         do {
-            resume = try chooseCheckpoint(prepared.resume, world: world, log: log)
             trainer = try Trainer(plan: prepared.plan, groups: groups, data: prepared.data, log: log)
-            if let r = resume.chosen { try trainer.restore(from: r) }
+            resume = try Self.resume(prepared.resume, trainer: trainer, world: world, log: log)
         } catch let e as UsageError { throw e } catch {
             throw UsageError(String(describing: error))
         }

@@ -12,15 +12,15 @@ import Tensor
 // MARK: - Checkpoints: saving and resuming (see Checkpoint.swift for the format)
 
 extension Trainer {
-    /// Continues from a verified checkpoint: parameters, optimizer shards and step counts.
-    /// A rank that cannot load its shard ends the whole job (exit 2), so none waits for it.
-    public func restore(from candidate: Checkpoint.Candidate) throws {
-        do {
-            try Checkpoint.load(candidate, rank: groups.world.rank, params: params, optimizers: optimizers)
-        } catch {
-            log("moe-train: error: rank \(groups.world.rank) cannot resume from \(candidate.path): \(error)")
-            groups.world.abort(code: 2)
-        }
+    /// Reads this rank's shard of a verified checkpoint, without applying it (see `restore`).
+    public func readShard(of candidate: Checkpoint.Candidate) throws -> Checkpoint.LoadedShard {
+        try Checkpoint.readShard(candidate, rank: groups.world.rank, params: params, optimizers: optimizers)
+    }
+
+    /// Continues from a checkpoint whose shard every rank has read: parameters, optimizer
+    /// shards and step counts.
+    public func restore(from candidate: Checkpoint.Candidate, shard: Checkpoint.LoadedShard) throws {
+        Checkpoint.apply(shard, params: params, optimizers: optimizers)
         startStep = candidate.step
         if isLogger {
             log("resumed from \(candidate.path): continuing after step \(candidate.step) (attempt \(config.attempt))")
@@ -33,9 +33,11 @@ extension Trainer {
     /// shard) over the storage bandwidth.
     func saveCheckpoint(_ step: Int) throws {
         do { try writeCheckpoint(step) } catch {
-            // One rank failing to write must not leave the others waiting in a collective.
-            log("moe-train: error: rank \(groups.world.rank) cannot save checkpoint step \(step) in \(config.runDirectory): \(error)")
-            groups.world.abort(code: 2)
+            // One rank failing to write must not leave the others waiting in a collective: it
+            // ends the job with its failure's status (5 when the device is full: no restart helps).
+            let status: ExitStatus = (error as? AtomicFile.WriteError)?.isOutOfSpace == true ? .outOfSpace : .failure
+            FileHandle.standardError.write(Data("moe-train: error: rank \(groups.world.rank) cannot save checkpoint step \(step) in \(config.runDirectory): \(error)\n".utf8))
+            groups.world.abort(code: status.rawValue)
         }
     }
 
@@ -61,6 +63,10 @@ extension Trainer {
             _ = FileManager.default.createFile(atPath: tmp, contents: Data(blob.prefix(blob.count / 2)))
             faults.crash()
         }
+        if faults.diskFullWhileSaving(step: step) {
+            log("fault: rank \(world.rank) finds no space for its checkpoint shard at step \(step)")
+            throw AtomicFile.WriteError(path: path, code: ENOSPC)
+        }
         try AtomicFile.write(blob, to: path)
         let held = Double(params.layout.specs.reduce(0) { $0 + $1.count })
         let owned = Double(optimizers.reduce(0) { $0 + $1.range.count })
@@ -78,7 +84,11 @@ extension Trainer {
                                        "config_hash": Checkpoint.configHash(config), "config": try JSONSerialization.jsonObject(with: config.canonicalJSON()),
                                        "shards": shards]
         try AtomicFile.write(JSONText.encode(manifest), to: dir + "/manifest.json")
-        try AtomicFile.write(Checkpoint.stepName(step) + "\n", to: config.runDirectory + "/latest")
+        // `latest` is advisory (resuming finds checkpoints by their directories): a damaged one
+        // never stops a save.
+        do { try AtomicFile.write(Checkpoint.stepName(step) + "\n", to: config.runDirectory + "/latest") } catch {
+            log("checkpoint: \(error); latest is only a hint, \(Checkpoint.stepName(step)) is saved")
+        }
         try runLog.event(RunEvent(.checkpointSaved, attempt: config.attempt, step: step))
         if config.keepCheckpoints > 0 {
             // Only this run's own complete checkpoints (same configuration, at or before this

@@ -104,6 +104,7 @@ public final class Trainer {
         if isLogger { printHeader() }
         let start = DispatchTime.now().uptimeNanoseconds
         if startStep >= config.steps && isLogger { log("nothing to do: the checkpoint is at step \(startStep) of \(config.steps)") }
+        var skippedInARow = 0
         for step in (startStep + 1)..<(config.steps + 1) {
             let record = try trainStep(step)
             records.append(record)
@@ -112,6 +113,12 @@ public final class Trainer {
                 try logStep(record)
             }
             if isLogger && (step == startStep + 1 || step % config.logEvery == 0 || step == config.steps) { log(format(record)) }
+            // Every rank sees the same global loss and gradient norm, so all stop together.
+            skippedInARow = record.skipped ? skippedInARow + 1 : 0
+            if skippedInARow > config.maxSkippedSteps {
+                throw ExitFailure(.nonFinite, "steps \(step - skippedInARow + 1)-\(step) had a non-finite loss or gradient norm, "
+                                  + "\(skippedInARow) in a row (--max-skipped-steps \(config.maxSkippedSteps)); restart from the last checkpoint")
+            }
         }
         wallSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         checksum = parameterChecksum()

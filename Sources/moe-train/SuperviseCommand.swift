@@ -43,7 +43,10 @@ struct SuperviseCommand: ParsableCommand {
         let options = Supervisor.Options(np: np, maxRestarts: maxRestarts, hangTimeout: hangTimeout, summaryJSON: summaryJSON,
                                          mpirunArgs: mpirunArgs.split(separator: " ").map(String.init), trainingFlags: trainingFlags,
                                          binary: binary, runDirectory: config.runDirectory, restartCostS: config.restartCostS)
-        let status = try Supervisor(options: options) { print($0); fflush(stdout) }.run()
-        if status != 0 { throw ExitCode(status) }
+        let result: Supervisor.Result
+        do { result = try Supervisor(options: options) { print($0); fflush(stdout) }.run() } catch let e as UsageError {
+            throw ValidationError(e.description)
+        }
+        if result.status != .success { throw ExitFailure(result.status, result.message) }
     }
 }

@@ -48,6 +48,7 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("warmup-steps"), help: "Linear warm-up steps.") var warmupSteps: Int?
     @Option(name: .customLong("weight-decay"), help: "AdamW weight decay.") var weightDecay: Double?
     @Option(name: .customLong("grad-clip"), help: "Global gradient-norm clip (0 = off).") var gradClip: Double?
+    @Option(name: .customLong("max-skipped-steps"), help: "Consecutive steps with a non-finite loss or gradient norm that are skipped; one more fails the run with status 6 (supervise restarts it from the last checkpoint).") var maxSkippedSteps: Int?
     @Option(help: "Seed for initialisation and data order.") var seed: UInt64?
 
     // Emulated device
@@ -75,7 +76,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Attempt number of a supervised job (the supervisor sets it).") var attempt: Int?
     @Option(name: .customLong("fail-at-step"), help: "Inject a failure at this step (first attempt only).") var failAtStep: Int?
     @Option(name: .customLong("fail-rank"), help: "The rank that fails.") var failRank: Int?
-    @Option(name: .customLong("fail-mode"), help: "crash, hang, slow, crash-during-checkpoint or nan.") var failMode: FailMode?
+    @Option(name: .customLong("fail-mode"), help: "crash, hang, slow, crash-during-checkpoint, nan or disk-full.") var failMode: FailMode?
     @Option(name: .customLong("slow-factor"), help: "Emulated slowdown of a straggler (--fail-mode slow).") var slowFactor: Double?
     @Option(name: .customLong("mtbf-hours"), help: "Mean time between failures of one emulated GPU, in emulated hours.") var mtbfHours: Double?
     @Option(name: .customLong("restart-cost-s"), help: "Emulated seconds a restart costs (detection, relaunch, load).") var restartCostS: Double?
@@ -109,7 +110,7 @@ struct TrainCommand: ParsableCommand {
         }
         set(globalBatch) { c.globalBatch = $0 }
         set(steps) { c.steps = $0 }; set(lr) { c.lr = $0 }; set(warmupSteps) { c.warmupSteps = $0 }
-        set(weightDecay) { c.weightDecay = $0 }; set(gradClip) { c.gradClip = $0 }; set(seed) { c.seed = $0 }
+        set(weightDecay) { c.weightDecay = $0 }; set(gradClip) { c.gradClip = $0 }; set(maxSkippedSteps) { c.maxSkippedSteps = $0 }; set(seed) { c.seed = $0 }
         set(data) { c.data = $0 }; set(summaryJSON) { c.summaryJSON = $0 }; set(logEvery) { c.logEvery = $0 }
         set(dumpStep) { c.dumpStep = $0 }; set(dumpDir) { c.dumpDir = $0 }
         set(device) { c.device = $0 }; set(clock) { c.clock = $0 }; set(clockScale) { c.clockScale = $0 }

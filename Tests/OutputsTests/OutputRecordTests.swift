@@ -205,7 +205,7 @@ final class OutputRecordTests: XCTestCase {
         XCTAssertEqual(String(decoding: try JSONText.line(events[1]), as: UTF8.self),
                        #"{"attempt":2,"event":"checkpoint_loaded","path":"\/tmp\/run\/step-000003","step":3,"time":1}"#)
         XCTAssertEqual(Set(RunEvent.Kind.allCases.map(\.rawValue)),
-                       ["attempt_start", "attempt_end", "first_step", "checkpoint_saved", "checkpoint_loaded", "failure", "kill", "restart"])
+                       ["attempt_start", "attempt_end", "first_step", "checkpoint_saved", "checkpoint_loaded", "failure", "kill", "restart", "interrupted"])
     }
 
     func testRunLogSkipsATornLineAndRejectsARenamedKey() throws {
@@ -272,23 +272,30 @@ final class OutputRecordTests: XCTestCase {
                                                     checkpointSave: 0.0015, lostWork: 0.0033, restart: 2, total: 2.03),
                                     wall: .init(survivingSteps: 1.69, lostSteps: 0.17, startupDetectionRelaunchLoad: 3.66, total: 5.52),
                                     effectiveUtilization: 2.16e-06, lostSteps: 1, modelFLOPsSurviving: 2738356224)
-        let failed = JobSummary(attempts: 3, restarts: 2, failures: ["attempt 1: hung", "attempt 2: crash", "attempt 3: crash"],
+        var failed = JobSummary(attempts: 3, restarts: 2, failures: ["attempt 1: hung", "attempt 2: crash", "attempt 3: crash"],
                                 succeeded: false, losses: [5.5, .nan], steps: 2, goodput: goodput, runDirectory: "/tmp/run")
+        failed.exitStatus = 3
+        failed.stoppedBecause = "gave up after 2 restart(s) (--max-restarts 2): attempt 3: crash"
         let (back, text) = try roundTrip(failed)
-        XCTAssertEqual(Set(try object(text).keys), ["attempts", "restarts", "failures", "succeeded", "losses", "steps", "goodput", "run_directory"])
+        XCTAssertEqual(Set(try object(text).keys), ["attempts", "restarts", "failures", "succeeded", "losses", "steps", "goodput", "run_directory",
+                                                    "exit_status", "stopped_because"])
+        XCTAssertEqual(back.exitStatus, 3)
+        XCTAssertEqual(back.stoppedBecause, failed.stoppedBecause)
         XCTAssertNil(back.paramChecksum)
         XCTAssertNil(back.finalLoss)
         XCTAssertTrue(back.losses[1].isNaN)
         XCTAssertEqual(back.goodput, goodput)
         var done = failed
         done.succeeded = true
+        done.exitStatus = 0
+        done.stoppedBecause = nil
         done.paramChecksum = "f0441b59"
         done.finalLoss = .nan
         done.lastAttemptSummary = "/tmp/run/attempt-3.json"
         let (back2, text2) = try roundTrip(done)
         XCTAssertEqual(Set(try object(text2).keys),
                        ["attempts", "restarts", "failures", "succeeded", "losses", "steps", "goodput", "run_directory",
-                        "param_checksum", "final_loss", "last_attempt_summary"])
+                        "param_checksum", "final_loss", "last_attempt_summary", "exit_status"])
         XCTAssertTrue(try object(text2)["final_loss"] is NSNull)
         XCTAssertTrue(try XCTUnwrap(back2.finalLoss).isNaN)   // null, not absent
         XCTAssertEqual(back2.paramChecksum, "f0441b59")
