@@ -168,15 +168,20 @@ public struct RunSummary: Codable, Sendable {
         public var shardBytes: Int
         public var bytesHashed: Int
         public var bytesHashedAllRanks: Int
+        /// The checksum of the parameters as loaded (before any step), in the single-rank
+        /// layout: `export` of the checkpoint gives the same, whatever layout read it.
+        @NullIfNil public var loadedParamChecksum: String?
 
         enum CodingKeys: String, CodingKey {
             case checkpoint, step, candidatesHashed = "candidates_hashed", shardBytes = "shard_bytes"
-            case bytesHashed = "bytes_hashed", bytesHashedAllRanks = "bytes_hashed_all_ranks"
+            case bytesHashed = "bytes_hashed", bytesHashedAllRanks = "bytes_hashed_all_ranks", loadedParamChecksum = "loaded_param_checksum"
         }
 
-        public init(checkpoint: String?, step: Int, candidatesHashed: Int, shardBytes: Int, bytesHashed: Int, bytesHashedAllRanks: Int) {
+        public init(checkpoint: String?, step: Int, candidatesHashed: Int, shardBytes: Int, bytesHashed: Int, bytesHashedAllRanks: Int,
+                    loadedParamChecksum: String? = nil) {
             self.checkpoint = checkpoint; self.step = step; self.candidatesHashed = candidatesHashed
             self.shardBytes = shardBytes; self.bytesHashed = bytesHashed; self.bytesHashedAllRanks = bytesHashedAllRanks
+            self.loadedParamChecksum = loadedParamChecksum
         }
     }
 

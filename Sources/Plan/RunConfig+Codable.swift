@@ -202,6 +202,23 @@ extension RunConfig: Codable {
     /// schedule, data, seed), as canonical JSON: not the layout, the device, the logging or
     /// the checkpoint settings. Checkpoints carry its hash, so a resume with other numerics
     /// is refused.
+    /// The settings that change the numbers (the keys of `numericsJSON`) on which `written`
+    /// and this configuration differ, as "key A in the checkpoint, B here".
+    public func numericsDifferences(from written: RunConfig) -> [String] {
+        func object(_ c: RunConfig) -> [String: Any] {
+            ((try? c.numericsJSON()).flatMap { try? JSONSerialization.jsonObject(with: $0) } as? [String: Any]) ?? [:]
+        }
+        func text(_ v: Any?) -> String {
+            guard let v, let data = try? JSONSerialization.data(withJSONObject: [v]) else { return "null" }
+            return String(decoding: data, as: UTF8.self).dropFirst().dropLast().description
+        }
+        let a = object(written), b = object(self)
+        return Set(a.keys).union(b.keys).sorted().compactMap { key in
+            let (x, y) = (text(a[key]), text(b[key]))
+            return x == y ? nil : "\(key) \(x) in the checkpoint, \(y) here"
+        }
+    }
+
     public func numericsJSON() throws -> Data {
         struct Numerics: Encodable {
             let config: RunConfig

@@ -67,7 +67,12 @@ public enum Checkpoint {
         public let step: Int
         public let path: String
         public let manifest: Manifest
-        public init(step: Int, path: String, manifest: Manifest) { self.step = step; self.path = path; self.manifest = manifest }
+        /// The plan of the job that wrote it, when that job's layout differs from the reader's:
+        /// its shards are resharded on load (`reshardShard`).
+        public var writer: JobPlan?
+        public init(step: Int, path: String, manifest: Manifest, writer: JobPlan? = nil) {
+            self.step = step; self.path = path; self.manifest = manifest; self.writer = writer
+        }
     }
 
     /// Step directories of `dir`, newest first.

@@ -27,19 +27,9 @@ public enum Export {
             (path, manifest) = (c.path, c.manifest)
         }
         guard !FileManager.default.fileExists(atPath: out) else { throw UsageError("export: \(out) already exists; choose another --out") }
-        guard let data = FileManager.default.contents(atPath: path + "/manifest.json"),
-              let obj = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any],
-              let configDict = obj["config"] as? [String: Any] else {
-            throw UsageError("export: \(path)/manifest.json holds no configuration")
-        }
-        let config = try ConfigFile.parse(try JSONSerialization.data(withJSONObject: configDict), name: path + "/manifest.json")
         let l = manifest.layout
-        // The checkpoint's own layout, planned as a projection: the memory and message-tag
-        // limits of running it do not apply to reading it.
-        var z = config
-        (z.tp, z.pp, z.dp, z.ep, z.zero, z.virtualStages, z.ppLayers) = (l.tp, l.pp, l.dp, l.ep, l.zero, l.virtualStages, l.ppLayers)
-        if l.virtualStages > 1 { z.schedule = .interleaved }
-        let job = try JobPlan(config: z, world: l.world, purpose: .projection(recompute: false))
+        let job: JobPlan
+        do { job = try Checkpoint.writerPlan(of: path, manifest: manifest) } catch { throw UsageError("export: \(error)") }
         var storages: [(ParameterLayout, Storage)] = []
         for rank in 0..<l.world {
             let layout = job.placement(of: rank).layout
@@ -47,7 +37,7 @@ public enum Export {
                 throw UsageError("export: cannot read \(Checkpoint.shardName(rank))")
             }
             let (tensors, _) = try SafeTensors.decode([UInt8](shard))
-            guard let p = tensors["params"], p.shape == [layout.totalCount] else {
+            guard let p = tensors["params"], p.dtype == "F32", p.shape == [layout.totalCount] else {
                 throw UsageError("export: \(Checkpoint.shardName(rank)) does not match its layout")
             }
             let st = Storage(count: layout.totalCount)

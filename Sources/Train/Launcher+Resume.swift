@@ -32,10 +32,13 @@ extension Launcher {
         /// Candidates hashed (the chosen one and newer ones found corrupt), their listed
         /// shard bytes, the bytes this rank hashed and the bytes all ranks hashed.
         public internal(set) var candidatesHashed = 0, shardBytes = 0, bytesHashed = 0, bytesHashedAllRanks = 0
+        /// The checksum of the parameters as loaded (rank 0; empty elsewhere).
+        public internal(set) var loadedParamChecksum: String?
         /// The summary's record of it.
         public var record: RunSummary.Resume {
             RunSummary.Resume(checkpoint: chosen?.path, step: chosen?.step ?? 0, candidatesHashed: candidatesHashed,
-                              shardBytes: shardBytes, bytesHashed: bytesHashed, bytesHashedAllRanks: bytesHashedAllRanks)
+                              shardBytes: shardBytes, bytesHashed: bytesHashed, bytesHashedAllRanks: bytesHashedAllRanks,
+                              loadedParamChecksum: loadedParamChecksum)
         }
     }
 
@@ -48,13 +51,24 @@ extension Launcher {
         let config = plan.config
         let mine = Checkpoint.Layout(plan)
         let hash = Checkpoint.configHash(config)
-        func refusal(_ c: Checkpoint.Candidate) -> String? {
-            if c.manifest.layout != mine {
-                return "cannot resume from \(c.path): it was written with layout \(c.manifest.layout), and this run's layout is \(mine); resharding is not supported: rerun with the checkpoint's layout, or pass --resume never (or another --checkpoint-dir) to start afresh"
-            }
+        /// Why `c` cannot be resumed from, or nil; a checkpoint of another layout gets its
+        /// writer's plan (its shards are resharded on load).
+        func refusal(_ c: inout Checkpoint.Candidate) -> String? {
             if c.manifest.configHash != hash {
-                return "cannot resume from \(c.path): it was written by a run with another model, batch, optimizer, data or seed (config hash \(c.manifest.configHash), this run \(hash)); pass --resume never or another --checkpoint-dir"
+                let differences = (try? Checkpoint.writerConfig(of: c.path)).map { config.numericsDifferences(from: $0) } ?? []
+                let what = differences.isEmpty ? "config hash \(c.manifest.configHash), this run \(hash)" : differences.joined(separator: "; ")
+                return "cannot resume from \(c.path): it was written by a run with another model, batch, optimizer, data or seed (\(what)); pass --resume never or another --checkpoint-dir"
             }
+            guard c.manifest.layout != mine else { return nil }
+            let writer: JobPlan
+            do { writer = try Checkpoint.writerPlan(of: c.path, manifest: c.manifest) } catch {
+                return "cannot reshard \(c.path) (layout \(c.manifest.layout)): \(error)"
+            }
+            // The data cursor is (seed, step, global batch): the stream continues only with the same global batch.
+            if writer.batch.globalBatch != plan.batch.globalBatch {
+                return "cannot resume from \(c.path): it was written with a global batch of \(writer.batch.globalBatch) sequences (layout \(c.manifest.layout)), and this run's is \(plan.batch.globalBatch) (layout \(mine)); pass --global-batch \(writer.batch.globalBatch)"
+            }
+            c.writer = writer
             return nil
         }
         switch config.resume {
@@ -70,8 +84,8 @@ extension Launcher {
                 case .failure(let p):
                     entries.append(.skipped(p.description))
                 case .success(let m):
-                    let c = Checkpoint.Candidate(step: step, path: path, manifest: m)
-                    if let r = refusal(c) {
+                    var c = Checkpoint.Candidate(step: step, path: path, manifest: m)
+                    if let r = refusal(&c) {
                         if candidates == 0 { throw UsageError(r) }
                         entries.append(.refused(r))
                         return ResumePlan(entries: entries, explicit: false)
@@ -84,8 +98,8 @@ extension Launcher {
         default:
             switch Checkpoint.inspect(config.resume) {
             case .success(let m):
-                let c = Checkpoint.Candidate(step: m.step, path: config.resume, manifest: m)
-                if let r = refusal(c) { throw UsageError(r) }
+                var c = Checkpoint.Candidate(step: m.step, path: config.resume, manifest: m)
+                if let r = refusal(&c) { throw UsageError(r) }
                 return ResumePlan(entries: [.candidate(c)], explicit: true)
             case .failure(let p):
                 throw UsageError("--resume \(config.resume): \(p.description)")
@@ -115,16 +129,26 @@ extension Launcher {
                 }
                 next += 1
             }
-            let check = candidate.map { Checkpoint.verifyShard(world.rank, of: $0.manifest, in: $0.path) }
+            // Each shard is hashed by one rank: shard s by rank s mod world (its own shard when
+            // the layouts agree); a rank reports its first bad shard.
+            var bytes = 0
+            var fault: (shard: Int, fault: Checkpoint.ShardFault)?
+            if let c = candidate {
+                for shard in stride(from: world.rank, to: c.manifest.shards.count, by: world.size) {
+                    let check = Checkpoint.verifyShard(shard, of: c.manifest, in: c.path)
+                    bytes += check.bytesHashed
+                    if fault == nil, let f = check.fault { fault = (shard, f) }
+                }
+            }
             // -1: no candidate left, -2: a refused checkpoint; ranks that listed the run
             // directory alike send the same step.
             let step = candidate?.step ?? (refused == nil ? -1 : -2)
-            let mine: [Int64] = [Int64(step), check?.fault?.kind.rawValue ?? 0, Int64(check?.bytesHashed ?? 0)]
+            let mine: [Int64] = [Int64(step), fault?.fault.kind.rawValue ?? 0, Int64(fault?.shard ?? -1), Int64(bytes)]
             let all = world.untimed { world.allGather(mine) }
-            let steps = stride(from: 0, to: all.count, by: 3).map { all[$0] }
-            let faults = stride(from: 1, to: all.count, by: 3).map { all[$0] }
-            report.bytesHashed += check?.bytesHashed ?? 0
-            report.bytesHashedAllRanks += stride(from: 2, to: all.count, by: 3).reduce(0) { $0 + Int(all[$1]) }
+            let steps = stride(from: 0, to: all.count, by: 4).map { all[$0] }
+            let faults = stride(from: 1, to: all.count, by: 4).map { (kind: all[$0], shard: Int(all[$0 + 1])) }
+            report.bytesHashed += bytes
+            report.bytesHashedAllRanks += stride(from: 3, to: all.count, by: 4).reduce(0) { $0 + Int(all[$1]) }
             guard steps.allSatisfy({ $0 == steps[0] }) else {
                 throw UsageError("the ranks listed different checkpoints to resume from: did the run directory change while the job started?")
             }
@@ -134,11 +158,11 @@ extension Launcher {
             }
             report.candidatesHashed += 1
             report.shardBytes += c.manifest.shards.reduce(0) { $0 + $1.bytes }
-            let bad = faults.enumerated().compactMap { rank, code -> String? in
-                guard let kind = Checkpoint.ShardFault.Kind(rawValue: code) else { return nil }
-                if rank == world.rank, let f = check?.fault { return f.description }
+            let bad = faults.enumerated().compactMap { rank, f -> String? in
+                guard let kind = Checkpoint.ShardFault.Kind(rawValue: f.kind) else { return nil }
+                if rank == world.rank, let mine = fault { return mine.fault.description }
                 let name = URL(fileURLWithPath: c.path).lastPathComponent
-                return Checkpoint.ShardFault(kind, checkpoint: name, file: c.manifest.shards[rank].file, detail: "hashed by rank \(rank)").description
+                return Checkpoint.ShardFault(kind, checkpoint: name, file: c.manifest.shards[f.shard].file, detail: "hashed by rank \(rank)").description
             }
             if bad.isEmpty {
                 report.chosen = c
@@ -170,6 +194,7 @@ extension Launcher {
             let reasons = world.untimed { world.gatherBytes(Array(problem.utf8), root: 0) }.map { String(decoding: $0, as: UTF8.self) }
             if verdicts.allSatisfy({ $0 == 0 }), let shard {
                 try trainer.restore(from: candidate, shard: shard)
+                report.loadedParamChecksum = trainer.parameterChecksum()  // collective
                 return report
             }
             let why = world.rank == 0

@@ -56,7 +56,8 @@ public enum Launcher {
             switch entry {
             case .skipped(let why): log("resume: would skip \(why)")
             case .candidate(let c):
-                log("resume: would continue from \(c.path) (step \(c.step)) once every rank's shard hashes to its manifest")
+                let reshard = c.writer.map { _ in ", resharded from \(c.manifest.layout) to \(Checkpoint.Layout(prepared.plan))" } ?? ""
+                log("resume: would continue from \(c.path) (step \(c.step)\(reshard)) once every shard hashes to its manifest")
             case .refused(let why): log("resume: would stop at an older checkpoint: \(why)")
             }
             if case .candidate = entry { break }

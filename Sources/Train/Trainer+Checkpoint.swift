@@ -13,8 +13,13 @@ import Tensor
 
 extension Trainer {
     /// Reads this rank's shard of a verified checkpoint, without applying it (see `restore`).
+    /// Under another layout than the checkpoint's, the shard is assembled from the byte
+    /// ranges of the writer's shards that hold this rank's elements.
     public func readShard(of candidate: Checkpoint.Candidate) throws -> Checkpoint.LoadedShard {
-        try Checkpoint.readShard(candidate, rank: groups.world.rank, params: params, optimizers: optimizers)
+        if let writer = candidate.writer {
+            return try Checkpoint.reshardShard(candidate, writer: writer, layout: params.layout, optimizerRanges: optimizers.map(\.range))
+        }
+        return try Checkpoint.readShard(candidate, rank: groups.world.rank, params: params, optimizers: optimizers)
     }
 
     /// Continues from a checkpoint whose shard every rank has read: parameters, optimizer
@@ -23,7 +28,8 @@ extension Trainer {
         Checkpoint.apply(shard, params: params, optimizers: optimizers)
         startStep = candidate.step
         if isLogger {
-            log("resumed from \(candidate.path): continuing after step \(candidate.step) (attempt \(config.attempt))")
+            let resharded = candidate.writer.map { _ in ", resharded from \(candidate.manifest.layout) to \(Checkpoint.Layout(job))" } ?? ""
+            log("resumed from \(candidate.path): continuing after step \(candidate.step) (attempt \(config.attempt)\(resharded))")
             try runLog.event(RunEvent(.checkpointLoaded, attempt: config.attempt, step: candidate.step, path: candidate.path))
         }
     }
