@@ -24,10 +24,12 @@ public struct RunEvent: Codable, Equatable, Sendable {
     public var reason: String?
     /// Restarts so far (restart).
     public var restarts: Int?
+    /// Ranks the attempt runs on (attempt start).
+    public var ranks: Int?
 
     public init(_ event: Kind, attempt: Int, step: Int? = nil, path: String? = nil, status: String? = nil,
-                reason: String? = nil, restarts: Int? = nil, time: Double = Date().timeIntervalSince1970) {
+                reason: String? = nil, restarts: Int? = nil, ranks: Int? = nil, time: Double = Date().timeIntervalSince1970) {
         self.event = event; self.time = time; self.attempt = attempt; self.step = step; self.path = path
-        self.status = status; self.reason = reason; self.restarts = restarts
+        self.status = status; self.reason = reason; self.restarts = restarts; self.ranks = ranks
     }
 }

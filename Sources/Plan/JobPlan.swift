@@ -81,7 +81,9 @@ public struct JobPlan: Sendable {
             if purpose == .training && !config.ignoreOOM, let oom = memory.outOfMemory(device: emulator.profile) {
                 throw UsageError(oom)
             }
-            if config.failAtStep != nil && config.failRank >= topo.world {
+            // An injected failure fires on the first attempt only: a restart on fewer ranks
+            // (elastic) keeps the flags but no longer has that rank.
+            if config.failAtStep != nil && config.attempt == 1 && config.failRank >= topo.world {
                 throw UsageError("--fail-rank \(config.failRank) does not exist: the world has \(topo.world) rank(s)")
             }
             let single = ParameterLayout(config: config.model)

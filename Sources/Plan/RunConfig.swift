@@ -154,6 +154,9 @@ public enum FailMode: String, Sendable, CaseIterable, Codable {
     /// The failing rank's first checkpoint shard at or after the failing step cannot be
     /// written: no space left on the device (emulated; the rank exits 5, not retried).
     case diskFull = "disk-full"
+    /// The failing rank crashes and its slot stays unusable: it is listed in the run
+    /// directory's `lost-slots`, which `supervise --min-np` reads to restart on fewer ranks.
+    case loseSlot = "lose-slot"
 }
 
 /// The embedded synthetic data source: an order-k Markov chain over a small alphabet.

@@ -18,6 +18,8 @@ public struct FaultInjector {
     let slowFactor: Double
     /// Emulated seconds after which this rank crashes (MTBF), if any.
     let timeToFailure: Double?
+    /// Where a lost slot is recorded (`lose-slot`).
+    let lostSlotsPath: String
 
     public init(config c: RunConfig, rank: Int) {
         self.rank = rank
@@ -25,6 +27,7 @@ public struct FaultInjector {
         failStep = c.attempt == 1 ? c.failAtStep : nil
         failRank = c.failRank
         slowFactor = c.slowFactor
+        lostSlotsPath = c.runDirectory + "/" + Self.lostSlotsFile
         if let h = c.mtbfHours {
             let u = max(unitDouble(hashKey(c.seed, stableHash("mtbf"), UInt64(rank), UInt64(c.attempt))), 1e-300)
             timeToFailure = -log(u) * h * 3600
@@ -34,6 +37,10 @@ public struct FaultInjector {
     }
 
     public var targetsMe: Bool { failStep != nil && rank == failRank }
+
+    /// The run directory's list of slots lost for good, one line each (`lose-slot`); a
+    /// repaired slot is given back by deleting its line.
+    public static let lostSlotsFile = "lost-slots"
 
     /// Called at the start of every step.
     public func beforeStep(_ step: Int, clock: DeviceClock, log: (String) -> Void) {
@@ -49,6 +56,12 @@ public struct FaultInjector {
         case .hang where step == s:
             log("fault: rank \(rank) hangs at step \(step)")
             while true { sleep(3600) }
+        case .loseSlot where step == s:
+            log("fault: rank \(rank) crashes at step \(step) and its slot is lost (listed in \(lostSlotsPath))")
+            let line = "rank \(rank) lost at step \(step)\n"
+            let fd = open(lostSlotsPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+            if fd >= 0 { _ = line.withCString { write(fd, $0, strlen($0)) }; fsync(fd); close(fd) }
+            crash()
         case .slow where step == s:
             log("fault: rank \(rank) becomes a straggler, \(slowFactor)x slower, from step \(step)")
             clock.slowdown = slowFactor

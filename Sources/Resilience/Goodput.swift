@@ -7,15 +7,18 @@ import Formats
 /// restart) and restart cost (`--restart-cost-s` per restart); and in wall time, the
 /// surviving steps, the lost steps, and everything else (start-up, detection, relaunch,
 /// loading). Effective utilization = model FLOPs of the surviving steps / (peak x ranks x
-/// total emulated time).
+/// total emulated time), `ranks` being the allocation: the largest world the job ran on.
+/// A step run on r of those A ranks counts r/A of its time in its own rows and (A - r)/A as
+/// reduced capacity: the GPUs an elastic restart had to leave out.
 public struct Goodput {
     public var usefulCompute = 0.0, bubble = 0.0, exposedComm = 0.0, checkpoint = 0.0, lostWork = 0.0, restart = 0.0
+    public var reducedCapacity = 0.0
     public var wallSteps = 0.0, wallLost = 0.0, wallOther = 0.0, wallTotal = 0.0
     public var modelFLOPs = 0.0, peakFLOPS = 0.0, ranks = 0
     public var survivingLosses: [Double] = []
     public var lostSteps = 0
 
-    public var total: Double { usefulCompute + bubble + exposedComm + checkpoint + lostWork + restart }
+    public var total: Double { usefulCompute + bubble + exposedComm + checkpoint + lostWork + restart + reducedCapacity }
     public var effectiveUtilization: Double { total > 0 && peakFLOPS > 0 ? modelFLOPs / (peakFLOPS * Double(ranks) * total) : 0 }
 
     /// From the run directory's `steps.jsonl`; a line that lacks a field is an error naming it.
@@ -28,19 +31,21 @@ public struct Goodput {
             survivor[r.step] = r
         }
         var g = Goodput()
+        g.ranks = records.map(\.ranks).max() ?? 0
         for r in records {
             let e = r.emulated
+            let share = g.ranks > 0 ? Double(r.ranks) / Double(g.ranks) : 1
+            g.reducedCapacity += e.step * (1 - share)
             if survivor[r.step]?.attempt == r.attempt {
-                g.usefulCompute += e.compute
-                g.exposedComm += e.communication
-                g.checkpoint += e.checkpoint
-                g.bubble += max(e.step - e.compute - e.communication - e.checkpoint, 0)   // idle, and waiting for the slowest rank
+                g.usefulCompute += e.compute * share
+                g.exposedComm += e.communication * share
+                g.checkpoint += e.checkpoint * share
+                g.bubble += max(e.step - e.compute - e.communication - e.checkpoint, 0) * share   // idle, and waiting for the slowest rank
                 g.wallSteps += r.wallSeconds
                 g.modelFLOPs += r.skipped ? 0 : r.modelFLOPs
                 g.peakFLOPS = r.peakFLOPS
-                g.ranks = r.ranks
             } else {
-                g.lostWork += e.step
+                g.lostWork += e.step * share
                 g.wallLost += r.wallSeconds
                 g.lostSteps += 1
             }
@@ -54,7 +59,8 @@ public struct Goodput {
 
     public var record: GoodputRecord {
         GoodputRecord(emulated: .init(usefulCompute: usefulCompute, bubbleAndIdle: bubble, exposedCommunication: exposedComm,
-                                      checkpointSave: checkpoint, lostWork: lostWork, restart: restart, total: total),
+                                      checkpointSave: checkpoint, lostWork: lostWork, restart: restart, reducedCapacity: reducedCapacity,
+                                      total: total),
                       wall: .init(survivingSteps: wallSteps, lostSteps: wallLost, startupDetectionRelaunchLoad: wallOther, total: wallTotal),
                       effectiveUtilization: effectiveUtilization, lostSteps: lostSteps, modelFLOPsSurviving: modelFLOPs)
     }
@@ -63,7 +69,8 @@ public struct Goodput {
         func pct(_ x: Double, _ of: Double) -> String { of > 0 ? String(format: "%5.1f%%", 100 * x / of) : "  -  " }
         var lines = ["goodput (emulated device time, all attempts):"]
         for (name, v) in [("useful compute", usefulCompute), ("pipeline bubble and idle", bubble), ("exposed communication", exposedComm),
-                          ("checkpoint save", checkpoint), ("lost work (rolled back)", lostWork), ("restart cost", restart)] {
+                          ("checkpoint save", checkpoint), ("lost work (rolled back)", lostWork), ("restart cost", restart)]
+            + (reducedCapacity > 0 ? [("reduced capacity", reducedCapacity)] : []) {
             lines.append("  " + name.padding(toLength: 26, withPad: " ", startingAt: 0) + String(format: "%12.6f s  ", v) + pct(v, total))
         }
         lines.append("  " + "total".padding(toLength: 26, withPad: " ", startingAt: 0) + String(format: "%12.6f s", total))

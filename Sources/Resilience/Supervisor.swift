@@ -23,11 +23,19 @@ public final class Supervisor {
         public var restartCostS: Double
         /// Send each attempt's output to `attempt-K.log` in the run directory instead of ours.
         public var quiet: Bool
+        /// Elastic restarts: the fewest ranks a restart may run on (nil: always `np`).
+        public var minNP: Int?
+        /// An Open MPI hostfile, read again before every attempt: its slots bound the world.
+        public var hostfile: String?
+        /// Whether the training flags plan on a world of that many ranks (elastic restarts).
+        public var plans: (Int) -> Bool
         public init(np: Int, maxRestarts: Int, hangTimeout: Double, summaryJSON: String?, mpirunArgs: [String],
-                    trainingFlags: [String], binary: String, runDirectory: String, restartCostS: Double, quiet: Bool = false) {
+                    trainingFlags: [String], binary: String, runDirectory: String, restartCostS: Double, quiet: Bool = false,
+                    minNP: Int? = nil, hostfile: String? = nil, plans: @escaping (Int) -> Bool = { _ in true }) {
             self.np = np; self.maxRestarts = maxRestarts; self.hangTimeout = hangTimeout; self.summaryJSON = summaryJSON
             self.mpirunArgs = mpirunArgs; self.trainingFlags = trainingFlags; self.binary = binary
             self.runDirectory = runDirectory; self.restartCostS = restartCostS; self.quiet = quiet
+            self.minNP = minNP; self.hostfile = hostfile; self.plans = plans
         }
     }
 
@@ -85,15 +93,20 @@ public final class Supervisor {
                 try runLog.event(RunEvent(.interrupted, attempt: attempt, reason: Self.name(of: sig)))
                 break
             }
+            let chosen = chooseWorld()
+            guard case .success(let world) = chosen else {
+                if case .failure(let why) = chosen { result = Result(status: .gaveUp, message: "attempt \(attempt) cannot start: \(why.description)") }
+                break
+            }
             let summary = options.runDirectory + "/attempt-\(attempt).json"
             var flags = options.trainingFlags + ["--attempt", String(attempt), "--summary-json", summary]
             if attempt > 1 { flags += ["--resume", "auto"] }
             // -x: ranks on other hosts learn of their supervisor too (they cannot watch it, but
             // the variable is the same everywhere).
-            let args = ["-np", String(options.np), "--bind-to", "none", "-x", Lifeline.supervisorVariable]
-                + options.mpirunArgs + [options.binary] + flags
+            let args = ["-np", String(world), "--bind-to", "none", "-x", Lifeline.supervisorVariable]
+                + (options.hostfile.map { ["--hostfile", $0] } ?? []) + options.mpirunArgs + [options.binary] + flags
             log("supervise: attempt \(attempt): mpirun \(args.joined(separator: " "))")
-            try runLog.event(RunEvent(.attemptStart, attempt: attempt))
+            try runLog.event(RunEvent(.attemptStart, attempt: attempt, ranks: world))
             let outcome = try runAttempt(args, output: options.quiet ? options.runDirectory + "/attempt-\(attempt).log" : nil)
             var retry = true
             switch outcome {
@@ -159,6 +172,54 @@ public final class Supervisor {
             log("supervise: summary written to \(path)")
         }
         return result
+    }
+
+    // MARK: - Elastic restarts
+
+    /// The slots this job may use now: `--np`, bounded by the hostfile's slots, less the
+    /// slots listed as lost in the run directory. Read before every attempt, so capacity that
+    /// returns (a hostfile that grows again, a lost slot's line deleted) is used at the next
+    /// restart.
+    func capacity() -> (slots: Int, notes: [String]) {
+        var slots = options.np
+        var notes: [String] = []
+        if let hostfile = options.hostfile {
+            let listed = Self.slots(inHostfile: hostfile)
+            if listed < slots { slots = listed; notes.append("\(hostfile) lists \(listed) slot(s)") }
+        }
+        let lostPath = options.runDirectory + "/" + FaultInjector.lostSlotsFile
+        let lost = ((try? String(contentsOfFile: lostPath, encoding: .utf8)) ?? "").split(separator: "\n").filter { !$0.isEmpty }.count
+        if lost > 0 { slots -= lost; notes.append("\(lost) slot(s) lost (\(lostPath))") }
+        return (max(slots, 0), notes)
+    }
+
+    /// The world of the next attempt: `--np` when the capacity allows it; with `--min-np`,
+    /// the largest world the capacity holds on which the training flags plan (fewer
+    /// data-parallel replicas, the same global batch in more micro-batches each).
+    func chooseWorld() -> Swift.Result<Int, UsageError> {
+        let (slots, notes) = capacity()
+        guard let minNP = options.minNP else {
+            if slots < options.np { log("supervise: only \(slots) of \(options.np) slot(s) usable (\(notes.joined(separator: "; "))); without --min-np the job runs on \(options.np)") }
+            return .success(options.np)
+        }
+        if slots >= options.np { return .success(options.np) }
+        guard let world = stride(from: slots, through: minNP, by: -1).first(where: { options.plans($0) }) else {
+            return .failure(UsageError("only \(slots) of \(options.np) slot(s) usable (\(notes.joined(separator: "; "))), and no world from \(slots) down to --min-np \(minNP) plans with these training flags"))
+        }
+        log("supervise: \(slots) of \(options.np) slot(s) usable (\(notes.joined(separator: "; "))): the job runs on \(world) rank(s), resharded from its checkpoint")
+        return .success(world)
+    }
+
+    /// Slots in an Open MPI hostfile: `host slots=N` (or a bare host: one slot) per line.
+    static func slots(inHostfile path: String) -> Int {
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").reduce(0) { total, raw in
+            let line = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard !words.isEmpty else { return total }
+            let slots = words.dropFirst().first { $0.hasPrefix("slots=") }.flatMap { Int($0.dropFirst(6)) } ?? 1
+            return total + max(slots, 0)
+        }
     }
 
     /// One failure in words: the job's own last error line when it printed one, else what

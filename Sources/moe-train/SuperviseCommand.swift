@@ -17,6 +17,8 @@ struct SuperviseCommand: ParsableCommand {
     @Option(name: .customLong("hang-timeout"), help: "Seconds without a step heartbeat after which an attempt is killed.") var hangTimeout = 60.0
     @Option(name: .customLong("summary-json"), help: "Write the whole job's summary here.") var summaryJSON: String?
     @Option(name: .customLong("mpirun-args"), help: "Extra mpirun arguments, as one string.") var mpirunArgs = ""
+    @Option(name: .customLong("min-np"), help: "Elastic restarts: when slots are lost (--fail-mode lose-slot, a shrinking --hostfile), restart on the largest world of at least this many ranks that the training flags plan on, resharding from the checkpoint (fewer data-parallel replicas, the same global batch).") var minNP: Int?
+    @Option(help: "An Open MPI hostfile, read again before every attempt; its slots bound the world (with --min-np, a smaller hostfile shrinks the job and a larger one grows it back).") var hostfile: String?
     @Argument(parsing: .postTerminator, help: "Training flags (after --).") var trainingFlags: [String] = []
 
     /// The most ranks one job may start on this machine's mpirun.
@@ -27,6 +29,10 @@ struct SuperviseCommand: ParsableCommand {
             try Validation.require(np, in: 1...Self.maxRanks, "--np")
             try Validation.require(maxRestarts, in: 0...10_000, "--max-restarts")
             try Validation.require(hangTimeout, in: 0.001...1e7, "--hang-timeout", note: "seconds")
+            if let minNP { try Validation.require(minNP, in: 1...np, "--min-np", note: "at most --np \(np)") }
+            if let hostfile, !FileManager.default.isReadableFile(atPath: hostfile) {
+                throw ValidationError("--hostfile \(hostfile): cannot read it")
+            }
         } catch { throw ValidationError(String(describing: error)) }
     }
 
@@ -42,7 +48,12 @@ struct SuperviseCommand: ParsableCommand {
         let binary = Installation.executablePath  // this very binary, wherever it was started from
         let options = Supervisor.Options(np: np, maxRestarts: maxRestarts, hangTimeout: hangTimeout, summaryJSON: summaryJSON,
                                          mpirunArgs: mpirunArgs.split(separator: " ").map(String.init), trainingFlags: trainingFlags,
-                                         binary: binary, runDirectory: config.runDirectory, restartCostS: config.restartCostS)
+                                         binary: binary, runDirectory: config.runDirectory, restartCostS: config.restartCostS,
+                                         minNP: minNP, hostfile: hostfile, plans: { world in
+                                             var restart = config
+                                             restart.attempt = 2  // the world of a restart
+                                             return (try? JobPlan(config: restart, world: world)) != nil
+                                         })
         let result: Supervisor.Result
         do { result = try Supervisor(options: options) { print($0); fflush(stdout) }.run() } catch let e as UsageError {
             throw ValidationError(e.description)

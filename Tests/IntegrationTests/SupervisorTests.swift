@@ -201,4 +201,100 @@ final class SupervisorTests: XCTestCase {
         XCTAssertEqual(job["param_checksum"] as? String, reference["param_checksum"] as? String)
         XCTAssertEqual(job["losses"] as? [Double], reference["losses"] as? [Double])
     }
+
+    /// Elastic restart: 4 ranks (tp 2 x 2 replicas) lose one slot for good at step 10; the
+    /// supervisor restarts on the largest world that fits, 2 ranks (one replica, the same
+    /// global batch in more micro-batches), resharded from step 8, and finishes. Steps 1-8
+    /// are the uninterrupted run's exactly; 9-16 equal it within float reduction order; the
+    /// goodput counts the idle half of the allocation as reduced capacity.
+    func testElasticRestartFinishesOnFewerReplicas() throws {
+        let flags = ["--config", "configs/tiny.json", "--tp", "2", "--steps", "16", "--checkpoint-every", "4"]
+        let dir = try Subprocess.tempDir()
+        let plain = try Subprocess.mpirun(np: 4, flags + ["--checkpoint-dir", dir + "/ref", "--summary-json", dir + "/s.json"])
+        XCTAssertEqual(plain.status, 0, plain.output)
+        let reference = try XCTUnwrap(try Subprocess.readJSON(dir + "/s.json")["losses"] as? [Double])
+        let r = try Subprocess.run(try Subprocess.binary, ["supervise", "--np", "4", "--min-np", "2", "--max-restarts", "2",
+                                                           "--summary-json", dir + "/job.json", "--"] + flags
+                                   + ["--fail-at-step", "10", "--fail-rank", "3", "--fail-mode", "lose-slot", "--checkpoint-dir", dir + "/run"],
+                                   cwd: Subprocess.repoRoot, timeout: 300)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.stdout.contains("3 of 4 slot(s) usable (1 slot(s) lost"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("the job runs on 2 rank(s)"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("resharded from 4 ranks: tp 2 pp 1 dp 2"), r.stdout)
+        let job = try Subprocess.readJSON(dir + "/job.json")
+        XCTAssertEqual(job["attempts"] as? Int, 2)
+        let losses = try XCTUnwrap(job["losses"] as? [Double])
+        XCTAssertEqual(losses.count, 16)
+        XCTAssertEqual(Array(losses.prefix(8)), Array(reference.prefix(8)))
+        let worst = zip(losses, reference).map { abs($0 - $1) / abs($1) }.max() ?? .infinity
+        print(String(format: "elastic 4 -> 2 ranks: worst relative loss difference %.2e", worst))
+        XCTAssertLessThan(worst, 1e-5)
+        let emulated = try XCTUnwrap((job["goodput"] as? [String: Any])?["emulated_s"] as? [String: Double])
+        XCTAssertGreaterThan(emulated["reduced_capacity"] ?? 0, 0)
+        let events = try String(contentsOfFile: dir + "/run/events.jsonl", encoding: .utf8)
+        XCTAssertTrue(events.contains(#""attempt":2,"event":"attempt_start","ranks":2"#), events)
+    }
+
+    /// With --min-np above what is left, the job gives up (3) naming the capacity.
+    func testElasticRestartBelowTheMinimumGivesUp() throws {
+        let (r, job) = try supervise(2, ["--config", "configs/tiny.json", "--steps", "6", "--checkpoint-every", "2",
+                                         "--fail-at-step", "3", "--fail-rank", "1", "--fail-mode", "lose-slot"], maxRestarts: 2)
+        XCTAssertEqual(r.status, 0, "without --min-np a lost slot is a crash like any other: \(r.output)")
+        XCTAssertTrue(r.stdout.contains("without --min-np the job runs on 2"), r.stdout)
+        XCTAssertEqual(job["attempts"] as? Int, 2)
+        let dir = try Subprocess.tempDir()
+        let gaveUp = try Subprocess.run(try Subprocess.binary, ["supervise", "--np", "2", "--min-np", "2", "--max-restarts", "2", "--",
+                                                                "--config", "configs/tiny.json", "--steps", "6", "--checkpoint-every", "2",
+                                                                "--fail-at-step", "3", "--fail-rank", "1", "--fail-mode", "lose-slot",
+                                                                "--checkpoint-dir", dir + "/run"], cwd: Subprocess.repoRoot, timeout: 300)
+        XCTAssertEqual(gaveUp.status, 3, gaveUp.output)
+        XCTAssertTrue(errors(gaveUp).last?.contains("only 1 of 2 slot(s) usable") ?? false, gaveUp.output)
+        XCTAssertTrue(errors(gaveUp).last?.contains("no world from 1 down to --min-np 2") ?? false, gaveUp.output)
+    }
+
+    /// Capacity that returns is used at the next restart: the job starts on the 2 slots its
+    /// hostfile lists, the hostfile grows to 4 while attempt 1 runs, attempt 1 hangs, and
+    /// attempt 2 runs on all 4 ranks (two replicas), resharded, ending within float reduction
+    /// order of the uninterrupted 4-rank run.
+    func testElasticJobGrowsBackWhenTheHostfileGrows() throws {
+        let flags = ["--config", "configs/tiny.json", "--tp", "2", "--steps", "16", "--checkpoint-every", "4"]
+        let dir = try Subprocess.tempDir("moe-train-supervise")
+        let plain = try Subprocess.mpirun(np: 4, flags + ["--checkpoint-dir", dir + "/ref", "--summary-json", dir + "/s.json"])
+        XCTAssertEqual(plain.status, 0, plain.output)
+        let reference = try XCTUnwrap(try Subprocess.readJSON(dir + "/s.json")["losses"] as? [Double])
+        let hostfile = dir + "/hosts"
+        try "localhost slots=2\n".write(toFile: hostfile, atomically: true, encoding: .utf8)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try Subprocess.binary)
+        p.arguments = ["supervise", "--np", "4", "--min-np", "2", "--hostfile", hostfile, "--max-restarts", "2", "--hang-timeout", "3",
+                       "--summary-json", dir + "/job.json", "--"] + flags
+            + ["--fail-at-step", "6", "--fail-rank", "1", "--fail-mode", "hang", "--checkpoint-dir", dir + "/run"]
+        p.currentDirectoryURL = URL(fileURLWithPath: Subprocess.repoRoot)
+        p.environment = Subprocess.mpiEnvironment
+        FileManager.default.createFile(atPath: dir + "/out.txt", contents: nil)
+        let out = try FileHandle(forWritingTo: URL(fileURLWithPath: dir + "/out.txt"))
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        // Attempt 1 is running (on 2 ranks): the capacity returns.
+        let deadline = Date().addingTimeInterval(120)
+        while !FileManager.default.fileExists(atPath: dir + "/run/heartbeat") && p.isRunning && Date() < deadline { usleep(50_000) }
+        try "localhost slots=4\n".write(toFile: hostfile, atomically: true, encoding: .utf8)
+        XCTAssertTrue(wait(p, seconds: 240), "the job did not finish")
+        let output = (try? String(contentsOfFile: dir + "/out.txt", encoding: .utf8)) ?? ""
+        XCTAssertEqual(p.terminationStatus, 0, output)
+        XCTAssertTrue(output.contains("2 of 4 slot(s) usable (\(hostfile) lists 2 slot(s))"), output)
+        XCTAssertTrue(output.contains("resharded from 2 ranks: tp 2 pp 1 dp 1"), output)
+        let events = try String(contentsOfFile: dir + "/run/events.jsonl", encoding: .utf8)
+        XCTAssertTrue(events.contains(#""attempt":1,"event":"attempt_start","ranks":2"#), events)
+        XCTAssertTrue(events.contains(#""attempt":2,"event":"attempt_start","ranks":4"#), events)
+        let job = try Subprocess.readJSON(dir + "/job.json")
+        let losses = try XCTUnwrap(job["losses"] as? [Double])
+        XCTAssertEqual(losses.count, 16)
+        let worst = zip(losses, reference).map { abs($0 - $1) / abs($1) }.max() ?? .infinity
+        print(String(format: "elastic 2 -> 4 ranks: worst relative loss difference %.2e", worst))
+        XCTAssertLessThan(worst, 1e-5)
+        let emulated = try XCTUnwrap((job["goodput"] as? [String: Any])?["emulated_s"] as? [String: Double])
+        XCTAssertGreaterThan(emulated["reduced_capacity"] ?? 0, 0)
+    }
 }

@@ -227,6 +227,28 @@ final class OutputRecordTests: XCTestCase {
         }
     }
 
+    /// An elastic job: attempt 1 on 4 ranks, attempt 2 on 2 of them. The allocation is 4 ranks;
+    /// attempt 2's steps count half their time in their own rows and half as reduced capacity.
+    func testGoodputCountsReducedCapacity() throws {
+        let dir = NSTemporaryDirectory() + "goodput-\(getpid())-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let log = RunLog(dir: dir)
+        func line(_ attempt: Int, _ step: Int, ranks: Int) -> StepLogLine {
+            StepLogLine(attempt: attempt, step: step, loss: 1, skipped: false,
+                        emulated: .init(step: 1.0, compute: 0.5, communication: 0.25, idle: 0.25, checkpoint: 0),
+                        wallSeconds: 1, modelFLOPs: 100, ranks: ranks, peakFLOPS: 1000)
+        }
+        for l in [line(1, 1, ranks: 4), line(2, 2, ranks: 2), line(2, 3, ranks: 2)] { try log.step(l) }
+        let g = try Goodput.compute(runDirectory: dir, restarts: 1, restartCostS: 0, wallSeconds: 3)
+        XCTAssertEqual(g.ranks, 4)
+        XCTAssertEqual(g.usefulCompute, 0.5 + 0.25 + 0.25)
+        XCTAssertEqual(g.reducedCapacity, 0.5 + 0.5)
+        XCTAssertEqual(g.total, 3)   // the job's emulated time, every part counted once
+        XCTAssertEqual(g.effectiveUtilization, 300 / (1000 * 4 * 3))
+        XCTAssertTrue(g.table().contains { $0.contains("reduced capacity") })
+    }
+
     /// Goodput from a step log of two attempts: attempt 1's step 2 is rolled back (lost work).
     func testGoodputFromTheStepLog() throws {
         let dir = NSTemporaryDirectory() + "goodput-\(getpid())-\(UUID().uuidString)"
@@ -256,7 +278,8 @@ final class OutputRecordTests: XCTestCase {
         let o = try object(text)
         XCTAssertEqual(Set(o.keys), ["emulated_s", "wall_s", "effective_utilization", "lost_steps", "model_flops_surviving"])
         XCTAssertEqual(Set(try XCTUnwrap(o["emulated_s"] as? [String: Double]).keys),
-                       ["useful_compute", "bubble_and_idle", "exposed_communication", "checkpoint_save", "lost_work", "restart", "total"])
+                       ["useful_compute", "bubble_and_idle", "exposed_communication", "checkpoint_save", "lost_work", "restart",
+                        "reduced_capacity", "total"])
         XCTAssertEqual(Set(try XCTUnwrap(o["wall_s"] as? [String: Double]).keys),
                        ["surviving_steps", "lost_steps", "startup_detection_relaunch_load", "total"])
         // A step line without its wall time is an error naming the file, the line and the key.
