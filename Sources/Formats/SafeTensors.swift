@@ -144,7 +144,7 @@ public enum SafeTensors {
         /// Elements `range` of the F32 tensor `name` of the file at `path`, read with one pread.
         public func floats(_ name: String, _ range: Range<Int>, path: String) throws -> [Float] {
             guard let e = entries[name], e.dtype == "F32" else { throw FormatError.malformed("no F32 tensor \(name)") }
-            guard range.lowerBound >= 0, range.upperBound * 4 <= e.bytes.count else {
+            guard range.lowerBound >= 0, range.upperBound <= e.bytes.count / 4 else {
                 throw FormatError.malformed("\(name) has \(e.bytes.count / 4) elements, \(range) asked")
             }
             let fd = open(path, O_RDONLY)

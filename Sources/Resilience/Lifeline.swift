@@ -28,7 +28,7 @@ public enum Lifeline {
 
         /// The process `pid` on this host, if it is alive.
         public init?(pid: Int32) {
-            guard let start = Lifeline.startTime(of: pid) else { return nil }
+            guard case .running(let start) = Lifeline.state(of: pid) else { return nil }
             host = Lifeline.hostName; self.pid = pid; startTime = start
         }
 
@@ -41,8 +41,16 @@ public enum Lifeline {
 
         public var token: String { "\(host) \(pid) \(startTime)" }
 
-        /// Whether it still runs. A process on another host is assumed alive.
-        public var isAlive: Bool { host != Lifeline.hostName || Lifeline.startTime(of: pid) == startTime }
+        /// Whether it still runs. A process on another host, or one /proc cannot tell about
+        /// (out of file descriptors, say), is taken for alive: only proof of its end counts.
+        public var isAlive: Bool {
+            guard host == Lifeline.hostName else { return true }
+            switch Lifeline.state(of: pid) {
+            case .running(let start): return start == startTime
+            case .gone: return false
+            case .unknown: return true
+            }
+        }
     }
 
     /// Starts the watch when this process is a rank started by mpirun; does nothing otherwise
@@ -73,14 +81,24 @@ public enum Lifeline {
         return String(cString: buffer)
     }
 
-    /// Field 22 of /proc/PID/stat (clock ticks after boot), which with the pid names one
-    /// process for the machine's uptime; nil when there is no such process.
-    static func startTime(of pid: Int32) -> UInt64? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.range(of: ")", options: .backwards) else { return nil }
+    enum State: Equatable { case running(startTime: UInt64), gone, unknown }
+
+    /// From /proc/PID/stat: running with field 22 (clock ticks after boot), which with the pid
+    /// names one process for the machine's uptime; gone when there is no such process or it
+    /// is a zombie; unknown when the file cannot be read for another reason.
+    static func state(of pid: Int32) -> State {
+        let fd = open("/proc/\(pid)/stat", O_RDONLY)
+        guard fd >= 0 else { return errno == ENOENT || errno == ESRCH ? .gone : .unknown }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 1024)
+        let n = read(fd, &buffer, buffer.count)
+        guard n > 0 else { return errno == ESRCH ? .gone : .unknown }
+        let stat = String(decoding: buffer[0..<n], as: UTF8.self)
+        guard let close = stat.range(of: ")", options: .backwards) else { return .unknown }
         // After "pid (comm)": field 3 (state) onwards; a zombie has exited already.
         let fields = stat[close.upperBound...].split(separator: " ")
-        guard fields.count > 19, fields[0] != "Z" else { return nil }
-        return UInt64(fields[19])
+        guard fields.count > 19 else { return .unknown }
+        if fields[0] == "Z" || fields[0] == "X" { return .gone }
+        return UInt64(fields[19]).map { .running(startTime: $0) } ?? .unknown
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Formats
 import Plan
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -184,8 +185,12 @@ public final class Supervisor {
         var slots = options.np
         var notes: [String] = []
         if let hostfile = options.hostfile {
-            let listed = Self.slots(inHostfile: hostfile)
-            if listed < slots { slots = listed; notes.append("\(hostfile) lists \(listed) slot(s)") }
+            switch Self.slots(inHostfile: hostfile) {
+            case .success(let listed):
+                if listed < slots { slots = listed; notes.append("\(hostfile) lists \(listed) slot(s)") }
+            case .failure(let problem):
+                slots = 0; notes.append(problem.description)
+            }
         }
         let lostPath = options.runDirectory + "/" + FaultInjector.lostSlotsFile
         let lost = ((try? String(contentsOfFile: lostPath, encoding: .utf8)) ?? "").split(separator: "\n").filter { !$0.isEmpty }.count
@@ -210,17 +215,31 @@ public final class Supervisor {
         return .success(world)
     }
 
-    /// Slots in an Open MPI hostfile: `host slots=N` (or a bare host: one slot) per line.
-    static func slots(inHostfile path: String) -> Int {
-        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
-        return text.split(separator: "\n").reduce(0) { total, raw in
+    /// Slots in an Open MPI hostfile: `host slots=N` (or a bare host: one slot) per line;
+    /// counted up to `SuperviseLimits.maxRanks`, which is more than one job may use.
+    static func slots(inHostfile path: String) -> Swift.Result<Int, UsageError> {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            return .failure(UsageError("--hostfile \(path) cannot be read"))
+        }
+        var total = 0
+        for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
             let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            guard !words.isEmpty else { return total }
-            let slots = words.dropFirst().first { $0.hasPrefix("slots=") }.flatMap { Int($0.dropFirst(6)) } ?? 1
-            return total + max(slots, 0)
+            guard !words.isEmpty else { continue }
+            var slots = 1
+            if let word = words.dropFirst().first(where: { $0.hasPrefix("slots=") }) {
+                guard let n = Int(word.dropFirst(6)), n >= 0 else {
+                    return .failure(UsageError("--hostfile \(path) line \(i + 1): \(word) is not a slot count"))
+                }
+                slots = n
+            }
+            total = min(total + min(slots, Self.maxRanks), Self.maxRanks)
         }
+        return .success(total)
     }
+
+    /// The most ranks one job may start (the same bound as `supervise --np`).
+    public static let maxRanks = 4096
 
     /// One failure in words: the job's own last error line when it printed one, else what
     /// mpirun's status says.
@@ -259,13 +278,25 @@ public final class Supervisor {
     /// SIGINT, SIGTERM and SIGHUP are noted, not obeyed at once: the supervisor forwards the
     /// signal to its attempt's mpirun, waits for it (SIGKILL after `grace` seconds), writes the
     /// summary and exits 4. Ranks that outlive mpirun stop by their `Lifeline`.
+    /// A signal the supervisor was started with ignored (`nohup`, a background job of a
+    /// script) stays ignored.
     static func catchSignals() {
+        _ = supervisorPendingSignal.load(ordering: .relaxed)  // initialised before any handler can run
         for sig in [SIGINT, SIGTERM, SIGHUP] {
-            signal(sig) { received in if supervisorPendingSignal == 0 { supervisorPendingSignal = received } }
+            var old = sigaction()
+            sigaction(sig, nil, &old)
+            if unsafeBitCast(old.__sigaction_handler.sa_handler, to: Int.self) == unsafeBitCast(SIG_IGN, to: Int.self) { continue }
+            signal(sig) { received in
+                // Lock-free atomic: safe in a signal handler. The first signal wins.
+                _ = supervisorPendingSignal.compareExchange(expected: 0, desired: received, ordering: .relaxed)
+            }
         }
     }
 
-    static var pendingSignal: Int32? { supervisorPendingSignal == 0 ? nil : supervisorPendingSignal }
+    static var pendingSignal: Int32? {
+        let s = supervisorPendingSignal.load(ordering: .relaxed)
+        return s == 0 ? nil : s
+    }
 
     /// Seconds mpirun gets to stop its ranks after a forwarded signal, before SIGKILL.
     static let grace = 5.0
@@ -369,7 +400,7 @@ public final class Supervisor {
 
 /// The first of SIGINT, SIGTERM, SIGHUP received by the supervisor (0: none). A plain
 /// global: a signal handler can only reach that.
-nonisolated(unsafe) var supervisorPendingSignal: Int32 = 0
+let supervisorPendingSignal = Atomic<Int32>(0)
 
 /// Copies an attempt's standard error through as it comes, keeping its last
 /// `moe-train: error:` line.
@@ -381,8 +412,10 @@ final class ErrorTee: @unchecked Sendable {
     var pending: [UInt8] = []
     var lastError: String?
 
+    /// `sink` is duplicated: the copier closes its own descriptor when the output ends, so
+    /// the caller may close `sink` at once, even when `finish` stopped waiting.
     init(from fd: Int32, to sink: Int32) {
-        self.fd = fd; self.sink = sink
+        self.fd = fd; self.sink = dup(sink)
         Thread.detachNewThread { [self] in
             var buffer = [UInt8](repeating: 0, count: 65536)
             while true {
@@ -399,6 +432,7 @@ final class ErrorTee: @unchecked Sendable {
                 scan(buffer[0..<n])
             }
             close(fd)
+            close(self.sink)
             done.signal()
         }
     }

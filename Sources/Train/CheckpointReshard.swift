@@ -49,15 +49,24 @@ extension Checkpoint {
             guard header.metadata["step"] == String(candidate.step) else {
                 throw problem("\(shardName(a)): its header says step \(header.metadata["step"] ?? "none"), the checkpoint is step \(candidate.step)")
             }
+            guard header.metadata["rank"] == String(a) else {
+                throw problem("\(shardName(a)): its header says rank \(header.metadata["rank"] ?? "none")")
+            }
+            let theirs = writer.placement(of: a).layout
+            guard let p = header.entries["params"], p.dtype == "F32", p.shape == [theirs.totalCount] else {
+                throw problem("\(shardName(a)): its parameter shard does not fit the writer's layout")
+            }
             headers.append(header)
             // The writer's optimizer ranges, from the shard's own header.
             var ranges: [(index: Int, range: Range<Int>)] = []
             for i in 0... {
                 guard let text = header.metadata["adam.\(i).range"] else { break }
                 let bounds = text.components(separatedBy: "..<").compactMap { Int($0) }
-                guard bounds.count == 2, bounds[0] <= bounds[1],
-                      let steps = header.metadata["adam.\(i).steps"].flatMap(Int.init), steps >= 0 else {
-                    throw problem("\(shardName(a)): malformed optimizer range \(i) (\(text))")
+                guard bounds.count == 2, 0 <= bounds[0], bounds[0] <= bounds[1], bounds[1] <= theirs.totalCount,
+                      let steps = header.metadata["adam.\(i).steps"].flatMap(Int.init), steps >= 0,
+                      header.entries["adam.\(i).m"]?.shape == [bounds[1] - bounds[0]], header.entries["adam.\(i).m"]?.dtype == "F32",
+                      header.entries["adam.\(i).v"]?.shape == [bounds[1] - bounds[0]], header.entries["adam.\(i).v"]?.dtype == "F32" else {
+                    throw problem("\(shardName(a)): optimizer shard \(i) (\(text)) does not fit the writer's layout")
                 }
                 if let known = stepCount, known != steps {
                     throw problem("\(shardName(a)): optimizer \(i) has taken \(steps) steps, another shard's \(known)")
@@ -65,7 +74,6 @@ extension Checkpoint {
                 stepCount = steps
                 ranges.append((i, bounds[0]..<bounds[1]))
             }
-            let theirs = writer.placement(of: a).layout
             for s in theirs.specs {
                 guard let o = offsets[s.name] else { continue }
                 s.forEachElement { l, gi in

@@ -38,6 +38,7 @@ extension Checkpoint {
         guard let data = FileManager.default.contents(atPath: candidate.path + "/" + shardName(rank)) else { throw problem("cannot be read") }
         let tensors: [String: SafeTensors.Loaded], meta: [String: String]
         do { (tensors, meta) = try SafeTensors.decode([UInt8](data)) } catch { throw problem("is not a readable safetensors file (\(error))") }
+        guard meta["rank"] == String(rank) else { throw problem("its header says rank \(meta["rank"] ?? "none")") }
         guard meta["step"] == String(candidate.step) else {
             throw problem("its header says step \(meta["step"] ?? "none"), the checkpoint is step \(candidate.step)")
         }

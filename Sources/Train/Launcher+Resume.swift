@@ -189,8 +189,9 @@ extension Launcher {
             var shard: Checkpoint.LoadedShard?
             var problem = ""
             do { shard = try trainer.readShard(of: candidate) } catch { problem = String(describing: error) }
+            if shard == nil && problem.isEmpty { problem = "cannot be read" }
             // Every rank learns whether all read their shards; rank 0 learns every reason.
-            let verdicts = world.untimed { world.allGather([Int64(problem.isEmpty ? 0 : 1)]) }
+            let verdicts = world.untimed { world.allGather([Int64(shard == nil ? 1 : 0)]) }
             let reasons = world.untimed { world.gatherBytes(Array(problem.utf8), root: 0) }.map { String(decoding: $0, as: UTF8.self) }
             if verdicts.allSatisfy({ $0 == 0 }), let shard {
                 try trainer.restore(from: candidate, shard: shard)

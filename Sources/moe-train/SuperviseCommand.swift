@@ -21,8 +21,7 @@ struct SuperviseCommand: ParsableCommand {
     @Option(help: "An Open MPI hostfile, read again before every attempt; its slots bound the world (with --min-np, a smaller hostfile shrinks the job and a larger one grows it back).") var hostfile: String?
     @Argument(parsing: .postTerminator, help: "Training flags (after --).") var trainingFlags: [String] = []
 
-    /// The most ranks one job may start on this machine's mpirun.
-    static let maxRanks = 4096
+    static var maxRanks: Int { Supervisor.maxRanks }
 
     func validate() throws {
         do {
@@ -39,7 +38,8 @@ struct SuperviseCommand: ParsableCommand {
     func run() throws {
         // The training flags are checked here first, so that bad input fails once, not per attempt.
         let config: RunConfig
-        do { config = try TrainCommand.parse(NegativeValues.joined(trainingFlags)).resolvedConfig(); _ = try JobPlan(config: config, world: np) } catch {
+        let full: JobPlan
+        do { config = try TrainCommand.parse(NegativeValues.joined(trainingFlags)).resolvedConfig(); full = try JobPlan(config: config, world: np) } catch {
             throw ValidationError("training flags: " + (error is ValidationError ? String(describing: error) : MoeTrain.message(for: error)))
         }
         guard !trainingFlags.contains("--summary-json") && !trainingFlags.contains("--attempt") else {
@@ -50,9 +50,12 @@ struct SuperviseCommand: ParsableCommand {
                                          mpirunArgs: mpirunArgs.split(separator: " ").map(String.init), trainingFlags: trainingFlags,
                                          binary: binary, runDirectory: config.runDirectory, restartCostS: config.restartCostS,
                                          minNP: minNP, hostfile: hostfile, plans: { world in
+                                             // A restart's world must plan and keep the global batch
+                                             // (a derived one changes with the replicas).
                                              var restart = config
-                                             restart.attempt = 2  // the world of a restart
-                                             return (try? JobPlan(config: restart, world: world)) != nil
+                                             restart.attempt = 2
+                                             guard let plan = try? JobPlan(config: restart, world: world) else { return false }
+                                             return plan.batch.globalBatch == full.batch.globalBatch
                                          })
         let result: Supervisor.Result
         do { result = try Supervisor(options: options) { print($0); fflush(stdout) }.run() } catch let e as UsageError {

@@ -76,7 +76,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Attempt number of a supervised job (the supervisor sets it).") var attempt: Int?
     @Option(name: .customLong("fail-at-step"), help: "Inject a failure at this step (first attempt only).") var failAtStep: Int?
     @Option(name: .customLong("fail-rank"), help: "The rank that fails.") var failRank: Int?
-    @Option(name: .customLong("fail-mode"), help: "crash, hang, slow, crash-during-checkpoint, nan or disk-full.") var failMode: FailMode?
+    @Option(name: .customLong("fail-mode"), help: "crash, hang, slow, crash-during-checkpoint, nan, disk-full or lose-slot.") var failMode: FailMode?
     @Option(name: .customLong("slow-factor"), help: "Emulated slowdown of a straggler (--fail-mode slow).") var slowFactor: Double?
     @Option(name: .customLong("mtbf-hours"), help: "Mean time between failures of one emulated GPU, in emulated hours.") var mtbfHours: Double?
     @Option(name: .customLong("restart-cost-s"), help: "Emulated seconds a restart costs (detection, relaunch, load).") var restartCostS: Double?

@@ -90,6 +90,46 @@ final class CheckpointIntegrityTests: XCTestCase {
         assertFellBack(to: 15, r, s, ref)
     }
 
+    /// Rank 0's shard copied over rank 1's (the same shape under --tp 2) and re-hashed: the
+    /// header names another rank, so the whole job falls back.
+    func testShardOfAnotherRankIsRefused() throws {
+        let ref = try finishedRun()
+        let checkpoint = ref.run + "/step-000020"
+        try FileManager.default.removeItem(atPath: checkpoint + "/rank-00001.safetensors")
+        try FileManager.default.copyItem(atPath: checkpoint + "/rank-00000.safetensors", toPath: checkpoint + "/rank-00001.safetensors")
+        try rehash(checkpoint, "rank-00001.safetensors")
+        let (r, s) = try rerun(ref.run)
+        XCTAssertTrue(r.stdout.contains("rank 1: step-000020/rank-00001.safetensors: its header says rank 0"), r.stdout)
+        assertFellBack(to: 15, r, s, ref)
+    }
+
+    /// Resharding reads optimizer ranges from shard headers: a crafted one (a range starting
+    /// at -2^63 + 1, re-hashed into the manifest) is refused by name and the job falls back,
+    /// never trapping on the arithmetic.
+    func testCraftedOptimizerRangeIsRefusedWhenResharding() throws {
+        let ref = try finishedRun()
+        let checkpoint = ref.run + "/step-000020", file = "rank-00002.safetensors"
+        let bytes = [UInt8](try XCTUnwrap(FileManager.default.contents(atPath: checkpoint + "/" + file)))
+        let headerLength = bytes[0..<8].enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        var header = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(bytes[8..<(8 + headerLength)])) as? [String: Any])
+        var meta = try XCTUnwrap(header["__metadata__"] as? [String: String])
+        meta["adam.0.range"] = "-9223372036854775807..<10"
+        header["__metadata__"] = meta
+        let text = [UInt8](try JSONSerialization.data(withJSONObject: header))
+        var out = (0..<8).map { UInt8(truncatingIfNeeded: text.count >> (8 * $0)) } + text
+        out += bytes[(8 + headerLength)...]
+        try Data(out).write(to: URL(fileURLWithPath: checkpoint + "/" + file))
+        try rehash(checkpoint, file)
+        let summary = ref.run + "/../resharded.json"
+        let r = try Subprocess.mpirun(np: 2, ["--config", "configs/tiny.json", "--tp", "2", "--steps", "24", "--checkpoint-every", "5",
+                                              "--checkpoint-dir", ref.run, "--summary-json", summary])
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.stdout.contains("step-000020: rank-00002.safetensors: optimizer shard 0 (-9223372036854775807..<10) does not fit the writer's layout"),
+                      r.stdout)
+        XCTAssertTrue(r.stdout.contains("resumed from \(ref.run)/step-000015"), r.stdout)
+        XCTAssertEqual((try Subprocess.readJSON(summary)["resume"] as? [String: Any])?["step"] as? Int, 15)
+    }
+
     /// `latest` is only a hint: a directory in its place never stops a save.
     func testLatestThatIsADirectoryDoesNotStopSaves() throws {
         let dir = try Subprocess.tempDir()

@@ -19,11 +19,12 @@ final class SupervisorTests: XCTestCase {
         var description: String { "the supervised job did not start within 120 s: \(output)" }
     }
 
-    func startLongJob(dir: String? = nil) throws -> Job {
+    /// `nohup`: started through /usr/bin/nohup (SIGHUP ignored).
+    func startLongJob(dir: String? = nil, nohup: Bool = false) throws -> Job {
         let dir = try dir ?? Subprocess.tempDir("moe-train-supervise")
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: try Subprocess.binary)
-        p.arguments = ["supervise", "--np", "2", "--max-restarts", "0", "--summary-json", dir + "/job.json", "--",
+        p.executableURL = URL(fileURLWithPath: nohup ? "/usr/bin/nohup" : try Subprocess.binary)
+        p.arguments = (nohup ? [try Subprocess.binary] : []) + ["supervise", "--np", "2", "--max-restarts", "0", "--summary-json", dir + "/job.json", "--",
                        "--config", "configs/tiny.json", "--tp", "2", "--steps", "1000000", "--log-every", "1000000",
                        "--checkpoint-dir", dir + "/run"]
         p.currentDirectoryURL = URL(fileURLWithPath: Subprocess.repoRoot)
@@ -100,11 +101,25 @@ final class SupervisorTests: XCTestCase {
         }
     }
 
+    /// Started under nohup, the supervisor keeps SIGHUP ignored (the job survives a closed
+    /// terminal); SIGTERM still stops it.
+    func testIgnoredSIGHUPStaysIgnored() throws {
+        let job = try startLongJob(nohup: true)
+        kill(job.process.processIdentifier, SIGHUP)
+        usleep(1_500_000)
+        XCTAssertTrue(job.process.isRunning, "SIGHUP stopped a supervisor started under nohup: \(job.output)")
+        kill(job.process.processIdentifier, SIGTERM)
+        XCTAssertTrue(wait(job.process, seconds: 10))
+        assertNothingLeft(job, within: 10, "SIGTERM after an ignored SIGHUP")
+        XCTAssertEqual(job.process.terminationStatus, 4, job.output)
+    }
+
     /// SIGKILL gives the supervisor no chance to clean up: its ranks notice it is gone (their
     /// lifeline) and stop, and mpirun with them, within 10 s.
     func testSIGKILLOfTheSupervisorLeavesNoRank() throws {
         let job = try startLongJob()
-        XCTAssertFalse(processes(naming: job.run).isEmpty, "the job's processes should be visible while it runs")
+        let supervisor = "\(job.process.processIdentifier):"
+        XCTAssertFalse(processes(naming: job.run).filter { !$0.hasPrefix(supervisor) }.isEmpty, "mpirun and the ranks should be visible while the job runs")
         kill(job.process.processIdentifier, SIGKILL)
         XCTAssertTrue(wait(job.process, seconds: 10))
         assertNothingLeft(job, within: 10, "SIGKILL")
@@ -250,6 +265,15 @@ final class SupervisorTests: XCTestCase {
         XCTAssertEqual(gaveUp.status, 3, gaveUp.output)
         XCTAssertTrue(errors(gaveUp).last?.contains("only 1 of 2 slot(s) usable") ?? false, gaveUp.output)
         XCTAssertTrue(errors(gaveUp).last?.contains("no world from 1 down to --min-np 2") ?? false, gaveUp.output)
+        // A global batch derived from the replicas (no --global-batch) would change on fewer
+        // ranks: no smaller world qualifies, and the job gives up (3) instead of failing as bad input.
+        let derived = try Subprocess.run(try Subprocess.binary, ["supervise", "--np", "4", "--min-np", "2", "--max-restarts", "2", "--",
+                                                                 "--config", "configs/tiny.json", "--tp", "2", "--micro-batch-size", "4",
+                                                                 "--micro-batches", "2", "--steps", "6", "--checkpoint-every", "2",
+                                                                 "--fail-at-step", "3", "--fail-rank", "3", "--fail-mode", "lose-slot",
+                                                                 "--checkpoint-dir", dir + "/derived"], cwd: Subprocess.repoRoot, timeout: 300)
+        XCTAssertEqual(derived.status, 3, derived.output)
+        XCTAssertTrue(errors(derived).last?.contains("no world from 3 down to --min-np 2 plans") ?? false, derived.output)
     }
 
     /// Capacity that returns is used at the next restart: the job starts on the 2 slots its
@@ -266,7 +290,7 @@ final class SupervisorTests: XCTestCase {
         try "localhost slots=2\n".write(toFile: hostfile, atomically: true, encoding: .utf8)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: try Subprocess.binary)
-        p.arguments = ["supervise", "--np", "4", "--min-np", "2", "--hostfile", hostfile, "--max-restarts", "2", "--hang-timeout", "3",
+        p.arguments = ["supervise", "--np", "4", "--min-np", "2", "--hostfile", hostfile, "--max-restarts", "2", "--hang-timeout", "10",
                        "--summary-json", dir + "/job.json", "--"] + flags
             + ["--fail-at-step", "6", "--fail-rank", "1", "--fail-mode", "hang", "--checkpoint-dir", dir + "/run"]
         p.currentDirectoryURL = URL(fileURLWithPath: Subprocess.repoRoot)
