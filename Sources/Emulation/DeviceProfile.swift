@@ -22,6 +22,9 @@ public struct DeviceProfile: Sendable, Equatable {
     public var source: String
     /// Peak dense FP8 FLOP/s, where the device has FP8 tensor cores.
     public var peakFLOPSFP8: Double? = nil
+    /// Device-to-host bytes/s (the PCIe link), for snapshots of asynchronous checkpoints.
+    /// Default: PCIe Gen4 x16, 32 GB/s each way, of which about 25 GB/s is reached.
+    public var hostBandwidth = 25e9
 
     public init(name: String, peakFLOPS: Double, memoryBytes: Double, memoryBandwidth: Double,
                 flopsEfficiency: Double, memoryEfficiency: Double, kernelLaunchSeconds: Double,
@@ -70,6 +73,10 @@ public struct DeviceProfile: Sendable, Equatable {
             source: obj["source"] as? String ?? "")
         var profile = p
         profile.peakFLOPSFP8 = (obj["peak_flops_fp8"] as? NSNumber)?.doubleValue
+        if obj["host_bandwidth"] != nil {
+            profile.hostBandwidth = try num("host_bandwidth", in: obj, "")
+            guard profile.hostBandwidth > 0 else { throw ProfileError(description: "device profile \(path): host_bandwidth must be positive") }
+        }
         guard p.peakFLOPS > 0, p.memoryBandwidth > 0, p.flopsEfficiency > 0, p.flopsEfficiency <= 1,
               p.memoryEfficiency > 0, p.memoryEfficiency <= 1 else {
             throw ProfileError(description: "device profile \(path): peak_flops and memory_bandwidth must be positive, efficiencies in (0, 1]")

@@ -116,6 +116,7 @@ extension RunConfig: Codable {
         Field("mtbf_hours", \.mtbfHours),
         Field("restart_cost_s", \.restartCostS),
         Field("checkpoint_bandwidth", \.checkpointBandwidth),
+        Field("checkpoint_mode", \.checkpointMode),
         // output
         Field("log_every", \.logEvery),
         Field("trace", \.trace),
@@ -299,3 +300,4 @@ extension ClockChoice: ConfigChoice {}
 extension LinkChoice: ConfigChoice {}
 extension Precision: ConfigChoice {}
 extension FailMode: ConfigChoice {}
+extension CheckpointMode: ConfigChoice {}

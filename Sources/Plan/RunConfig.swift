@@ -63,6 +63,7 @@ public struct RunConfig: Equatable, Sendable {
     public var mtbfHours: Double? = nil       // per emulated GPU, in emulated time
     public var restartCostS = 2.0             // emulated seconds per restart (detection, relaunch, load)
     public var checkpointBandwidth = 2e9      // emulated bytes/s per GPU to storage
+    public var checkpointMode = CheckpointMode.sync
     public var configName = "default"         // the config file's name, for the default checkpoint directory
 
     // Output
@@ -136,7 +137,7 @@ public struct RunConfig: Equatable, Sendable {
         try V.require(slowFactor, in: 1...1e6, "--slow-factor")
         if let h = mtbfHours { try V.require(h, in: 1e-9...1e9, "--mtbf-hours") }
         try V.require(restartCostS, in: 0...1e9, "--restart-cost-s")
-        try V.require(checkpointBandwidth, in: 1...1e15, "checkpoint_bandwidth", note: "bytes/s")
+        try V.require(checkpointBandwidth, in: 1...1e15, "--checkpoint-bandwidth", note: "bytes/s")
     }
 }
 
@@ -148,6 +149,15 @@ public enum ClockChoice: String, Sendable, CaseIterable, Codable { case modeled,
 public enum LinkChoice: String, Sendable, CaseIterable, Codable { case profile, ideal }
 
 /// The failure injected by `--fail-at-step`.
+/// How a checkpoint reaches storage. `sync`: the step waits until every shard is written.
+/// `async` (PyTorch DCP's async save, CheckFreq): the step pays only the snapshot of the
+/// shard into host memory (at the device profile's host bandwidth); a background thread
+/// persists it while the following steps run, and the manifest is written once every rank's
+/// shard is durable, in emulated time too: a failure before that loses the checkpoint.
+public enum CheckpointMode: String, Sendable, CaseIterable, Codable {
+    case sync, async
+}
+
 public enum FailMode: String, Sendable, CaseIterable, Codable {
     case crash, hang, slow, nan
     case crashDuringCheckpoint = "crash-during-checkpoint"

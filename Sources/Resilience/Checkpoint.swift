@@ -92,7 +92,7 @@ public enum Checkpoint {
         let name = URL(fileURLWithPath: path).lastPathComponent
         guard let data = FileManager.default.contents(atPath: path + "/manifest.json") else {
             let shards = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).filter { $0.hasSuffix(".safetensors") }.count
-            return .failure(CheckpointProblem("\(name) is incomplete: no manifest.json (\(shards) shard(s) written); torn by a crash while saving"))
+            return .failure(CheckpointProblem("\(name) is incomplete: no manifest.json (\(shards) shard(s) written): a failure came before the save was complete"))
         }
         guard let o = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any], let step = o["step"] as? Int,
               let layoutObj = o["layout"] as? [String: Any], let layout = Layout(json: layoutObj),

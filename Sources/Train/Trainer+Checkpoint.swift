@@ -37,18 +37,29 @@ extension Trainer {
     /// Saves this step's sharded checkpoint (collective). Emulated cost: the shard's bytes in
     /// the emulated precision (bf16 parameters, fp32 master weights and moments of the owned
     /// shard) over the storage bandwidth.
-    func saveCheckpoint(_ step: Int) throws {
-        do { try writeCheckpoint(step) } catch {
-            // One rank failing to write must not leave the others waiting in a collective: it
-            // ends the job with its failure's status (5 when the device is full: no restart helps).
-            let status: ExitStatus = (error as? AtomicFile.WriteError)?.isOutOfSpace == true ? .outOfSpace : .failure
-            FileHandle.standardError.write(Data("moe-train: error: rank \(groups.world.rank) cannot save checkpoint step \(step) in \(config.runDirectory): \(error)\n".utf8))
-            groups.world.abort(code: status.rawValue)
-        }
+    func saveCheckpoint(_ step: Int) {
+        do { try writeCheckpoint(step) } catch { abortSaving(step, error) }
+    }
+
+    /// At a step's start and at the end of the run: an asynchronous save that has become
+    /// durable is published (`settleCheckpoint`).
+    func settleCheckpointOrAbort(force: Bool) {
+        guard let step = pendingCheckpoint?.step else { return }
+        do { try settleCheckpoint(force: force) } catch { abortSaving(step, error) }
+    }
+
+    /// One rank failing to write must not leave the others waiting in a collective: it ends
+    /// the job with its failure's status (5 when the device is full: no restart helps).
+    func abortSaving(_ step: Int, _ error: Error) -> Never {
+        let status: ExitStatus = (error as? AtomicFile.WriteError)?.isOutOfSpace == true ? .outOfSpace : .failure
+        FileHandle.standardError.write(Data("moe-train: error: rank \(groups.world.rank) cannot save checkpoint step \(step) in \(config.runDirectory): \(error)\n".utf8))
+        groups.world.abort(code: status.rawValue)
     }
 
     func writeCheckpoint(_ step: Int) throws {
         let world = groups.world
+        // One asynchronous save in flight at most: a new snapshot waits for the previous persist.
+        try settleCheckpoint(force: true)
         let dir = config.runDirectory + "/" + Checkpoint.stepName(step)
         if world.rank == 0 {
             try FileManager.default.createDirectory(atPath: config.runDirectory, withIntermediateDirectories: true)
@@ -73,23 +84,82 @@ extension Trainer {
             log("fault: rank \(world.rank) finds no space for its checkpoint shard at step \(step)")
             throw AtomicFile.WriteError(path: path, code: ENOSPC)
         }
-        try AtomicFile.write(blob, to: path)
         let held = Double(params.layout.specs.reduce(0) { $0 + $1.count })
         let owned = Double(optimizers.reduce(0) { $0 + $1.range.count })
         let emulatedBytes = held * emulator.precision.elementBytes + owned * emulator.precision.optimizerBytesPerParameter
-        clock.spend(emulatedBytes / config.checkpointBandwidth, as: .checkpoint, detail: "save \(Checkpoint.stepName(step))")
+        let pending = PendingCheckpoint(step: step, dir: dir)
+        switch config.checkpointMode {
+        case .sync:
+            try AtomicFile.write(blob, to: path)
+            clock.spend(emulatedBytes / config.checkpointBandwidth, as: .checkpoint, detail: "save \(Checkpoint.stepName(step))")
+        case .async:
+            // The step pays the copy to host memory; storage is written behind the next steps.
+            clock.spend(emulatedBytes / emulator.profile.hostBandwidth, as: .checkpoint, detail: "snapshot \(Checkpoint.stepName(step))")
+            pending.durableAt = clock.now + emulatedBytes / config.checkpointBandwidth
+            Thread.detachNewThread {
+                do { try AtomicFile.write(blob, to: path) } catch { pending.error = error }
+                pending.written.signal()
+            }
+        }
         let entry = "\(blob.count) \(SHA256Hex.of(blob))"
         let entries = world.untimed { world.gatherBytes(Array(entry.utf8), root: 0) }
-        guard world.rank == 0 else { return }
-        let shards = entries.enumerated().map { rank, bytes -> [String: Any] in
-            let parts = String(decoding: bytes, as: UTF8.self).split(separator: " ")
-            return ["file": Checkpoint.shardName(rank), "bytes": Int(parts[0])!, "sha256": String(parts[1])]
+        if world.rank == 0 {
+            let shards = entries.enumerated().map { rank, bytes -> [String: Any] in
+                let parts = String(decoding: bytes, as: UTF8.self).split(separator: " ")
+                return ["file": Checkpoint.shardName(rank), "bytes": Int(parts[0])!, "sha256": String(parts[1])]
+            }
+            pending.manifest = ["format": "moe-train checkpoint v1", "step": step, "attempt": config.attempt,
+                                "layout": Checkpoint.Layout(job).json,
+                                "config_hash": Checkpoint.configHash(config), "config": try JSONSerialization.jsonObject(with: config.canonicalJSON()),
+                                "shards": shards]
         }
-        let manifest: [String: Any] = ["format": "moe-train checkpoint v1", "step": step, "attempt": config.attempt,
-                                       "layout": Checkpoint.Layout(job).json,
-                                       "config_hash": Checkpoint.configHash(config), "config": try JSONSerialization.jsonObject(with: config.canonicalJSON()),
-                                       "shards": shards]
-        try AtomicFile.write(JSONText.encode(manifest), to: dir + "/manifest.json")
+        switch config.checkpointMode {
+        case .sync: try publish(pending)
+        case .async: pendingCheckpoint = pending
+        }
+    }
+
+    /// An asynchronous checkpoint whose shards are being persisted: it becomes a checkpoint
+    /// (its manifest written) once every rank's shard is durable in emulated time and on disk.
+    /// Until then a failure loses it, and resuming takes an older one.
+    final class PendingCheckpoint: @unchecked Sendable {
+        let step: Int
+        let dir: String
+        /// Emulated time at which this rank's shard is on storage.
+        var durableAt = 0.0
+        /// Rank 0: the manifest to write.
+        var manifest: [String: Any]?
+        let written = DispatchSemaphore(value: 0)
+        var error: Error?
+        init(step: Int, dir: String) { self.step = step; self.dir = dir }
+    }
+
+    /// Collective, at the start of every step while an asynchronous save is in flight: when
+    /// every rank's shard is durable in emulated time (or `force`: the ranks wait for it, the
+    /// wait counted as checkpoint time), each waits for its real write and rank 0 writes the
+    /// manifest. Every rank decides alike: the readiness is all-gathered.
+    func settleCheckpoint(force: Bool) throws {
+        guard let p = pendingCheckpoint else { return }
+        let world = groups.world
+        if force {
+            if clock.now < p.durableAt { clock.spend(p.durableAt - clock.now, as: .checkpoint, detail: "persist \(Checkpoint.stepName(p.step))") }
+        } else {
+            let ready = world.untimed { world.allGather([Int32(clock.now >= p.durableAt ? 1 : 0)]) }
+            guard ready.allSatisfy({ $0 == 1 }) else { return }
+        }
+        p.written.wait()
+        if let error = p.error { throw error }
+        world.untimed { world.barrier() }
+        pendingCheckpoint = nil
+        try publish(p)
+    }
+
+    /// Rank 0: the manifest (which makes the step directory a checkpoint), `latest`, the event
+    /// and pruning. Every shard is durable by now.
+    func publish(_ p: PendingCheckpoint) throws {
+        guard groups.world.rank == 0, let manifest = p.manifest else { return }
+        let step = p.step
+        try AtomicFile.write(JSONText.encode(manifest), to: p.dir + "/manifest.json")
         // `latest` is advisory (resuming finds checkpoints by their directories): a damaged one
         // never stops a save.
         do { try AtomicFile.write(Checkpoint.stepName(step) + "\n", to: config.runDirectory + "/latest") } catch {

@@ -120,6 +120,7 @@ public final class Trainer {
                                   + "\(skippedInARow) in a row (--max-skipped-steps \(config.maxSkippedSteps)); restart from the last checkpoint")
             }
         }
+        settleCheckpointOrAbort(force: true)   // the last asynchronous save becomes a checkpoint before the run ends
         wallSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         checksum = parameterChecksum()
         commTotals = worldCommTotals()
@@ -138,6 +139,8 @@ public final class Trainer {
 
     /// The step a resumed run continues after (0 for a fresh run).
     public internal(set) var startStep = 0
+    /// The asynchronous checkpoint being persisted, if any (`--checkpoint-mode async`).
+    var pendingCheckpoint: PendingCheckpoint?
     let faults: FaultInjector
     let runLog: RunLog
 
@@ -151,6 +154,7 @@ public final class Trainer {
     }
 
     func trainStepInContext(_ step: Int) throws -> StepRecord {
+        settleCheckpointOrAbort(force: false)
         faults.beforeStep(step, clock: clock, log: log)
         let t0 = DispatchTime.now().uptimeNanoseconds
         lastStepStart = clock.now
@@ -203,7 +207,7 @@ public final class Trainer {
             }
             zero.gatherParameters(params.values)
         }
-        if config.checkpointEvery > 0 && step % config.checkpointEvery == 0 { try saveCheckpoint(step) }
+        if config.checkpointEvery > 0 && step % config.checkpointEvery == 0 { saveCheckpoint(step) }
         let timing = stepTiming(start: clockStart, pipeline: result, spans: clock.spans[spanStart...],
                                 executedFLOPs: clock.executedFLOPs - flopsStart, tokens: scale.tokens)
         let wall = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9

@@ -10,3 +10,4 @@ extension ClockChoice: ExpressibleByArgument {}
 extension LinkChoice: ExpressibleByArgument {}
 extension Precision: ExpressibleByArgument {}
 extension FailMode: ExpressibleByArgument {}
+extension CheckpointMode: ExpressibleByArgument {}

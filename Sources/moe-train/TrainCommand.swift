@@ -76,6 +76,8 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Attempt number of a supervised job (the supervisor sets it).") var attempt: Int?
     @Option(name: .customLong("fail-at-step"), help: "Inject a failure at this step (first attempt only).") var failAtStep: Int?
     @Option(name: .customLong("fail-rank"), help: "The rank that fails.") var failRank: Int?
+    @Option(name: .customLong("checkpoint-mode"), help: "sync (the step waits for storage) or async (the step pays the snapshot to host memory; the shard is persisted while training goes on, and lost if a failure comes first).") var checkpointMode: CheckpointMode?
+    @Option(name: .customLong("checkpoint-bandwidth"), help: "Emulated bytes/s per GPU to checkpoint storage (default 2e9).") var checkpointBandwidth: Double?
     @Option(name: .customLong("fail-mode"), help: "crash, hang, slow, crash-during-checkpoint, nan, disk-full or lose-slot.") var failMode: FailMode?
     @Option(name: .customLong("slow-factor"), help: "Emulated slowdown of a straggler (--fail-mode slow).") var slowFactor: Double?
     @Option(name: .customLong("mtbf-hours"), help: "Mean time between failures of one emulated GPU, in emulated hours.") var mtbfHours: Double?
@@ -119,6 +121,7 @@ struct TrainCommand: ParsableCommand {
         set(checkpointDir) { c.checkpointDir = $0 }; set(checkpointEvery) { c.checkpointEvery = $0 }
         set(keepCheckpoints) { c.keepCheckpoints = $0 }; set(resume) { c.resume = $0 }; set(attempt) { c.attempt = $0 }
         set(failAtStep) { c.failAtStep = $0 }; set(failRank) { c.failRank = $0 }; set(failMode) { c.failMode = $0 }
+        set(checkpointMode) { c.checkpointMode = $0 }; set(checkpointBandwidth) { c.checkpointBandwidth = $0 }
         set(slowFactor) { c.slowFactor = $0 }; set(mtbfHours) { c.mtbfHours = $0 }; set(restartCostS) { c.restartCostS = $0 }
         if ignoreOOM { c.ignoreOOM = true }
         if traceWall { c.traceWall = true }

@@ -227,4 +227,30 @@ extension FaultToleranceTests {
                                                      "--summary-json", s]).status, 0)
         XCTAssertEqual((try Subprocess.readJSON(s)["losses"] as? [Double])?.count, 3)
     }
+
+    /// --checkpoint-mode async: the step pays the snapshot to host memory, not the write to
+    /// storage; a crash before the shards are durable (here at step 11, while step 10's
+    /// checkpoint is still being persisted at 1e8 bytes/s) loses that checkpoint, so the job
+    /// resumes from step 5 where sync resumes from 10. Both end with the uninterrupted
+    /// run's checksum; goodput shows the trade: less checkpoint time, more lost work.
+    func testAsyncCheckpointsCostLessAndAreLostBeforeTheyAreDurable() throws {
+        let ref = try reference()
+        var jobs: [String: [String: Any]] = [:]
+        for mode in ["sync", "async"] {
+            let (r, job, _) = try supervise(Self.layout + ["--checkpoint-mode", mode, "--checkpoint-bandwidth", "1e8",
+                                                           "--fail-at-step", "11", "--fail-rank", "3", "--fail-mode", "crash"])
+            XCTAssertEqual(r.status, 0, r.output)
+            XCTAssertEqual(job["param_checksum"] as? String, ref.checksum, mode)
+            XCTAssertEqual(job["losses"] as? [Double], ref.losses, mode)
+            XCTAssertTrue(r.stdout.contains(mode == "sync" ? "/step-000010: continuing after step 10" : "/step-000005: continuing after step 5"),
+                          "\(mode): \(r.stdout)")
+            jobs[mode] = job
+        }
+        func goodput(_ mode: String, _ key: String) throws -> Double {
+            try XCTUnwrap(((jobs[mode]?["goodput"] as? [String: Any])?["emulated_s"] as? [String: Double])?[key])
+        }
+        XCTAssertLessThan(try goodput("async", "checkpoint_save"), try goodput("sync", "checkpoint_save") / 10)
+        XCTAssertGreaterThan(try goodput("async", "lost_work"), try goodput("sync", "lost_work"))
+        XCTAssertEqual((jobs["async"]?["goodput"] as? [String: Any])?["lost_steps"] as? Int, 5)
+    }
 }

@@ -62,7 +62,7 @@ final class ConfigTests: XCTestCase {
          "tp": 2, "pp": 3, "dp": 4, "ep": 2, "zero": 0, "schedule": "interleaved", "virtual_stages": 2, "pp_layers": [1, 1, 1, 1, 1, 1],
          "global_batch": 24, "micro_batch_size": 3, "micro_batches": 2,
          "steps": 77, "lr": 0.0005, "min_lr_ratio": 0.2, "warmup_steps": 3, "weight_decay": 0.05, "beta1": 0.8, "beta2": 0.99,
-         "adam_eps": 1e-7, "grad_clip": 0.5, "max_skipped_steps": 7, "seed": 18446744073709551615,
+         "adam_eps": 1e-7, "grad_clip": 0.5, "max_skipped_steps": 7, "checkpoint_mode": "async", "seed": 18446744073709551615,
          "data": "corpus.txt", "markov_order": 3, "markov_alphabet": 10, "markov_branching": 2, "markov_seed": 9,
          "device": "h100-sxm", "clock": "measured", "clock_scale": 0.5, "gpus_per_node": 4, "link": "ideal", "precision": "fp32",
          "ignore_oom": true,
