@@ -145,6 +145,29 @@ public enum ProjectionReport {
                               "lost_work_s": failuresExpected * tau / 2, "restart_s": failuresExpected * f.restartCostS,
                               "checkpoint_s": seconds * checkpointCost / tau, "total_s": total, "goodput": goodput,
                               "effective_utilization": goodput * p.mfu, "days": total / 86400]
+            // Asynchronous checkpoints (`--checkpoint-mode async`): the step pays the snapshot to
+            // host memory; the shard reaches storage W seconds later. A failure within W of a
+            // snapshot finds it not yet durable and loses one more interval, so each failure
+            // loses tau/2 + W on average (for W <= tau; a snapshot waits for the previous one,
+            // so tau >= W), and the optimum is sqrt(2 x snapshot x MTBF).
+            let snapshot = (mem.parameters + mem.optimizerState) / device.hostBandwidth
+            let window = checkpointCost
+            let asyncOptimum = max((2 * snapshot * jobMTBF).squareRoot(), window)
+            let asyncEvery = f.checkpointEverySteps ?? Int(min(max((asyncOptimum / p.stepTime).rounded(.up), 1), 1e9))
+            let asyncTau = max(Double(asyncEvery) * p.stepTime, window)
+            let asyncLoss = asyncTau / 2 + window + f.restartCostS
+            if asyncLoss < jobMTBF {
+                let asyncTotal = seconds * (1 + snapshot / asyncTau) / (1 - asyncLoss / jobMTBF)
+                let asyncFailures = asyncTotal / jobMTBF
+                log(String(format: "  with async checkpoints: snapshot %.1f s to host memory (%.0f GB/s), durable %.0f s later; every %ld steps (optimum %.0f s): expected %.0f failures, %.1f days in all, goodput %.1f%%, effective utilization %.1f%%",
+                           snapshot, device.hostBandwidth / 1e9, window, asyncEvery, asyncOptimum, asyncFailures, asyncTotal / 86400,
+                           100 * seconds / asyncTotal, 100 * seconds / asyncTotal * p.mfu))
+                out["goodput_async"] = ["snapshot_s": snapshot, "persist_window_s": window, "checkpoint_every_steps": asyncEvery,
+                                        "optimum_interval_s": asyncOptimum, "expected_failures": asyncFailures,
+                                        "lost_work_s": asyncFailures * (asyncTau / 2 + window), "restart_s": asyncFailures * f.restartCostS,
+                                        "checkpoint_s": seconds * snapshot / asyncTau, "total_s": asyncTotal, "goodput": seconds / asyncTotal,
+                                        "effective_utilization": seconds / asyncTotal * p.mfu, "days": asyncTotal / 86400]
+            }
         }
         if let json { try AtomicFile.write(JSONText.encode(out), to: json) }
     }

@@ -68,6 +68,16 @@ extension ProjectionTests {
         XCTAssertLessThan(goodput, 1)
         XCTAssertGreaterThan(try XCTUnwrap(g["expected_failures"] as? Double), 0)
         XCTAssertGreaterThan(try XCTUnwrap(g["days"] as? Double), try XCTUnwrap(p["days"] as? Double))
+        // Async checkpoints: the step pays the snapshot at the host link's 25 GB/s instead of
+        // storage's 2 GB/s, checkpoints can come more often, and each failure loses the persist
+        // window more: here that wins.
+        let a = try XCTUnwrap(p["goodput_async"] as? [String: Any])
+        let snapshot = try XCTUnwrap(a["snapshot_s"] as? Double), window = try XCTUnwrap(a["persist_window_s"] as? Double)
+        XCTAssertEqual(window, try XCTUnwrap(g["checkpoint_cost_s"] as? Double), accuracy: 1e-9)
+        XCTAssertEqual(snapshot / window, 2e9 / 25e9, accuracy: 1e-9)
+        XCTAssertLessThan(try XCTUnwrap(a["checkpoint_every_steps"] as? Int), try XCTUnwrap(g["checkpoint_every_steps"] as? Int))
+        XCTAssertGreaterThan(try XCTUnwrap(a["goodput"] as? Double), goodput)
+        XCTAssertTrue(r.stdout.contains("with async checkpoints: snapshot"), r.stdout)
     }
 
     /// The sweep over a 25,000-GPU cluster prints its table and its rejections. (Its time is
