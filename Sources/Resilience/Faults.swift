@@ -38,6 +38,9 @@ public struct FaultInjector {
 
     public var targetsMe: Bool { failStep != nil && rank == failRank }
 
+    /// Whether any rank of this attempt may fail on purpose.
+    public var armed: Bool { failStep != nil || timeToFailure != nil }
+
     /// The run directory's list of slots lost for good, one line each (`lose-slot`); a
     /// repaired slot is given back by deleting its line.
     public static let lostSlotsFile = "lost-slots"

@@ -15,8 +15,13 @@ public enum GoodputSweep {
         public let lostWork: Double
     }
 
+    /// `persistPerSnapshot`: for asynchronous checkpoints, the persist window over the snapshot
+    /// time (host bandwidth over storage bandwidth); 0 for synchronous ones. A failure inside
+    /// the window after a snapshot finds it not yet durable, so each failure loses the window
+    /// more, and the interval cannot be shorter than the window.
     public static func run(np: Int, mtbfHours: Double, intervals: [Int], maxRestarts: Int, trainingFlags: [String],
-                           baseDirectory: String, binary: String, restartCostS: Double, log: @escaping (String) -> Void) throws -> [Row] {
+                           baseDirectory: String, binary: String, restartCostS: Double, persistPerSnapshot: Double = 0,
+                           log: @escaping (String) -> Void) throws -> [Row] {
         var rows: [Row] = []
         var stepTime = 0.0, checkpointCost = 0.0, baseline = 0.0
         for k in intervals {
@@ -43,21 +48,32 @@ public enum GoodputSweep {
             checkpointCost = g.checkpoint / saves
             baseline = g.modelFLOPs / (g.peakFLOPS * Double(g.ranks) * (g.usefulCompute + g.bubble + g.exposedComm))
             let jobMTBF = mtbfHours * 3600 / Double(np)
-            let tau = Double(k) * stepTime
-            let waste = checkpointCost / tau + (tau / 2 + restartCostS) / jobMTBF
+            let window = durabilityWindow(snapshot: checkpointCost, persistPerSnapshot: persistPerSnapshot, stepTime: stepTime)
+            let tau = max(Double(k) * stepTime, window)
+            let waste = checkpointCost / tau + (tau / 2 + window + restartCostS) / jobMTBF
             rows.append(Row(interval: k, measured: g.effectiveUtilization, predicted: baseline * max(0, 1 - waste) / (1 + checkpointCost / tau),
                             restarts: restarts, lostWork: g.lostWork))
         }
         let jobMTBF = mtbfHours * 3600 / Double(np)
-        let optimum = (2 * checkpointCost * jobMTBF).squareRoot()
-        log(String(format: "job MTBF %.4g emulated s (%ld GPUs x %.4g h each); checkpoint cost %.4g s; step %.4g s; utilization without failures %.4f%%",
-                   jobMTBF, np, mtbfHours, checkpointCost, stepTime, 100 * baseline))
+        let window = durabilityWindow(snapshot: checkpointCost, persistPerSnapshot: persistPerSnapshot, stepTime: stepTime)
+        let optimum = max((2 * checkpointCost * jobMTBF).squareRoot(), window)
+        log(String(format: "job MTBF %.4g emulated s (%ld GPUs x %.4g h each); checkpoint cost %.4g s%@; step %.4g s; utilization without failures %.4f%%",
+                   jobMTBF, np, mtbfHours, checkpointCost,
+                   persistPerSnapshot > 0 ? String(format: " (async: the snapshot; durable at the step boundary %.4g s later)", window) : "", stepTime, 100 * baseline))
         log(String(format: "Young/Daly optimum interval sqrt(2 x C x MTBF) = %.4g s = %.1f steps", optimum, optimum / max(stepTime, 1e-30)))
         log("  every   restarts   lost work (s)   effective utilization   predicted")
         for r in rows {
             log(String(format: "  %5ld   %8ld   %13.6f   %20.4f%%   %8.4f%%", r.interval, r.restarts, r.lostWork, 100 * r.measured, 100 * r.predicted))
         }
         return rows
+    }
+
+    /// How long after a snapshot its checkpoint becomes durable in these runs: the persist
+    /// time, rounded up to whole steps, since ranks agree on durability at step boundaries.
+    static func durabilityWindow(snapshot: Double, persistPerSnapshot: Double, stepTime: Double) -> Double {
+        let persist = snapshot * persistPerSnapshot
+        guard persist > 0, stepTime > 0 else { return 0 }
+        return (persist / stepTime).rounded(.up) * stepTime
     }
 
     static func restartsOf(_ dir: String) throws -> Int {

@@ -154,10 +154,16 @@ extension Trainer {
         try publish(p)
     }
 
-    /// Rank 0: the manifest (which makes the step directory a checkpoint), `latest`, the event
-    /// and pruning. Every shard is durable by now.
+    /// Collective. Rank 0 writes the manifest (which makes the step directory a checkpoint),
+    /// `latest`, the event and prunes; every shard is durable by now. No rank goes on before
+    /// the manifest is written, so whether a checkpoint exists when a rank fails right after
+    /// never depends on how fast rank 0 wrote it.
     func publish(_ p: PendingCheckpoint) throws {
-        guard groups.world.rank == 0, let manifest = p.manifest else { return }
+        if groups.world.rank == 0, let manifest = p.manifest { try writeManifest(p, manifest) }
+        groups.world.untimed { groups.world.barrier() }
+    }
+
+    func writeManifest(_ p: PendingCheckpoint, _ manifest: [String: Any]) throws {
         let step = p.step
         try AtomicFile.write(JSONText.encode(manifest), to: p.dir + "/manifest.json")
         // `latest` is advisory (resuming finds checkpoints by their directories): a damaged one

@@ -113,6 +113,9 @@ public final class Trainer {
                 try logStep(record)
             }
             if isLogger && (step == startStep + 1 || step % config.logEvery == 0 || step == config.steps) { log(format(record)) }
+            // With failures injected, no rank starts the next step (where one may fail) before
+            // rank 0 has logged this one: the lost-work accounting never depends on timing.
+            if faults.armed { groups.world.untimed { groups.world.barrier() } }
             // Every rank sees the same global loss and gradient norm, so all stop together.
             skippedInARow = record.skipped ? skippedInARow + 1 : 0
             if skippedInARow > config.maxSkippedSteps {

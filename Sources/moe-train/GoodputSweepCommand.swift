@@ -34,14 +34,18 @@ struct GoodputSweepCommand: ParsableCommand {
     func run() throws {
         let intervals = self.intervals.compactMap { $0 }
         let config: RunConfig
-        do { config = try TrainCommand.parse(NegativeValues.joined(trainingFlags)).resolvedConfig(); _ = try JobPlan(config: config, world: np) } catch {
+        let plan: JobPlan
+        do { config = try TrainCommand.parse(NegativeValues.joined(trainingFlags)).resolvedConfig(); plan = try JobPlan(config: config, world: np) } catch {
             throw ValidationError("training flags: " + MoeTrain.message(for: error))
         }
         let binary = Installation.executablePath
         do {
             _ = try GoodputSweep.run(np: np, mtbfHours: mtbfHours, intervals: intervals, maxRestarts: maxRestarts,
                                      trainingFlags: trainingFlags, baseDirectory: out, binary: binary,
-                                     restartCostS: config.restartCostS) { print($0); fflush(stdout) }
+                                     restartCostS: config.restartCostS,
+                                     persistPerSnapshot: config.checkpointMode == .async ? plan.emulator.profile.hostBandwidth / config.checkpointBandwidth : 0) {
+                print($0); fflush(stdout)
+            }
         } catch let e as UsageError { throw ValidationError(e.description) }
     }
 }
