@@ -216,7 +216,7 @@ public final class Supervisor {
     }
 
     /// Slots in an Open MPI hostfile: `host slots=N` (or a bare host: one slot) per line;
-    /// counted up to `SuperviseLimits.maxRanks`, which is more than one job may use.
+    /// counted up to `maxRanks`, more than one job may use.
     static func slots(inHostfile path: String) -> Swift.Result<Int, UsageError> {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             return .failure(UsageError("--hostfile \(path) cannot be read"))

@@ -20,7 +20,7 @@ struct GoodputSweepCommand: ParsableCommand {
 
     func validate() throws {
         do {
-            try Validation.require(np, in: 1...SuperviseCommand.maxRanks, "--np")
+            try Validation.require(np, in: 1...Supervisor.maxRanks, "--np")
             try Validation.require(mtbfHours, in: 1e-9...1e9, "--mtbf-hours")
             try Validation.require(maxRestarts, in: 0...10_000, "--max-restarts")
         } catch { throw ValidationError(String(describing: error)) }

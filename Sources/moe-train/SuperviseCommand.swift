@@ -21,11 +21,10 @@ struct SuperviseCommand: ParsableCommand {
     @Option(help: "An Open MPI hostfile, read again before every attempt; its slots bound the world (with --min-np, a smaller hostfile shrinks the job and a larger one grows it back).") var hostfile: String?
     @Argument(parsing: .postTerminator, help: "Training flags (after --).") var trainingFlags: [String] = []
 
-    static var maxRanks: Int { Supervisor.maxRanks }
 
     func validate() throws {
         do {
-            try Validation.require(np, in: 1...Self.maxRanks, "--np")
+            try Validation.require(np, in: 1...Supervisor.maxRanks, "--np")
             try Validation.require(maxRestarts, in: 0...10_000, "--max-restarts")
             try Validation.require(hangTimeout, in: 0.001...1e7, "--hang-timeout", note: "seconds")
             if let minNP { try Validation.require(minNP, in: 1...np, "--min-np", note: "at most --np \(np)") }

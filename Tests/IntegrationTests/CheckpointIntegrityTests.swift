@@ -25,6 +25,12 @@ final class CheckpointIntegrityTests: XCTestCase {
         return (r, try Subprocess.readJSON(summary))
     }
 
+    /// A shard's bytes and the length of its JSON header (the 8-byte little-endian prefix).
+    func shard(_ checkpoint: String, _ file: String) throws -> (bytes: [UInt8], headerLength: Int) {
+        let bytes = [UInt8](try XCTUnwrap(FileManager.default.contents(atPath: checkpoint + "/" + file)))
+        return (bytes, bytes[0..<8].enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) })
+    }
+
     /// Rewrites a checkpoint's manifest entry for `file` to the file's present size and SHA-256,
     /// as a tool that "repairs" checksums would: hashing then passes.
     func rehash(_ checkpoint: String, _ file: String) throws {
@@ -62,8 +68,7 @@ final class CheckpointIntegrityTests: XCTestCase {
     func testNonFiniteShardIsRefused() throws {
         let ref = try finishedRun()
         let checkpoint = ref.run + "/step-000020", file = "rank-00002.safetensors"
-        var bytes = [UInt8](try XCTUnwrap(FileManager.default.contents(atPath: checkpoint + "/" + file)))
-        let headerLength = bytes[0..<8].enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        var (bytes, headerLength) = try shard(checkpoint, file)
         // The parameters are the first tensor: element 3 becomes NaN.
         let at = 8 + headerLength + 3 * 4
         withUnsafeBytes(of: Float.nan.bitPattern.littleEndian) { for (k, b) in $0.enumerated() { bytes[at + k] = b } }
@@ -109,8 +114,7 @@ final class CheckpointIntegrityTests: XCTestCase {
     func testCraftedOptimizerRangeIsRefusedWhenResharding() throws {
         let ref = try finishedRun()
         let checkpoint = ref.run + "/step-000020", file = "rank-00002.safetensors"
-        let bytes = [UInt8](try XCTUnwrap(FileManager.default.contents(atPath: checkpoint + "/" + file)))
-        let headerLength = bytes[0..<8].enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        let (bytes, headerLength) = try shard(checkpoint, file)
         var header = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(bytes[8..<(8 + headerLength)])) as? [String: Any])
         var meta = try XCTUnwrap(header["__metadata__"] as? [String: String])
         meta["adam.0.range"] = "-9223372036854775807..<10"

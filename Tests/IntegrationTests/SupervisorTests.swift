@@ -19,23 +19,30 @@ final class SupervisorTests: XCTestCase {
         var description: String { "the supervised job did not start within 120 s: \(output)" }
     }
 
-    /// `nohup`: started through /usr/bin/nohup (SIGHUP ignored).
-    func startLongJob(dir: String? = nil, nohup: Bool = false) throws -> Job {
-        let dir = try dir ?? Subprocess.tempDir("moe-train-supervise")
+    /// `moe-train supervise ARGS` in the background from the checkout, its output (both
+    /// streams) going to DIR/out.txt.
+    func startSupervisor(_ args: [String], dir: String, nohup: Bool = false) throws -> Job {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: nohup ? "/usr/bin/nohup" : try Subprocess.binary)
-        p.arguments = (nohup ? [try Subprocess.binary] : []) + ["supervise", "--np", "2", "--max-restarts", "0", "--summary-json", dir + "/job.json", "--",
-                       "--config", "configs/tiny.json", "--tp", "2", "--steps", "1000000", "--log-every", "1000000",
-                       "--checkpoint-dir", dir + "/run"]
+        p.arguments = (nohup ? [try Subprocess.binary] : []) + ["supervise"] + args
         p.currentDirectoryURL = URL(fileURLWithPath: Subprocess.repoRoot)
         p.environment = Subprocess.mpiEnvironment
-        FileManager.default.createFile(atPath: dir + "/out.txt", contents: nil)
+        _ = FileManager.default.createFile(atPath: dir + "/out.txt", contents: nil)
         let out = try FileHandle(forWritingTo: URL(fileURLWithPath: dir + "/out.txt"))
         p.standardOutput = out
         p.standardError = out
         p.standardInput = FileHandle.nullDevice
         try p.run()
-        let job = Job(process: p, dir: dir)
+        return Job(process: p, dir: dir)
+    }
+
+    /// `nohup`: started through /usr/bin/nohup (SIGHUP ignored).
+    func startLongJob(dir: String? = nil, nohup: Bool = false) throws -> Job {
+        let dir = try dir ?? Subprocess.tempDir("moe-train-supervise")
+        let job = try startSupervisor(["--np", "2", "--max-restarts", "0", "--summary-json", dir + "/job.json", "--",
+                                       "--config", "configs/tiny.json", "--tp", "2", "--steps", "1000000", "--log-every", "1000000",
+                                       "--checkpoint-dir", dir + "/run"], dir: dir, nohup: nohup)
+        let p = job.process
         // Running for real: the ranks beat the heartbeat after every step.
         let deadline = Date().addingTimeInterval(120)
         while !FileManager.default.fileExists(atPath: job.run + "/heartbeat") {
@@ -288,37 +295,30 @@ final class SupervisorTests: XCTestCase {
         let reference = try XCTUnwrap(try Subprocess.readJSON(dir + "/s.json")["losses"] as? [Double])
         let hostfile = dir + "/hosts"
         try "localhost slots=2\n".write(toFile: hostfile, atomically: true, encoding: .utf8)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: try Subprocess.binary)
-        p.arguments = ["supervise", "--np", "4", "--min-np", "2", "--hostfile", hostfile, "--max-restarts", "2", "--hang-timeout", "10",
-                       "--summary-json", dir + "/job.json", "--"] + flags
-            + ["--fail-at-step", "6", "--fail-rank", "1", "--fail-mode", "hang", "--checkpoint-dir", dir + "/run"]
-        p.currentDirectoryURL = URL(fileURLWithPath: Subprocess.repoRoot)
-        p.environment = Subprocess.mpiEnvironment
-        FileManager.default.createFile(atPath: dir + "/out.txt", contents: nil)
-        let out = try FileHandle(forWritingTo: URL(fileURLWithPath: dir + "/out.txt"))
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
+        let job = try startSupervisor(["--np", "4", "--min-np", "2", "--hostfile", hostfile, "--max-restarts", "2", "--hang-timeout", "10",
+                                       "--summary-json", dir + "/job.json", "--"] + flags
+                                      + ["--fail-at-step", "6", "--fail-rank", "1", "--fail-mode", "hang", "--checkpoint-dir", dir + "/run"],
+                                      dir: dir)
+        let p = job.process
         // Attempt 1 is running (on 2 ranks): the capacity returns.
         let deadline = Date().addingTimeInterval(120)
         while !FileManager.default.fileExists(atPath: dir + "/run/heartbeat") && p.isRunning && Date() < deadline { usleep(50_000) }
         try "localhost slots=4\n".write(toFile: hostfile, atomically: true, encoding: .utf8)
         XCTAssertTrue(wait(p, seconds: 240), "the job did not finish")
-        let output = (try? String(contentsOfFile: dir + "/out.txt", encoding: .utf8)) ?? ""
+        let output = job.output
         XCTAssertEqual(p.terminationStatus, 0, output)
         XCTAssertTrue(output.contains("2 of 4 slot(s) usable (\(hostfile) lists 2 slot(s))"), output)
         XCTAssertTrue(output.contains("resharded from 2 ranks: tp 2 pp 1 dp 1"), output)
         let events = try String(contentsOfFile: dir + "/run/events.jsonl", encoding: .utf8)
         XCTAssertTrue(events.contains(#""attempt":1,"event":"attempt_start","ranks":2"#), events)
         XCTAssertTrue(events.contains(#""attempt":2,"event":"attempt_start","ranks":4"#), events)
-        let job = try Subprocess.readJSON(dir + "/job.json")
-        let losses = try XCTUnwrap(job["losses"] as? [Double])
+        let summary = try Subprocess.readJSON(dir + "/job.json")
+        let losses = try XCTUnwrap(summary["losses"] as? [Double])
         XCTAssertEqual(losses.count, 16)
         let worst = zip(losses, reference).map { abs($0 - $1) / abs($1) }.max() ?? .infinity
         print(String(format: "elastic 2 -> 4 ranks: worst relative loss difference %.2e", worst))
         XCTAssertLessThan(worst, 1e-5)
-        let emulated = try XCTUnwrap((job["goodput"] as? [String: Any])?["emulated_s"] as? [String: Double])
+        let emulated = try XCTUnwrap((summary["goodput"] as? [String: Any])?["emulated_s"] as? [String: Double])
         XCTAssertGreaterThan(emulated["reduced_capacity"] ?? 0, 0)
     }
 }

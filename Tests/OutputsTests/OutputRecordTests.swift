@@ -209,10 +209,7 @@ final class OutputRecordTests: XCTestCase {
     }
 
     func testRunLogSkipsATornLineAndRejectsARenamedKey() throws {
-        let dir = NSTemporaryDirectory() + "outputs-\(getpid())-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let log = RunLog(dir: dir)
+        let log = try temporaryRunLog()
         XCTAssertEqual(try log.steps().count, 0)   // no file yet: no lines
         try log.event(RunEvent(.attemptStart, attempt: 1))
         try log.event(RunEvent(.firstStep, attempt: 1, step: 1))
@@ -227,19 +224,30 @@ final class OutputRecordTests: XCTestCase {
         }
     }
 
+    /// A run directory of its own, removed when the test ends.
+    func temporaryRunLog() throws -> RunLog {
+        let dir = NSTemporaryDirectory() + "outputs-\(getpid())-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
+        return RunLog(dir: dir)
+    }
+
+    /// A step of 1 emulated second (compute 0.5, communication 0.25, idle 0.25), 100 model
+    /// FLOPs on a 1000 FLOP/s peak.
+    static func stepLine(_ attempt: Int, _ step: Int, loss: Double, wallSeconds: Double, ranks: Int) -> StepLogLine {
+        StepLogLine(attempt: attempt, step: step, loss: loss, skipped: false,
+                    emulated: .init(step: 1.0, compute: 0.5, communication: 0.25, idle: 0.25, checkpoint: 0),
+                    wallSeconds: wallSeconds, modelFLOPs: 100, ranks: ranks, peakFLOPS: 1000)
+    }
+
     /// An elastic job: attempt 1 on 4 ranks, attempt 2 on 2 of them. The allocation is 4 ranks;
     /// attempt 2's steps count half their time in their own rows and half as reduced capacity.
     func testGoodputCountsReducedCapacity() throws {
-        let dir = NSTemporaryDirectory() + "goodput-\(getpid())-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let log = RunLog(dir: dir)
-        func line(_ attempt: Int, _ step: Int, ranks: Int) -> StepLogLine {
-            StepLogLine(attempt: attempt, step: step, loss: 1, skipped: false,
-                        emulated: .init(step: 1.0, compute: 0.5, communication: 0.25, idle: 0.25, checkpoint: 0),
-                        wallSeconds: 1, modelFLOPs: 100, ranks: ranks, peakFLOPS: 1000)
+        let log = try temporaryRunLog()
+        let dir = log.dir
+        for (attempt, step, ranks) in [(1, 1, 4), (2, 2, 2), (2, 3, 2)] {
+            try log.step(Self.stepLine(attempt, step, loss: 1, wallSeconds: 1, ranks: ranks))
         }
-        for l in [line(1, 1, ranks: 4), line(2, 2, ranks: 2), line(2, 3, ranks: 2)] { try log.step(l) }
         let g = try Goodput.compute(runDirectory: dir, restarts: 1, restartCostS: 0, wallSeconds: 3)
         XCTAssertEqual(g.ranks, 4)
         XCTAssertEqual(g.usefulCompute, 0.5 + 0.25 + 0.25)
@@ -251,16 +259,11 @@ final class OutputRecordTests: XCTestCase {
 
     /// Goodput from a step log of two attempts: attempt 1's step 2 is rolled back (lost work).
     func testGoodputFromTheStepLog() throws {
-        let dir = NSTemporaryDirectory() + "goodput-\(getpid())-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let log = RunLog(dir: dir)
-        func line(_ attempt: Int, _ step: Int, loss: Double) -> StepLogLine {
-            StepLogLine(attempt: attempt, step: step, loss: loss, skipped: false,
-                        emulated: .init(step: 1.0, compute: 0.5, communication: 0.25, idle: 0.25, checkpoint: 0),
-                        wallSeconds: 2, modelFLOPs: 100, ranks: 2, peakFLOPS: 1000)
+        let log = try temporaryRunLog()
+        let dir = log.dir
+        for (attempt, step, loss) in [(1, 1, 5.0), (1, 2, 4.5), (2, 2, 4.4), (2, 3, 4.0)] {
+            try log.step(Self.stepLine(attempt, step, loss: loss, wallSeconds: 2, ranks: 2))
         }
-        for l in [line(1, 1, loss: 5), line(1, 2, loss: 4.5), line(2, 2, loss: 4.4), line(2, 3, loss: 4)] { try log.step(l) }
         let g = try Goodput.compute(runDirectory: dir, restarts: 1, restartCostS: 2, wallSeconds: 10)
         XCTAssertEqual(g.survivingLosses, [5, 4.4, 4])
         XCTAssertEqual(g.lostSteps, 1)
