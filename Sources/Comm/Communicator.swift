@@ -296,6 +296,29 @@ public struct Communicator: @unchecked Sendable {
         return (0..<size).map { Array(out[displs[$0]..<(displs[$0] + lengths[$0])]) }
     }
 
+    /// Sends a variable-length byte string to `dest` and receives one from `src` (lengths
+    /// first); every rank of a ring calls it at once, so no pairing can deadlock.
+    public func exchangeBytes(_ bytes: [UInt8], to dest: Int, from src: Int, tag: Int) -> [UInt8] {
+        var lengthOut = Int64(bytes.count), lengthIn = Int64(0)
+        withUnsafePointer(to: &lengthOut) { op in
+            withUnsafeMutablePointer(to: &lengthIn) { ip in
+                let r = irecv(ip, count: 1, from: src, tag: tag)
+                let s = isend(op, count: 1, to: dest, tag: tag)
+                wait(s); wait(r)
+            }
+        }
+        var received = [UInt8](repeating: 0, count: Int(lengthIn))
+        bytes.withUnsafeBufferPointer { sp in
+            received.withUnsafeMutableBufferPointer { rp in
+                let r = rp.count > 0 ? irecv(rp.baseAddress!, count: rp.count, from: src, tag: tag) : nil
+                let s = sp.count > 0 ? isend(sp.baseAddress!, count: sp.count, to: dest, tag: tag) : nil
+                if let s { wait(s) }
+                if let r { wait(r) }
+            }
+        }
+        return received
+    }
+
     // MARK: - Point to point
 
     /// A pending non-blocking send or receive. Complete it with `wait`.

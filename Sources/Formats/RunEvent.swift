@@ -26,10 +26,16 @@ public struct RunEvent: Codable, Equatable, Sendable {
     public var restarts: Int?
     /// Ranks the attempt runs on (attempt start).
     public var ranks: Int?
+    /// Where the checkpoint loaded was kept ("storage" or "host memory").
+    public var source: String?
+    /// Emulated seconds the checkpoint load took (the slowest rank's).
+    public var seconds: Double?
 
     public init(_ event: Kind, attempt: Int, step: Int? = nil, path: String? = nil, status: String? = nil,
-                reason: String? = nil, restarts: Int? = nil, ranks: Int? = nil, time: Double = Date().timeIntervalSince1970) {
+                reason: String? = nil, restarts: Int? = nil, ranks: Int? = nil, source: String? = nil, seconds: Double? = nil,
+                time: Double = Date().timeIntervalSince1970) {
         self.event = event; self.time = time; self.attempt = attempt; self.step = step; self.path = path
         self.status = status; self.reason = reason; self.restarts = restarts; self.ranks = ranks
+        self.source = source; self.seconds = seconds
     }
 }

@@ -171,17 +171,22 @@ public struct RunSummary: Codable, Sendable {
         /// The checksum of the parameters as loaded (before any step), in the single-rank
         /// layout: `export` of the checkpoint gives the same, whatever layout read it.
         @NullIfNil public var loadedParamChecksum: String?
+        /// Where the checkpoint was kept ("storage" or "host memory"), and the emulated
+        /// seconds its load took (the slowest rank's).
+        @NullIfNil public var source: String?
+        public var loadSeconds: Double
 
         enum CodingKeys: String, CodingKey {
             case checkpoint, step, candidatesHashed = "candidates_hashed", shardBytes = "shard_bytes"
             case bytesHashed = "bytes_hashed", bytesHashedAllRanks = "bytes_hashed_all_ranks", loadedParamChecksum = "loaded_param_checksum"
+            case source, loadSeconds = "load_seconds"
         }
 
         public init(checkpoint: String?, step: Int, candidatesHashed: Int, shardBytes: Int, bytesHashed: Int, bytesHashedAllRanks: Int,
-                    loadedParamChecksum: String? = nil) {
+                    loadedParamChecksum: String? = nil, source: String? = nil, loadSeconds: Double = 0) {
             self.checkpoint = checkpoint; self.step = step; self.candidatesHashed = candidatesHashed
             self.shardBytes = shardBytes; self.bytesHashed = bytesHashed; self.bytesHashedAllRanks = bytesHashedAllRanks
-            self.loadedParamChecksum = loadedParamChecksum
+            self.loadedParamChecksum = loadedParamChecksum; self.source = source; self.loadSeconds = loadSeconds
         }
     }
 

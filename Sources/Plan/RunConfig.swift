@@ -61,7 +61,7 @@ public struct RunConfig: Equatable, Sendable {
     public var failMode = FailMode.crash
     public var slowFactor = 4.0
     public var mtbfHours: Double? = nil       // per emulated GPU, in emulated time
-    public var restartCostS = 2.0             // emulated seconds per restart (detection, relaunch, load)
+    public var restartCostS = 2.0             // emulated seconds per restart (detection, relaunch; the load is costed apart)
     public var checkpointBandwidth = 2e9      // emulated bytes/s per GPU to storage
     public var checkpointMode = CheckpointMode.sync
     public var configName = "default"         // the config file's name, for the default checkpoint directory
@@ -148,15 +148,20 @@ public enum ClockChoice: String, Sendable, CaseIterable, Codable { case modeled,
 /// Which links communication is costed on: the device profile's, or ideal (free) links.
 public enum LinkChoice: String, Sendable, CaseIterable, Codable { case profile, ideal }
 
-/// The failure injected by `--fail-at-step`.
 /// How a checkpoint reaches storage. `sync`: the step waits until every shard is written.
 /// `async` (PyTorch DCP's async save, CheckFreq): the step pays only the snapshot of the
 /// shard into host memory (at the device profile's host bandwidth); a background thread
 /// persists it while the following steps run, and the manifest is written once every rank's
 /// shard is durable, in emulated time too: a failure before that loses the checkpoint.
+/// `memory` (Gemini, Wang et al., SOSP 2023): as `async`, and besides each rank keeps its
+/// shard in its host's memory and sends a copy to a peer on another host (`HostMemory`), so
+/// the checkpoint survives any single host's loss from the moment the copy is made, and a
+/// restart loads it at host or network speed instead of storage speed.
 public enum CheckpointMode: String, Sendable, CaseIterable, Codable {
-    case sync, async
+    case sync, async, memory
 }
+
+/// The failure injected by `--fail-at-step`.
 
 public enum FailMode: String, Sendable, CaseIterable, Codable {
     case crash, hang, slow, nan
@@ -166,6 +171,7 @@ public enum FailMode: String, Sendable, CaseIterable, Codable {
     case diskFull = "disk-full"
     /// The failing rank crashes and its slot stays unusable: it is listed in the run
     /// directory's `lost-slots`, which `supervise --min-np` reads to restart on fewer ranks.
+    /// The slot's host is lost with it: under `--checkpoint-mode memory`, its host memory.
     case loseSlot = "lose-slot"
 }
 

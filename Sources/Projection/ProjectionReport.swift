@@ -123,50 +123,55 @@ public enum ProjectionReport {
         ]
         if let f = failures, let mtbfHours = f.mtbfHours {
             let jobMTBF = mtbfHours * 3600 / Double(world)
-            let checkpointCost = (mem.parameters + mem.optimizerState) / f.checkpointBandwidth
-            let optimum = (2 * checkpointCost * jobMTBF).squareRoot()
-            let every = f.checkpointEverySteps ?? Int(min(max((optimum / p.stepTime).rounded(), 1), 1e9))
-            let tau = Double(every) * p.stepTime
-            let lossPerFailure = tau / 2 + f.restartCostS
-            let denominator = 1 - lossPerFailure / jobMTBF
-            guard denominator > 0 else {
-                throw UsageError(String(format: "project: --mtbf-hours %g gives a job MTBF of %.0f s over %ld GPUs, and each failure loses %.0f s on average (half a checkpoint interval plus --restart-cost-s): the run never finishes", mtbfHours, jobMTBF, world, lossPerFailure))
-            }
-            let total = seconds * (1 + checkpointCost / tau) / denominator
-            let failuresExpected = total / jobMTBF
-            let goodput = seconds / total
-            log(String(format: "  failures: job MTBF %.2f h (%.0f h per GPU / %ld GPUs); checkpoint %.0f s every %ld steps (%.0f s; Young/Daly optimum %.0f s)",
-                       jobMTBF / 3600, mtbfHours, world, checkpointCost, every, tau, optimum))
-            log(String(format: "  expected %.0f failures: lost work %.1f days, restarts %.1f days, checkpoints %.1f days; %.1f days in all, goodput %.1f%%, effective utilization %.1f%%",
-                       failuresExpected, failuresExpected * tau / 2 / 86400, failuresExpected * f.restartCostS / 86400,
-                       seconds * checkpointCost / tau / 86400, total / 86400, 100 * goodput, 100 * goodput * p.mfu))
-            out["goodput"] = ["job_mtbf_s": jobMTBF, "checkpoint_cost_s": checkpointCost, "checkpoint_every_steps": every,
-                              "young_daly_interval_s": optimum, "expected_failures": failuresExpected,
-                              "lost_work_s": failuresExpected * tau / 2, "restart_s": failuresExpected * f.restartCostS,
-                              "checkpoint_s": seconds * checkpointCost / tau, "total_s": total, "goodput": goodput,
-                              "effective_utilization": goodput * p.mfu, "days": total / 86400]
-            // Asynchronous checkpoints (`--checkpoint-mode async`): the step pays the snapshot to
-            // host memory; the shard reaches storage W seconds later. A failure within W of a
-            // snapshot finds it not yet durable and loses one more interval, so each failure
-            // loses tau/2 + W on average (for W <= tau; a snapshot waits for the previous one,
-            // so tau >= W), and the optimum is sqrt(2 x snapshot x MTBF).
-            let snapshot = (mem.parameters + mem.optimizerState) / device.hostBandwidth
-            let window = checkpointCost
-            let asyncOptimum = max((2 * snapshot * jobMTBF).squareRoot(), window)
-            let asyncEvery = f.checkpointEverySteps ?? Int(min(max((asyncOptimum / p.stepTime).rounded(.up), 1), 1e9))
-            let asyncTau = max(Double(asyncEvery) * p.stepTime, window)
-            let asyncLoss = asyncTau / 2 + window + f.restartCostS
-            if asyncLoss < jobMTBF {
-                let asyncTotal = seconds * (1 + snapshot / asyncTau) / (1 - asyncLoss / jobMTBF)
-                let asyncFailures = asyncTotal / jobMTBF
-                log(String(format: "  with async checkpoints: snapshot %.1f s to host memory (%.0f GB/s), durable %.0f s later; every %ld steps (optimum %.0f s): expected %.0f failures, %.1f days in all, goodput %.1f%%, effective utilization %.1f%%",
-                           snapshot, device.hostBandwidth / 1e9, window, asyncEvery, asyncOptimum, asyncFailures, asyncTotal / 86400,
-                           100 * seconds / asyncTotal, 100 * seconds / asyncTotal * p.mfu))
-                out["goodput_async"] = ["snapshot_s": snapshot, "persist_window_s": window, "checkpoint_every_steps": asyncEvery,
-                                        "optimum_interval_s": asyncOptimum, "expected_failures": asyncFailures,
-                                        "lost_work_s": asyncFailures * (asyncTau / 2 + window), "restart_s": asyncFailures * f.restartCostS,
-                                        "checkpoint_s": seconds * snapshot / asyncTau, "total_s": asyncTotal, "goodput": seconds / asyncTotal,
-                                        "effective_utilization": seconds / asyncTotal * p.mfu, "days": asyncTotal / 86400]
+            let bytes = mem.parameters + mem.optimizerState
+            // The three checkpoint modes, each by what a checkpoint costs the step (C), how long
+            // after it the checkpoint can be lost (W) and what loading it costs a restart (L):
+            // sync C = L = the shard over the storage bandwidth, W = 0; async C = the snapshot
+            // over PCIe, W = the persist to storage (a failure within W finds the snapshot not
+            // yet durable and loses one more interval), L = storage; memory (Gemini) C = the
+            // snapshot plus the copy to the peer host over the inter-node link, W = 0 (the copy
+            // survives the failure of one host), L = the shard from the peer over that link.
+            // Each failure loses tau/2 + W + restart + L on average (tau >= W: one save in
+            // flight); the interval is the Young/Daly optimum sqrt(2 C MTBF) unless given.
+            let storage = bytes / f.checkpointBandwidth
+            let snapshot = bytes / device.hostBandwidth
+            let peer = device.interNode.seconds(bytes)
+            let modes: [(name: String, cost: Double, window: Double, load: Double)] = [
+                ("sync", storage, 0, storage), ("async", snapshot, storage, storage), ("memory", snapshot + peer, 0, peer)]
+            for m in modes {
+                let optimum = max((2 * m.cost * jobMTBF).squareRoot(), m.window)
+                let every = f.checkpointEverySteps ?? Int(min(max((optimum / p.stepTime).rounded(.up), 1), 1e9))
+                let tau = max(Double(every) * p.stepTime, m.window)
+                let lossPerFailure = tau / 2 + m.window + f.restartCostS + m.load
+                guard lossPerFailure < jobMTBF else {
+                    if m.name == "sync" {
+                        throw UsageError(String(format: "project: --mtbf-hours %g gives a job MTBF of %.0f s over %ld GPUs, and each failure loses %.0f s on average (half a checkpoint interval, --restart-cost-s and the load): the run never finishes", mtbfHours, jobMTBF, world, lossPerFailure))
+                    }
+                    log(String(format: "  with %@ checkpoints: each failure loses %.0f s, more than the job MTBF: the run never finishes", m.name, lossPerFailure))
+                    continue
+                }
+                let total = seconds * (1 + m.cost / tau) / (1 - lossPerFailure / jobMTBF)
+                let failuresExpected = total / jobMTBF
+                let goodput = seconds / total
+                if m.name == "sync" {
+                    log(String(format: "  failures: job MTBF %.2f h (%.0f h per GPU / %ld GPUs); checkpoint %.0f s every %ld steps (%.0f s; Young/Daly optimum %.0f s), load %.0f s per restart",
+                               jobMTBF / 3600, mtbfHours, world, m.cost, every, tau, optimum, m.load))
+                    log(String(format: "  expected %.0f failures: lost work %.1f days, restarts and loads %.1f days, checkpoints %.1f days; %.1f days in all, goodput %.1f%%, effective utilization %.1f%%",
+                               failuresExpected, failuresExpected * tau / 2 / 86400, failuresExpected * (f.restartCostS + m.load) / 86400,
+                               seconds * m.cost / tau / 86400, total / 86400, 100 * goodput, 100 * goodput * p.mfu))
+                } else if m.name == "async" {
+                    log(String(format: "  with async checkpoints: snapshot %.1f s to host memory (%.0f GB/s), durable %.0f s later; every %ld steps (optimum %.0f s): expected %.0f failures, %.1f days in all, goodput %.1f%%, effective utilization %.1f%%",
+                               m.cost, device.hostBandwidth / 1e9, m.window, every, optimum, failuresExpected, total / 86400, 100 * goodput, 100 * goodput * p.mfu))
+                } else {
+                    log(String(format: "  with memory checkpoints: snapshot %.1f s plus %.1f s to the peer host, restored from it in %.1f s; every %ld steps (optimum %.0f s): expected %.0f failures, %.1f days in all, goodput %.1f%%, effective utilization %.1f%%",
+                               snapshot, peer, m.load, every, optimum, failuresExpected, total / 86400, 100 * goodput, 100 * goodput * p.mfu))
+                }
+                out[m.name == "sync" ? "goodput" : "goodput_" + m.name] = [
+                    "job_mtbf_s": jobMTBF, "checkpoint_cost_s": m.cost, "persist_window_s": m.window, "load_s": m.load,
+                    "checkpoint_every_steps": every, "optimum_interval_s": optimum, "expected_failures": failuresExpected,
+                    "lost_work_s": failuresExpected * (tau / 2 + m.window), "restart_s": failuresExpected * f.restartCostS,
+                    "load_total_s": failuresExpected * m.load, "checkpoint_s": seconds * m.cost / tau, "total_s": total,
+                    "goodput": goodput, "effective_utilization": goodput * p.mfu, "days": total / 86400]
             }
         }
         if let json { try AtomicFile.write(JSONText.encode(out), to: json) }

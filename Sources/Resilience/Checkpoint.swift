@@ -58,7 +58,8 @@ public enum Checkpoint {
         public let step: Int
         public let layout: Layout
         public let configHash: String
-        public let shards: [(file: String, bytes: Int, sha256: String)]
+        /// Each shard: its file name, size and digest as listed, and where it was found.
+        public let shards: [(file: String, bytes: Int, sha256: String, path: String)]
     }
 
     // MARK: - Finding a checkpoint to resume from
@@ -70,8 +71,15 @@ public enum Checkpoint {
         /// The plan of the job that wrote it, when that job's layout differs from the reader's:
         /// its shards are resharded on load (`reshardShard`).
         public var writer: JobPlan?
-        public init(step: Int, path: String, manifest: Manifest, writer: JobPlan? = nil) {
-            self.step = step; self.path = path; self.manifest = manifest; self.writer = writer
+        /// Where it is kept: storage, or the hosts' memory (`HostMemory`).
+        public var source: Source
+        public enum Source: String, Sendable { case storage, hostMemory = "host memory" }
+        public init(step: Int, path: String, manifest: Manifest, writer: JobPlan? = nil, source: Source = .storage) {
+            self.step = step; self.path = path; self.manifest = manifest; self.writer = writer; self.source = source
+        }
+        /// How the job names it: `step-000020` on storage, or in host memory.
+        public var name: String {
+            URL(fileURLWithPath: path).lastPathComponent + (source == .hostMemory ? " (host memory)" : "")
         }
     }
 
@@ -87,8 +95,10 @@ public enum Checkpoint {
     /// Reads one checkpoint directory's manifest and checks what needs no hashing: the
     /// manifest is present and well formed, lists one shard per rank under its name, and
     /// every shard file is present with the listed size. Returns the manifest or a sentence
-    /// saying what is wrong. The shards' SHA-256 are checked by `verifyShard`.
-    public static func inspect(_ path: String) -> Result<Manifest, CheckpointProblem> {
+    /// saying what is wrong. The shards' SHA-256 are checked by `verifyShard`. A checkpoint in
+    /// host memory is spread over the hosts (`HostMemory`): shard `r` is looked for first in
+    /// `home(r)` (its own host's copy), then in `path`, then in the directories `elsewhere`.
+    public static func inspect(_ path: String, elsewhere: [String] = [], home: ((Int) -> String)? = nil) -> Result<Manifest, CheckpointProblem> {
         let name = URL(fileURLWithPath: path).lastPathComponent
         guard let data = FileManager.default.contents(atPath: path + "/manifest.json") else {
             let shards = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).filter { $0.hasSuffix(".safetensors") }.count
@@ -102,7 +112,7 @@ public enum Checkpoint {
         if name.hasPrefix("step-"), name.count == 11, let named = Int(name.dropFirst(5)), named != step {
             return .failure(CheckpointProblem("\(name)/manifest.json is step \(step)'s, not step \(named)'s: the directory was renamed or the manifest copied"))
         }
-        var shards: [(String, Int, String)] = []
+        var shards: [(String, Int, String, String)] = []
         for (rank, s) in shardList.enumerated() {
             guard let file = s["file"] as? String, let bytes = s["bytes"] as? Int, let sha = s["sha256"] as? String else {
                 return .failure(CheckpointProblem("\(name)/manifest.json has a malformed shard entry"))
@@ -110,14 +120,15 @@ public enum Checkpoint {
             guard file == shardName(rank) else {
                 return .failure(CheckpointProblem("\(name)/manifest.json lists \(file) where rank \(rank)'s \(shardName(rank)) belongs"))
             }
-            guard let attributes = try? FileManager.default.attributesOfItem(atPath: path + "/" + file),
+            guard let location = ((home.map { [$0(rank)] } ?? []) + [path] + elsewhere).map({ $0 + "/" + file }).first(where: { FileManager.default.fileExists(atPath: $0) }),
+                  let attributes = try? FileManager.default.attributesOfItem(atPath: location),
                   let size = (attributes[.size] as? NSNumber)?.intValue else {
-                return .failure(CheckpointProblem("\(name): shard \(file) is missing"))
+                return .failure(CheckpointProblem("\(name): shard \(file) is missing" + (elsewhere.isEmpty ? "" : " from every host's memory")))
             }
             guard size == bytes else {
                 return .failure(CheckpointProblem("\(name): shard \(file) has \(size) bytes, the manifest says \(bytes)"))
             }
-            shards.append((file, bytes, sha))
+            shards.append((file, bytes, sha, location))
         }
         guard shards.count == layout.world else {
             return .failure(CheckpointProblem("\(name): the manifest lists \(shards.count) shards for \(layout.world) ranks"))
@@ -150,11 +161,11 @@ public enum Checkpoint {
 
     /// Hashes shard `rank` of a checkpoint whose manifest `inspect` returned and compares it
     /// with the manifest. Returns the bytes hashed, and the fault if there is one.
-    public static func verifyShard(_ rank: Int, of manifest: Manifest, in path: String) -> (bytesHashed: Int, fault: ShardFault?) {
-        let name = URL(fileURLWithPath: path).lastPathComponent
+    /// `name` names the checkpoint in the fault (`Candidate.name`).
+    public static func verifyShard(_ rank: Int, of manifest: Manifest, named name: String) -> (bytesHashed: Int, fault: ShardFault?) {
         let listed = manifest.shards[rank]
         let digest: (hex: String, bytes: Int)
-        do { digest = try SHA256Hex.of(fileAtPath: path + "/" + listed.file) } catch {
+        do { digest = try SHA256Hex.of(fileAtPath: listed.path) } catch {
             return (0, ShardFault(.unreadable, checkpoint: name, file: listed.file, detail: "\(error)"))
         }
         guard digest.bytes == listed.bytes else {
@@ -175,7 +186,7 @@ public enum Checkpoint {
         case .failure(let p): return .failure(p)
         case .success(let m):
             for rank in m.shards.indices {
-                if let fault = verifyShard(rank, of: m, in: path).fault { return .failure(CheckpointProblem(fault.description)) }
+                if let fault = verifyShard(rank, of: m, named: URL(fileURLWithPath: path).lastPathComponent).fault { return .failure(CheckpointProblem(fault.description)) }
             }
             return .success(m)
         }

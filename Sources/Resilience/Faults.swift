@@ -20,6 +20,8 @@ public struct FaultInjector {
     let timeToFailure: Double?
     /// Where a lost slot is recorded (`lose-slot`).
     let lostSlotsPath: String
+    /// The memory of this rank's host, lost with its slot (`--checkpoint-mode memory`).
+    let hostMemory: String?
 
     public init(config c: RunConfig, rank: Int) {
         self.rank = rank
@@ -28,6 +30,8 @@ public struct FaultInjector {
         failRank = c.failRank
         slowFactor = c.slowFactor
         lostSlotsPath = c.runDirectory + "/" + Self.lostSlotsFile
+        hostMemory = c.checkpointMode == .memory
+            ? HostMemory.hostDirectory(root: HostMemory.root(runDirectory: c.runDirectory), host: rank / max(c.gpusPerNode, 1)) : nil
         if let h = c.mtbfHours {
             let u = max(unitDouble(hashKey(c.seed, stableHash("mtbf"), UInt64(rank), UInt64(c.attempt))), 1e-300)
             timeToFailure = -log(u) * h * 3600
@@ -64,6 +68,10 @@ public struct FaultInjector {
             let line = "rank \(rank) lost at step \(step)\n"
             let fd = open(lostSlotsPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
             if fd >= 0 { _ = line.withCString { write(fd, $0, strlen($0)) }; fsync(fd); close(fd) }
+            if let dir = hostMemory {
+                log("fault: rank \(rank)'s host loses its memory (\(dir))")
+                try? FileManager.default.removeItem(atPath: dir)
+            }
             crash()
         case .slow where step == s:
             log("fault: rank \(rank) becomes a straggler, \(slowFactor)x slower, from step \(step)")

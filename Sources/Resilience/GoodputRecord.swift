@@ -8,19 +8,21 @@ public struct GoodputRecord: Codable, Equatable, Sendable {
         public var checkpointSave: Double
         public var lostWork: Double
         public var restart: Double
+        /// Checkpoint loads of the resumed attempts (from storage or host memory).
+        public var checkpointLoad: Double
         /// The share of the allocation left idle while the job ran on fewer ranks (elastic restarts).
         public var reducedCapacity: Double
         public var total: Double
 
         enum CodingKeys: String, CodingKey {
             case usefulCompute = "useful_compute", bubbleAndIdle = "bubble_and_idle", exposedCommunication = "exposed_communication"
-            case checkpointSave = "checkpoint_save", lostWork = "lost_work", restart, reducedCapacity = "reduced_capacity", total
+            case checkpointSave = "checkpoint_save", lostWork = "lost_work", restart, checkpointLoad = "checkpoint_load", reducedCapacity = "reduced_capacity", total
         }
 
         public init(usefulCompute: Double, bubbleAndIdle: Double, exposedCommunication: Double, checkpointSave: Double,
-                    lostWork: Double, restart: Double, reducedCapacity: Double = 0, total: Double) {
+                    lostWork: Double, restart: Double, checkpointLoad: Double = 0, reducedCapacity: Double = 0, total: Double) {
             self.usefulCompute = usefulCompute; self.bubbleAndIdle = bubbleAndIdle; self.exposedCommunication = exposedCommunication
-            self.checkpointSave = checkpointSave; self.lostWork = lostWork; self.restart = restart
+            self.checkpointSave = checkpointSave; self.lostWork = lostWork; self.restart = restart; self.checkpointLoad = checkpointLoad
             self.reducedCapacity = reducedCapacity; self.total = total
         }
     }

@@ -13,17 +13,22 @@ public enum GoodputSweep {
         public let predicted: Double
         public let restarts: Int
         public let lostWork: Double
+        /// Emulated seconds per checkpoint and per load, as measured in this run.
+        public let checkpointCost: Double
+        public let loadCost: Double
     }
 
     /// `persistPerSnapshot`: for asynchronous checkpoints, the persist window over the snapshot
-    /// time (host bandwidth over storage bandwidth); 0 for synchronous ones. A failure inside
-    /// the window after a snapshot finds it not yet durable, so each failure loses the window
-    /// more, and the interval cannot be shorter than the window.
+    /// time (host bandwidth over storage bandwidth); 0 for synchronous ones and for host
+    /// memory (a copy on the peer host is as durable, against one failure, as storage). A
+    /// failure inside the window after a snapshot finds it not yet durable, so each failure
+    /// loses the window more, and the interval cannot be shorter than the window. Each
+    /// failure also costs a restart and a checkpoint load, measured from the runs (storage or
+    /// host-memory bandwidth, as the mode loads).
     public static func run(np: Int, mtbfHours: Double, intervals: [Int], maxRestarts: Int, trainingFlags: [String],
                            baseDirectory: String, binary: String, restartCostS: Double, persistPerSnapshot: Double = 0,
-                           log: @escaping (String) -> Void) throws -> [Row] {
-        var rows: [Row] = []
-        var stepTime = 0.0, checkpointCost = 0.0, baseline = 0.0
+                           mode: String = "sync", log: @escaping (String) -> Void) throws -> [Row] {
+        var measured: [(interval: Int, goodput: Goodput, restarts: Int, loads: Int)] = []
         for k in intervals {
             let dir = baseDirectory + "/every-\(k)"
             guard !FileManager.default.fileExists(atPath: dir) else {
@@ -39,27 +44,38 @@ public enum GoodputSweep {
             }.run()
             // A job that gave up is still a row (its goodput shows it); bad input or a signal ends the sweep.
             if result.status == .badInput || result.status == .interrupted { throw ExitFailure(result.status, "checkpoint every \(k) steps: " + result.message) }
-            let restarts = try restartsOf(dir)
+            let events = try RunLog(dir: dir).events()
+            let restarts = events.filter { $0.event == .restart }.count
+            let loads = events.filter { $0.event == .checkpointLoaded }.count
             let g = try Goodput.compute(runDirectory: dir, restarts: restarts, restartCostS: restartCostS, wallSeconds: 0)
-            // The model's inputs, measured: step time, checkpoint cost, utilization without failures.
-            let steps = Double(max(g.survivingLosses.count, 1))
-            stepTime = (g.usefulCompute + g.bubble + g.exposedComm) / steps
-            let saves = Double(max(g.survivingLosses.count / k, 1))
-            checkpointCost = g.checkpoint / saves
-            baseline = g.modelFLOPs / (g.peakFLOPS * Double(g.ranks) * (g.usefulCompute + g.bubble + g.exposedComm))
-            let jobMTBF = mtbfHours * 3600 / Double(np)
-            let window = durabilityWindow(snapshot: checkpointCost, persistPerSnapshot: persistPerSnapshot, stepTime: stepTime)
-            let tau = max(Double(k) * stepTime, window)
-            let waste = checkpointCost / tau + (tau / 2 + window + restartCostS) / jobMTBF
-            rows.append(Row(interval: k, measured: g.effectiveUtilization, predicted: baseline * max(0, 1 - waste) / (1 + checkpointCost / tau),
-                            restarts: restarts, lostWork: g.lostWork))
+            measured.append((k, g, restarts, loads))
         }
+        // The model's inputs, measured: step time and utilization without failures (the last
+        // run's), the cost of one checkpoint (each run's) and of one load (over all runs).
+        var stepTime = 0.0, baseline = 0.0
+        if let g = measured.last?.goodput {
+            stepTime = (g.usefulCompute + g.bubble + g.exposedComm) / Double(max(g.survivingLosses.count, 1))
+            baseline = g.modelFLOPs / (g.peakFLOPS * Double(g.ranks) * (g.usefulCompute + g.bubble + g.exposedComm))
+        }
+        let loads = measured.reduce(0) { $0 + $1.loads }
+        let loadCost = loads > 0 ? measured.reduce(0) { $0 + $1.goodput.load } / Double(loads) : 0
         let jobMTBF = mtbfHours * 3600 / Double(np)
+        var checkpointCost = 0.0
+        let rows = measured.map { m -> Row in
+            let g = m.goodput
+            checkpointCost = g.checkpoint / Double(max(g.survivingLosses.count / m.interval, 1))
+            let window = durabilityWindow(snapshot: checkpointCost, persistPerSnapshot: persistPerSnapshot, stepTime: stepTime)
+            let tau = max(Double(m.interval) * stepTime, window)
+            let waste = checkpointCost / tau + (tau / 2 + window + restartCostS + loadCost) / jobMTBF
+            return Row(interval: m.interval, measured: g.effectiveUtilization, predicted: baseline * max(0, 1 - waste) / (1 + checkpointCost / tau),
+                       restarts: m.restarts, lostWork: g.lostWork, checkpointCost: checkpointCost, loadCost: loadCost)
+        }
         let window = durabilityWindow(snapshot: checkpointCost, persistPerSnapshot: persistPerSnapshot, stepTime: stepTime)
         let optimum = max((2 * checkpointCost * jobMTBF).squareRoot(), window)
-        log(String(format: "job MTBF %.4g emulated s (%ld GPUs x %.4g h each); checkpoint cost %.4g s%@; step %.4g s; utilization without failures %.4f%%",
-                   jobMTBF, np, mtbfHours, checkpointCost,
-                   persistPerSnapshot > 0 ? String(format: " (async: the snapshot; durable at the step boundary %.4g s later)", window) : "", stepTime, 100 * baseline))
+        log(String(format: "%@ checkpoints: job MTBF %.4g emulated s (%ld GPUs x %.4g h each); checkpoint cost %.4g s%@; load %.4g s per restart (+ %.4g s restart cost); step %.4g s; utilization without failures %.4f%%",
+                   mode, jobMTBF, np, mtbfHours, checkpointCost,
+                   persistPerSnapshot > 0 ? String(format: " (async: the snapshot; durable at the step boundary %.4g s later)", window) : "",
+                   loadCost, restartCostS, stepTime, 100 * baseline))
         log(String(format: "Young/Daly optimum interval sqrt(2 x C x MTBF) = %.4g s = %.1f steps", optimum, optimum / max(stepTime, 1e-30)))
         log("  every   restarts   lost work (s)   effective utilization   predicted")
         for r in rows {
@@ -74,9 +90,5 @@ public enum GoodputSweep {
         let persist = snapshot * persistPerSnapshot
         guard persist > 0, stepTime > 0 else { return 0 }
         return (persist / stepTime).rounded(.up) * stepTime
-    }
-
-    static func restartsOf(_ dir: String) throws -> Int {
-        try RunLog(dir: dir).events().filter { $0.event == .restart }.count
     }
 }

@@ -18,7 +18,7 @@ import Resilience
 extension Checkpoint {
     public static func reshardShard(_ candidate: Candidate, writer: JobPlan, layout: ParameterLayout,
                                     optimizerRanges: [Range<Int>]) throws -> LoadedShard {
-        let checkpoint = URL(fileURLWithPath: candidate.path).lastPathComponent
+        let checkpoint = candidate.name
         func problem(_ why: String) -> CheckpointProblem { CheckpointProblem("\(checkpoint): \(why)") }
         let offsets = GlobalParameters.offsets(writer.singleLayout)
         let globalCount = writer.singleLayout.globalCount
@@ -43,7 +43,7 @@ extension Checkpoint {
         var headers: [SafeTensors.Header] = []
         var stepCount: Int?
         for a in 0..<writer.topology.world {
-            let file = candidate.path + "/" + shardName(a)
+            let file = candidate.manifest.shards[a].path
             let header: SafeTensors.Header
             do { header = try SafeTensors.Header(fileAtPath: file) } catch { throw problem("\(shardName(a)) is not a readable safetensors file (\(error))") }
             guard header.metadata["step"] == String(candidate.step) else {
@@ -104,7 +104,7 @@ extension Checkpoint {
                 while j < sorted.count && sorted[j].0 == sorted[j - 1].0 + 1 { j += 1 }
                 let run = sorted[i].0..<(sorted[j - 1].0 + 1)
                 let floats: [Float]
-                do { floats = try headers[a].floats(tensor, run, path: candidate.path + "/" + shardName(a)) } catch {
+                do { floats = try headers[a].floats(tensor, run, path: candidate.manifest.shards[a].path) } catch {
                     throw problem("\(shardName(a)): \(error)")
                 }
                 if let bad = floats.firstIndex(where: { !$0.isFinite }) {

@@ -33,9 +33,9 @@ extension Checkpoint {
     /// was re-hashed after it was damaged passes the checksum, not this). Throws a
     /// `CheckpointProblem` naming the checkpoint, the shard and the reason.
     public static func readShard(_ candidate: Candidate, rank: Int, params: Parameters, optimizers: [AdamW]) throws -> LoadedShard {
-        let name = URL(fileURLWithPath: candidate.path).lastPathComponent + "/" + shardName(rank)
+        let name = URL(fileURLWithPath: candidate.path).lastPathComponent + "/" + shardName(rank) + (candidate.source == .hostMemory ? " in host memory" : "")
         func problem(_ why: String) -> CheckpointProblem { CheckpointProblem("\(name): \(why)") }
-        guard let data = FileManager.default.contents(atPath: candidate.path + "/" + shardName(rank)) else { throw problem("cannot be read") }
+        guard let data = FileManager.default.contents(atPath: candidate.manifest.shards[rank].path) else { throw problem("cannot be read") }
         let tensors: [String: SafeTensors.Loaded], meta: [String: String]
         do { (tensors, meta) = try SafeTensors.decode([UInt8](data)) } catch { throw problem("is not a readable safetensors file (\(error))") }
         guard meta["rank"] == String(rank) else { throw problem("its header says rank \(meta["rank"] ?? "none")") }

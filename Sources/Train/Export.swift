@@ -33,7 +33,7 @@ public enum Export {
         var storages: [(ParameterLayout, Storage)] = []
         for rank in 0..<l.world {
             let layout = job.placement(of: rank).layout
-            guard let shard = FileManager.default.contents(atPath: path + "/" + Checkpoint.shardName(rank)) else {
+            guard let shard = FileManager.default.contents(atPath: manifest.shards[rank].path) else {
                 throw UsageError("export: cannot read \(Checkpoint.shardName(rank))")
             }
             let (tensors, _) = try SafeTensors.decode([UInt8](shard))

@@ -34,11 +34,13 @@ extension Launcher {
         public internal(set) var candidatesHashed = 0, shardBytes = 0, bytesHashed = 0, bytesHashedAllRanks = 0
         /// The checksum of the parameters as loaded (rank 0; empty elsewhere).
         public internal(set) var loadedParamChecksum: String?
+        /// Emulated seconds the load took (`Trainer.restore`).
+        public internal(set) var loadSeconds = 0.0
         /// The summary's record of it.
         public var record: RunSummary.Resume {
             RunSummary.Resume(checkpoint: chosen?.path, step: chosen?.step ?? 0, candidatesHashed: candidatesHashed,
                               shardBytes: shardBytes, bytesHashed: bytesHashed, bytesHashedAllRanks: bytesHashedAllRanks,
-                              loadedParamChecksum: loadedParamChecksum)
+                              loadedParamChecksum: loadedParamChecksum, source: chosen?.source.rawValue, loadSeconds: loadSeconds)
         }
     }
 
@@ -79,13 +81,25 @@ extension Launcher {
             guard config.checkpointEvery > 0 || config.checkpointDir != nil else { return .none }
             var entries: [ResumePlan.Entry] = []
             var candidates = 0
-            for (step, path) in Checkpoint.stepDirectories(config.runDirectory) {
-                switch Checkpoint.inspect(path) {
+            // Storage's checkpoints and, under --checkpoint-mode memory, the hosts' memory's,
+            // newest first, memory before storage at one step (it loads faster). Host memory
+            // is a cache: a copy that cannot serve is skipped, never a reason to stop.
+            var found = Checkpoint.stepDirectories(config.runDirectory).map { (step: $0.step, path: $0.path, elsewhere: [String](), memory: false) }
+            let memory = HostMemory(runDirectory: config.runDirectory, gpusPerNode: config.gpusPerNode, world: plan.topology.world)
+            if config.checkpointMode == .memory {
+                found += HostMemory.checkpoints(root: memory.root).map { ($0.step, $0.path, $0.elsewhere, true) }
+                found.sort { ($0.step, $0.memory ? 1 : 0) > ($1.step, $1.memory ? 1 : 0) }
+            }
+            for (step, path, elsewhere, inMemory) in found {
+                // A shard is read from its own host's copy when that host still has it.
+                let home = inMemory ? { (rank: Int) in memory.stepDirectory(host: memory.host(of: rank), step: step) } : nil
+                switch Checkpoint.inspect(path, elsewhere: elsewhere, home: home) {
                 case .failure(let p):
-                    entries.append(.skipped(p.description))
+                    entries.append(.skipped(p.description + (inMemory ? " (host memory)" : "")))
                 case .success(let m):
-                    var c = Checkpoint.Candidate(step: step, path: path, manifest: m)
+                    var c = Checkpoint.Candidate(step: step, path: path, manifest: m, source: inMemory ? .hostMemory : .storage)
                     if let r = refusal(&c) {
+                        if inMemory { entries.append(.skipped("the host-memory copy of \(c.name): \(r)")); continue }
                         if candidates == 0 { throw UsageError(r) }
                         entries.append(.refused(r))
                         return ResumePlan(entries: entries, explicit: false)
@@ -135,7 +149,7 @@ extension Launcher {
             var fault: (shard: Int, fault: Checkpoint.ShardFault)?
             if let c = candidate {
                 for shard in stride(from: world.rank, to: c.manifest.shards.count, by: world.size) {
-                    let check = Checkpoint.verifyShard(shard, of: c.manifest, in: c.path)
+                    let check = Checkpoint.verifyShard(shard, of: c.manifest, named: c.name)
                     bytes += check.bytesHashed
                     if fault == nil, let f = check.fault { fault = (shard, f) }
                 }
@@ -161,8 +175,7 @@ extension Launcher {
             let bad = faults.enumerated().compactMap { rank, f -> String? in
                 guard let kind = Checkpoint.ShardFault.Kind(rawValue: f.kind) else { return nil }
                 if rank == world.rank, let mine = fault { return mine.fault.description }
-                let name = URL(fileURLWithPath: c.path).lastPathComponent
-                return Checkpoint.ShardFault(kind, checkpoint: name, file: c.manifest.shards[f.shard].file, detail: "hashed by rank \(rank)").description
+                return Checkpoint.ShardFault(kind, checkpoint: c.name, file: c.manifest.shards[f.shard].file, detail: "hashed by rank \(rank)").description
             }
             if bad.isEmpty {
                 report.chosen = c
@@ -194,7 +207,7 @@ extension Launcher {
             let verdicts = world.untimed { world.allGather([Int64(shard == nil ? 1 : 0)]) }
             let reasons = world.untimed { world.gatherBytes(Array(problem.utf8), root: 0) }.map { String(decoding: $0, as: UTF8.self) }
             if verdicts.allSatisfy({ $0 == 0 }), let shard {
-                try trainer.restore(from: candidate, shard: shard)
+                report.loadSeconds = try trainer.restore(from: candidate, shard: shard)
                 report.loadedParamChecksum = trainer.parameterChecksum()  // collective
                 return report
             }
@@ -203,7 +216,7 @@ extension Launcher {
                 : "see rank 0"
 
             if plan.explicit { throw UsageError("--resume \(candidate.path): cannot load it: \(why)") }
-            if world.rank == 0 { log("resume: skipped \(URL(fileURLWithPath: candidate.path).lastPathComponent): cannot load it: \(why)") }
+            if world.rank == 0 { log("resume: skipped \(candidate.name): cannot load it: \(why)") }
         }
     }
 }

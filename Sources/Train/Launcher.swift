@@ -70,6 +70,13 @@ public enum Launcher {
     public static func train(_ config: RunConfig, log: @escaping (String) -> Void) throws {
         let env = LaunchEnvironment.current
         let prepared = try prepare(config, env: env)
+        if config.checkpointMode == .memory && config.checkpointEvery > 0 {
+            // The hosts' memory must be usable before the first checkpoint needs it.
+            let root = HostMemory.root(runDirectory: config.runDirectory)
+            do { try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true) } catch {
+                throw UsageError("--checkpoint-mode memory: cannot keep the hosts' memory in \(root) (\(error.localizedDescription)); set MOE_TRAIN_HOST_MEMORY to a writable directory, ideally on a tmpfs")
+            }
+        }
         ensureSingleThreadedBLAS(rank: env.rank, log: log)
         let world = Communicator.initWorld()
         defer { Communicator.finalize() }

@@ -23,14 +23,37 @@ extension Trainer {
     }
 
     /// Continues from a checkpoint whose shard every rank has read: parameters, optimizer
-    /// shards and step counts.
-    public func restore(from candidate: Checkpoint.Candidate, shard: Checkpoint.LoadedShard) throws {
+    /// shards and step counts (collective). Returns the emulated seconds the load took: the
+    /// slowest rank's shard over its path (`loadSeconds`), recorded in the event for goodput.
+    @discardableResult
+    public func restore(from candidate: Checkpoint.Candidate, shard: Checkpoint.LoadedShard) throws -> Double {
         Checkpoint.apply(shard, params: params, optimizers: optimizers)
         startStep = candidate.step
+        let seconds = groups.world.untimed { groups.world.allReduce(loadSeconds(candidate), op: .max) }
         if isLogger {
             let resharded = candidate.writer.map { _ in ", resharded from \(candidate.manifest.layout) to \(Checkpoint.Layout(job))" } ?? ""
-            log("resumed from \(candidate.path): continuing after step \(candidate.step) (attempt \(config.attempt)\(resharded))")
-            try runLog.event(RunEvent(.checkpointLoaded, attempt: config.attempt, step: candidate.step, path: candidate.path))
+            let from = candidate.source == .hostMemory ? "host memory (\(candidate.path))" : candidate.path
+            log(String(format: "resumed from %@: continuing after step %ld (attempt %ld%@); load %.4g emulated s",
+                       from, candidate.step, config.attempt, resharded, seconds))
+            try runLog.event(RunEvent(.checkpointLoaded, attempt: config.attempt, step: candidate.step, path: candidate.path,
+                                      source: candidate.source.rawValue, seconds: seconds))
+        }
+        return seconds
+    }
+
+    /// Emulated seconds for this rank to load its shard: from storage at the checkpoint
+    /// bandwidth; from host memory at the host bandwidth when its own host kept the shard,
+    /// else over the inter-node link from the host that kept the copy (or, resharding,
+    /// the pieces).
+    func loadSeconds(_ candidate: Checkpoint.Candidate) -> Double {
+        let bytes = emulatedShardBytes, rank = groups.world.rank
+        switch candidate.source {
+        case .storage:
+            return bytes / config.checkpointBandwidth
+        case .hostMemory:
+            let memory = hostMemory
+            let local = candidate.writer == nil && candidate.manifest.shards[rank].path.hasPrefix(memory.hostDirectory(memory.host(of: rank)) + "/")
+            return local ? bytes / emulator.profile.hostBandwidth : clock.cost.links.interNode.seconds(bytes)
         }
     }
 
@@ -84,15 +107,13 @@ extension Trainer {
             log("fault: rank \(world.rank) finds no space for its checkpoint shard at step \(step)")
             throw AtomicFile.WriteError(path: path, code: ENOSPC)
         }
-        let held = Double(params.layout.specs.reduce(0) { $0 + $1.count })
-        let owned = Double(optimizers.reduce(0) { $0 + $1.range.count })
-        let emulatedBytes = held * emulator.precision.elementBytes + owned * emulator.precision.optimizerBytesPerParameter
+        let emulatedBytes = emulatedShardBytes
         let pending = PendingCheckpoint(step: step, dir: dir)
         switch config.checkpointMode {
         case .sync:
             try AtomicFile.write(blob, to: path)
             clock.spend(emulatedBytes / config.checkpointBandwidth, as: .checkpoint, detail: "save \(Checkpoint.stepName(step))")
-        case .async:
+        case .async, .memory:
             // The step pays the copy to host memory; storage is written behind the next steps.
             clock.spend(emulatedBytes / emulator.profile.hostBandwidth, as: .checkpoint, detail: "snapshot \(Checkpoint.stepName(step))")
             pending.durableAt = clock.now + emulatedBytes / config.checkpointBandwidth
@@ -113,11 +134,62 @@ extension Trainer {
                                 "config_hash": Checkpoint.configHash(config), "config": try JSONSerialization.jsonObject(with: config.canonicalJSON()),
                                 "shards": shards]
         }
+        if config.checkpointMode == .memory { try keepInHostMemory(step, blob: blob, manifest: pending.manifest) }
         switch config.checkpointMode {
         case .sync: try publish(pending)
-        case .async: pendingCheckpoint = pending
+        case .async, .memory: pendingCheckpoint = pending
         }
     }
+
+    /// A shard's size in the emulated precision: bf16 parameters, fp32 master weights and
+    /// moments of the owned ZeRO shard.
+    var emulatedShardBytes: Double {
+        let held = Double(params.layout.specs.reduce(0) { $0 + $1.count })
+        let owned = Double(optimizers.reduce(0) { $0 + $1.range.count })
+        return held * emulator.precision.elementBytes + owned * emulator.precision.optimizerBytesPerParameter
+    }
+
+    var hostMemory: HostMemory {
+        HostMemory(runDirectory: config.runDirectory, gpusPerNode: config.gpusPerNode, world: groups.world.size)
+    }
+
+    /// `--checkpoint-mode memory` (collective): this rank's shard goes into its host's memory,
+    /// a copy to its peer over MPI, and the peer's source's copy comes back into this host's
+    /// memory; then every host holds the manifest, and the checkpoint survives the loss of any
+    /// one host. Emulated cost: the copy over the link between the two hosts (the snapshot
+    /// into host memory is already paid). Host memory keeps one checkpoint: once this one is
+    /// complete everywhere, the older ones are dropped.
+    func keepInHostMemory(_ step: Int, blob: [UInt8], manifest: [String: Any]?) throws {
+        let world = groups.world, memory = hostMemory
+        let host = memory.host(of: world.rank), peer = memory.peer(of: world.rank), source = memory.source(of: world.rank)
+        let dir = memory.stepDirectory(host: host, step: step)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try AtomicFile.write(blob, to: dir + "/" + Checkpoint.shardName(world.rank))
+        guard blob.count < Int(Int32.max) else {
+            throw Checkpoint.CheckpointProblem("a shard of \(blob.count) bytes is too large for one MPI message")
+        }
+        if world.size > 1 {
+            let copy = world.untimed { world.exchangeBytes(blob, to: peer, from: source, tag: Self.hostMemoryTag) }
+            clock.spend(clock.cost.links.link(for: [world.rank, peer]).seconds(emulatedShardBytes), as: .checkpoint,
+                        detail: "copy \(Checkpoint.stepName(step)) to rank \(peer)'s host")
+            try AtomicFile.write(copy, to: dir + "/" + Checkpoint.shardName(source))
+        }
+        // Every host gets the manifest once every shard and copy is in memory.
+        var text = world.rank == 0 ? Array(JSONText.encode(manifest ?? [:]).utf8) : []
+        world.untimed {
+            var length = [Int64(text.count)]
+            world.broadcast(&length, root: 0)
+            if world.rank != 0 { text = [UInt8](repeating: 0, count: Int(length[0])) }
+            world.broadcast(&text, root: 0)
+            world.barrier()
+        }
+        try AtomicFile.write(text, to: dir + "/manifest.json")
+        world.untimed { world.barrier() }
+        memory.dropOlder(than: step, host: host)
+    }
+
+    /// The tag of the host-memory copies on the world communicator (no other point-to-point traffic there).
+    static let hostMemoryTag = 31_000
 
     /// An asynchronous checkpoint whose shards are being persisted: it becomes a checkpoint
     /// (its manifest written) once every rank's shard is durable in emulated time and on disk.

@@ -12,6 +12,15 @@ extension Trainer {
 
     func printHeader() {
         for line in job.headerLines(data: Launcher.dataLines(data, seqLen: config.model.seqLen)) { log(line) }
+        if config.checkpointEvery > 0 {
+            var line = "checkpoints: every \(config.checkpointEvery) steps to \(config.runDirectory), \(config.checkpointMode.rawValue)"
+            if config.checkpointMode == .memory {
+                let m = hostMemory
+                line += "; host memory in \(m.root), \(m.hosts) host(s) of \(m.gpusPerNode) rank(s), each shard copied to "
+                    + (m.copiesCrossHosts ? "the next host" : "the next rank on the same host (one host: losing it falls back to storage)")
+            }
+            log(line)
+        }
     }
 
     public func format(_ r: StepRecord) -> String {

@@ -124,6 +124,8 @@ public final class Trainer {
             }
         }
         settleCheckpointOrAbort(force: true)   // the last asynchronous save becomes a checkpoint before the run ends
+        // The job is done with its hosts' memory (every rank is past its last copy).
+        if config.checkpointMode == .memory && groups.world.rank == 0 { HostMemory.release(root: hostMemory.root) }
         wallSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         checksum = parameterChecksum()
         commTotals = worldCommTotals()

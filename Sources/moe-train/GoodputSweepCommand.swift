@@ -43,7 +43,8 @@ struct GoodputSweepCommand: ParsableCommand {
             _ = try GoodputSweep.run(np: np, mtbfHours: mtbfHours, intervals: intervals, maxRestarts: maxRestarts,
                                      trainingFlags: trainingFlags, baseDirectory: out, binary: binary,
                                      restartCostS: config.restartCostS,
-                                     persistPerSnapshot: config.checkpointMode == .async ? plan.emulator.profile.hostBandwidth / config.checkpointBandwidth : 0) {
+                                     persistPerSnapshot: config.checkpointMode == .async ? plan.emulator.profile.hostBandwidth / config.checkpointBandwidth : 0,
+                                     mode: config.checkpointMode.rawValue) {
                 print($0); fflush(stdout)
             }
         } catch let e as UsageError { throw ValidationError(e.description) }

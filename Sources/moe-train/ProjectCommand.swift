@@ -28,7 +28,7 @@ struct ProjectCommand: ParsableCommand {
     @Option(name: .customLong("usd-per-gpu-hour"), help: "Price per GPU-hour (default: the account's).") var usdPerGPUHour: Double?
     @Option(name: .customLong("mtbf-hours"), help: "Mean time between failures of one GPU, hours: adds expected failures and goodput.") var mtbfHours: Double?
     @Option(name: .customLong("checkpoint-every"), help: "Checkpoint interval in steps (default: the Young/Daly optimum).") var checkpointEvery: Int?
-    @Option(name: .customLong("restart-cost-s"), help: "Seconds a restart costs (detection, relaunch, load).") var restartCostS = 600.0
+    @Option(name: .customLong("restart-cost-s"), help: "Seconds a restart costs (detection, relaunch; the checkpoint load is added per checkpoint mode).") var restartCostS = 600.0
     @Option(name: .customLong("checkpoint-bandwidth"), help: "Bytes/s per GPU to checkpoint storage.") var checkpointBandwidth = 2e9
     @Flag(help: "Try the layouts that fit and print the best ten by throughput.") var sweep = false
     @Option(help: "Write the projection as JSON here.") var json: String?

@@ -76,12 +76,12 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Attempt number of a supervised job (the supervisor sets it).") var attempt: Int?
     @Option(name: .customLong("fail-at-step"), help: "Inject a failure at this step (first attempt only).") var failAtStep: Int?
     @Option(name: .customLong("fail-rank"), help: "The rank that fails.") var failRank: Int?
-    @Option(name: .customLong("checkpoint-mode"), help: "sync (the step waits for storage) or async (the step pays the snapshot to host memory; the shard is persisted while training goes on, and lost if a failure comes first).") var checkpointMode: CheckpointMode?
+    @Option(name: .customLong("checkpoint-mode"), help: "sync (the step waits for storage), async (the step pays the snapshot to host memory; the shard is persisted while training goes on, and lost if a failure comes first) or memory (as async, and each rank keeps its shard in its host's memory and a copy on a peer host: a restart loads from memory, storage only when a shard and its copy are both lost).") var checkpointMode: CheckpointMode?
     @Option(name: .customLong("checkpoint-bandwidth"), help: "Emulated bytes/s per GPU to checkpoint storage (default 2e9).") var checkpointBandwidth: Double?
     @Option(name: .customLong("fail-mode"), help: "crash, hang, slow, crash-during-checkpoint, nan, disk-full or lose-slot.") var failMode: FailMode?
     @Option(name: .customLong("slow-factor"), help: "Emulated slowdown of a straggler (--fail-mode slow).") var slowFactor: Double?
     @Option(name: .customLong("mtbf-hours"), help: "Mean time between failures of one emulated GPU, in emulated hours.") var mtbfHours: Double?
-    @Option(name: .customLong("restart-cost-s"), help: "Emulated seconds a restart costs (detection, relaunch, load).") var restartCostS: Double?
+    @Option(name: .customLong("restart-cost-s"), help: "Emulated seconds a restart costs (detection, relaunch; the checkpoint load is costed from its size and where it is kept).") var restartCostS: Double?
     @Flag(name: .customLong("trace-wall"), help: "Add wall-clock tracks to the trace.") var traceWall = false
     @Flag(name: .customLong("dry-run"), help: "Check everything and print the plan (grid, model, batch, pipeline, memory per rank) without running or writing anything.") var dryRun = false
 

@@ -4,9 +4,9 @@ import TestSupport
 
 /// Bad input: one clear message from rank 0, exit status 2 on every rank, no hang.
 final class BadInputTests: XCTestCase {
-    func assertRejected(np: Int = 1, _ args: [String], mentions: [String], within seconds: Double = 60,
+    func assertRejected(np: Int = 1, _ args: [String], mentions: [String], within seconds: Double = 60, environment: [String: String] = [:],
                         file: StaticString = #filePath, line: UInt = #line) throws {
-        let r = try Subprocess.mpirun(np: np, args, timeout: max(seconds * 3, 30))
+        let r = try Subprocess.mpirun(np: np, args, timeout: max(seconds * 3, 30), environment: environment)
         XCTAssertEqual(r.status, 2, "exit status for \(args):\n\(r.output)", file: file, line: line)
         XCTAssertLessThan(r.seconds, seconds, "took \(r.seconds) s", file: file, line: line)
         let errors = r.output.components(separatedBy: "\n").filter { $0.hasPrefix("moe-train: error:") }
@@ -20,6 +20,18 @@ final class BadInputTests: XCTestCase {
     /// Acceptance 5: 16 ranks, --tp 3: exits 2 within 10 s naming 16 and 3.
     func testWorldNotDivisibleByTP() throws {
         try assertRejected(np: 16, ["--tp", "3"], mentions: ["16", "3"], within: 10)
+    }
+
+    /// --checkpoint-mode memory whose host memory cannot be created (MOE_TRAIN_HOST_MEMORY
+    /// under a regular file): refused before training, naming the variable, nothing written.
+    func testUnusableHostMemory() throws {
+        let dir = try Subprocess.tempDir()
+        try "".write(toFile: dir + "/file", atomically: true, encoding: .utf8)
+        try assertRejected(np: 2, ["--config", "configs/tiny.json", "--pp", "2", "--steps", "4", "--checkpoint-every", "2",
+                                   "--checkpoint-mode", "memory", "--checkpoint-dir", dir + "/run"],
+                           mentions: ["--checkpoint-mode memory", dir + "/file/", "MOE_TRAIN_HOST_MEMORY"],
+                           environment: ["MOE_TRAIN_HOST_MEMORY": dir + "/file"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/run"), "nothing is written")
     }
 
     /// A malformed config file on 2 ranks: both exit 2, one message.

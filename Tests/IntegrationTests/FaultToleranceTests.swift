@@ -231,19 +231,29 @@ extension FaultToleranceTests {
     /// --checkpoint-mode async: the step pays the snapshot to host memory, not the write to
     /// storage; a crash before the shards are durable (here at step 11, while step 10's
     /// checkpoint is still being persisted at 1e8 bytes/s) loses that checkpoint, so the job
-    /// resumes from step 5 where sync resumes from 10. Both end with the uninterrupted
-    /// run's checksum; goodput shows the trade: less checkpoint time, more lost work.
+    /// resumes from step 5 where sync resumes from 10. --checkpoint-mode memory keeps step 10
+    /// in the hosts' memory (two hosts of two ranks, each shard copied to the other host) from
+    /// the moment the copy is made, so it resumes from step 10 without waiting for storage, and
+    /// loads it at host speed. All end with the uninterrupted run's checksum; goodput shows the
+    /// trade: less checkpoint time, more lost work for async, neither for memory.
     func testAsyncCheckpointsCostLessAndAreLostBeforeTheyAreDurable() throws {
         let ref = try reference()
         var jobs: [String: [String: Any]] = [:]
-        for mode in ["sync", "async"] {
-            let (r, job, _) = try supervise(Self.layout + ["--checkpoint-mode", mode, "--checkpoint-bandwidth", "1e8",
+        for mode in ["sync", "async", "memory"] {
+            let (r, job, _) = try supervise(Self.layout + ["--checkpoint-mode", mode, "--checkpoint-bandwidth", "1e8", "--gpus-per-node", "2",
                                                            "--fail-at-step", "11", "--fail-rank", "3", "--fail-mode", "crash"])
             XCTAssertEqual(r.status, 0, r.output)
             XCTAssertEqual(job["param_checksum"] as? String, ref.checksum, mode)
             XCTAssertEqual(job["losses"] as? [Double], ref.losses, mode)
-            XCTAssertTrue(r.stdout.contains(mode == "sync" ? "/step-000010: continuing after step 10" : "/step-000005: continuing after step 5"),
-                          "\(mode): \(r.stdout)")
+            let resumed = ["sync": "/step-000010: continuing after step 10", "async": "/step-000005: continuing after step 5",
+                           "memory": "/step-000010): continuing after step 10"][mode]!
+            XCTAssertTrue(r.stdout.contains(resumed), "\(mode): \(r.stdout)")
+            if mode == "memory" {
+                XCTAssertTrue(r.stdout.contains("resumed from host memory ("), r.stdout)
+                // The job is over: its hosts' memory is released.
+                let root = try XCTUnwrap(r.stdout.components(separatedBy: "host memory in ").dropFirst().first?.components(separatedBy: ",").first)
+                XCTAssertFalse(FileManager.default.fileExists(atPath: root), root)
+            }
             jobs[mode] = job
         }
         func goodput(_ mode: String, _ key: String) throws -> Double {
@@ -252,5 +262,55 @@ extension FaultToleranceTests {
         XCTAssertLessThan(try goodput("async", "checkpoint_save"), try goodput("sync", "checkpoint_save") / 10)
         XCTAssertGreaterThan(try goodput("async", "lost_work"), try goodput("sync", "lost_work"))
         XCTAssertEqual((jobs["async"]?["goodput"] as? [String: Any])?["lost_steps"] as? Int, 5)
+        XCTAssertLessThan(try goodput("memory", "checkpoint_save"), try goodput("sync", "checkpoint_save") / 10)
+        XCTAssertEqual(try goodput("memory", "lost_work"), try goodput("sync", "lost_work"))
+        XCTAssertEqual((jobs["memory"]?["goodput"] as? [String: Any])?["lost_steps"] as? Int, 0)
+        // Loads: storage at 1e8 bytes/s for sync and async, host memory at 25 GB/s.
+        XCTAssertGreaterThan(try goodput("sync", "checkpoint_load"), 0)
+        XCTAssertEqual(try goodput("memory", "checkpoint_load") / goodput("sync", "checkpoint_load"), 1e8 / 25e9, accuracy: 1e-6)
+    }
+
+    /// --checkpoint-mode memory on two hosts of one rank: a host that is lost (`lose-slot`)
+    /// takes its memory with it, and its rank's shard comes from the copy on the other host;
+    /// when both hosts' memory is gone the job falls back to storage. Either way the
+    /// continuation equals the uninterrupted run.
+    func testLostHostRestoresFromItsPeerAndBothLostFallBackToStorage() throws {
+        let flags = ["--config", "configs/tiny.json", "--pp", "2", "--gpus-per-node", "1", "--steps", "16", "--checkpoint-every", "5",
+                     "--checkpoint-mode", "memory"]
+        let ref = try Subprocess.tempDir()
+        let env = ["MOE_TRAIN_HOST_MEMORY": ref + "/memory"]
+        XCTAssertEqual(try Subprocess.mpirun(np: 2, flags + ["--checkpoint-dir", ref + "/run", "--summary-json", ref + "/s.json"],
+                                             environment: env).status, 0)
+        let reference = try Subprocess.readJSON(ref + "/s.json")
+        let referenceLosses = try XCTUnwrap(reference["losses"] as? [Double])
+        for (fault, lost) in [("lose-slot", ["host-001"]), ("crash", ["host-000", "host-001"])] {
+            let dir = try Subprocess.tempDir()
+            let env = ["MOE_TRAIN_HOST_MEMORY": dir + "/memory"]
+            let base = flags + ["--checkpoint-dir", dir + "/run"]
+            let first = try Subprocess.mpirun(np: 2, base + ["--fail-at-step", "12", "--fail-rank", "1", "--fail-mode", fault], environment: env)
+            XCTAssertNotEqual(first.status, 0, first.output)
+            let roots = try FileManager.default.contentsOfDirectory(atPath: dir + "/memory")
+            XCTAssertEqual(roots.count, 1, "\(roots)")
+            let root = dir + "/memory/" + roots[0]
+            if fault == "crash" {
+                for host in lost { try FileManager.default.removeItem(atPath: root + "/" + host) }
+            }
+            for host in ["host-000", "host-001"] {
+                XCTAssertEqual(FileManager.default.fileExists(atPath: root + "/" + host), !lost.contains(host), "\(fault): \(host)")
+            }
+            let second = try Subprocess.mpirun(np: 2, base + ["--attempt", "2", "--summary-json", dir + "/s.json"], environment: env)
+            XCTAssertEqual(second.status, 0, second.output)
+            let summary = try Subprocess.readJSON(dir + "/s.json")
+            let resume = try XCTUnwrap(summary["resume"] as? [String: Any])
+            XCTAssertEqual(resume["step"] as? Int, 10, fault)
+            XCTAssertEqual(resume["source"] as? String, fault == "lose-slot" ? "host memory" : "storage", fault)
+            if fault == "lose-slot" {
+                XCTAssertEqual(resume["checkpoint"] as? String, root + "/host-000/step-000010")
+            }
+            XCTAssertGreaterThan(try XCTUnwrap(resume["load_seconds"] as? Double), 0)
+            XCTAssertEqual(summary["param_checksum"] as? String, reference["param_checksum"] as? String, fault)
+            XCTAssertEqual(summary["losses"] as? [Double], Array(referenceLosses.suffix(6)), fault)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: root), "a finished run releases its hosts' memory")
+        }
     }
 }

@@ -257,14 +257,19 @@ final class OutputRecordTests: XCTestCase {
         XCTAssertTrue(g.table().contains { $0.contains("reduced capacity") })
     }
 
-    /// Goodput from a step log of two attempts: attempt 1's step 2 is rolled back (lost work).
+    /// Goodput from a step log of two attempts: attempt 1's step 2 is rolled back (lost work);
+    /// attempt 2's load, from its event, is the checkpoint-load row.
     func testGoodputFromTheStepLog() throws {
         let log = try temporaryRunLog()
         let dir = log.dir
         for (attempt, step, loss) in [(1, 1, 5.0), (1, 2, 4.5), (2, 2, 4.4), (2, 3, 4.0)] {
             try log.step(Self.stepLine(attempt, step, loss: loss, wallSeconds: 2, ranks: 2))
         }
+        try log.event(RunEvent(.checkpointLoaded, attempt: 2, step: 1, path: "step-000001", source: "host memory", seconds: 0.125))
         let g = try Goodput.compute(runDirectory: dir, restarts: 1, restartCostS: 2, wallSeconds: 10)
+        XCTAssertEqual(g.load, 0.125)
+        XCTAssertEqual(g.total, 4 + 2 + 0.125)
+        XCTAssertTrue(g.table().contains { $0.contains("checkpoint load") && $0.contains("0.125000 s") }, "\(g.table())")
         XCTAssertEqual(g.survivingLosses, [5, 4.4, 4])
         XCTAssertEqual(g.lostSteps, 1)
         XCTAssertEqual(g.lostWork, 1)
@@ -282,7 +287,7 @@ final class OutputRecordTests: XCTestCase {
         XCTAssertEqual(Set(o.keys), ["emulated_s", "wall_s", "effective_utilization", "lost_steps", "model_flops_surviving"])
         XCTAssertEqual(Set(try XCTUnwrap(o["emulated_s"] as? [String: Double]).keys),
                        ["useful_compute", "bubble_and_idle", "exposed_communication", "checkpoint_save", "lost_work", "restart",
-                        "reduced_capacity", "total"])
+                        "checkpoint_load", "reduced_capacity", "total"])
         XCTAssertEqual(Set(try XCTUnwrap(o["wall_s"] as? [String: Double]).keys),
                        ["surviving_steps", "lost_steps", "startup_detection_relaunch_load", "total"])
         // A step line without its wall time is an error naming the file, the line and the key.

@@ -117,12 +117,13 @@ public enum Subprocess {
 
     /// `mpirun -np N --bind-to none <binary> args`.
     /// Runs in `cwd` (default: the repository root, so relative config paths work).
+    /// `environment` adds variables to `mpiEnvironment`.
     public static func mpirun(np: Int, _ args: [String], extraMPIArgs: [String] = [], cwd: String? = nil,
-                              timeout: Double = 300) throws -> Result {
+                              timeout: Double = 300, environment: [String: String] = [:]) throws -> Result {
         let bin = try binary
         let mpirun = ["/usr/bin/mpirun", "/usr/local/bin/mpirun"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "mpirun"
         return try run(mpirun, ["-np", String(np), "--bind-to", "none"] + extraMPIArgs + [bin] + args,
-                       cwd: cwd ?? repoRoot, timeout: timeout)
+                       cwd: cwd ?? repoRoot, timeout: timeout, environment: mpiEnvironment.merging(environment) { $1 })
     }
 
     /// A fresh temporary directory.
