@@ -164,6 +164,10 @@ extension Trainer {
         let host = memory.host(of: world.rank), peer = memory.peer(of: world.rank), source = memory.source(of: world.rank)
         let dir = memory.stepDirectory(host: host, step: step)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        // A rolled-back attempt's copy of this step: its manifest goes first (the new one is
+        // written only after every rank is past this point), so old and new never mix. Ranks
+        // sharing the host may race to remove it; either succeeding is enough.
+        try? FileManager.default.removeItem(atPath: dir + "/manifest.json")
         try AtomicFile.write(blob, to: dir + "/" + Checkpoint.shardName(world.rank))
         guard blob.count < Int(Int32.max) else {
             throw Checkpoint.CheckpointProblem("a shard of \(blob.count) bytes is too large for one MPI message")

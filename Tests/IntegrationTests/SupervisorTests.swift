@@ -235,26 +235,35 @@ final class SupervisorTests: XCTestCase {
         let plain = try Subprocess.mpirun(np: 4, flags + ["--checkpoint-dir", dir + "/ref", "--summary-json", dir + "/s.json"])
         XCTAssertEqual(plain.status, 0, plain.output)
         let reference = try XCTUnwrap(try Subprocess.readJSON(dir + "/s.json")["losses"] as? [Double])
-        let r = try Subprocess.run(try Subprocess.binary, ["supervise", "--np", "4", "--min-np", "2", "--max-restarts", "2",
-                                                           "--summary-json", dir + "/job.json", "--"] + flags
-                                   + ["--fail-at-step", "10", "--fail-rank", "3", "--fail-mode", "lose-slot", "--checkpoint-dir", dir + "/run"],
-                                   cwd: Subprocess.repoRoot, timeout: 300)
-        XCTAssertEqual(r.status, 0, r.output)
-        XCTAssertTrue(r.stdout.contains("3 of 4 slot(s) usable (1 slot(s) lost"), r.stdout)
-        XCTAssertTrue(r.stdout.contains("the job runs on 2 rank(s)"), r.stdout)
-        XCTAssertTrue(r.stdout.contains("resharded from 4 ranks: tp 2 pp 1 dp 2"), r.stdout)
-        let job = try Subprocess.readJSON(dir + "/job.json")
-        XCTAssertEqual(job["attempts"] as? Int, 2)
-        let losses = try XCTUnwrap(job["losses"] as? [Double])
-        XCTAssertEqual(losses.count, 16)
-        XCTAssertEqual(Array(losses.prefix(8)), Array(reference.prefix(8)))
-        let worst = zip(losses, reference).map { abs($0 - $1) / abs($1) }.max() ?? .infinity
-        print(String(format: "elastic 4 -> 2 ranks: worst relative loss difference %.2e", worst))
-        XCTAssertLessThan(worst, 1e-5)
-        let emulated = try XCTUnwrap((job["goodput"] as? [String: Any])?["emulated_s"] as? [String: Double])
-        XCTAssertGreaterThan(emulated["reduced_capacity"] ?? 0, 0)
-        let events = try String(contentsOfFile: dir + "/run/events.jsonl", encoding: .utf8)
-        XCTAssertTrue(events.contains(#""attempt":2,"event":"attempt_start","ranks":2"#), events)
+        // The same with memory checkpoints on two hosts of two ranks: the lost slot's host takes
+        // its memory with it, and the two survivors reshard step 8 from the copies their host
+        // kept of the lost host's shards.
+        for (mode, extra) in [("sync", [String]()), ("memory", ["--checkpoint-mode", "memory", "--gpus-per-node", "2"])] {
+            let r = try Subprocess.run(try Subprocess.binary, ["supervise", "--np", "4", "--min-np", "2", "--max-restarts", "2",
+                                                               "--summary-json", dir + "/\(mode).json", "--"] + flags + extra
+                                       + ["--fail-at-step", "10", "--fail-rank", "3", "--fail-mode", "lose-slot", "--checkpoint-dir", dir + "/" + mode],
+                                       cwd: Subprocess.repoRoot, timeout: 300)
+            XCTAssertEqual(r.status, 0, r.output)
+            XCTAssertTrue(r.stdout.contains("3 of 4 slot(s) usable (1 slot(s) lost"), r.stdout)
+            XCTAssertTrue(r.stdout.contains("the job runs on 2 rank(s)"), r.stdout)
+            XCTAssertTrue(r.stdout.contains("resharded from 4 ranks: tp 2 pp 1 dp 2"), r.stdout)
+            if mode == "memory" {
+                XCTAssertTrue(r.stdout.contains("fault: rank 3's host loses its memory"), r.stdout)
+                XCTAssertTrue(r.stdout.contains("resumed from host memory (") && r.stdout.contains("/host-000/step-000008): continuing after step 8"), r.stdout)
+            }
+            let job = try Subprocess.readJSON(dir + "/\(mode).json")
+            XCTAssertEqual(job["attempts"] as? Int, 2)
+            let losses = try XCTUnwrap(job["losses"] as? [Double])
+            XCTAssertEqual(losses.count, 16)
+            XCTAssertEqual(Array(losses.prefix(8)), Array(reference.prefix(8)))
+            let worst = zip(losses, reference).map { abs($0 - $1) / abs($1) }.max() ?? .infinity
+            print(String(format: "elastic 4 -> 2 ranks (%@): worst relative loss difference %.2e", mode, worst))
+            XCTAssertLessThan(worst, 1e-5)
+            let emulated = try XCTUnwrap((job["goodput"] as? [String: Any])?["emulated_s"] as? [String: Double])
+            XCTAssertGreaterThan(emulated["reduced_capacity"] ?? 0, 0)
+            let events = try String(contentsOfFile: dir + "/\(mode)/events.jsonl", encoding: .utf8)
+            XCTAssertTrue(events.contains(#""attempt":2,"event":"attempt_start","ranks":2"#), events)
+        }
     }
 
     /// With --min-np above what is left, the job gives up (3) naming the capacity.
