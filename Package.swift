@@ -50,7 +50,7 @@ let package = Package(
         .testTarget(name: "ScheduleTests", dependencies: ["Schedule"]),
         .testTarget(name: "PlanTests", dependencies: ["Plan", "Schedule", "Model"]),
         .testTarget(name: "ProjectionTests", dependencies: ["Projection", "Plan"]),
-        .testTarget(name: "TrainTests", dependencies: ["Train", "Plan", "Model", "Tensor"]),
+        .testTarget(name: "TrainTests", dependencies: ["Train", "Resilience", "Plan", "Model", "Tensor"]),
         // The typed outputs (summary, step log, events, goodput, job summary, compare rows): round trips.
         .testTarget(name: "OutputsTests", dependencies: ["Formats", "Resilience", "Bench"]),
         .testTarget(name: "IntegrationTests", dependencies: ["TestSupport", "Formats"], exclude: ["Golden"]),

@@ -131,17 +131,19 @@ public enum ProjectionReport {
             // yet durable and loses one more interval), L = storage; memory (Gemini) C = the
             // snapshot plus the copy to the peer host over the inter-node link, W = 0 (the copy
             // survives the failure of one host), L = the shard from the peer over that link.
-            // Each failure loses tau/2 + W + restart + L on average (tau >= W: one save in
-            // flight); the interval is the Young/Daly optimum sqrt(2 C MTBF) unless given.
+            // Each failure loses tau/2 + W + restart + L on average; async and memory still
+            // persist every checkpoint to storage in the background, one save in flight, so
+            // their interval is at least the storage write. The interval is the Young/Daly
+            // optimum sqrt(2 C MTBF) (rounded up to whole steps) unless given.
             let storage = bytes / f.checkpointBandwidth
             let snapshot = bytes / device.hostBandwidth
             let peer = device.interNode.seconds(bytes)
-            let modes: [(name: String, cost: Double, window: Double, load: Double)] = [
-                ("sync", storage, 0, storage), ("async", snapshot, storage, storage), ("memory", snapshot + peer, 0, peer)]
+            let modes: [(name: String, cost: Double, window: Double, load: Double, minInterval: Double)] = [
+                ("sync", storage, 0, storage, 0), ("async", snapshot, storage, storage, storage), ("memory", snapshot + peer, 0, peer, storage)]
             for m in modes {
-                let optimum = max((2 * m.cost * jobMTBF).squareRoot(), m.window)
+                let optimum = max((2 * m.cost * jobMTBF).squareRoot(), m.minInterval)
                 let every = f.checkpointEverySteps ?? Int(min(max((optimum / p.stepTime).rounded(.up), 1), 1e9))
-                let tau = max(Double(every) * p.stepTime, m.window)
+                let tau = max(Double(every) * p.stepTime, m.minInterval)
                 let lossPerFailure = tau / 2 + m.window + f.restartCostS + m.load
                 guard lossPerFailure < jobMTBF else {
                     if m.name == "sync" {

@@ -13,7 +13,8 @@ public enum GoodputSweep {
         public let predicted: Double
         public let restarts: Int
         public let lostWork: Double
-        /// Emulated seconds per checkpoint and per load, as measured in this run.
+        /// Emulated seconds per checkpoint, as measured in this run, and per load, averaged
+        /// over the loads of all the sweep's runs.
         public let checkpointCost: Double
         public let loadCost: Double
     }
@@ -60,16 +61,18 @@ public enum GoodputSweep {
         let loads = measured.reduce(0) { $0 + $1.loads }
         let loadCost = loads > 0 ? measured.reduce(0) { $0 + $1.goodput.load } / Double(loads) : 0
         let jobMTBF = mtbfHours * 3600 / Double(np)
-        var checkpointCost = 0.0
+        // Utilization = baseline x (1 - loss per failure / MTBF) / (1 + C / tau), as `project`.
         let rows = measured.map { m -> Row in
             let g = m.goodput
-            checkpointCost = g.checkpoint / Double(max(g.survivingLosses.count / m.interval, 1))
-            let window = durabilityWindow(snapshot: checkpointCost, persistPerSnapshot: persistPerSnapshot, stepTime: stepTime)
+            let cost = g.checkpoint / Double(max(g.survivingLosses.count / m.interval, 1))
+            let window = durabilityWindow(snapshot: cost, persistPerSnapshot: persistPerSnapshot, stepTime: stepTime)
             let tau = max(Double(m.interval) * stepTime, window)
-            let waste = checkpointCost / tau + (tau / 2 + window + restartCostS + loadCost) / jobMTBF
-            return Row(interval: m.interval, measured: g.effectiveUtilization, predicted: baseline * max(0, 1 - waste) / (1 + checkpointCost / tau),
-                       restarts: m.restarts, lostWork: g.lostWork, checkpointCost: checkpointCost, loadCost: loadCost)
+            let lost = (tau / 2 + window + restartCostS + loadCost) / jobMTBF
+            return Row(interval: m.interval, measured: g.effectiveUtilization, predicted: baseline * max(0, 1 - lost) / (1 + cost / tau),
+                       restarts: m.restarts, lostWork: g.lostWork, checkpointCost: cost, loadCost: loadCost)
         }
+        // The optimum from the mean cost of one checkpoint over the runs.
+        let checkpointCost = rows.isEmpty ? 0 : rows.reduce(0) { $0 + $1.checkpointCost } / Double(rows.count)
         let window = durabilityWindow(snapshot: checkpointCost, persistPerSnapshot: persistPerSnapshot, stepTime: stepTime)
         let optimum = max((2 * checkpointCost * jobMTBF).squareRoot(), window)
         log(String(format: "%@ checkpoints: job MTBF %.4g emulated s (%ld GPUs x %.4g h each); checkpoint cost %.4g s%@; load %.4g s per restart (+ %.4g s restart cost); step %.4g s; utilization without failures %.4f%%",

@@ -28,25 +28,49 @@ public struct HostMemory: Sendable {
 
     public static func root(runDirectory: String) -> String {
         let absolute = URL(fileURLWithPath: runDirectory).standardizedFileURL.path
-        let run = "/" + SHA256Hex.of(Array(absolute.utf8)).prefix(16)
-        if let base = ProcessInfo.processInfo.environment["MOE_TRAIN_HOST_MEMORY"], !base.isEmpty { return base + run }
+        return base + "/" + SHA256Hex.of(Array(absolute.utf8)).prefix(16)
+    }
+
+    /// `MOE_TRAIN_HOST_MEMORY`, else `/dev/shm/moe-train-UID` (or the temporary directory's).
+    public static var base: String {
+        if let base = ProcessInfo.processInfo.environment["MOE_TRAIN_HOST_MEMORY"], !base.isEmpty { return base }
         var isDir: ObjCBool = false
         let shm = FileManager.default.fileExists(atPath: "/dev/shm", isDirectory: &isDir) && isDir.boolValue
-        return (shm ? "/dev/shm" : NSTemporaryDirectory()) + "/moe-train-\(getuid())" + run
+        return (shm ? "/dev/shm" : NSTemporaryDirectory()) + "/moe-train-\(getuid())"
+    }
+
+    /// Creates the base (mode 0700) and this run's root, and checks that the base belongs to
+    /// this user, so that no one else can read or replace the shards kept there. Returns a
+    /// sentence saying what is wrong.
+    public static func prepare(root: String) -> String? {
+        let fm = FileManager.default
+        do {
+            try fm.createDirectory(atPath: base, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            let owner = (try fm.attributesOfItem(atPath: base)[.ownerAccountID] as? NSNumber)?.uint32Value
+            guard owner == getuid() else { return "\(base) belongs to user \(owner.map(String.init) ?? "unknown"), not to this one (\(getuid()))" }
+            try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
+        } catch {
+            return "cannot create \(root) (\(error.localizedDescription))"
+        }
+        return nil
     }
 
     public func host(of rank: Int) -> Int { rank / gpusPerNode }
     public var hosts: Int { (world + gpusPerNode - 1) / gpusPerNode }
 
-    /// How far a rank's copy travels: to the rank with the same local index on the next host;
-    /// on a single host, to the next rank (the copy then guards against a process crash only).
+    /// How far a rank's copy travels: `gpusPerNode` ranks on, to the same local index on the
+    /// next host (wrapping around the world); on a single host, to the next rank (the copy
+    /// then guards against a process crash only). One copy per rank keeps the exchange a
+    /// permutation.
     var shift: Int { world > gpusPerNode ? gpusPerNode : 1 }
     /// The rank that keeps a copy of `rank`'s shard (the rank itself in a world of one).
     public func peer(of rank: Int) -> Int { (rank + shift) % world }
     /// The rank whose shard `rank` keeps a copy of.
     public func source(of rank: Int) -> Int { (rank - shift + world) % world }
-    /// Whether every copy sits on another host than its shard.
-    public var copiesCrossHosts: Bool { hosts > 1 }
+    /// Whether every copy sits on another host than its shard: when the world spans at least
+    /// two full hosts. Otherwise (one host, or a full one and a partial one) some copies share
+    /// their shard's host, and losing that host falls back to storage.
+    public var copiesCrossHosts: Bool { (0..<world).allSatisfy { host(of: peer(of: $0)) != host(of: $0) } }
 
     public func hostDirectory(_ host: Int) -> String { Self.hostDirectory(root: root, host: host) }
     public static func hostDirectory(root: String, host: Int) -> String { root + String(format: "/host-%03ld", host) }
@@ -75,8 +99,10 @@ public struct HostMemory: Sendable {
     }
 
     /// After step `step`'s checkpoint is complete in every host: the older ones held by
-    /// `host` are dropped (host memory keeps one checkpoint). Ranks sharing a host may
-    /// race to remove the same directory; either succeeding is enough.
+    /// `host` are dropped. (Directories of hosts an earlier, larger world had, and steps newer
+    /// than a checkpoint a run fell back to, stay until the run ends: they are only ever read
+    /// through their manifests and checksums.) Ranks sharing a host may race to remove the
+    /// same directory; either succeeding is enough.
     public func dropOlder(than step: Int, host: Int) {
         for old in Checkpoint.stepDirectories(hostDirectory(host)) where old.step < step {
             try? FileManager.default.removeItem(atPath: old.path)

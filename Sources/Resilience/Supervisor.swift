@@ -153,8 +153,9 @@ public final class Supervisor {
             attempt += 1
             try runLog.event(RunEvent(.restart, attempt: attempt, restarts: restarts))
         }
-        // The job is over: under --checkpoint-mode memory, its hosts' memory goes with it.
-        HostMemory.release(root: HostMemory.root(runDirectory: options.runDirectory))
+        // The job is over: under --checkpoint-mode memory, its hosts' memory goes with it,
+        // unless a signal stopped it (the same command resumes, from memory if it can).
+        if result.status != .interrupted { HostMemory.release(root: HostMemory.root(runDirectory: options.runDirectory)) }
         let wall = Date().timeIntervalSince(start)
         let report = try Goodput.compute(runDirectory: options.runDirectory, restarts: restarts, restartCostS: options.restartCostS,
                                      wallSeconds: wall)

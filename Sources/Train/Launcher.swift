@@ -72,9 +72,8 @@ public enum Launcher {
         let prepared = try prepare(config, env: env)
         if config.checkpointMode == .memory && config.checkpointEvery > 0 {
             // The hosts' memory must be usable before the first checkpoint needs it.
-            let root = HostMemory.root(runDirectory: config.runDirectory)
-            do { try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true) } catch {
-                throw UsageError("--checkpoint-mode memory: cannot keep the hosts' memory in \(root) (\(error.localizedDescription)); set MOE_TRAIN_HOST_MEMORY to a writable directory, ideally on a tmpfs")
+            if let problem = HostMemory.prepare(root: HostMemory.root(runDirectory: config.runDirectory)) {
+                throw UsageError("--checkpoint-mode memory: cannot keep the hosts' memory: \(problem); set MOE_TRAIN_HOST_MEMORY to a writable directory of yours, ideally on a tmpfs")
             }
         }
         ensureSingleThreadedBLAS(rank: env.rank, log: log)

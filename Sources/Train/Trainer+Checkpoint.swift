@@ -156,7 +156,7 @@ extension Trainer {
     /// `--checkpoint-mode memory` (collective): this rank's shard goes into its host's memory,
     /// a copy to its peer over MPI, and the peer's source's copy comes back into this host's
     /// memory; then every host holds the manifest, and the checkpoint survives the loss of any
-    /// one host. Emulated cost: the copy over the link between the two hosts (the snapshot
+    /// one host when the copies cross hosts (`HostMemory.copiesCrossHosts`). Emulated cost: the copy over the link between the two hosts (the snapshot
     /// into host memory is already paid). Host memory keeps one checkpoint: once this one is
     /// complete everywhere, the older ones are dropped.
     func keepInHostMemory(_ step: Int, blob: [UInt8], manifest: [String: Any]?) throws {

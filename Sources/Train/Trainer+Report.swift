@@ -16,8 +16,9 @@ extension Trainer {
             var line = "checkpoints: every \(config.checkpointEvery) steps to \(config.runDirectory), \(config.checkpointMode.rawValue)"
             if config.checkpointMode == .memory {
                 let m = hostMemory
-                line += "; host memory in \(m.root), \(m.hosts) host(s) of \(m.gpusPerNode) rank(s), each shard copied to "
-                    + (m.copiesCrossHosts ? "the next host" : "the next rank on the same host (one host: losing it falls back to storage)")
+                line += "; host memory in \(m.root), \(m.hosts) host(s) of \(m.gpusPerNode) rank(s), each shard copied to rank +\(m.peer(of: 0)) "
+                    + (m.copiesCrossHosts ? "on the next host"
+                       : "(some copies share their shard's host, \(m.world) ranks spanning fewer than two full hosts: losing such a host falls back to storage)")
             }
             log(line)
         }

@@ -270,20 +270,23 @@ extension FaultToleranceTests {
         XCTAssertEqual(try goodput("memory", "checkpoint_load") / goodput("sync", "checkpoint_load"), 1e8 / 25e9, accuracy: 1e-6)
     }
 
-    /// --checkpoint-mode memory on two hosts of one rank: a host that is lost (`lose-slot`)
-    /// takes its memory with it, and its rank's shard comes from the copy on the other host;
-    /// when both hosts' memory is gone the job falls back to storage. Either way the
-    /// continuation equals the uninterrupted run.
+    /// --checkpoint-mode memory on two hosts of one rank: after a process crash each rank
+    /// loads its own host's copy; a host that is lost (`lose-slot`) takes its memory with it,
+    /// and its rank's shard comes from the copy on the other host, over the inter-node link
+    /// (slower by the link's latency at least); when both hosts' memory is gone (deleted here
+    /// by the test) the job falls back to storage. Each continuation equals the uninterrupted
+    /// run, and a finished run (no supervisor) releases its hosts' memory itself.
     func testLostHostRestoresFromItsPeerAndBothLostFallBackToStorage() throws {
         let flags = ["--config", "configs/tiny.json", "--pp", "2", "--gpus-per-node", "1", "--steps", "16", "--checkpoint-every", "5",
                      "--checkpoint-mode", "memory"]
         let ref = try Subprocess.tempDir()
-        let env = ["MOE_TRAIN_HOST_MEMORY": ref + "/memory"]
         XCTAssertEqual(try Subprocess.mpirun(np: 2, flags + ["--checkpoint-dir", ref + "/run", "--summary-json", ref + "/s.json"],
-                                             environment: env).status, 0)
+                                             environment: ["MOE_TRAIN_HOST_MEMORY": ref + "/memory"]).status, 0)
         let reference = try Subprocess.readJSON(ref + "/s.json")
         let referenceLosses = try XCTUnwrap(reference["losses"] as? [Double])
-        for (fault, lost) in [("lose-slot", ["host-001"]), ("crash", ["host-000", "host-001"])] {
+        var loads: [String: Double] = [:]
+        for (label, fault, lost) in [("crash", "crash", [String]()), ("lost host", "lose-slot", ["host-001"]),
+                                     ("both lost", "crash", ["host-000", "host-001"])] {
             let dir = try Subprocess.tempDir()
             let env = ["MOE_TRAIN_HOST_MEMORY": dir + "/memory"]
             let base = flags + ["--checkpoint-dir", dir + "/run"]
@@ -292,25 +295,29 @@ extension FaultToleranceTests {
             let roots = try FileManager.default.contentsOfDirectory(atPath: dir + "/memory")
             XCTAssertEqual(roots.count, 1, "\(roots)")
             let root = dir + "/memory/" + roots[0]
-            if fault == "crash" {
+            if label == "both lost" {
                 for host in lost { try FileManager.default.removeItem(atPath: root + "/" + host) }
             }
             for host in ["host-000", "host-001"] {
-                XCTAssertEqual(FileManager.default.fileExists(atPath: root + "/" + host), !lost.contains(host), "\(fault): \(host)")
+                XCTAssertEqual(FileManager.default.fileExists(atPath: root + "/" + host), !lost.contains(host), "\(label): \(host)")
             }
             let second = try Subprocess.mpirun(np: 2, base + ["--attempt", "2", "--summary-json", dir + "/s.json"], environment: env)
             XCTAssertEqual(second.status, 0, second.output)
             let summary = try Subprocess.readJSON(dir + "/s.json")
             let resume = try XCTUnwrap(summary["resume"] as? [String: Any])
-            XCTAssertEqual(resume["step"] as? Int, 10, fault)
-            XCTAssertEqual(resume["source"] as? String, fault == "lose-slot" ? "host memory" : "storage", fault)
-            if fault == "lose-slot" {
-                XCTAssertEqual(resume["checkpoint"] as? String, root + "/host-000/step-000010")
+            XCTAssertEqual(resume["step"] as? Int, 10, label)
+            XCTAssertEqual(resume["source"] as? String, label == "both lost" ? "storage" : "host memory", label)
+            if label != "both lost" {
+                XCTAssertEqual(resume["checkpoint"] as? String, root + "/host-000/step-000010", label)
             }
-            XCTAssertGreaterThan(try XCTUnwrap(resume["load_seconds"] as? Double), 0)
-            XCTAssertEqual(summary["param_checksum"] as? String, reference["param_checksum"] as? String, fault)
-            XCTAssertEqual(summary["losses"] as? [Double], Array(referenceLosses.suffix(6)), fault)
+            loads[label] = try XCTUnwrap(resume["load_seconds"] as? Double)
+            XCTAssertEqual(summary["param_checksum"] as? String, reference["param_checksum"] as? String, label)
+            XCTAssertEqual(summary["losses"] as? [Double], Array(referenceLosses.suffix(6)), label)
             XCTAssertFalse(FileManager.default.fileExists(atPath: root), "a finished run releases its hosts' memory")
         }
+        // Own host at 25 GB/s; the lost host's shard over the link (8 us + 25 GB/s); storage at 2 GB/s.
+        let local = try XCTUnwrap(loads["crash"]), peer = try XCTUnwrap(loads["lost host"]), storage = try XCTUnwrap(loads["both lost"])
+        XCTAssertEqual(peer, local + 8e-6, accuracy: 1e-9)
+        XCTAssertEqual(storage / local, 25e9 / 2e9, accuracy: 1e-6)
     }
 }

@@ -90,15 +90,7 @@ extension ProjectionTests {
         XCTAssertEqual(load, storage * 2e9 / 25e9, accuracy: 1e-3 * load)
         XCTAssertEqual(try XCTUnwrap(m["checkpoint_cost_s"] as? Double), snapshot + load, accuracy: 1e-9)
         XCTAssertGreaterThan(try XCTUnwrap(m["goodput"] as? Double), goodput)
-        // Beyond half an interval, each failure costs less than under async: no persist window,
-        // a faster load (lost work and loads over the expected failures give the same).
-        func beyondHalfInterval(_ g: [String: Any]) throws -> Double {
-            let failures = try XCTUnwrap(g["expected_failures"] as? Double)
-            let tau = Double(try XCTUnwrap(g["checkpoint_every_steps"] as? Int)) * (try XCTUnwrap(p["step_time_s"] as? Double))
-            return (try XCTUnwrap(g["lost_work_s"] as? Double) + (try XCTUnwrap(g["load_total_s"] as? Double))) / failures - tau / 2
-        }
-        XCTAssertEqual(try beyondHalfInterval(m), load, accuracy: 1e-6 * load)
-        XCTAssertEqual(try beyondHalfInterval(a), window + storage, accuracy: 1e-6 * storage)
+        XCTAssertLessThan(try XCTUnwrap(m["goodput"] as? Double), try XCTUnwrap(a["goodput"] as? Double))
         XCTAssertTrue(r.stdout.contains("with memory checkpoints: snapshot"), r.stdout)
         XCTAssertTrue(r.stdout.contains("with async checkpoints: snapshot"), r.stdout)
     }
