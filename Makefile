@@ -63,10 +63,11 @@ comm-check: build
 # tiny, the account, devices/) to P/share/moe-train, where the binary finds them from any
 # directory. `make install PREFIX=P BIN=path` installs an already-built binary, no build.
 install: $(if $(filter command line,$(origin BIN)),,build)
-	install -d $(PREFIX)/bin $(PREFIX)/share/moe-train/devices
+	install -d $(PREFIX)/bin $(PREFIX)/share/moe-train/devices $(PREFIX)/share/moe-train/published
 	install -m 755 $(BIN) $(PREFIX)/bin/moe-train
 	install -m 644 configs/*.json $(PREFIX)/share/moe-train/
 	install -m 644 configs/devices/*.json $(PREFIX)/share/moe-train/devices/
+	install -m 644 configs/published/*.json $(PREFIX)/share/moe-train/published/
 	@echo "installed $(PREFIX)/bin/moe-train; for mpirun as root or with more ranks than cores: source launch/env.sh"
 
 clean:

@@ -119,3 +119,37 @@ extension ProjectionTests {
         }
     }
 }
+
+extension ProjectionTests {
+    /// `moe-train validate`: every shipped published run by default, a table and the JSON the
+    /// issue names; a malformed file or an unwritable --json is bad input (2), nothing written.
+    func testValidateCommand() throws {
+        let bin = try Subprocess.binary
+        let dir = try Subprocess.tempDir()
+        let r = try Subprocess.run(bin, ["validate", "--json", dir + "/v.json"], cwd: Subprocess.repoRoot)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.stdout.contains("15 runs: mean absolute error"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("korthikanti2022-t5-175b-full") && r.stdout.contains("narayanan2021-t1-1008b"), r.stdout)
+        let v = try Subprocess.readJSON(dir + "/v.json")
+        let rows = try XCTUnwrap(v["rows"] as? [[String: Any]])
+        XCTAssertEqual(rows.count, 15)
+        for row in rows {
+            for key in ["name", "metric", "published", "predicted", "error"] { XCTAssertNotNil(row[key], "\(key) in \(row)") }
+        }
+        let errors = rows.compactMap { ($0["error"] as? Double).map(abs) }
+        XCTAssertEqual(try XCTUnwrap(v["max_abs_error"] as? Double), errors.max() ?? -1, accuracy: 1e-12)
+        XCTAssertEqual(try XCTUnwrap(v["mean_abs_error"] as? Double), errors.reduce(0, +) / 15, accuracy: 1e-12)
+        // One named file; then bad input.
+        let one = try Subprocess.run(bin, ["validate", "configs/published/narayanan2021-t1-18.4b.json"], cwd: Subprocess.repoRoot)
+        XCTAssertEqual(one.status, 0, one.output)
+        XCTAssertTrue(one.stdout.contains("1 runs: mean absolute error"), one.stdout)
+        try "{\"name\": \"x\"}".write(toFile: dir + "/bad.json", atomically: true, encoding: .utf8)
+        let bad = try Subprocess.run(bin, ["validate", dir + "/bad.json", "--json", dir + "/out.json"], cwd: Subprocess.repoRoot)
+        XCTAssertEqual(bad.status, 2, bad.output)
+        XCTAssertTrue(bad.stderr.contains(dir + "/bad.json") && bad.stderr.contains("missing key"), bad.output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out.json"))
+        let nowhere = try Subprocess.run(bin, ["validate", "--json", dir + "/no/such/dir/v.json"], cwd: Subprocess.repoRoot)
+        XCTAssertEqual(nowhere.status, 2, nowhere.output)
+        XCTAssertTrue(nowhere.stderr.contains("--json"), nowhere.output)
+    }
+}

@@ -1,0 +1,196 @@
+import Foundation
+import Formats
+import Plan
+import Schedule
+
+/// One measured training run from a paper, `configs/published/NAME.json`: the model, the
+/// layout, the cluster and one measured figure (per-GPU throughput, iteration time or MFU),
+/// with the source's way of counting model FLOPs. `moe-train validate` projects each through
+/// the same cost model, inventory and schedule simulator as `project` and reports the error.
+public struct PublishedMeasurement: Decodable, Sendable {
+    public struct Model: Decodable, Sendable {
+        public let layers, dModel, heads, kvHeads, ffnHidden: Int
+        /// `gelu` (the two-matrix MLP moe-train runs); other activations are not modelled yet.
+        public let ffn: String
+        /// 0 experts (or `moe_every` 0): a dense model.
+        public let experts, topK, moeEvery, vocab, seqLen: Int
+        enum CodingKeys: String, CodingKey {
+            case layers, dModel = "d_model", heads, kvHeads = "kv_heads", ffnHidden = "ffn_hidden", ffn, experts, topK = "top_k"
+            case moeEvery = "moe_every", vocab, seqLen = "seq_len"
+        }
+    }
+
+    public struct Layout: Decodable, Sendable {
+        public let tp, pp, dp, ep, virtualStages: Int
+        public let schedule: String
+        public let microBatchSize, globalBatch: Int
+        /// `none`, `selective` (the attention core only, Korthikanti et al. 2022) or `full`.
+        public let recompute: String
+        public let sequenceParallel: Bool
+        public let zero: Int
+        public let overlapGradReduce: Bool
+        enum CodingKeys: String, CodingKey {
+            case tp, pp, dp, ep, virtualStages = "virtual_stages", schedule, microBatchSize = "micro_batch_size"
+            case globalBatch = "global_batch", recompute, sequenceParallel = "sequence_parallel", zero
+            case overlapGradReduce = "overlap_grad_reduce"
+        }
+    }
+
+    public struct Cluster: Decodable, Sendable {
+        public let device: String
+        public let gpusPerNode: Int
+        enum CodingKeys: String, CodingKey { case device, gpusPerNode = "gpus_per_node" }
+    }
+
+    /// Exactly one of these.
+    public struct Measured: Decodable, Sendable {
+        public let tflopsPerGPU: Double?
+        public let iterationTimeS: Double?
+        public let mfu: Double?
+        enum CodingKeys: String, CodingKey { case tflopsPerGPU = "tflops_per_gpu", iterationTimeS = "iteration_time_s", mfu }
+    }
+
+    public let name, source: String
+    public let model: Model
+    public let layout: Layout
+    public let cluster: Cluster
+    public let measured: Measured
+    /// How the source counts model FLOPs: `narayanan2021-eq3` (Narayanan et al. 2021,
+    /// equation 3: 96 B s l h^2 (1 + s/6h + V/16lh) per iteration, full recomputation
+    /// included) or `6nd-attention` (moe-train's model FLOPs: 6 x parameters x tokens plus
+    /// attention, no recomputation).
+    public let flopsCounting: String
+    enum CodingKeys: String, CodingKey {
+        case name, source, model, layout, cluster, measured, flopsCounting = "flops_counting"
+    }
+
+    public static let countings = ["narayanan2021-eq3", "6nd-attention"]
+
+    /// Reads and checks a file: a missing key or a value out of range is an error naming the
+    /// file and the key.
+    public static func load(_ path: String) throws -> PublishedMeasurement {
+        let m = try JSONText.read(PublishedMeasurement.self, from: path)
+        func bad(_ key: String, _ value: Any, _ why: String) -> UsageError { UsageError("\(path): \(key) \(value): \(why)") }
+        let metrics = [m.measured.tflopsPerGPU, m.measured.iterationTimeS, m.measured.mfu].compactMap { $0 }
+        guard metrics.count == 1 else {
+            throw UsageError("\(path): measured must hold exactly one of tflops_per_gpu, iteration_time_s, mfu (it holds \(metrics.count))")
+        }
+        guard metrics[0].isFinite && metrics[0] > 0 else { throw bad("measured", metrics[0], "must be positive") }
+        guard countings.contains(m.flopsCounting) else { throw bad("flops_counting", m.flopsCounting, "expected one of \(countings.joined(separator: ", "))") }
+        guard m.model.ffn == "gelu" else { throw bad("model.ffn", m.model.ffn, "only gelu is modelled so far") }
+        guard ["none", "selective", "full"].contains(m.layout.recompute) else {
+            throw bad("layout.recompute", m.layout.recompute, "expected none, selective or full")
+        }
+        guard ScheduleKind(rawValue: m.layout.schedule) != nil else {
+            throw bad("layout.schedule", m.layout.schedule, "expected one of \(ScheduleKind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        for (key, value) in [("layout.tp", m.layout.tp), ("layout.pp", m.layout.pp), ("layout.dp", m.layout.dp), ("layout.ep", m.layout.ep)] {
+            guard (1...1_000_000).contains(value) else { throw bad(key, value, "must be from 1 to 1000000") }
+        }
+        return m
+    }
+
+    /// What the file asks for that the projection does not model yet, in words: the row is
+    /// projected without it (selective recomputation as none, whose time it is closest to).
+    public var unmodelled: [String] {
+        var out: [String] = []
+        if layout.sequenceParallel { out.append("sequence parallelism") }
+        if layout.recompute == "selective" { out.append("selective recomputation (as none)") }
+        if layout.overlapGradReduce { out.append("gradient-reduce overlap") }
+        return out
+    }
+
+    /// The training configuration and world size the projection runs.
+    public func configuration() throws -> (RunConfig, world: Int) {
+        var c = RunConfig()
+        let m = model, l = layout
+        c.model.layers = m.layers; c.model.dModel = m.dModel; c.model.heads = m.heads; c.model.kvHeads = m.kvHeads
+        c.model.ffnHidden = m.ffnHidden; c.model.vocab = m.vocab; c.model.seqLen = m.seqLen
+        let dense = m.experts == 0 || m.moeEvery == 0
+        c.model.experts = max(m.experts, 1); c.model.topK = max(m.topK, 1); c.model.moeEvery = dense ? 0 : m.moeEvery
+        if dense { c.model.capacityFactor = 0 }
+        c.tp = l.tp; c.pp = l.pp; c.ep = l.ep; c.virtualStages = l.virtualStages
+        c.schedule = ScheduleKind(rawValue: l.schedule)!
+        c.microBatchSize = l.microBatchSize; c.globalBatch = l.globalBatch; c.microBatches = nil
+        c.zero = l.zero
+        c.device = cluster.device; c.gpusPerNode = cluster.gpusPerNode
+        let (world, overflow) = l.tp.multipliedReportingOverflow(by: l.pp)
+        let (all, overflow2) = world.multipliedReportingOverflow(by: l.dp)
+        guard !overflow && !overflow2 else { throw UsageError("\(name): tp x pp x dp overflows") }
+        return (c, all)
+    }
+
+    public enum Metric: String, Sendable { case tflopsPerGPU = "tflops_per_gpu", iterationTimeS = "iteration_time_s", mfu }
+
+    public var metric: (Metric, Double) {
+        if let t = measured.tflopsPerGPU { return (.tflopsPerGPU, t) }
+        if let t = measured.iterationTimeS { return (.iterationTimeS, t) }
+        return (.mfu, measured.mfu!)
+    }
+
+    /// Model FLOPs of one iteration as the source counts them.
+    public func modelFLOPsPerIteration(projection p: Projection) -> Double {
+        switch flopsCounting {
+        case "narayanan2021-eq3":
+            let (B, s, l, h, V) = (Double(layout.globalBatch), Double(model.seqLen), Double(model.layers), Double(model.dModel), Double(model.vocab))
+            return 96 * B * s * l * h * h * (1 + s / (6 * h) + V / (16 * l * h))
+        default:
+            return p.mfu * p.stepTime * p.plan.emulator.profile.peakFLOPS * Double(p.plan.topology.world)
+        }
+    }
+
+    /// The projected value of the measured metric.
+    public func predicted(by p: Projection) -> Double {
+        switch metric.0 {
+        case .iterationTimeS: return p.stepTime
+        case .mfu: return p.mfu
+        case .tflopsPerGPU: return modelFLOPsPerIteration(projection: p) / (p.stepTime * Double(p.plan.topology.world)) / 1e12
+        }
+    }
+}
+
+/// `moe-train validate`: every published run projected, its error, and the mean and max
+/// absolute error over them.
+public enum Validate {
+    public struct Row: Encodable, Sendable {
+        public let name, metric, source: String
+        public let published, predicted, error: Double
+        public let unmodelled: [String]
+    }
+
+    public struct Report: Encodable, Sendable {
+        public let rows: [Row]
+        public let meanAbsError, maxAbsError: Double
+        enum CodingKeys: String, CodingKey { case rows, meanAbsError = "mean_abs_error", maxAbsError = "max_abs_error" }
+    }
+
+    /// Reads and projects every file before printing anything: a bad file stops the command
+    /// with its name and the key at fault.
+    public static func run(files: [String], log: (String) -> Void) throws -> Report {
+        var rows: [Row] = []
+        var projected: [(PublishedMeasurement, Projection)] = []
+        for file in files {
+            let m = try PublishedMeasurement.load(file)
+            let (config, world) = try m.configuration()
+            do { projected.append((m, try Projection(config: config, worldSize: world, recompute: m.layout.recompute == "full"))) } catch {
+                throw UsageError("\(file): \(error)")
+            }
+        }
+        for (m, p) in projected {
+            let (metric, published) = m.metric
+            let predicted = m.predicted(by: p)
+            rows.append(Row(name: m.name, metric: metric.rawValue, source: m.source, published: published, predicted: predicted,
+                            error: predicted / published - 1, unmodelled: m.unmodelled))
+        }
+        let errors = rows.map { abs($0.error) }
+        let report = Report(rows: rows, meanAbsError: errors.isEmpty ? 0 : errors.reduce(0, +) / Double(errors.count),
+                            maxAbsError: errors.max() ?? 0)
+        log("  " + "run".padding(toLength: 34, withPad: " ", startingAt: 0) + "metric              published   predicted    error   not modelled yet (projected without)")
+        for r in rows {
+            log("  " + r.name.padding(toLength: 34, withPad: " ", startingAt: 0) + r.metric.padding(toLength: 18, withPad: " ", startingAt: 0)
+                + String(format: "%11.4g %11.4g %+7.1f%%   ", r.published, r.predicted, 100 * r.error) + r.unmodelled.joined(separator: ", "))
+        }
+        log(String(format: "%ld runs: mean absolute error %.1f%%, max %.1f%%", rows.count, 100 * report.meanAbsError, 100 * report.maxAbsError))
+        return report
+    }
+}

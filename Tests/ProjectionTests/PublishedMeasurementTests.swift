@@ -1,0 +1,78 @@
+import XCTest
+import Foundation
+import Projection
+import Plan
+
+/// The published runs of `configs/published` (Narayanan et al. 2021 Table 1, Korthikanti et
+/// al. 2022 Table 5) and `validate`'s arithmetic on them.
+final class PublishedMeasurementTests: XCTestCase {
+    static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("configs/published").path
+
+    static var shipped: [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".json") }.sorted()
+            .map { directory + "/" + $0 }
+    }
+
+    /// All fifteen rows load and project. The errors are the cost model's against real runs;
+    /// the target is a mean of 5% and a max of 10%. Until the kernels and overlaps
+    /// real runs use are modelled, this guards against the error growing: at this commit the
+    /// mean is 8.7% and the max 16.5% (the README's table).
+    func testShippedRunsProjectWithinTheirCurrentError() throws {
+        let files = Self.shipped
+        XCTAssertEqual(files.count, 15, "\(files)")
+        var lines: [String] = []
+        let report = try Validate.run(files: files) { lines.append($0) }
+        XCTAssertEqual(report.rows.count, 15)
+        XCTAssertEqual(Set(report.rows.map(\.name)).count, 15, "names are unique")
+        XCTAssertEqual(report.rows.filter { $0.metric == "tflops_per_gpu" }.count, 7)
+        XCTAssertEqual(report.rows.filter { $0.metric == "iteration_time_s" }.count, 8)
+        for r in report.rows {
+            XCTAssertEqual(r.error, r.predicted / r.published - 1, accuracy: 1e-12, r.name)
+            XCTAssertEqual(!r.unmodelled.isEmpty, r.name.hasSuffix("-seqsel"), r.name)
+        }
+        let errors = report.rows.map { abs($0.error) }
+        XCTAssertEqual(report.meanAbsError, errors.reduce(0, +) / 15, accuracy: 1e-12)
+        XCTAssertEqual(report.maxAbsError, errors.max()!)
+        XCTAssertLessThan(report.meanAbsError, 0.09, lines.joined(separator: "\n"))
+        XCTAssertLessThan(report.maxAbsError, 0.17, lines.joined(separator: "\n"))
+        print(lines.joined(separator: "\n"))
+    }
+
+    /// Narayanan et al.'s equation 3 for the 18.4B row, by hand: 96 B s l h^2 (1 + s/6h + V/16lh)
+    /// with B 1024, s 2048, l 40, h 6144, V 51200.
+    func testNarayananEquation3() throws {
+        let m = try PublishedMeasurement.load(Self.directory + "/narayanan2021-t1-18.4b.json")
+        let (config, world) = try m.configuration()
+        XCTAssertEqual(world, 256)
+        let p = try Projection(config: config, worldSize: world, recompute: true)
+        let byHand = 96.0 * 1024 * 2048 * 40 * 6144 * 6144 * (1 + 2048.0 / (6 * 6144) + 51200.0 / (16 * 40 * 6144))
+        XCTAssertEqual(m.modelFLOPsPerIteration(projection: p), byHand, accuracy: byHand * 1e-12)
+        XCTAssertEqual(m.predicted(by: p), byHand / (p.stepTime * 256) / 1e12, accuracy: 1e-9)
+    }
+
+    /// A file that does not say what it must is refused, naming the file and the key.
+    func testMalformedFilesAreRefused() throws {
+        let good = try String(contentsOfFile: Self.directory + "/korthikanti2022-t5-22b-full.json", encoding: .utf8)
+        let dir = NSTemporaryDirectory() + "published-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for (name, edit, expected) in [
+            ("missing", { (s: String) in s.replacingOccurrences(of: "\"tp\": 8,", with: "") }, "missing key 'layout.tp'"),
+            ("two-metrics", { $0.replacingOccurrences(of: "\"iteration_time_s\": 1.42", with: "\"iteration_time_s\": 1.42, \"mfu\": 0.4") },
+             "exactly one of tflops_per_gpu, iteration_time_s, mfu"),
+            ("counting", { $0.replacingOccurrences(of: "narayanan2021-eq3", with: "guess") }, "flops_counting guess"),
+            ("swiglu", { $0.replacingOccurrences(of: "\"gelu\"", with: "\"swiglu\"") }, "model.ffn swiglu"),
+            ("schedule", { $0.replacingOccurrences(of: "\"1f1b\"", with: "\"zigzag\"") }, "layout.schedule zigzag"),
+            ("negative", { $0.replacingOccurrences(of: "\"iteration_time_s\": 1.42", with: "\"iteration_time_s\": -1") }, "must be positive"),
+        ] {
+            let path = dir + "/\(name).json"
+            let text = edit(good)
+            XCTAssertNotEqual(text, good, "the edit \(name) changed nothing")
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            XCTAssertThrowsError(try PublishedMeasurement.load(path), name) {
+                XCTAssertTrue("\($0)".contains(path) && "\($0)".contains(expected), "\(name): \($0)")
+            }
+        }
+    }
+}
