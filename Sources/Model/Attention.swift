@@ -42,16 +42,44 @@ public enum Attention {
         let q: Tensor      // (N, Hl*D)
         let k: Tensor      // (N, Gl*D)
         let v: Tensor      // (N, Gl*D)
-        let probs: Tensor  // (B, Hl, T, T)
+        let probs: Tensor? // (B, Hl, T, T); nil under selective recomputation (the backward recomputes them)
         let o: Tensor      // (N, Hl*D)
         /// Floats this cache holds beyond its input (which belongs to the caller).
-        public var floatCount: Int { q.count + k.count + v.count + probs.count + o.count }
+        public var floatCount: Int { q.count + k.count + v.count + (probs?.count ?? 0) + o.count }
+    }
+
+    /// One (sequence, head)'s causal softmax probabilities P = softmax(q k^T * scale) into
+    /// `p` (T x T, zero above the diagonal). The forward's kernel, and the backward's under
+    /// selective recomputation.
+    static func probabilities(q qp: UnsafeMutablePointer<Float>, lda qw: Int, k kp: UnsafeMutablePointer<Float>, ldb kw: Int,
+                              T: Int, D: Int, scale: Float, into p: UnsafeMutablePointer<Float>) {
+        Kernels.gemm(transA: false, transB: true, m: T, n: T, k: D, alpha: scale, a: qp, lda: qw,
+                     b: kp, ldb: kw, beta: 0, c: p, ldc: T)
+        for i in 0..<T {
+            let row = p + i * T
+            var m = -Float.infinity
+            for j in 0...i { m = max(m, row[j]) }
+            var sum: Float = 0
+            for j in 0...i { let e = expf(row[j] - m); row[j] = e; sum += e }
+            let inv = 1 / sum
+            for j in 0...i { row[j] *= inv }
+            if i + 1 < T { (row + i + 1).update(repeating: 0, count: T - i - 1) }
+        }
+    }
+
+    /// The accounting of the score GEMM and the causal softmax over all (sequence, head)
+    /// pairs: one batched kernel each on a GPU.
+    static func accountProbabilities(bh: Double, tt: Double, td: Double, D: Double) {
+        Kernels.account(flops: 2 * bh * tt * D, elements: bh * (2 * td + tt))
+        Kernels.account(flops: 5 * bh * tt, elements: 2 * bh * tt)
     }
 
     /// x (N, C) -> y (N, C). Under tensor parallelism y is this rank's partial sum
     /// (row-parallel output projection) and the caller all-reduces it.
+    /// `keepProbabilities` false (selective recomputation): the probabilities are made head
+    /// by head in one T x T buffer and not kept.
     public static func forward(_ x: Tensor, _ w: Weights, heads hs: HeadSlice, seqLen T: Int,
-                               rotary: Rotary, y: Tensor) -> Cache {
+                               rotary: Rotary, y: Tensor, keepProbabilities: Bool = true) -> Cache {
         let n = x.rows, B = n / T, D = hs.headDim
         let qw = hs.qHeads * D, kw = hs.kvHeads * D
         let q = Tensor(zeros: [n, qw]), k = Tensor(zeros: [n, kw]), v = Tensor(zeros: [n, kw])
@@ -60,34 +88,21 @@ public enum Attention {
         Kernels.linearForward(x, w.wv, into: v)
         rotary.apply(q, heads: hs.qHeads)
         rotary.apply(k, heads: hs.kvHeads)
-        let probs = Tensor(zeros: [B, hs.qHeads, T, T])
+        let probs = keepProbabilities ? Tensor(zeros: [B, hs.qHeads, T, T]) : Tensor(zeros: [T, T])
         let o = Tensor(zeros: [n, qw])
         let scale = 1 / Float(D).squareRoot()
         // The per-(sequence, head) loops below are one batched kernel each on a GPU:
         // S = QK^T, causal softmax, O = PV. They are costed once, from their total shapes.
         let bh = Double(B * hs.qHeads), tt = Double(T * T), td = Double(T * D)
-        Kernels.account(flops: 2 * bh * tt * Double(D), elements: bh * (2 * td + tt))
-        Kernels.account(flops: 5 * bh * tt, elements: 2 * bh * tt)
+        accountProbabilities(bh: bh, tt: tt, td: td, D: Double(D))
         Kernels.account(flops: 2 * bh * tt * Double(D), elements: bh * (tt + 2 * td))
         Kernels.unaccounted {
         for b in 0..<B {
             for h in 0..<hs.qHeads {
                 let g = hs.kvHead(for: h)
                 let qp = q.ptr + b * T * qw + h * D, kp = k.ptr + b * T * kw + g * D, vp = v.ptr + b * T * kw + g * D
-                let p = probs.ptr + (b * hs.qHeads + h) * T * T
-                // S = q k^T * scale (T, T), then causal softmax row by row.
-                Kernels.gemm(transA: false, transB: true, m: T, n: T, k: D, alpha: scale, a: qp, lda: qw,
-                             b: kp, ldb: kw, beta: 0, c: p, ldc: T)
-                for i in 0..<T {
-                    let row = p + i * T
-                    var m = -Float.infinity
-                    for j in 0...i { m = max(m, row[j]) }
-                    var sum: Float = 0
-                    for j in 0...i { let e = expf(row[j] - m); row[j] = e; sum += e }
-                    let inv = 1 / sum
-                    for j in 0...i { row[j] *= inv }
-                    if i + 1 < T { (row + i + 1).update(repeating: 0, count: T - i - 1) }
-                }
+                let p = keepProbabilities ? probs.ptr + (b * hs.qHeads + h) * T * T : probs.ptr
+                probabilities(q: qp, lda: qw, k: kp, ldb: kw, T: T, D: D, scale: scale, into: p)
                 // O = P v (T, D) into the head's columns of o.
                 Kernels.gemm(transA: false, transB: false, m: T, n: D, k: T, a: p, lda: T, b: vp, ldb: kw,
                              beta: 0, c: o.ptr + b * T * qw + h * D, ldc: qw)
@@ -95,7 +110,7 @@ public enum Attention {
         }
         }
         Kernels.linearForward(o, w.wo, into: y)
-        return Cache(x: x, q: q, k: k, v: v, probs: probs, o: o)
+        return Cache(x: x, q: q, k: k, v: v, probs: keepProbabilities ? probs : nil, o: o)
     }
 
     /// dy (N, C) -> dx (N, C), accumulating weight gradients into `dw`.
@@ -109,8 +124,11 @@ public enum Attention {
         let dq = Tensor(zeros: [n, qw]), dk = Tensor(zeros: [n, kw]), dv = Tensor(zeros: [n, kw])
         let dP = Tensor(zeros: [T, T])
         let scale = 1 / Float(D).squareRoot()
-        // Batched on a GPU: dP = dO V^T, dV = P^T dO, softmax backward, dQ = dS K, dK = dS^T Q.
         let bh = Double(B * hs.qHeads), tt = Double(T * T), td = Double(T * D)
+        // Selective recomputation: the probabilities again, head by head, from q and k.
+        let recomputed = cache.probs == nil ? Tensor(zeros: [T, T]) : nil
+        if recomputed != nil { accountProbabilities(bh: bh, tt: tt, td: td, D: Double(D)) }
+        // Batched on a GPU: dP = dO V^T, dV = P^T dO, softmax backward, dQ = dS K, dK = dS^T Q.
         for _ in 0..<4 { Kernels.account(flops: 2 * bh * tt * Double(D), elements: bh * (tt + 2 * td)) }
         Kernels.account(flops: 4 * bh * tt, elements: 3 * bh * tt)
         Kernels.unaccounted {
@@ -118,7 +136,13 @@ public enum Attention {
             for h in 0..<hs.qHeads {
                 let g = hs.kvHead(for: h)
                 let qOff = b * T * qw + h * D, kvOff = b * T * kw + g * D
-                let p = cache.probs.ptr + (b * hs.qHeads + h) * T * T
+                let p: UnsafeMutablePointer<Float>
+                if let probs = cache.probs {
+                    p = probs.ptr + (b * hs.qHeads + h) * T * T
+                } else {
+                    p = recomputed!.ptr
+                    probabilities(q: cache.q.ptr + qOff, lda: qw, k: cache.k.ptr + kvOff, ldb: kw, T: T, D: D, scale: scale, into: p)
+                }
                 let dOh = dO.ptr + qOff
                 // dP = dO v^T ; dv += P^T dO
                 Kernels.gemm(transA: false, transB: true, m: T, n: T, k: D, a: dOh, lda: qw,

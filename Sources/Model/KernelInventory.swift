@@ -54,39 +54,7 @@ public enum KernelInventory {
         let d = Dims(c, s, sequences: sequences)
         var w: [Work] = []
         if embedding { w.append(.kernel(flops: 0, elements: 2 * d.N * d.C)); w += tp(d, d.N * d.C) }
-        for l in layers {
-            // attention
-            w.append(norm(d))
-            w += [gemm(d.N, d.qw, d.C), gemm(d.N, d.kw, d.C), gemm(d.N, d.kw, d.C)]
-            w += [rotary(d, width: d.qw), rotary(d, width: d.kw)]
-            let bh = d.B * d.qw / d.D, tt = d.T * d.T, td = d.T * d.D
-            w += [.kernel(flops: 2 * bh * tt * d.D, elements: bh * (2 * td + tt)), .kernel(flops: 5 * bh * tt, elements: 2 * bh * tt),
-                  .kernel(flops: 2 * bh * tt * d.D, elements: bh * (tt + 2 * td))]
-            w.append(gemm(d.N, d.C, d.qw))
-            w += tp(d, d.N * d.C)
-            w.append(residual(d))
-            w.append(norm(d))
-            if c.isMoE(layer: l) {
-                w.append(gemm(d.N, d.E, d.C))
-                w.append(.kernel(flops: d.N * d.E * (5 + d.K), elements: 2 * d.N * d.E + 2 * d.N * d.K))
-                if d.ep > 1 { w.append(.epCounts(bytes: 4 * d.E)) }
-                w.append(.kernel(flops: 0, elements: 2 * d.rows * d.C))
-                if d.ep > 1 { w.append(.epAllToAll(floats: d.rows * d.C)) }
-                for _ in 0..<Int(d.El) where d.rowsPerExpert > 0 {
-                    let r = d.rowsPerExpert, F = Double(c.ffnHidden)
-                    w.append(.kernel(flops: 0, elements: 2 * r * d.C))
-                    w += [gemm(r, F, d.C), .kernel(flops: 12 * r * F, elements: 2 * r * F), gemm(r, d.C, F)]
-                    w.append(.kernel(flops: 0, elements: 2 * r * d.C))
-                }
-                if d.ep > 1 { w.append(.epAllToAll(floats: d.El * d.rowsPerExpert * d.C)) }
-                w.append(.kernel(flops: 2 * d.rows * d.C, elements: 2 * d.rows * d.C + d.N / Double(d.tp) * d.C))
-                w += tp(d, d.N * d.C)
-            } else {
-                w += [gemm(d.N, d.Fl, d.C), .kernel(flops: 12 * d.N * d.Fl, elements: 2 * d.N * d.Fl), gemm(d.N, d.C, d.Fl)]
-                w += tp(d, d.N * d.C)
-            }
-            w.append(residual(d))
-        }
+        for l in layers { w += layerForward(c, d, l) }
         if head {
             w.append(norm(d))
             w.append(gemm(d.N, d.Vl, d.C))
@@ -96,60 +64,116 @@ public enum KernelInventory {
         return w
     }
 
-    /// Backward of the same chunk.
+    /// The score GEMM and the causal softmax of every (sequence, head): the attention core's
+    /// probabilities, which selective recomputation makes again in the backward.
+    static func attentionProbabilities(_ d: Dims) -> [Work] {
+        let bh = d.B * d.qw / d.D, tt = d.T * d.T, td = d.T * d.D
+        return [.kernel(flops: 2 * bh * tt * d.D, elements: bh * (2 * td + tt)), .kernel(flops: 5 * bh * tt, elements: 2 * bh * tt)]
+    }
+
+    /// One transformer layer's forward.
+    static func layerForward(_ c: ModelConfig, _ d: Dims, _ l: Int) -> [Work] {
+        var w: [Work] = []
+        // attention
+        w.append(norm(d))
+        w += [gemm(d.N, d.qw, d.C), gemm(d.N, d.kw, d.C), gemm(d.N, d.kw, d.C)]
+        w += [rotary(d, width: d.qw), rotary(d, width: d.kw)]
+        let bh = d.B * d.qw / d.D, tt = d.T * d.T, td = d.T * d.D
+        w += attentionProbabilities(d)
+        w.append(.kernel(flops: 2 * bh * tt * d.D, elements: bh * (tt + 2 * td)))
+        w.append(gemm(d.N, d.C, d.qw))
+        w += tp(d, d.N * d.C)
+        w.append(residual(d))
+        w.append(norm(d))
+        if c.isMoE(layer: l) {
+            w.append(gemm(d.N, d.E, d.C))
+            w.append(.kernel(flops: d.N * d.E * (5 + d.K), elements: 2 * d.N * d.E + 2 * d.N * d.K))
+            if d.ep > 1 { w.append(.epCounts(bytes: 4 * d.E)) }
+            w.append(.kernel(flops: 0, elements: 2 * d.rows * d.C))
+            if d.ep > 1 { w.append(.epAllToAll(floats: d.rows * d.C)) }
+            for _ in 0..<Int(d.El) where d.rowsPerExpert > 0 {
+                let r = d.rowsPerExpert, F = Double(c.ffnHidden)
+                w.append(.kernel(flops: 0, elements: 2 * r * d.C))
+                w += [gemm(r, F, d.C), .kernel(flops: 12 * r * F, elements: 2 * r * F), gemm(r, d.C, F)]
+                w.append(.kernel(flops: 0, elements: 2 * r * d.C))
+            }
+            if d.ep > 1 { w.append(.epAllToAll(floats: d.El * d.rowsPerExpert * d.C)) }
+            w.append(.kernel(flops: 2 * d.rows * d.C, elements: 2 * d.rows * d.C + d.N / Double(d.tp) * d.C))
+            w += tp(d, d.N * d.C)
+        } else {
+            w += [gemm(d.N, d.Fl, d.C), .kernel(flops: 12 * d.N * d.Fl, elements: 2 * d.N * d.Fl), gemm(d.N, d.C, d.Fl)]
+            w += tp(d, d.N * d.C)
+        }
+        w.append(residual(d))
+        return w
+    }
+
+    /// Backward of the same chunk. `recompute` (`Recompute`): selective adds the attention
+    /// probabilities again before each attention backward; full reruns each layer's forward
+    /// just before its backward.
     public static func backward(config c: ModelConfig, shard s: ShardSpec, sequences: Int, layers: Range<Int>,
-                                embedding: Bool, head: Bool) -> [Work] {
+                                embedding: Bool, head: Bool, recompute: Recompute = .none) -> [Work] {
         let d = Dims(c, s, sequences: sequences)
         var w: [Work] = []
-        /// dx = dy W (n x in) and dW += dy^T x (out x in), for y = x W^T with W (out x in).
-        func linear(_ n: Double, out: Double, inDim: Double, accumulateDx: Bool = false) -> [Work] {
-            [gemm(n, inDim, out, accumulate: accumulateDx), gemm(out, inDim, n, accumulate: true)]
-        }
         if head {
-            w += linear(d.N, out: d.Vl, inDim: d.C)
+            w += linear(d, d.N, out: d.Vl, inDim: d.C)
             w += tp(d, d.N * d.C)
             w.append(normBackward(d, accumulate: false))
         }
         for l in layers.reversed() {
-            if c.isMoE(layer: l) {
-                w.append(.kernel(flops: 4 * d.rows * d.C, elements: 3 * d.rows * d.C))
-                if d.ep > 1 { w.append(.epAllToAll(floats: d.rows * d.C)) }
-                for _ in 0..<Int(d.El) where d.rowsPerExpert > 0 {
-                    let r = d.rowsPerExpert, F = Double(c.ffnHidden)
-                    w.append(.kernel(flops: 0, elements: 2 * r * d.C))
-                    w += linear(r, out: d.C, inDim: F)
-                    w.append(.kernel(flops: 18 * r * F, elements: 3 * r * F))
-                    w += linear(r, out: F, inDim: d.C)
-                    w.append(.kernel(flops: 0, elements: 2 * r * d.C))
-                }
-                if d.ep > 1 { w.append(.epAllToAll(floats: d.El * d.rowsPerExpert * d.C)) }
-                w.append(.kernel(flops: d.rows * d.C, elements: 3 * d.rows * d.C))
-                let mine = d.N / Double(d.tp)
-                w.append(.kernel(flops: 8 * mine * d.E, elements: 3 * mine * d.E + mine * d.K))
-                w += linear(mine, out: d.E, inDim: d.C, accumulateDx: true)
-                w += tp(d, d.N * d.C)
-            } else {
-                w += linear(d.N, out: d.C, inDim: d.Fl)
-                w.append(.kernel(flops: 18 * d.N * d.Fl, elements: 3 * d.N * d.Fl))
-                w += linear(d.N, out: d.Fl, inDim: d.C)
-                w += tp(d, d.N * d.C)
-            }
-            w.append(copy(d))
-            w.append(normBackward(d, accumulate: true))
-            // attention
-            w += linear(d.N, out: d.C, inDim: d.qw)
-            let bh = d.B * d.qw / d.D, tt = d.T * d.T, td = d.T * d.D
-            for _ in 0..<4 { w.append(.kernel(flops: 2 * bh * tt * d.D, elements: bh * (tt + 2 * td))) }
-            w.append(.kernel(flops: 4 * bh * tt, elements: 3 * bh * tt))
-            w += [rotary(d, width: d.qw), rotary(d, width: d.kw)]
-            w += linear(d.N, out: d.qw, inDim: d.C)
-            w += linear(d.N, out: d.kw, inDim: d.C, accumulateDx: true)
-            w += linear(d.N, out: d.kw, inDim: d.C, accumulateDx: true)
-            w += tp(d, d.N * d.C)
-            w.append(copy(d))
-            w.append(normBackward(d, accumulate: true))
+            if recompute == .full { w += layerForward(c, d, l) }
+            w += layerBackward(c, d, l, recompute: recompute)
         }
         if embedding { w.append(.kernel(flops: d.N * d.C, elements: 3 * d.N * d.C)) }
+        return w
+    }
+
+    /// dx = dy W (n x in) and dW += dy^T x (out x in), for y = x W^T with W (out x in).
+    static func linear(_ d: Dims, _ n: Double, out: Double, inDim: Double, accumulateDx: Bool = false) -> [Work] {
+        [gemm(n, inDim, out, accumulate: accumulateDx), gemm(out, inDim, n, accumulate: true)]
+    }
+
+    /// One transformer layer's backward.
+    static func layerBackward(_ c: ModelConfig, _ d: Dims, _ l: Int, recompute: Recompute) -> [Work] {
+        var w: [Work] = []
+        if c.isMoE(layer: l) {
+            w.append(.kernel(flops: 4 * d.rows * d.C, elements: 3 * d.rows * d.C))
+            if d.ep > 1 { w.append(.epAllToAll(floats: d.rows * d.C)) }
+            for _ in 0..<Int(d.El) where d.rowsPerExpert > 0 {
+                let r = d.rowsPerExpert, F = Double(c.ffnHidden)
+                w.append(.kernel(flops: 0, elements: 2 * r * d.C))
+                w += linear(d, r, out: d.C, inDim: F)
+                w.append(.kernel(flops: 18 * r * F, elements: 3 * r * F))
+                w += linear(d, r, out: F, inDim: d.C)
+                w.append(.kernel(flops: 0, elements: 2 * r * d.C))
+            }
+            if d.ep > 1 { w.append(.epAllToAll(floats: d.El * d.rowsPerExpert * d.C)) }
+            w.append(.kernel(flops: d.rows * d.C, elements: 3 * d.rows * d.C))
+            let mine = d.N / Double(d.tp)
+            w.append(.kernel(flops: 8 * mine * d.E, elements: 3 * mine * d.E + mine * d.K))
+            w += linear(d, mine, out: d.E, inDim: d.C, accumulateDx: true)
+            w += tp(d, d.N * d.C)
+        } else {
+            w += linear(d, d.N, out: d.C, inDim: d.Fl)
+            w.append(.kernel(flops: 18 * d.N * d.Fl, elements: 3 * d.N * d.Fl))
+            w += linear(d, d.N, out: d.Fl, inDim: d.C)
+            w += tp(d, d.N * d.C)
+        }
+        w.append(copy(d))
+        w.append(normBackward(d, accumulate: true))
+        // attention
+        w += linear(d, d.N, out: d.C, inDim: d.qw)
+        if recompute == .selective { w += attentionProbabilities(d) }
+        let bh = d.B * d.qw / d.D, tt = d.T * d.T, td = d.T * d.D
+        for _ in 0..<4 { w.append(.kernel(flops: 2 * bh * tt * d.D, elements: bh * (tt + 2 * td))) }
+        w.append(.kernel(flops: 4 * bh * tt, elements: 3 * bh * tt))
+        w += [rotary(d, width: d.qw), rotary(d, width: d.kw)]
+        w += linear(d, d.N, out: d.qw, inDim: d.C)
+        w += linear(d, d.N, out: d.kw, inDim: d.C, accumulateDx: true)
+        w += linear(d, d.N, out: d.kw, inDim: d.C, accumulateDx: true)
+        w += tp(d, d.N * d.C)
+        w.append(copy(d))
+        w.append(normBackward(d, accumulate: true))
         return w
     }
 }

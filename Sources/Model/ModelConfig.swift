@@ -72,3 +72,15 @@ public struct ModelConfig: Equatable, Sendable {
         return max(1, Int((exact * (1 - 1e-12)).rounded(.up)))
     }
 }
+
+/// Activation recomputation (Korthikanti et al. 2022). `none`: the forward keeps everything
+/// the backward reads. `selective`: the attention core's probabilities (B x H x T x T, the
+/// largest activation at long sequences) are dropped, and the backward recomputes them from
+/// the kept q and k (the score GEMM and the softmax again), head by head. `full` (Megatron's
+/// `--recompute-granularity full`): each transformer layer keeps only its input, and the
+/// backward reruns the layer's forward (its kernels and its tensor- and expert-parallel
+/// messages) just before the layer's backward; the embedding and the head keep theirs. The
+/// numbers are the same in every mode: the recomputed values are the ones the forward made.
+public enum Recompute: String, Sendable, CaseIterable, Codable {
+    case none, selective, full
+}

@@ -22,12 +22,15 @@ public final class Transformer {
     let vocab: Range<Int>
     let moeOptions: MoE.Options
     let eps: Float
+    /// What the forward keeps for the backward (`Recompute`).
+    public let recompute: Recompute
 
-    public init(config: ModelConfig, params: Parameters, parallel: ModelParallelism = SingleRank()) {
+    public init(config: ModelConfig, params: Parameters, parallel: ModelParallelism = SingleRank(), recompute: Recompute = .none) {
         precondition(parallel.shard == params.layout.shard, "parameters are laid out for another shard")
         self.config = config
         self.params = params
         self.parallel = parallel
+        self.recompute = recompute
         rotary = Rotary(headDim: config.headDim, seqLen: config.seqLen, theta: config.ropeTheta)
         heads = parallel.shard.heads(config)
         vocab = parallel.shard.vocabRange(config)
@@ -67,7 +70,8 @@ public final class Transformer {
         let xn1 = Tensor(zeros: [n, c]), rstd1 = Tensor(zeros: [n])
         RMSNorm.forward(x, params.value("layers.\(l).attn_norm"), eps: eps, y: xn1, rstd: rstd1)
         let a = Tensor(zeros: [n, c])
-        let attn = Attention.forward(xn1, attnWeights(l), heads: heads, seqLen: config.seqLen, rotary: rotary, y: a)
+        let attn = Attention.forward(xn1, attnWeights(l), heads: heads, seqLen: config.seqLen, rotary: rotary, y: a,
+                                     keepProbabilities: recompute != .selective)
         parallel.tpAllReduce(a)  // g: sum of the row-parallel output projection's partial outputs
         Self.residual(x, into: a)
         let xn2 = Tensor(zeros: [n, c]), rstd2 = Tensor(zeros: [n])
@@ -134,12 +138,17 @@ public final class Transformer {
         public let layers: Range<Int>
         let tokens: [Int32]?       // first chunk: the input tokens
         var caches: [BlockCache]
+        /// Full recomputation: each layer's input instead of its cache (the backward reruns the layer).
+        var inputs: [Tensor]
         /// The chunk's output: the activation sent to the next chunk (the last block's output).
         public let output: Tensor
         let head: (xf: Tensor, rstdF: Tensor, dLogits: Tensor)?
         public let stats: MicroBatchStats
         /// Floats of activations this pass keeps (its input, caches and output).
         public let activationFloats: Int
+        /// Floats that exist only while one layer is recomputed (full recomputation: the
+        /// largest layer's working set), on top of what the passes in flight keep.
+        public let transientFloats: Int
         public var isLast: Bool { head != nil }
     }
 
@@ -166,12 +175,19 @@ public final class Transformer {
             x = a
             live += a.count   // kept as the first block's input until the backward
         }
-        var caches: [BlockCache] = []
+        var caches: [BlockCache] = [], inputs: [Tensor] = []
+        var transient = 0
         for l in layers {
             let (out, cache) = blockForward(l, x)
-            live += cache.floatCount + out.count
             if case .moe(let mc) = cache.ffn { stats.record(layer: l, routing: mc.routing) }
-            caches.append(cache)
+            if recompute == .full {
+                inputs.append(x)   // counted already: the chunk's input or the previous layer's output
+                live += out.count
+                transient = max(transient, cache.floatCount + out.count)
+            } else {
+                live += cache.floatCount + out.count
+                caches.append(cache)
+            }
             x = out
         }
         var head: (Tensor, Tensor, Tensor)? = nil
@@ -189,8 +205,9 @@ public final class Transformer {
             stats.tokens = n
             head = (xf, rstdF, logits)
         }
-        stats.peakActivationFloats = live
-        return ChunkPass(layers: layers, tokens: tokens, caches: caches, output: x, head: head, stats: stats, activationFloats: live)
+        stats.peakActivationFloats = live + transient
+        return ChunkPass(layers: layers, tokens: tokens, caches: caches, inputs: inputs, output: x, head: head, stats: stats,
+                         activationFloats: live, transientFloats: transient)
     }
 
     /// Backward of a chunk. The last chunk starts from its loss; the others from
@@ -213,7 +230,9 @@ public final class Transformer {
             dx = g
         }
         for l in pass.layers.reversed() {
-            dx = blockBackward(l, pass.caches.removeLast(), dOut: dx, scale: scale)  // caches freed as their backward ends
+            // Full recomputation: the layer's forward again, from its kept input, just before its backward.
+            let cache = recompute == .full ? blockForward(l, pass.inputs.removeLast()).1 : pass.caches.removeLast()
+            dx = blockBackward(l, cache, dOut: dx, scale: scale)  // caches freed as their backward ends
         }
         if let tokens = pass.tokens {
             Embedding.backward(tokens: tokens, dy: dx, dTable: params.grad("tok_emb"), vocab: vocab)
@@ -244,23 +263,38 @@ public final class Transformer {
     /// layer's `layerActivationFloats`; the head's), assuming every routed assignment is kept
     /// and expert work is balanced over the expert-parallel ranks. A shard of several chunks
     /// counts one input. Used to check memory before anything is allocated.
-    public static func activationFloats(config c: ModelConfig, sequences B: Int, shard: ShardSpec = .single) -> Int {
+    /// Under full recomputation a layer keeps only its output (the next layer's input); under
+    /// selective, everything but the attention probabilities. `transientFloats` is what one
+    /// layer's recomputation holds on top.
+    public static func activationFloats(config c: ModelConfig, sequences B: Int, shard: ShardSpec = .single,
+                                        recompute: Recompute = .none) -> Int {
         let n = B * c.seqLen, C = c.dModel
         var total = n * C                                             // the chunk's input
         for l in 0..<c.layers where shard.holds(layer: l) {
-            total += layerActivationFloats(config: c, sequences: B, shard: shard, layer: l)
+            total += recompute == .full ? n * C : layerActivationFloats(config: c, sequences: B, shard: shard, layer: l, recompute: recompute)
         }
         return total + (shard.head ? n * C + n + n * shard.vocabRange(c).count : 0)  // final norm, rstd, logits
     }
 
+    /// Full recomputation: the largest working set of one held layer while it is recomputed
+    /// (everything its forward makes, its output again included); 0 otherwise.
+    public static func transientFloats(config c: ModelConfig, sequences B: Int, shard: ShardSpec = .single,
+                                       recompute: Recompute) -> Int {
+        guard recompute == .full else { return 0 }
+        return (0..<c.layers).filter { shard.holds(layer: $0) }
+            .map { layerActivationFloats(config: c, sequences: B, shard: shard, layer: $0) }.max() ?? 0
+    }
+
     /// The floats layer `l`'s forward keeps for its backward beyond its input (its output,
-    /// which the next layer keeps as input, included).
-    public static func layerActivationFloats(config c: ModelConfig, sequences B: Int, shard: ShardSpec, layer l: Int) -> Int {
+    /// which the next layer keeps as input, included); under selective recomputation, without
+    /// the attention probabilities.
+    public static func layerActivationFloats(config c: ModelConfig, sequences B: Int, shard: ShardSpec, layer l: Int,
+                                             recompute: Recompute = .none) -> Int {
         let T = c.seqLen, n = B * T, C = c.dModel, D = c.headDim
         let heads = shard.heads(c)
         var total = 4 * n * C + 2 * n                                 // xn1, a, xn2, block output; two rstd
         total += n * heads.qHeads * D * 2 + 2 * n * heads.kvHeads * D   // q, o; k, v
-        total += B * heads.qHeads * T * T                             // attention probabilities
+        if recompute != .selective { total += B * heads.qHeads * T * T }  // attention probabilities
         if c.isMoE(layer: l) {
             let assignments = n / shard.tp * c.topK                   // this rank's tokens' assignments
             total += n * c.experts + n * c.topK + n + B * c.experts   // routing: probabilities, gates, lse, fractions

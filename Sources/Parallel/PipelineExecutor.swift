@@ -90,12 +90,14 @@ public final class PipelineExecutor {
                 durations[a] = end - t0
                 passes[slot] = pass
                 held(pass.activationFloats)
+                held(pass.transientFloats); held(-pass.transientFloats)   // a layer's working set while it ran
                 stats.merge(pass.stats)
             case .backward, .backwardInput:
                 let pass = passes.removeValue(forKey: slot)!
                 let grad = gradients.removeValue(forKey: slot)
                 if let grad { held(-grad.count) }
                 let queue = a.kind == .backwardInput ? WeightGradQueue() : nil
+                held(pass.transientFloats); held(-pass.transientFloats)   // a layer recomputed at a time
                 start = min(start, clock.now)
                 let t0 = clock.now
                 var kernels = Kernels.context   // the caller's hooks, and this action's weight-gradient queue

@@ -15,8 +15,7 @@ public struct JobPlan: Sendable {
     /// memory plan must fit unless --ignore-oom) or a projection that only costs it.
     public enum Purpose: Sendable, Equatable {
         case training
-        /// `recompute`: full activation recomputation in the memory plan.
-        case projection(recompute: Bool)
+        case projection
     }
 
     public let config: RunConfig
@@ -74,10 +73,8 @@ public struct JobPlan: Sendable {
             let schedule = try PipelineSchedule(config.schedule, stages: stages.stages,
                                                 virtualStages: stages.virtualStages, microbatches: batch.microBatches)
             let emulator = try EmulatorSetup.resolve(config)
-            var recompute = false
-            if case .projection(let r) = purpose { recompute = r }
             let memory = try MemoryPlan(config: config, topology: topo, plan: batch, stagePlan: stages, schedule: schedule,
-                                        precision: emulator.precision, recompute: recompute)
+                                        precision: emulator.precision)
             if purpose == .training && !config.ignoreOOM, let oom = memory.outOfMemory(device: emulator.profile) {
                 throw UsageError(oom)
             }

@@ -16,10 +16,10 @@ public struct MemoryPlan: Sendable {
     /// --zero 0), the activations of the micro-batches its schedule keeps in flight at once
     /// (from the schedule's simulation), and the buffers of the gradient reduction. Ranks
     /// with equal figures form one role.
-    /// With `recompute` (full activation recomputation, projection only), an in-flight
-    /// micro-batch keeps only each layer's input, and one layer's activations exist at a time.
+    /// Under recomputation (`config.recompute`) a micro-batch keeps what `Transformer.activationFloats`
+    /// says for that mode, and full recomputation adds one layer's working set (`transientFloats`).
     public init(config: RunConfig, topology: Topology, plan: BatchPlan, stagePlan: StagePlan, schedule: PipelineSchedule,
-                precision: Precision, recompute: Bool = false) throws {
+                precision: Precision) throws {
         var roles: [Role] = []
         var byCoordinates: [String: MemoryBreakdown] = [:]  // data-parallel replicas hold the same: compute each shard once
         for rank in 0..<topology.world {
@@ -38,25 +38,19 @@ public struct MemoryPlan: Sendable {
             let expertShard = layout.expertRegion.count / (zero1 ? topology.expertDP : 1)
             let partial = layout.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count }
             let inFlight = schedule.uniform.peakInFlight[c.pp]
-            let activations: Int
-            if recompute, let held = shard.layers, !held.isEmpty {
-                // The layer inputs of every micro-batch in flight, plus the working set of the
-                // largest layer being recomputed.
-                let inputs = held.count / stagePlan.virtualStages * plan.microBatchSize * config.model.seqLen * config.model.dModel
-                activations = inputs * max(inFlight, 1) + held.map {
-                    Transformer.layerActivationFloats(config: config.model, sequences: plan.microBatchSize, shard: shard, layer: $0)
-                }.max()!
-            } else {
-                // What one micro-batch keeps in one of the rank's chunks, on average over them
-                // (each keeps its own input; the first and last also the embedding and head).
-                let perChunk = (0..<stagePlan.virtualStages).reduce(0) { total, chunk in
-                    let vs = stagePlan.virtualStage(rank: c.pp, chunk: chunk)
-                    let one = ShardSpec(tp: shard.tp, tpRank: shard.tpRank, ep: shard.ep, epRank: shard.epRank,
-                                        layers: Array(stagePlan.layers[vs]), embedding: vs == 0, head: vs == stagePlan.virtualStageCount - 1)
-                    return total + Transformer.activationFloats(config: config.model, sequences: plan.microBatchSize, shard: one)
-                } / stagePlan.virtualStages
-                activations = perChunk * max(inFlight, 1)
-            }
+            // What one micro-batch keeps in one of the rank's chunks, on average over them (each
+            // keeps its own input; the first and last also the embedding and head), for every
+            // micro-batch in flight; under full recomputation, plus the largest layer's working
+            // set while it is recomputed.
+            let perChunk = (0..<stagePlan.virtualStages).reduce(0) { total, chunk in
+                let vs = stagePlan.virtualStage(rank: c.pp, chunk: chunk)
+                let one = ShardSpec(tp: shard.tp, tpRank: shard.tpRank, ep: shard.ep, epRank: shard.epRank,
+                                    layers: Array(stagePlan.layers[vs]), embedding: vs == 0, head: vs == stagePlan.virtualStageCount - 1)
+                return total + Transformer.activationFloats(config: config.model, sequences: plan.microBatchSize, shard: one,
+                                                            recompute: config.recompute)
+            } / stagePlan.virtualStages
+            let activations = perChunk * max(inFlight, 1)
+                + Transformer.transientFloats(config: config.model, sequences: plan.microBatchSize, shard: shard, recompute: config.recompute)
             let b = MemoryBreakdown(precision: precision, parametersHeld: layout.specs.reduce(0) { $0 + $1.count },
                                     optimizerParameters: denseShard + expertShard, activationElements: activations,
                                     communicationElements: (zero1 ? denseShard + expertShard : 0) + partial)

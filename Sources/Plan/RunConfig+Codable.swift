@@ -72,6 +72,7 @@ extension RunConfig: Codable {
         Field("zero", \.zero),
         Field("schedule", \.schedule),
         Field("virtual_stages", \.virtualStages),
+        Field("recompute", \.recompute),
         Field("pp_layers", \.ppLayers),
         // batch
         Field("global_batch", \.globalBatch, numerics: true),
@@ -301,3 +302,4 @@ extension LinkChoice: ConfigChoice {}
 extension Precision: ConfigChoice {}
 extension FailMode: ConfigChoice {}
 extension CheckpointMode: ConfigChoice {}
+extension Recompute: ConfigChoice {}

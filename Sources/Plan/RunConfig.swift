@@ -17,6 +17,8 @@ public struct RunConfig: Equatable, Sendable {
     public var zero = 1                // ZeRO stage: 1 shards optimizer state over data parallelism, 0 replicates it
     public var schedule = ScheduleKind.oneFOneB
     public var virtualStages = 1       // model chunks per pipeline rank (interleaved)
+    /// Activation recomputation (`Recompute`): none, selective (the attention core) or full.
+    public var recompute = Recompute.none
     public var ppLayers: [Int]? = nil  // layers per (virtual) stage; nil: balanced by estimated cost
 
     // Batch: any two of the three determine the third (see `BatchPlan`).

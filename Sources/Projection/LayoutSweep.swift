@@ -36,16 +36,16 @@ public enum LayoutSweep {
                     }
                     if v > 1 && layers % (v * pp) != 0 { rejected["interleaved: layers not divisible by pp x 2 chunks", default: 0] += 1; continue }
                     var layout = base
-                    layout.tp = tp; layout.pp = pp; layout.dp = nil; layout.ep = tp; layout.schedule = kind; layout.virtualStages = v
+                    layout.tp = tp; layout.pp = pp; layout.dp = nil; layout.ep = base.ep ?? tp; layout.schedule = kind; layout.virtualStages = v
                     let (config, world) = ProjectionReport.config(a, layout)
                     guard world >= tp * pp, (config.globalBatch ?? 0) >= 1 else {
                         rejected["fewer GPUs or sequences than one replica needs", default: 0] += 1; continue
                     }
                     let p: Projection
-                    do { p = try Projection(config: config, worldSize: world, recompute: base.recompute) } catch {
-                        // The plan says why; the interleaved schedule's divisibility is the common case.
-                        let why = String(describing: error).contains("interleaved needs --micro-batches divisible by --pp")
-                            ? "interleaved: micro-batches not divisible by pp" : "invalid layout for the model"
+                    do { p = try Projection(config: config, worldSize: world) } catch {
+                        // The plan says why; layouts that fail alike are counted under one sentence
+                        // (its numbers replaced by N).
+                        let why = String(describing: error).replacingOccurrences(of: "[0-9]+", with: "N", options: .regularExpression)
                         rejected[why, default: 0] += 1; continue
                     }
                     let dp = p.plan.topology.dp

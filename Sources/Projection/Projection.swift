@@ -33,18 +33,17 @@ public struct Projection {
     /// Hardware FLOPs of the step over all ranks (recomputation included).
     public let executedFLOPsPerStep: Double
 
-    /// `recompute`: full activation recomputation (Megatron's `--recompute-granularity full`):
-    /// every backward first reruns its chunk's forward, and only layer inputs are kept.
-    public init(config: RunConfig, worldSize: Int, recompute: Bool = false) throws {
-        try self.init(plan: try JobPlan(config: config, world: worldSize, purpose: .projection(recompute: recompute)))
+    /// Activation recomputation is the configuration's (`config.recompute`): the backward
+    /// work lists the recomputed kernels and messages (`KernelInventory.backward`).
+    public init(config: RunConfig, worldSize: Int) throws {
+        try self.init(plan: try JobPlan(config: config, world: worldSize, purpose: .projection))
     }
 
-    /// Projects a planned job; its purpose says whether activations are recomputed.
+    /// Projects a planned job.
     public init(plan job: JobPlan) throws {
         plan = job
         let (config, topo, batch, plan, schedule, emulator) = (job.config, job.topology, job.batch, job.stages, job.schedule, job.emulator)
-        var recompute = false
-        if case .projection(let r) = job.purpose { recompute = r }
+        let recompute = config.recompute
         let cost = emulator.cost
         let bytes = emulator.precision.elementBytes
         let c = config.model
@@ -80,12 +79,10 @@ public struct Projection {
                 let fwWork = KernelInventory.forward(config: c, shard: shard, sequences: batch.microBatchSize, layers: layers,
                                                      embedding: first, head: last)
                 let bwWork = KernelInventory.backward(config: c, shard: shard, sequences: batch.microBatchSize, layers: layers,
-                                                      embedding: first, head: last)
-                let fw = seconds(fwWork, rank: rank)
-                f.append(fw)
-                b.append(seconds(bwWork, rank: rank) + (recompute ? fw : 0))
-                let fwComm = seconds(fwWork, rank: rank, commOnly: true)
-                comm += (fwComm * (recompute ? 2 : 1) + seconds(bwWork, rank: rank, commOnly: true)) * Double(batch.microBatches)
+                                                      embedding: first, head: last, recompute: recompute)
+                f.append(seconds(fwWork, rank: rank))
+                b.append(seconds(bwWork, rank: rank))
+                comm += (seconds(fwWork, rank: rank, commOnly: true) + seconds(bwWork, rank: rank, commOnly: true)) * Double(batch.microBatches)
             }
             forward.append(f); backward.append(b); modelComm.append(comm)
         }
@@ -161,8 +158,8 @@ public struct Projection {
                 let fw = KernelInventory.forward(config: c, shard: shard, sequences: batch.microBatchSize, layers: args.layers,
                                                  embedding: args.first, head: args.last)
                 let bw = KernelInventory.backward(config: c, shard: shard, sequences: batch.microBatchSize, layers: args.layers,
-                                                  embedding: args.first, head: args.last)
-                let flops = (fw + bw + (recompute ? fw : [])).reduce(0.0) { t, w in if case .kernel(let f, _) = w { return t + f }; return t }
+                                                  embedding: args.first, head: args.last, recompute: recompute)
+                let flops = (fw + bw).reduce(0.0) { t, w in if case .kernel(let f, _) = w { return t + f }; return t }
                 executed += flops * Double(batch.microBatches) * Double(topo.tp * topo.dp)
             }
         }

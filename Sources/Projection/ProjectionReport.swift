@@ -10,7 +10,7 @@ import Plan
 public enum ProjectionReport {
     public struct Layout {
         public var device: String?, tp: Int?, pp: Int?, dp: Int?, ep: Int?, schedule: ScheduleKind?, microBatches: Int?
-        public var virtualStages: Int?, recompute = true, gpusPerNode: Int?
+        public var virtualStages: Int?, recompute = Recompute.full, gpusPerNode: Int?
         public init() {}
     }
 
@@ -43,6 +43,7 @@ public enum ProjectionReport {
         if let g = l.gpusPerNode { c.gpusPerNode = g }
         if let s = l.schedule { c.schedule = s }
         if let v = l.virtualStages { c.virtualStages = v }
+        c.recompute = l.recompute
         let tp = max(l.tp ?? Int(a.tp), 1), pp = max(l.pp ?? Int(a.pp), 1)
         let dp = l.dp ?? Int(a.gpus) / (tp * pp)
         c.tp = tp; c.pp = pp; c.ep = l.ep ?? tp
@@ -61,6 +62,13 @@ public enum ProjectionReport {
                                   ("--gpus-per-node", layout.gpusPerNode)] {
                 if let v = value { try Validation.require(v, in: 1...gpus, flag, note: "the account has \(gpus) GPUs") }
             }
+            if let dp = layout.dp {
+                let tp = layout.tp ?? Int(a.tp), pp = layout.pp ?? Int(a.pp)
+                let (tpp, o1) = tp.multipliedReportingOverflow(by: pp), (all, o2) = tpp.multipliedReportingOverflow(by: dp)
+                guard !o1 && !o2 && all <= gpus else {
+                    throw UsageError("project: --tp \(tp) x --pp \(pp) x --dp \(dp) needs more GPUs than the account's \(gpus)")
+                }
+            }
             if let m = layout.microBatches { try Validation.require(m, in: 1...Validation.maxCount, "--micro-batches") }
             if let v = layout.virtualStages { try Validation.require(v, in: 1...max(Int(a.layers), 1), "--virtual-stages") }
             try Validation.require(a.usdPerGPUHour, in: 0.000001...1e6, "--usd-per-gpu-hour")
@@ -75,6 +83,55 @@ public enum ProjectionReport {
         }
     }
 
+    /// The emulator's prediction of a projected step, in four lines: layout, step and
+    /// utilization, exposed communication, memory.
+    public static func predictionLines(_ p: Projection, device: DeviceProfile) -> [String] {
+        let config = p.plan.config, batch = p.plan.batch, world = p.plan.topology.world
+        let M = batch.microBatches
+        let mem = p.memory.roles.map(\.breakdown).max { $0.total < $1.total }!
+        let gib = 1073741824.0
+        let recompute = ["none": "no recomputation", "selective": "selective recomputation", "full": "full activation recomputation"][config.recompute.rawValue]!
+        let experts = config.model.moeEvery == 0 ? "dense" : "experts over \(config.ep) ranks"
+        return [
+            "the emulator's prediction (\(config.schedule.rawValue), \(device.name) cost model, \(recompute)): \(world) GPUs = TP\(config.tp) x PP\(config.pp) x DP\(batch.dp), \(experts), \(M) micro-batches of \(batch.microBatchSize) x \(config.model.seqLen) tokens",
+            String(format: "  step %.2f s for %.3g tokens; pipeline bubble %.1f%% (closed form %.1f%%); MFU %.1f%%, HFU %.1f%%",
+                   p.stepTime, Double(p.tokensPerStep), 100 * p.bubble,
+                   100 * ClosedForm.bubble(config.schedule, stages: config.pp, microbatches: M,
+                                           virtualStages: config.virtualStages), 100 * p.mfu,
+                   100 * p.executedFLOPsPerStep / (p.stepTime * device.peakFLOPS * Double(world))),
+            String(format: "  communication on the first stage, all exposed: TP/EP collectives %.2f s, data-parallel reduce-scatter and all-gather %.2f s per step (%.1f%% of the step)",
+                   p.modelParallelCommPerStage.first ?? 0, p.dataParallelCommPerStage.first ?? 0, 100 * p.exposedCommFraction),
+            String(format: "  memory per GPU %.1f GiB: parameters %.1f, gradients %.1f, optimizer %.1f, activations %.1f, communication %.1f (the %@ holds %.1f GiB%@)",
+                   mem.total / gib, mem.parameters / gib, mem.gradients / gib, mem.optimizerState / gib, mem.activations / gib,
+                   mem.communication / gib, device.name, device.memoryBytes / gib, mem.total > device.memoryBytes ? ": does NOT fit" : ""),
+        ]
+    }
+
+    /// `project --config` with a published-run file (`configs/published/`): its layout
+    /// projected, and the prediction of its measured figure beside the published one.
+    public static func run(published path: String, json: String?, log: (String) -> Void) throws {
+        let m = try PublishedMeasurement.load(path)
+        let (config, world) = try m.configuration()
+        let p: Projection
+        do { p = try Projection(config: config, worldSize: world) } catch { throw UsageError("project: \(path): \(error)") }
+        let device = p.plan.emulator.profile
+        log("published run \(m.name): \(m.source)")
+        for line in predictionLines(p, device: device) { log(line) }
+        let (metric, published) = m.metric
+        let predicted = m.predicted(by: p)
+        log(String(format: "  %@: published %.4g, predicted %.4g (%+.1f%%)%@", metric.rawValue, published, predicted,
+                   100 * (predicted / published - 1), m.unmodelled.isEmpty ? "" : "; not modelled yet: " + m.unmodelled.joined(separator: ", ")))
+        let mem = p.memory.roles.map(\.breakdown).max { $0.total < $1.total }!
+        let out: [String: Any] = [
+            "name": m.name, "metric": metric.rawValue, "published": published, "predicted": predicted, "error": predicted / published - 1,
+            "step_time_s": p.stepTime, "mfu": p.mfu, "bubble_fraction": p.bubble, "exposed_comm_fraction": p.exposedCommFraction,
+            "memory_bytes_per_gpu": mem.total, "fits_in_memory": mem.total <= device.memoryBytes, "gpus": world,
+            "tp": config.tp, "pp": config.pp, "dp": p.plan.batch.dp, "ep": config.ep, "micro_batches": p.plan.batch.microBatches,
+            "schedule": config.schedule.rawValue, "device": device.name, "recompute": config.recompute.rawValue,
+        ]
+        if let json { try AtomicFile.write(JSONText.encode(out), to: json) }
+    }
+
     public static func run(account a: PublishedRun, layout: Layout, failures: Failures?, json: String?, log: (String) -> Void) throws {
         let device = try EmulatorSetup.findProfile(layout.device ?? a.device)
         let alt = try EmulatorSetup.findProfile(a.altDevice)
@@ -85,7 +142,7 @@ public enum ProjectionReport {
         }
         let p: Projection
         do {
-            p = try Projection(config: config, worldSize: world, recompute: layout.recompute)
+            p = try Projection(config: config, worldSize: world)
         } catch {
             throw UsageError("project: \(error)")
         }
@@ -97,18 +154,7 @@ public enum ProjectionReport {
         let seconds = steps * p.stepTime
         let days = seconds / 86400, gpuHours = seconds / 3600 * Double(world), cost = gpuHours * a.usdPerGPUHour
         let mem = p.memory.roles.map(\.breakdown).max { $0.total < $1.total }!
-        let gib = 1073741824.0
-        log("the emulator's prediction (\(config.schedule.rawValue), \(device.name) cost model, \(layout.recompute ? "full activation recomputation" : "no recomputation")): \(world) GPUs = TP\(config.tp) x PP\(config.pp) x DP\(dp), experts over \(config.ep) ranks, \(M) micro-batches of \(batch.microBatchSize) x \(config.model.seqLen) tokens")
-        log(String(format: "  step %.2f s for %.3g tokens; pipeline bubble %.1f%% (closed form %.1f%%); MFU %.1f%%, HFU %.1f%%",
-                   p.stepTime, Double(p.tokensPerStep), 100 * p.bubble,
-                   100 * ClosedForm.bubble(config.schedule, stages: config.pp, microbatches: M,
-                                           virtualStages: config.virtualStages), 100 * p.mfu,
-                   100 * p.executedFLOPsPerStep / (p.stepTime * device.peakFLOPS * Double(world))))
-        log(String(format: "  communication on the first stage, all exposed: TP/EP collectives %.2f s, data-parallel reduce-scatter and all-gather %.2f s per step (%.1f%% of the step)",
-                   p.modelParallelCommPerStage.first ?? 0, p.dataParallelCommPerStage.first ?? 0, 100 * p.exposedCommFraction))
-        log(String(format: "  memory per GPU %.1f GiB: parameters %.1f, gradients %.1f, optimizer %.1f, activations %.1f, communication %.1f (the %@ holds %.1f GiB%@)",
-                   mem.total / gib, mem.parameters / gib, mem.gradients / gib, mem.optimizerState / gib, mem.activations / gib,
-                   mem.communication / gib, device.name, device.memoryBytes / gib, mem.total > device.memoryBytes ? ": does NOT fit" : ""))
+        for line in predictionLines(p, device: device) { log(line) }
         log(String(format: "  %.0f steps for %.3g tokens: %.1f days, %.3g GPU-hours, $%.1fM at $%.2f per GPU-hour",
                    steps, a.tokens, days, gpuHours, cost / 1e6, a.usdPerGPUHour))
         var out: [String: Any] = [
@@ -119,7 +165,7 @@ public enum ProjectionReport {
             "pipeline_phase_s": p.pipelinePhase, "memory_bytes_per_gpu": mem.total, "memory_breakdown": mem.json,
             "fits_in_memory": mem.total <= device.memoryBytes, "days": days, "gpu_hours": gpuHours, "cost_usd": cost,
             "gpus": world, "tp": config.tp, "pp": config.pp, "dp": dp, "ep": config.ep, "micro_batches": M,
-            "schedule": config.schedule.rawValue, "device": device.name, "recompute": layout.recompute,
+            "schedule": config.schedule.rawValue, "device": device.name, "recompute": layout.recompute.rawValue,
         ]
         if let f = failures, let mtbfHours = f.mtbfHours {
             let jobMTBF = mtbfHours * 3600 / Double(world)

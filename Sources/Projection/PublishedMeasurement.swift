@@ -2,6 +2,7 @@ import Foundation
 import Formats
 import Plan
 import Schedule
+import Model
 
 /// One measured training run from a paper, `configs/published/NAME.json`: the model, the
 /// layout, the cluster and one measured figure (per-GPU throughput, iteration time or MFU),
@@ -25,7 +26,7 @@ public struct PublishedMeasurement: Decodable, Sendable {
         public let schedule: String
         public let microBatchSize, globalBatch: Int
         /// `none`, `selective` (the attention core only, Korthikanti et al. 2022) or `full`.
-        public let recompute: String
+        public let recompute: Recompute
         public let sequenceParallel: Bool
         public let zero: Int
         public let overlapGradReduce: Bool
@@ -66,6 +67,13 @@ public struct PublishedMeasurement: Decodable, Sendable {
 
     public static let countings = ["narayanan2021-eq3", "6nd-attention"]
 
+    /// Whether `path` holds a published run (a JSON object with `measured`) rather than an account.
+    public static func isMeasurement(_ path: String) -> Bool {
+        guard let data = FileManager.default.contents(atPath: path),
+              let o = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else { return false }
+        return o["measured"] != nil
+    }
+
     /// Reads and checks a file: a missing key or a value out of range is an error naming the
     /// file and the key.
     public static func load(_ path: String) throws -> PublishedMeasurement {
@@ -78,9 +86,6 @@ public struct PublishedMeasurement: Decodable, Sendable {
         guard metrics[0].isFinite && metrics[0] > 0 else { throw bad("measured", metrics[0], "must be positive") }
         guard countings.contains(m.flopsCounting) else { throw bad("flops_counting", m.flopsCounting, "expected one of \(countings.joined(separator: ", "))") }
         guard m.model.ffn == "gelu" else { throw bad("model.ffn", m.model.ffn, "only gelu is modelled so far") }
-        guard ["none", "selective", "full"].contains(m.layout.recompute) else {
-            throw bad("layout.recompute", m.layout.recompute, "expected none, selective or full")
-        }
         guard ScheduleKind(rawValue: m.layout.schedule) != nil else {
             throw bad("layout.schedule", m.layout.schedule, "expected one of \(ScheduleKind.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -91,11 +96,10 @@ public struct PublishedMeasurement: Decodable, Sendable {
     }
 
     /// What the file asks for that the projection does not model yet, in words: the row is
-    /// projected without it (selective recomputation as none, whose time it is closest to).
+    /// projected without it.
     public var unmodelled: [String] {
         var out: [String] = []
         if layout.sequenceParallel { out.append("sequence parallelism") }
-        if layout.recompute == "selective" { out.append("selective recomputation (as none)") }
         if layout.overlapGradReduce { out.append("gradient-reduce overlap") }
         return out
     }
@@ -113,6 +117,7 @@ public struct PublishedMeasurement: Decodable, Sendable {
         c.schedule = ScheduleKind(rawValue: l.schedule)!
         c.microBatchSize = l.microBatchSize; c.globalBatch = l.globalBatch; c.microBatches = nil
         c.zero = l.zero
+        c.recompute = l.recompute
         c.device = cluster.device; c.gpusPerNode = cluster.gpusPerNode
         let (world, overflow) = l.tp.multipliedReportingOverflow(by: l.pp)
         let (all, overflow2) = world.multipliedReportingOverflow(by: l.dp)
@@ -172,7 +177,7 @@ public enum Validate {
         for file in files {
             let m = try PublishedMeasurement.load(file)
             let (config, world) = try m.configuration()
-            do { projected.append((m, try Projection(config: config, worldSize: world, recompute: m.layout.recompute == "full"))) } catch {
+            do { projected.append((m, try Projection(config: config, worldSize: world))) } catch {
                 throw UsageError("\(file): \(error)")
             }
         }

@@ -14,7 +14,7 @@ extension Checkpoint {
             (l.tp, l.pp, l.dp, l.ep, l.zero, l.virtualStages, l.ppLayers)
         if l.virtualStages > 1 { config.schedule = .interleaved }
         do {
-            return try JobPlan(config: config, world: l.world, purpose: .projection(recompute: false))
+            return try JobPlan(config: config, world: l.world, purpose: .projection)
         } catch {
             throw CheckpointProblem("\(name): its layout (\(l)) does not plan: \(error)")
         }

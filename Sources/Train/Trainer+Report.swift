@@ -188,7 +188,7 @@ extension Trainer {
             pipelinePhaseS: timed.reduce(0) { $0 + $1.pipelinePhase } / n,
             peakActivationBytesPerStage: peakActivationPerStage.map { $0 * emulator.precision.elementBytes },
             microbatchActivationBytes: Double(Transformer.activationFloats(config: c, sequences: plan.microBatchSize,
-                shard: job.placement(of: 0).shard) / stagePlan.virtualStages) * emulator.precision.elementBytes,
+                shard: job.placement(of: 0).shard, recompute: config.recompute) / stagePlan.virtualStages) * emulator.precision.elementBytes,
             exposedCommFraction: totalTime > 0 ? timed.reduce(0) { $0 + $1.communication } / totalTime : 0,
             timeBreakdownS: .init(compute: timed.reduce(0) { $0 + $1.compute }, communication: timed.reduce(0) { $0 + $1.communication },
                                   idle: timed.reduce(0) { $0 + $1.idle }, total: totalTime),

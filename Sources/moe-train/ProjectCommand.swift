@@ -2,8 +2,10 @@ import Projection
 import ArgumentParser
 import Foundation
 import Schedule
+import Model
 import Plan
 import Train
+import Formats
 
 /// `moe-train project [--config ACCOUNT.json] [layout flags] [--sweep]`: the
 /// background account's run, recomputed from its figures and projected by the emulator's
@@ -13,7 +15,7 @@ struct ProjectCommand: ParsableCommand {
         commandName: "project",
         abstract: "Project the background account's training run to cluster scale: arithmetic, step time, bubble, MFU, memory, days, cost, goodput."
     )
-    @Option(help: "The account's figures (JSON with model, training and sources). Default: gpt4-account.json from the config directories (./configs, PREFIX/share/moe-train, ...).")
+    @Option(help: "The account's figures (JSON with model, training and sources), or a published run (configs/published/NAME.json). Default: gpt4-account.json from the config directories (./configs, PREFIX/share/moe-train, ...).")
     var config: String?
     @Option(help: "GPU to emulate (default: the account's).") var device: String?
     @Option(help: "Tensor-parallel size (default: the account's 8).") var tp: Int?
@@ -24,7 +26,8 @@ struct ProjectCommand: ParsableCommand {
     @Option(name: .customLong("micro-batches"), help: "Micro-batches per step (default: one sequence each).") var microBatches: Int?
     @Option(name: .customLong("virtual-stages"), help: "Chunks per rank (interleaved).") var virtualStages: Int?
     @Option(name: .customLong("gpus-per-node"), help: "GPUs per node (NVLink island).") var gpusPerNode: Int?
-    @Flag(name: .customLong("no-recompute"), help: "Keep all activations instead of recomputing them in the backward.") var noRecompute = false
+    @Option(help: "Activation recomputation: none, selective (the attention core) or full (default, each layer's forward again).") var recompute: Recompute?
+    @Flag(name: .customLong("no-recompute"), help: "The same as --recompute none.") var noRecompute = false
     @Option(name: .customLong("usd-per-gpu-hour"), help: "Price per GPU-hour (default: the account's).") var usdPerGPUHour: Double?
     @Option(name: .customLong("mtbf-hours"), help: "Mean time between failures of one GPU, hours: adds expected failures and goodput.") var mtbfHours: Double?
     @Option(name: .customLong("checkpoint-every"), help: "Checkpoint interval in steps (default: the Young/Daly optimum).") var checkpointEvery: Int?
@@ -35,12 +38,28 @@ struct ProjectCommand: ParsableCommand {
 
     func run() throws {
         do {
-            var account = try PublishedRun.load(try accountPath())
+            let path = try accountPath()
+            if PublishedMeasurement.isMeasurement(path) {
+                // A published run brings its own layout, device and batch.
+                let given = [("--device", device != nil), ("--tp", tp != nil), ("--pp", pp != nil), ("--dp", dp != nil), ("--ep", ep != nil),
+                             ("--schedule", schedule != nil), ("--micro-batches", microBatches != nil), ("--virtual-stages", virtualStages != nil),
+                             ("--gpus-per-node", gpusPerNode != nil), ("--recompute", recompute != nil || noRecompute), ("--sweep", sweep),
+                             ("--mtbf-hours", mtbfHours != nil), ("--usd-per-gpu-hour", usdPerGPUHour != nil)].filter(\.1).map(\.0)
+                guard given.isEmpty else {
+                    throw UsageError("\(given.joined(separator: ", ")) apply to an account; \(path) is a published run, which has its own layout (edit a copy of the file instead)")
+                }
+                try ProjectionReport.run(published: path, json: json) { print($0) }
+                return
+            }
+            var account = try PublishedRun.load(path)
             if let p = usdPerGPUHour { account.usdPerGPUHour = p }
             var layout = ProjectionReport.Layout()
             layout.device = device; layout.tp = tp; layout.pp = pp; layout.dp = dp; layout.ep = ep; layout.schedule = schedule
             layout.microBatches = microBatches; layout.virtualStages = virtualStages; layout.gpusPerNode = gpusPerNode
-            layout.recompute = !noRecompute
+            if noRecompute, let r = recompute, r != .none {
+                throw UsageError("--no-recompute and --recompute \(r.rawValue) contradict each other; give one")
+            }
+            layout.recompute = noRecompute ? .none : recompute ?? .full
             let failures = ProjectionReport.Failures(mtbfHours: mtbfHours, checkpointEverySteps: checkpointEvery,
                                                      restartCostS: restartCostS, checkpointBandwidth: checkpointBandwidth)
             if sweep {
@@ -50,6 +69,8 @@ struct ProjectCommand: ParsableCommand {
             }
             try ProjectionReport.run(account: account, layout: layout, failures: failures, json: json) { print($0) }
         } catch let e as PublishedRun.Invalid {
+            throw ValidationError(e.description)
+        } catch let e as JSONText.DecodeError {
             throw ValidationError(e.description)
         } catch let e as UsageError {
             throw ValidationError(e.description)

@@ -24,7 +24,9 @@ extension ProjectionTests {
         let bin = try Subprocess.binary
         for (np, flags) in [(4, ["--tp", "2", "--pp", "2"]), (4, ["--tp", "2", "--pp", "2", "--moe-every", "0"]),
                             (4, ["--pp", "4", "--layers", "4", "--micro-batches", "8", "--schedule", "gpipe"]),
-                            (4, ["--tp", "2", "--ep", "4"])] {
+                            (4, ["--tp", "2", "--ep", "4"]),
+                            (4, ["--tp", "2", "--pp", "2", "--recompute", "selective"]),
+                            (4, ["--tp", "2", "--pp", "2", "--recompute", "full"])] {
             let dir = try Subprocess.tempDir()
             let common = ["--config", "configs/tiny.json", "--steps", "4"] + flags
             let real = try Subprocess.mpirun(np: np, common + ["--summary-json", dir + "/s.json"])
@@ -151,5 +153,33 @@ extension ProjectionTests {
         let nowhere = try Subprocess.run(bin, ["validate", "--json", dir + "/no/such/dir/v.json"], cwd: Subprocess.repoRoot)
         XCTAssertEqual(nowhere.status, 2, nowhere.output)
         XCTAssertTrue(nowhere.stderr.contains("--json"), nowhere.output)
+    }
+}
+
+extension ProjectionTests {
+    /// `project --config` takes a published run as well as the account: its own layout
+    /// projected and its measured figure beside the prediction (the same figure `validate`
+    /// reports); layout flags with it, and a --dp the account's GPUs cannot hold, are bad input.
+    func testProjectPublishedRunAndLayoutChecks() throws {
+        let bin = try Subprocess.binary
+        let dir = try Subprocess.tempDir()
+        let file = "configs/published/korthikanti2022-t5-175b-full.json"
+        let r = try Subprocess.run(bin, ["project", "--config", file, "--json", dir + "/p.json"], cwd: Subprocess.repoRoot)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.stdout.contains("published run korthikanti2022-t5-175b-full"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("64 GPUs = TP8 x PP8 x DP1, dense, 64 micro-batches of 1 x 2048 tokens"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("iteration_time_s: published 18.13, predicted"), r.stdout)
+        let p = try Subprocess.readJSON(dir + "/p.json")
+        let v = try Subprocess.run(bin, ["validate", file, "--json", dir + "/v.json"], cwd: Subprocess.repoRoot)
+        XCTAssertEqual(v.status, 0, v.output)
+        let row = try XCTUnwrap((try Subprocess.readJSON(dir + "/v.json")["rows"] as? [[String: Any]])?.first)
+        XCTAssertEqual(try XCTUnwrap(p["predicted"] as? Double), try XCTUnwrap(row["predicted"] as? Double))
+        XCTAssertEqual(try XCTUnwrap(p["step_time_s"] as? Double), try XCTUnwrap(p["predicted"] as? Double))
+        let flags = try Subprocess.run(bin, ["project", "--config", file, "--tp", "4"], cwd: Subprocess.repoRoot)
+        XCTAssertEqual(flags.status, 2, flags.output)
+        XCTAssertTrue(flags.stderr.contains("--tp apply to an account"), flags.output)
+        let tooMany = try Subprocess.run(bin, ["project", "--tp", "8", "--pp", "15", "--dp", "1000"], cwd: Subprocess.repoRoot)
+        XCTAssertEqual(tooMany.status, 2, tooMany.output)
+        XCTAssertTrue(tooMany.stderr.contains("--tp 8 x --pp 15 x --dp 1000 needs more GPUs than the account's 25000"), tooMany.output)
     }
 }

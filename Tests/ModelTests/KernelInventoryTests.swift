@@ -154,22 +154,40 @@ final class KernelInventoryTests: XCTestCase {
         }
     }
 
-    /// Full recomputation (as `project` models it; training does not recompute): the backward
-    /// of a chunk first reruns the chunk's forward from its kept input, so it runs the
-    /// forward's kernels and messages again, then the backward's. `Projection` charges a
-    /// recomputed backward as inventory forward + backward.
-    func testRecomputedBackwardRunsTheForwardAgain() {
+    /// Recomputation: under selective and full, the real layers' forward and backward run
+    /// exactly what the inventory lists for that mode (selective: the attention probabilities
+    /// again before each attention backward; full: each layer's forward, messages included,
+    /// again before its backward), the pass keeps what `Transformer.activationFloats` counts
+    /// (and holds it: every float buffer it references), full recomputation's working set is
+    /// `transientFloats`, and the gradients are the ones without recomputation, bit for bit.
+    func testRecomputationRunsWhatTheInventoryLists() {
         for k in Self.cases {
-            let recorder = WorkRecorder()
-            let model = makeModel(k)
-            let listed = inventory(k)
-            _ = forward(model, k)   // the original forward, whose activations recomputation drops
-            Kernels.with(recorder.context) {
-                let again = forward(model, k)
-                assertBalanced(again, k)
-                backward(model, again, k)
+            let reference = makeModel(k)
+            let refPass = forward(reference, k)
+            backward(reference, refPass, k)
+            for mode in [Recompute.selective, .full] {
+                let recorder = WorkRecorder()
+                let plain = makeModel(k)
+                let model = Transformer(config: plain.config, params: plain.params, parallel: plain.parallel, recompute: mode)
+                let pass = Kernels.with(recorder.context) { forward(model, k) }
+                assertBalanced(pass, k)
+                let args = (c: k.config, s: k.shard, b: Self.sequences, l: k.layers, e: k.shard.embedding, h: k.shard.head)
+                assertSameWork(recorder.work, inventory(k).forward, "\(k), \(mode): forward")
+                XCTAssertEqual(pass.activationFloats, Transformer.activationFloats(config: args.c, sequences: args.b, shard: args.s, recompute: mode),
+                               "\(k), \(mode): activation floats")
+                XCTAssertEqual(pass.transientFloats, Transformer.transientFloats(config: args.c, sequences: args.b, shard: args.s, recompute: mode),
+                               "\(k), \(mode): transient floats")
+                var seen: Set<UnsafeMutableRawPointer> = [UnsafeMutableRawPointer(model.params.values.base),
+                                                          UnsafeMutableRawPointer(model.params.grads.base)]
+                XCTAssertEqual(floatsReachable(from: pass, seen: &seen), pass.activationFloats, "\(k), \(mode): floats held by the pass")
+                recorder.reset()
+                Kernels.with(recorder.context) { backward(model, pass, k) }
+                let listed = KernelInventory.backward(config: args.c, shard: args.s, sequences: args.b, layers: args.l,
+                                                      embedding: args.e, head: args.h, recompute: mode)
+                assertSameWork(recorder.work, listed, "\(k), \(mode): backward")
+                let grads = { (m: Transformer) in Array(UnsafeBufferPointer(start: m.params.grads.base, count: m.params.grads.count)) }
+                XCTAssertEqual(grads(model), grads(reference), "\(k), \(mode): gradients")
             }
-            assertSameWork(recorder.work, listed.forward + listed.backward, "\(k): recomputed backward")
         }
     }
 

@@ -63,7 +63,7 @@ final class JobPlanTests: XCTestCase {
         c = try tiny(); c.microBatches = 251; c.microBatchSize = 1; c.globalBatch = nil
         assertRejected(c, world: 1, mentions: ["--micro-batches 251", "project"])
         // The same schedule is fine to project: a projection sends no messages.
-        XCTAssertNoThrow(try JobPlan(config: c, world: 1, purpose: .projection(recompute: false)))
+        XCTAssertNoThrow(try JobPlan(config: c, world: 1, purpose: .projection))
         c = try tiny(); c.model.tieEmbeddings = true; c.pp = 2
         assertRejected(c, world: 2, mentions: ["tied embeddings", "--pp 2"])
     }
@@ -72,7 +72,7 @@ final class JobPlanTests: XCTestCase {
         var c = try tiny()
         c.model.dModel = 8192; c.model.heads = 64; c.model.layers = 64; c.model.ffnHidden = 32768
         assertRejected(c, world: 1, mentions: ["out of memory", "--ignore-oom"])
-        XCTAssertNoThrow(try JobPlan(config: c, world: 1, purpose: .projection(recompute: false)))
+        XCTAssertNoThrow(try JobPlan(config: c, world: 1, purpose: .projection))
         c.ignoreOOM = true
         XCTAssertNoThrow(try JobPlan(config: c, world: 1))
     }
@@ -82,10 +82,10 @@ final class JobPlanTests: XCTestCase {
         var c = try tiny()
         c.model.dModel = 1 << 20; c.model.heads = 1 << 10; c.model.ffnHidden = 1 << 20; c.model.experts = 4096
         c.model.layers = 1024; c.model.topK = 2
-        assertRejected(c, world: 1, mentions: ["too large", "parameters"], purpose: .projection(recompute: false))
+        assertRejected(c, world: 1, mentions: ["too large", "parameters"], purpose: .projection)
         c = try tiny()
         c.model.seqLen = 1 << 20; c.microBatchSize = 1 << 20; c.globalBatch = 1 << 20; c.microBatches = nil
-        assertRejected(c, world: 1, mentions: ["too large", "--micro-batch-size"], purpose: .projection(recompute: false))
+        assertRejected(c, world: 1, mentions: ["too large", "--micro-batch-size"], purpose: .projection)
         assertRejected(try tiny(), world: Int.max, mentions: ["world size", "\(Int.max)"])
     }
 
