@@ -11,13 +11,17 @@ public struct EmulatorSetup: Sendable {
     public let mode: DeviceClock.Mode
 
     public static func resolve(_ c: RunConfig) throws -> EmulatorSetup {
-        let profile = try findProfile(c.device)
-        let precision = c.precision
+        EmulatorSetup(profile: try findProfile(c.device), config: c)
+    }
+
+    /// The emulated GPU of `c` with the profile given (the configuration's precision, links and clock).
+    public init(profile: DeviceProfile, config c: RunConfig) {
         let links = c.link == .ideal ? LinkModel.ideal(gpusPerNode: c.gpusPerNode)
             : LinkModel(intraNode: profile.intraNode, interNode: profile.interNode, gpusPerNode: c.gpusPerNode)
-        let cost = CostModel(device: profile, bytesPerElement: precision.elementBytes, links: links)
-        let mode: DeviceClock.Mode = c.clock == .measured ? .measured(scale: c.clockScale) : .modeled
-        return EmulatorSetup(profile: profile, precision: precision, cost: cost, mode: mode)
+        self.profile = profile
+        precision = c.precision
+        cost = CostModel(device: profile, bytesPerElement: c.precision.elementBytes, links: links)
+        mode = c.clock == .measured ? .measured(scale: c.clockScale) : .modeled
     }
 
     public func makeClock() -> DeviceClock { DeviceClock(mode: mode, cost: cost) }

@@ -24,7 +24,7 @@ public struct JobPlan: Sendable {
     public let batch: BatchPlan
     public let stages: StagePlan
     public let schedule: PipelineSchedule
-    public let emulator: EmulatorSetup
+    public private(set) var emulator: EmulatorSetup
     public let memory: MemoryPlan
     /// Model FLOPs per token of training (the numerator of MFU).
     public let modelFLOPsPerToken: Double
@@ -161,5 +161,15 @@ public enum Checked {
             result = r
         }
         return result
+    }
+}
+
+extension JobPlan {
+    /// The same plan costed on another profile of its device (calibration: `validate --fit`).
+    /// Only the cost model changes; the memory plan, which does not depend on speeds, stays.
+    public func costed(on profile: DeviceProfile) -> JobPlan {
+        var plan = self
+        plan.emulator = EmulatorSetup(profile: profile, config: config)
+        return plan
     }
 }

@@ -169,18 +169,26 @@ public enum Validate {
         enum CodingKeys: String, CodingKey { case rows, meanAbsError = "mean_abs_error", maxAbsError = "max_abs_error" }
     }
 
-    /// Reads and projects every file before printing anything: a bad file stops the command
+    /// Reads and plans every file before printing anything: a bad file stops the command
     /// with its name and the key at fault.
-    public static func run(files: [String], log: (String) -> Void) throws -> Report {
-        var rows: [Row] = []
-        var projected: [(PublishedMeasurement, Projection)] = []
-        for file in files {
+    static func plans(_ files: [String]) throws -> [(PublishedMeasurement, JobPlan)] {
+        try files.map { file in
             let m = try PublishedMeasurement.load(file)
             let (config, world) = try m.configuration()
-            do { projected.append((m, try Projection(config: config, worldSize: world))) } catch {
+            do { return (m, try JobPlan(config: config, world: world, purpose: .projection)) } catch {
                 throw UsageError("\(file): \(error)")
             }
         }
+    }
+
+    public static func run(files: [String], log: (String) -> Void) throws -> Report {
+        let report = try rows(plans(files).map { ($0.0, try Projection(plan: $0.1)) })
+        print(report, log: log)
+        return report
+    }
+
+    static func rows(_ projected: [(PublishedMeasurement, Projection)]) -> Report {
+        var rows: [Row] = []
         for (m, p) in projected {
             let (metric, published) = m.metric
             let predicted = m.predicted(by: p)
@@ -188,14 +196,67 @@ public enum Validate {
                             error: predicted / published - 1, unmodelled: m.unmodelled))
         }
         let errors = rows.map { abs($0.error) }
-        let report = Report(rows: rows, meanAbsError: errors.isEmpty ? 0 : errors.reduce(0, +) / Double(errors.count),
-                            maxAbsError: errors.max() ?? 0)
+        return Report(rows: rows, meanAbsError: errors.isEmpty ? 0 : errors.reduce(0, +) / Double(errors.count),
+                      maxAbsError: errors.max() ?? 0)
+    }
+
+    static func print(_ report: Report, log: (String) -> Void) {
+        let rows = report.rows
         log("  " + "run".padding(toLength: 34, withPad: " ", startingAt: 0) + "metric              published   predicted    error   not modelled yet (projected without)")
         for r in rows {
             log("  " + r.name.padding(toLength: 34, withPad: " ", startingAt: 0) + r.metric.padding(toLength: 18, withPad: " ", startingAt: 0)
                 + String(format: "%11.4g %11.4g %+7.1f%%   ", r.published, r.predicted, 100 * r.error) + r.unmodelled.joined(separator: ", "))
         }
         log(String(format: "%ld runs: mean absolute error %.1f%%, max %.1f%%", rows.count, 100 * report.meanAbsError, 100 * report.maxAbsError))
-        return report
+    }
+
+    /// `validate --fit PREFIX`: the GEMM efficiency (`flops_efficiency`) of the device of the
+    /// runs whose names start with PREFIX, fit to them (golden-section search for the least
+    /// mean absolute error over 0.3-1.0), then every run projected with it: the error on the
+    /// fit set and on the runs held out. One constant for the device, never one per run.
+    public struct Fit: Encodable, Sendable {
+        public let device: String
+        public let parameter = "flops_efficiency"
+        public let before, after: Double
+        public let fitSet, heldOut: Report
+        enum CodingKeys: String, CodingKey { case device, parameter, before, after, fitSet = "fit_set", heldOut = "held_out" }
+    }
+
+    public static func fit(files: [String], prefix: String, log: (String) -> Void) throws -> Fit {
+        let all = try plans(files)
+        let inFit = all.filter { $0.0.name.hasPrefix(prefix) }, outOfFit = all.filter { !$0.0.name.hasPrefix(prefix) }
+        guard !inFit.isEmpty else { throw UsageError("--fit \(prefix): no run's name starts with it") }
+        let devices = Set(inFit.map { $0.1.emulator.profile.name })
+        guard devices.count == 1, let base = inFit.first?.1.emulator.profile else {
+            throw UsageError("--fit \(prefix): the runs it names use \(devices.sorted().joined(separator: ", ")); fit one device at a time")
+        }
+        func projected(_ set: [(PublishedMeasurement, JobPlan)], _ e: Double) throws -> [(PublishedMeasurement, Projection)] {
+            var profile = base
+            profile.flopsEfficiency = e
+            return try set.map { m, plan in
+                (m, try Projection(plan: plan.emulator.profile.name == base.name ? plan.costed(on: profile) : plan))
+            }
+        }
+        func error(_ e: Double) throws -> Double { rows(try projected(inFit, e)).meanAbsError }
+        // Golden-section search: the error is unimodal in the efficiency over this range.
+        var (lo, hi) = (0.3, 1.0)
+        let g = (5.0.squareRoot() - 1) / 2
+        var a = hi - g * (hi - lo), b = lo + g * (hi - lo)
+        var fa = try error(a), fb = try error(b)
+        while hi - lo > 1e-4 {
+            if fa < fb { hi = b; b = a; fb = fa; a = hi - g * (hi - lo); fa = try error(a) }
+            else { lo = a; a = b; fa = fb; b = lo + g * (hi - lo); fb = try error(b) }
+        }
+        let best = (lo + hi) / 2
+        let fitSet = rows(try projected(inFit, best)), heldOut = rows(try projected(outOfFit, best))
+        log(String(format: "fit: flops_efficiency of %@ %.4f (the profile has %.4f), fit to the %ld run(s) named %@*",
+                   base.name, best, base.flopsEfficiency, inFit.count, prefix))
+        log("fit set:")
+        print(fitSet, log: log)
+        if !outOfFit.isEmpty {
+            log("held out:")
+            print(heldOut, log: log)
+        }
+        return Fit(device: base.name, before: base.flopsEfficiency, after: best, fitSet: fitSet, heldOut: heldOut)
     }
 }

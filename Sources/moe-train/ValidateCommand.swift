@@ -13,6 +13,7 @@ struct ValidateCommand: ParsableCommand {
     )
     @Argument(help: "Published-run files (default: every file of published/ in the config directories).") var files: [String] = []
     @Option(help: "Write the rows and the errors as JSON here.") var json: String?
+    @Option(help: "Fit the GEMM efficiency of the device to the runs whose names start with this prefix (such as narayanan2021), and report the error on those and on the runs held out.") var fit: String?
 
     func run() throws {
         do {
@@ -28,9 +29,14 @@ struct ValidateCommand: ParsableCommand {
                     throw UsageError("--json \(json) is a directory; name a file")
                 }
             }
-            let report = try Validate.run(files: paths) { print($0) }
+            let text: String
+            if let fit {
+                text = try JSONText.encode(try Validate.fit(files: paths, prefix: fit) { print($0) })
+            } else {
+                text = try JSONText.encode(try Validate.run(files: paths) { print($0) })
+            }
             if let json {
-                try AtomicFile.write(try JSONText.encode(report), to: json)
+                try AtomicFile.write(text, to: json)
                 print("written to \(json)")
             }
         } catch let e as UsageError {

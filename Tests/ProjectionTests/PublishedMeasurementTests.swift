@@ -53,6 +53,27 @@ final class PublishedMeasurementTests: XCTestCase {
         XCTAssertEqual(m.predicted(by: p), byHand / (p.stepTime * 256) / 1e12, accuracy: 1e-9)
     }
 
+    /// `validate --fit`: fit to one run, the GEMM efficiency reproduces that run's figure (the
+    /// search finds the efficiency the row needs), the other runs are reported as held out,
+    /// and the profile's value is the starting point reported; a prefix naming no run is refused.
+    func testFitReproducesTheRunItIsFitTo() throws {
+        let files = Self.shipped
+        var lines: [String] = []
+        let fit = try Validate.fit(files: files, prefix: "narayanan2021-t1-18.4b") { lines.append($0) }
+        XCTAssertEqual(fit.device, "a100-80gb")
+        XCTAssertEqual(fit.before, 0.75)
+        XCTAssertEqual(fit.fitSet.rows.map(\.name), ["narayanan2021-t1-18.4b"])
+        XCTAssertLessThan(abs(fit.fitSet.rows[0].error), 1e-3, lines.joined(separator: "\n"))
+        XCTAssertEqual(fit.heldOut.rows.count, 14)
+        // The row was projected 8.3% fast at 0.75: the efficiency that fits it is lower by more
+        // than that, since GEMMs are only part of the step.
+        XCTAssertLessThan(fit.after, 0.75 / 1.083)
+        XCTAssertGreaterThan(fit.after, 0.3)
+        XCTAssertThrowsError(try Validate.fit(files: files, prefix: "nobody") { _ in }) {
+            XCTAssertTrue("\($0)".contains("--fit nobody: no run's name starts with it"), "\($0)")
+        }
+    }
+
     /// A file that does not say what it must is refused, naming the file and the key.
     func testMalformedFilesAreRefused() throws {
         let good = try String(contentsOfFile: Self.directory + "/korthikanti2022-t5-22b-full.json", encoding: .utf8)
