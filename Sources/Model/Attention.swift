@@ -42,17 +42,21 @@ public enum Attention {
         let q: Tensor      // (N, Hl*D)
         let k: Tensor      // (N, Gl*D)
         let v: Tensor      // (N, Gl*D)
-        let probs: Tensor? // (B, Hl, T, T); nil under selective recomputation (the backward recomputes them)
+        let probs: Tensor? // (B, Hl, T, T); nil when the backward recomputes them (selective, fused)
         let o: Tensor      // (N, Hl*D)
+        let lse: Tensor?   // (B, Hl, T): the fused kernel's softmax statistics, one log-sum-exp per row
+        let kernel: AttentionKernel
         /// Floats this cache holds beyond its input (which belongs to the caller).
-        public var floatCount: Int { q.count + k.count + v.count + (probs?.count ?? 0) + o.count }
+        public var floatCount: Int { q.count + k.count + v.count + (probs?.count ?? 0) + o.count + (lse?.count ?? 0) }
     }
 
     /// One (sequence, head)'s causal softmax probabilities P = softmax(q k^T * scale) into
     /// `p` (T x T, zero above the diagonal). The forward's kernel, and the backward's under
     /// selective recomputation.
+    /// With `lse`, each row's log-sum-exp of its scaled scores is written there too.
     static func probabilities(q qp: UnsafeMutablePointer<Float>, lda qw: Int, k kp: UnsafeMutablePointer<Float>, ldb kw: Int,
-                              T: Int, D: Int, scale: Float, into p: UnsafeMutablePointer<Float>) {
+                              T: Int, D: Int, scale: Float, into p: UnsafeMutablePointer<Float>,
+                              lse: UnsafeMutablePointer<Float>? = nil) {
         Kernels.gemm(transA: false, transB: true, m: T, n: T, k: D, alpha: scale, a: qp, lda: qw,
                      b: kp, ldb: kw, beta: 0, c: p, ldc: T)
         for i in 0..<T {
@@ -64,7 +68,22 @@ public enum Attention {
             let inv = 1 / sum
             for j in 0...i { row[j] *= inv }
             if i + 1 < T { (row + i + 1).update(repeating: 0, count: T - i - 1) }
+            lse?[i] = m + logf(sum)
         }
+    }
+
+    /// The fused kernel's forward over all (sequence, head) pairs (FlashAttention-2): the
+    /// two GEMMs on the causal half, the softmax on chip; HBM traffic of Q, K and V read
+    /// (K and V once per query head), O and the statistics written.
+    static func fusedForward(bh: Double, tt: Double, td: Double, T: Double, D: Double) -> [(flops: Double, elements: Double)] {
+        [(2 * bh * tt * D + 2.5 * bh * tt, bh * (4 * td + T))]
+    }
+
+    /// The fused backward: D = rowsum(dO * O), then one kernel that recomputes the
+    /// probabilities and makes dV, dP, dQ and dK (five GEMMs on the causal half); HBM traffic
+    /// of Q, K, V, O, dO and the statistics read, dQ, dK and dV written.
+    static func fusedBackward(bh: Double, tt: Double, td: Double, T: Double, D: Double) -> [(flops: Double, elements: Double)] {
+        [(2 * bh * td, 2 * bh * td + bh * T), (5 * bh * tt * D + 4.5 * bh * tt, bh * (8 * td + 2 * T))]
     }
 
     /// The accounting of the score GEMM and the causal softmax over all (sequence, head)
@@ -76,10 +95,12 @@ public enum Attention {
 
     /// x (N, C) -> y (N, C). Under tensor parallelism y is this rank's partial sum
     /// (row-parallel output projection) and the caller all-reduces it.
-    /// `keepProbabilities` false (selective recomputation): the probabilities are made head
-    /// by head in one T x T buffer and not kept.
+    /// `keepProbabilities` false (selective recomputation), or the fused kernel: the
+    /// probabilities are made head by head in one T x T buffer and not kept; the fused kernel
+    /// keeps each row's log-sum-exp instead, as FlashAttention does.
     public static func forward(_ x: Tensor, _ w: Weights, heads hs: HeadSlice, seqLen T: Int,
-                               rotary: Rotary, y: Tensor, keepProbabilities: Bool = true) -> Cache {
+                               rotary: Rotary, y: Tensor, keepProbabilities: Bool = true, kernel: AttentionKernel = .naive) -> Cache {
+        let keepProbabilities = keepProbabilities && kernel == .naive
         let n = x.rows, B = n / T, D = hs.headDim
         let qw = hs.qHeads * D, kw = hs.kvHeads * D
         let q = Tensor(zeros: [n, qw]), k = Tensor(zeros: [n, kw]), v = Tensor(zeros: [n, kw])
@@ -94,15 +115,21 @@ public enum Attention {
         // The per-(sequence, head) loops below are one batched kernel each on a GPU:
         // S = QK^T, causal softmax, O = PV. They are costed once, from their total shapes.
         let bh = Double(B * hs.qHeads), tt = Double(T * T), td = Double(T * D)
-        accountProbabilities(bh: bh, tt: tt, td: td, D: Double(D))
-        Kernels.account(flops: 2 * bh * tt * Double(D), elements: bh * (tt + 2 * td))
+        let lse = kernel == .fused ? Tensor(zeros: [B, hs.qHeads, T]) : nil
+        if kernel == .fused {
+            for k in fusedForward(bh: bh, tt: tt, td: td, T: Double(T), D: Double(D)) { Kernels.account(flops: k.flops, elements: k.elements) }
+        } else {
+            accountProbabilities(bh: bh, tt: tt, td: td, D: Double(D))
+            Kernels.account(flops: 2 * bh * tt * Double(D), elements: bh * (tt + 2 * td))
+        }
         Kernels.unaccounted {
         for b in 0..<B {
             for h in 0..<hs.qHeads {
                 let g = hs.kvHead(for: h)
                 let qp = q.ptr + b * T * qw + h * D, kp = k.ptr + b * T * kw + g * D, vp = v.ptr + b * T * kw + g * D
                 let p = keepProbabilities ? probs.ptr + (b * hs.qHeads + h) * T * T : probs.ptr
-                probabilities(q: qp, lda: qw, k: kp, ldb: kw, T: T, D: D, scale: scale, into: p)
+                probabilities(q: qp, lda: qw, k: kp, ldb: kw, T: T, D: D, scale: scale, into: p,
+                              lse: lse.map { $0.ptr + (b * hs.qHeads + h) * T })
                 // O = P v (T, D) into the head's columns of o.
                 Kernels.gemm(transA: false, transB: false, m: T, n: D, k: T, a: p, lda: T, b: vp, ldb: kw,
                              beta: 0, c: o.ptr + b * T * qw + h * D, ldc: qw)
@@ -110,7 +137,7 @@ public enum Attention {
         }
         }
         Kernels.linearForward(o, w.wo, into: y)
-        return Cache(x: x, q: q, k: k, v: v, probs: keepProbabilities ? probs : nil, o: o)
+        return Cache(x: x, q: q, k: k, v: v, probs: keepProbabilities ? probs : nil, o: o, lse: lse, kernel: kernel)
     }
 
     /// dy (N, C) -> dx (N, C), accumulating weight gradients into `dw`.
@@ -125,12 +152,17 @@ public enum Attention {
         let dP = Tensor(zeros: [T, T])
         let scale = 1 / Float(D).squareRoot()
         let bh = Double(B * hs.qHeads), tt = Double(T * T), td = Double(T * D)
-        // Selective recomputation: the probabilities again, head by head, from q and k.
+        // Selective recomputation or the fused kernel: the probabilities again, head by head,
+        // from q and k (the same function as the forward's, so the same values).
         let recomputed = cache.probs == nil ? Tensor(zeros: [T, T]) : nil
-        if recomputed != nil { accountProbabilities(bh: bh, tt: tt, td: td, D: Double(D)) }
-        // Batched on a GPU: dP = dO V^T, dV = P^T dO, softmax backward, dQ = dS K, dK = dS^T Q.
-        for _ in 0..<4 { Kernels.account(flops: 2 * bh * tt * Double(D), elements: bh * (tt + 2 * td)) }
-        Kernels.account(flops: 4 * bh * tt, elements: 3 * bh * tt)
+        if cache.kernel == .fused {
+            for k in fusedBackward(bh: bh, tt: tt, td: td, T: Double(T), D: Double(D)) { Kernels.account(flops: k.flops, elements: k.elements) }
+        } else {
+            if recomputed != nil { accountProbabilities(bh: bh, tt: tt, td: td, D: Double(D)) }
+            // Batched on a GPU: dP = dO V^T, dV = P^T dO, softmax backward, dQ = dS K, dK = dS^T Q.
+            for _ in 0..<4 { Kernels.account(flops: 2 * bh * tt * Double(D), elements: bh * (tt + 2 * td)) }
+            Kernels.account(flops: 4 * bh * tt, elements: 3 * bh * tt)
+        }
         Kernels.unaccounted {
         for b in 0..<B {
             for h in 0..<hs.qHeads {

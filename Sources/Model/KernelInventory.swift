@@ -50,11 +50,11 @@ public enum KernelInventory {
     /// Forward of `layers` on one micro-batch of `sequences`, with the embedding (first chunk)
     /// and the head and loss (last chunk).
     public static func forward(config c: ModelConfig, shard s: ShardSpec, sequences: Int, layers: Range<Int>,
-                               embedding: Bool, head: Bool) -> [Work] {
+                               embedding: Bool, head: Bool, attention: AttentionKernel = .naive) -> [Work] {
         let d = Dims(c, s, sequences: sequences)
         var w: [Work] = []
         if embedding { w.append(.kernel(flops: 0, elements: 2 * d.N * d.C)); w += tp(d, d.N * d.C) }
-        for l in layers { w += layerForward(c, d, l) }
+        for l in layers { w += layerForward(c, d, l, attention: attention) }
         if head {
             w.append(norm(d))
             w.append(gemm(d.N, d.Vl, d.C))
@@ -72,15 +72,19 @@ public enum KernelInventory {
     }
 
     /// One transformer layer's forward.
-    static func layerForward(_ c: ModelConfig, _ d: Dims, _ l: Int) -> [Work] {
+    static func layerForward(_ c: ModelConfig, _ d: Dims, _ l: Int, attention: AttentionKernel) -> [Work] {
         var w: [Work] = []
         // attention
         w.append(norm(d))
         w += [gemm(d.N, d.qw, d.C), gemm(d.N, d.kw, d.C), gemm(d.N, d.kw, d.C)]
         w += [rotary(d, width: d.qw), rotary(d, width: d.kw)]
         let bh = d.B * d.qw / d.D, tt = d.T * d.T, td = d.T * d.D
-        w += attentionProbabilities(d)
-        w.append(.kernel(flops: 2 * bh * tt * d.D, elements: bh * (tt + 2 * td)))
+        if attention == .fused {
+            w += Attention.fusedForward(bh: bh, tt: tt, td: td, T: d.T, D: d.D).map { .kernel(flops: $0.flops, elements: $0.elements) }
+        } else {
+            w += attentionProbabilities(d)
+            w.append(.kernel(flops: 2 * bh * tt * d.D, elements: bh * (tt + 2 * td)))
+        }
         w.append(gemm(d.N, d.C, d.qw))
         w += tp(d, d.N * d.C)
         w.append(residual(d))
@@ -112,7 +116,7 @@ public enum KernelInventory {
     /// probabilities again before each attention backward; full reruns each layer's forward
     /// just before its backward.
     public static func backward(config c: ModelConfig, shard s: ShardSpec, sequences: Int, layers: Range<Int>,
-                                embedding: Bool, head: Bool, recompute: Recompute = .none) -> [Work] {
+                                embedding: Bool, head: Bool, recompute: Recompute = .none, attention: AttentionKernel = .naive) -> [Work] {
         let d = Dims(c, s, sequences: sequences)
         var w: [Work] = []
         if head {
@@ -121,8 +125,8 @@ public enum KernelInventory {
             w.append(normBackward(d, accumulate: false))
         }
         for l in layers.reversed() {
-            if recompute == .full { w += layerForward(c, d, l) }
-            w += layerBackward(c, d, l, recompute: recompute)
+            if recompute == .full { w += layerForward(c, d, l, attention: attention) }
+            w += layerBackward(c, d, l, recompute: recompute, attention: attention)
         }
         if embedding { w.append(.kernel(flops: d.N * d.C, elements: 3 * d.N * d.C)) }
         return w
@@ -134,7 +138,7 @@ public enum KernelInventory {
     }
 
     /// One transformer layer's backward.
-    static func layerBackward(_ c: ModelConfig, _ d: Dims, _ l: Int, recompute: Recompute) -> [Work] {
+    static func layerBackward(_ c: ModelConfig, _ d: Dims, _ l: Int, recompute: Recompute, attention: AttentionKernel) -> [Work] {
         var w: [Work] = []
         if c.isMoE(layer: l) {
             w.append(.kernel(flops: 4 * d.rows * d.C, elements: 3 * d.rows * d.C))
@@ -163,10 +167,14 @@ public enum KernelInventory {
         w.append(normBackward(d, accumulate: true))
         // attention
         w += linear(d, d.N, out: d.C, inDim: d.qw)
-        if recompute == .selective { w += attentionProbabilities(d) }
         let bh = d.B * d.qw / d.D, tt = d.T * d.T, td = d.T * d.D
-        for _ in 0..<4 { w.append(.kernel(flops: 2 * bh * tt * d.D, elements: bh * (tt + 2 * td))) }
-        w.append(.kernel(flops: 4 * bh * tt, elements: 3 * bh * tt))
+        if attention == .fused {
+            w += Attention.fusedBackward(bh: bh, tt: tt, td: td, T: d.T, D: d.D).map { .kernel(flops: $0.flops, elements: $0.elements) }
+        } else {
+            if recompute == .selective { w += attentionProbabilities(d) }
+            for _ in 0..<4 { w.append(.kernel(flops: 2 * bh * tt * d.D, elements: bh * (tt + 2 * td))) }
+            w.append(.kernel(flops: 4 * bh * tt, elements: 3 * bh * tt))
+        }
         w += [rotary(d, width: d.qw), rotary(d, width: d.kw)]
         w += linear(d, d.N, out: d.qw, inDim: d.C)
         w += linear(d, d.N, out: d.kw, inDim: d.C, accumulateDx: true)

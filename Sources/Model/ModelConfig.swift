@@ -84,3 +84,14 @@ public struct ModelConfig: Equatable, Sendable {
 public enum Recompute: String, Sendable, CaseIterable, Codable {
     case none, selective, full
 }
+
+/// How the emulated GPU runs the attention core (the numbers are the same either way).
+/// `naive`: score GEMM, softmax and PV as separate kernels, the T x T probabilities written to
+/// and read from HBM and kept for the backward. `fused` (FlashAttention-2, Dao 2023): one
+/// IO-aware kernel; the probabilities never reach HBM, only O and the softmax statistics (one
+/// log-sum-exp per row) are kept, and the backward recomputes the probabilities on chip. Its
+/// FLOPs are counted as the kernel does them: blocks above the causal diagonal are skipped, so
+/// each T x T product costs half its dense count (the paper's convention for causal FLOPs).
+public enum AttentionKernel: String, Sendable, CaseIterable, Codable {
+    case fused, naive
+}

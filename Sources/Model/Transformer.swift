@@ -24,13 +24,17 @@ public final class Transformer {
     let eps: Float
     /// What the forward keeps for the backward (`Recompute`).
     public let recompute: Recompute
+    /// How the emulated GPU runs the attention core (`AttentionKernel`).
+    public let attention: AttentionKernel
 
-    public init(config: ModelConfig, params: Parameters, parallel: ModelParallelism = SingleRank(), recompute: Recompute = .none) {
+    public init(config: ModelConfig, params: Parameters, parallel: ModelParallelism = SingleRank(), recompute: Recompute = .none,
+                attention: AttentionKernel = .naive) {
         precondition(parallel.shard == params.layout.shard, "parameters are laid out for another shard")
         self.config = config
         self.params = params
         self.parallel = parallel
         self.recompute = recompute
+        self.attention = attention
         rotary = Rotary(headDim: config.headDim, seqLen: config.seqLen, theta: config.ropeTheta)
         heads = parallel.shard.heads(config)
         vocab = parallel.shard.vocabRange(config)
@@ -71,7 +75,7 @@ public final class Transformer {
         RMSNorm.forward(x, params.value("layers.\(l).attn_norm"), eps: eps, y: xn1, rstd: rstd1)
         let a = Tensor(zeros: [n, c])
         let attn = Attention.forward(xn1, attnWeights(l), heads: heads, seqLen: config.seqLen, rotary: rotary, y: a,
-                                     keepProbabilities: recompute != .selective)
+                                     keepProbabilities: recompute != .selective, kernel: attention)
         parallel.tpAllReduce(a)  // g: sum of the row-parallel output projection's partial outputs
         Self.residual(x, into: a)
         let xn2 = Tensor(zeros: [n, c]), rstd2 = Tensor(zeros: [n])
@@ -267,11 +271,12 @@ public final class Transformer {
     /// selective, everything but the attention probabilities. `transientFloats` is what one
     /// layer's recomputation holds on top.
     public static func activationFloats(config c: ModelConfig, sequences B: Int, shard: ShardSpec = .single,
-                                        recompute: Recompute = .none) -> Int {
+                                        recompute: Recompute = .none, attention: AttentionKernel = .naive) -> Int {
         let n = B * c.seqLen, C = c.dModel
         var total = n * C                                             // the chunk's input
         for l in 0..<c.layers where shard.holds(layer: l) {
-            total += recompute == .full ? n * C : layerActivationFloats(config: c, sequences: B, shard: shard, layer: l, recompute: recompute)
+            total += recompute == .full ? n * C
+                : layerActivationFloats(config: c, sequences: B, shard: shard, layer: l, recompute: recompute, attention: attention)
         }
         return total + (shard.head ? n * C + n + n * shard.vocabRange(c).count : 0)  // final norm, rstd, logits
     }
@@ -279,22 +284,27 @@ public final class Transformer {
     /// Full recomputation: the largest working set of one held layer while it is recomputed
     /// (everything its forward makes, its output again included); 0 otherwise.
     public static func transientFloats(config c: ModelConfig, sequences B: Int, shard: ShardSpec = .single,
-                                       recompute: Recompute) -> Int {
+                                       recompute: Recompute, attention: AttentionKernel = .naive) -> Int {
         guard recompute == .full else { return 0 }
         return (0..<c.layers).filter { shard.holds(layer: $0) }
-            .map { layerActivationFloats(config: c, sequences: B, shard: shard, layer: $0) }.max() ?? 0
+            .map { layerActivationFloats(config: c, sequences: B, shard: shard, layer: $0, attention: attention) }.max() ?? 0
     }
 
     /// The floats layer `l`'s forward keeps for its backward beyond its input (its output,
     /// which the next layer keeps as input, included); under selective recomputation, without
-    /// the attention probabilities.
+    /// the attention probabilities; with the fused attention kernel, the softmax statistics
+    /// (one per row) instead of the probabilities.
     public static func layerActivationFloats(config c: ModelConfig, sequences B: Int, shard: ShardSpec, layer l: Int,
-                                             recompute: Recompute = .none) -> Int {
+                                             recompute: Recompute = .none, attention: AttentionKernel = .naive) -> Int {
         let T = c.seqLen, n = B * T, C = c.dModel, D = c.headDim
         let heads = shard.heads(c)
         var total = 4 * n * C + 2 * n                                 // xn1, a, xn2, block output; two rstd
         total += n * heads.qHeads * D * 2 + 2 * n * heads.kvHeads * D   // q, o; k, v
-        if recompute != .selective { total += B * heads.qHeads * T * T }  // attention probabilities
+        if attention == .fused {
+            total += B * heads.qHeads * T                             // softmax statistics
+        } else if recompute != .selective {
+            total += B * heads.qHeads * T * T                         // attention probabilities
+        }
         if c.isMoE(layer: l) {
             let assignments = n / shard.tp * c.topK                   // this rank's tokens' assignments
             total += n * c.experts + n * c.topK + n + B * c.experts   // routing: probabilities, gates, lse, fractions

@@ -47,10 +47,11 @@ public struct MemoryPlan: Sendable {
                 let one = ShardSpec(tp: shard.tp, tpRank: shard.tpRank, ep: shard.ep, epRank: shard.epRank,
                                     layers: Array(stagePlan.layers[vs]), embedding: vs == 0, head: vs == stagePlan.virtualStageCount - 1)
                 return total + Transformer.activationFloats(config: config.model, sequences: plan.microBatchSize, shard: one,
-                                                            recompute: config.recompute)
+                                                            recompute: config.recompute, attention: config.attention)
             } / stagePlan.virtualStages
             let activations = perChunk * max(inFlight, 1)
-                + Transformer.transientFloats(config: config.model, sequences: plan.microBatchSize, shard: shard, recompute: config.recompute)
+                + Transformer.transientFloats(config: config.model, sequences: plan.microBatchSize, shard: shard, recompute: config.recompute,
+                                              attention: config.attention)
             let b = MemoryBreakdown(precision: precision, parametersHeld: layout.specs.reduce(0) { $0 + $1.count },
                                     optimizerParameters: denseShard + expertShard, activationElements: activations,
                                     communicationElements: (zero1 ? denseShard + expertShard : 0) + partial)

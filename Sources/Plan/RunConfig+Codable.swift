@@ -73,6 +73,7 @@ extension RunConfig: Codable {
         Field("schedule", \.schedule),
         Field("virtual_stages", \.virtualStages),
         Field("recompute", \.recompute),
+        Field("attention", \.attention),
         Field("pp_layers", \.ppLayers),
         // batch
         Field("global_batch", \.globalBatch, numerics: true),
@@ -303,3 +304,4 @@ extension Precision: ConfigChoice {}
 extension FailMode: ConfigChoice {}
 extension CheckpointMode: ConfigChoice {}
 extension Recompute: ConfigChoice {}
+extension AttentionKernel: ConfigChoice {}

@@ -19,6 +19,8 @@ public struct RunConfig: Equatable, Sendable {
     public var virtualStages = 1       // model chunks per pipeline rank (interleaved)
     /// Activation recomputation (`Recompute`): none, selective (the attention core) or full.
     public var recompute = Recompute.none
+    /// How the emulated GPU runs the attention core (`AttentionKernel`): fused (FlashAttention-2) or naive.
+    public var attention = AttentionKernel.fused
     public var ppLayers: [Int]? = nil  // layers per (virtual) stage; nil: balanced by estimated cost
 
     // Batch: any two of the three determine the third (see `BatchPlan`).

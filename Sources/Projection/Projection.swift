@@ -77,9 +77,9 @@ public struct Projection {
                 let layers = plan.layers[vs]
                 let first = vs == 0, last = vs == plan.virtualStageCount - 1
                 let fwWork = KernelInventory.forward(config: c, shard: shard, sequences: batch.microBatchSize, layers: layers,
-                                                     embedding: first, head: last)
+                                                     embedding: first, head: last, attention: config.attention)
                 let bwWork = KernelInventory.backward(config: c, shard: shard, sequences: batch.microBatchSize, layers: layers,
-                                                      embedding: first, head: last, recompute: recompute)
+                                                      embedding: first, head: last, recompute: recompute, attention: config.attention)
                 f.append(seconds(fwWork, rank: rank))
                 b.append(seconds(bwWork, rank: rank))
                 comm += (seconds(fwWork, rank: rank, commOnly: true) + seconds(bwWork, rank: rank, commOnly: true)) * Double(batch.microBatches)
@@ -156,9 +156,9 @@ public struct Projection {
                 let vs = plan.virtualStage(rank: s, chunk: chunk)
                 let args = (layers: plan.layers[vs], first: vs == 0, last: vs == plan.virtualStageCount - 1)
                 let fw = KernelInventory.forward(config: c, shard: shard, sequences: batch.microBatchSize, layers: args.layers,
-                                                 embedding: args.first, head: args.last)
+                                                 embedding: args.first, head: args.last, attention: config.attention)
                 let bw = KernelInventory.backward(config: c, shard: shard, sequences: batch.microBatchSize, layers: args.layers,
-                                                  embedding: args.first, head: args.last, recompute: recompute)
+                                                  embedding: args.first, head: args.last, recompute: recompute, attention: config.attention)
                 let flops = (fw + bw).reduce(0.0) { t, w in if case .kernel(let f, _) = w { return t + f }; return t }
                 executed += flops * Double(batch.microBatches) * Double(topo.tp * topo.dp)
             }

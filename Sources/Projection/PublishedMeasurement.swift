@@ -27,12 +27,14 @@ public struct PublishedMeasurement: Decodable, Sendable {
         public let microBatchSize, globalBatch: Int
         /// `none`, `selective` (the attention core only, Korthikanti et al. 2022) or `full`.
         public let recompute: Recompute
+        /// `naive` (runs before FlashAttention: the probabilities through HBM) or `fused`.
+        public let attention: AttentionKernel
         public let sequenceParallel: Bool
         public let zero: Int
         public let overlapGradReduce: Bool
         enum CodingKeys: String, CodingKey {
             case tp, pp, dp, ep, virtualStages = "virtual_stages", schedule, microBatchSize = "micro_batch_size"
-            case globalBatch = "global_batch", recompute, sequenceParallel = "sequence_parallel", zero
+            case globalBatch = "global_batch", recompute, attention, sequenceParallel = "sequence_parallel", zero
             case overlapGradReduce = "overlap_grad_reduce"
         }
     }
@@ -118,6 +120,7 @@ public struct PublishedMeasurement: Decodable, Sendable {
         c.microBatchSize = l.microBatchSize; c.globalBatch = l.globalBatch; c.microBatches = nil
         c.zero = l.zero
         c.recompute = l.recompute
+        c.attention = l.attention
         c.device = cluster.device; c.gpusPerNode = cluster.gpusPerNode
         let (world, overflow) = l.tp.multipliedReportingOverflow(by: l.pp)
         let (all, overflow2) = world.multipliedReportingOverflow(by: l.dp)

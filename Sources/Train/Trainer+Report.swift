@@ -12,6 +12,13 @@ extension Trainer {
 
     func printHeader() {
         for line in job.headerLines(data: Launcher.dataLines(data, seqLen: config.model.seqLen)) { log(line) }
+        if config.recompute != .none || config.attention != .fused {
+            var line = "attention: \(config.attention.rawValue) kernel; recomputation: \(config.recompute.rawValue)"
+            if config.recompute == .selective && config.attention == .fused {
+                line += " (the fused kernel never keeps the probabilities selective recomputation drops: the same as none)"
+            }
+            log(line)
+        }
         if config.checkpointEvery > 0 {
             var line = "checkpoints: every \(config.checkpointEvery) steps to \(config.runDirectory), \(config.checkpointMode.rawValue)"
             if config.checkpointMode == .memory {
@@ -188,7 +195,8 @@ extension Trainer {
             pipelinePhaseS: timed.reduce(0) { $0 + $1.pipelinePhase } / n,
             peakActivationBytesPerStage: peakActivationPerStage.map { $0 * emulator.precision.elementBytes },
             microbatchActivationBytes: Double(Transformer.activationFloats(config: c, sequences: plan.microBatchSize,
-                shard: job.placement(of: 0).shard, recompute: config.recompute) / stagePlan.virtualStages) * emulator.precision.elementBytes,
+                shard: job.placement(of: 0).shard, recompute: config.recompute,
+                attention: config.attention) / stagePlan.virtualStages) * emulator.precision.elementBytes,
             exposedCommFraction: totalTime > 0 ? timed.reduce(0) { $0 + $1.communication } / totalTime : 0,
             timeBreakdownS: .init(compute: timed.reduce(0) { $0 + $1.compute }, communication: timed.reduce(0) { $0 + $1.communication },
                                   idle: timed.reduce(0) { $0 + $1.idle }, total: totalTime),

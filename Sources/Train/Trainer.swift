@@ -67,7 +67,8 @@ public final class Trainer {
         parallel = MPIModelParallelism(groups: groups, shard: placement.shard)
         params = Parameters(layout: layout)
         layout.initialize(params.values, seed: config.seed)
-        model = Transformer(config: config.model, params: params, parallel: parallel, recompute: config.recompute)
+        model = Transformer(config: config.model, params: params, parallel: parallel, recompute: config.recompute,
+                            attention: config.attention)
         zero = DataParallel(stage: config.zero, layout: layout, groups: groups)
         let hyper = AdamW.Hyper(beta1: config.beta1, beta2: config.beta2, eps: config.adamEps, weightDecay: config.weightDecay)
         optimizers = [zero.ownedDense, zero.ownedExpert].filter { !$0.isEmpty }.map { AdamW(layout: layout, range: $0, hyper: hyper) }

@@ -13,3 +13,4 @@ extension Precision: ExpressibleByArgument {}
 extension FailMode: ExpressibleByArgument {}
 extension CheckpointMode: ExpressibleByArgument {}
 extension Recompute: ExpressibleByArgument {}
+extension AttentionKernel: ExpressibleByArgument {}

@@ -111,10 +111,12 @@ final class KernelInventoryTests: XCTestCase {
 
     func scale(_ k: Case) -> LossScale { LossScale(tokens: Self.sequences * k.config.seqLen, sequences: Self.sequences) }
 
-    func inventory(_ k: Case) -> (forward: [KernelInventory.Work], backward: [KernelInventory.Work]) {
+    func inventory(_ k: Case, attention: AttentionKernel = .naive) -> (forward: [KernelInventory.Work], backward: [KernelInventory.Work]) {
         let args = (c: k.config, s: k.shard, b: Self.sequences, l: k.layers, e: k.shard.embedding, h: k.shard.head)
-        return (KernelInventory.forward(config: args.c, shard: args.s, sequences: args.b, layers: args.l, embedding: args.e, head: args.h),
-                KernelInventory.backward(config: args.c, shard: args.s, sequences: args.b, layers: args.l, embedding: args.e, head: args.h))
+        return (KernelInventory.forward(config: args.c, shard: args.s, sequences: args.b, layers: args.l, embedding: args.e, head: args.h,
+                                        attention: attention),
+                KernelInventory.backward(config: args.c, shard: args.s, sequences: args.b, layers: args.l, embedding: args.e, head: args.h,
+                                         attention: attention))
     }
 
     /// The routing the inventory assumes: every expert holds N * K / E assignments of the
@@ -154,39 +156,46 @@ final class KernelInventoryTests: XCTestCase {
         }
     }
 
-    /// Recomputation: under selective and full, the real layers' forward and backward run
-    /// exactly what the inventory lists for that mode (selective: the attention probabilities
-    /// again before each attention backward; full: each layer's forward, messages included,
-    /// again before its backward), the pass keeps what `Transformer.activationFloats` counts
-    /// (and holds it: every float buffer it references), full recomputation's working set is
-    /// `transientFloats`, and the gradients are the ones without recomputation, bit for bit.
-    func testRecomputationRunsWhatTheInventoryLists() {
+    /// Recomputation and the attention kernel: under each recomputation mode with each
+    /// attention kernel, the real layers' forward and backward run exactly what the inventory
+    /// lists for them (selective: the attention probabilities again before each naive
+    /// attention backward; full: each layer's forward, messages included, again before its
+    /// backward; fused: FlashAttention-2's forward, and its backward that recomputes the
+    /// probabilities itself), the pass keeps what `Transformer.activationFloats` counts (and
+    /// holds it: every float buffer it references; the fused kernel keeps one softmax
+    /// statistic per row instead of the probabilities), full recomputation's working set is
+    /// `transientFloats`, and the gradients are the ones without either, bit for bit.
+    func testRecomputationAndAttentionKernelsRunWhatTheInventoryLists() {
         for k in Self.cases {
             let reference = makeModel(k)
             let refPass = forward(reference, k)
             backward(reference, refPass, k)
-            for mode in [Recompute.selective, .full] {
-                let recorder = WorkRecorder()
-                let plain = makeModel(k)
-                let model = Transformer(config: plain.config, params: plain.params, parallel: plain.parallel, recompute: mode)
-                let pass = Kernels.with(recorder.context) { forward(model, k) }
-                assertBalanced(pass, k)
-                let args = (c: k.config, s: k.shard, b: Self.sequences, l: k.layers, e: k.shard.embedding, h: k.shard.head)
-                assertSameWork(recorder.work, inventory(k).forward, "\(k), \(mode): forward")
-                XCTAssertEqual(pass.activationFloats, Transformer.activationFloats(config: args.c, sequences: args.b, shard: args.s, recompute: mode),
-                               "\(k), \(mode): activation floats")
-                XCTAssertEqual(pass.transientFloats, Transformer.transientFloats(config: args.c, sequences: args.b, shard: args.s, recompute: mode),
-                               "\(k), \(mode): transient floats")
-                var seen: Set<UnsafeMutableRawPointer> = [UnsafeMutableRawPointer(model.params.values.base),
-                                                          UnsafeMutableRawPointer(model.params.grads.base)]
-                XCTAssertEqual(floatsReachable(from: pass, seen: &seen), pass.activationFloats, "\(k), \(mode): floats held by the pass")
-                recorder.reset()
-                Kernels.with(recorder.context) { backward(model, pass, k) }
-                let listed = KernelInventory.backward(config: args.c, shard: args.s, sequences: args.b, layers: args.l,
-                                                      embedding: args.e, head: args.h, recompute: mode)
-                assertSameWork(recorder.work, listed, "\(k), \(mode): backward")
-                let grads = { (m: Transformer) in Array(UnsafeBufferPointer(start: m.params.grads.base, count: m.params.grads.count)) }
-                XCTAssertEqual(grads(model), grads(reference), "\(k), \(mode): gradients")
+            for attention in AttentionKernel.allCases {
+                for mode in Recompute.allCases where !(attention == .naive && mode == .none) {
+                    let what = "\(k), recompute \(mode), attention \(attention)"
+                    let recorder = WorkRecorder()
+                    let plain = makeModel(k)
+                    let model = Transformer(config: plain.config, params: plain.params, parallel: plain.parallel, recompute: mode,
+                                            attention: attention)
+                    let pass = Kernels.with(recorder.context) { forward(model, k) }
+                    assertBalanced(pass, k)
+                    let args = (c: k.config, s: k.shard, b: Self.sequences, l: k.layers, e: k.shard.embedding, h: k.shard.head)
+                    assertSameWork(recorder.work, inventory(k, attention: attention).forward, "\(what): forward")
+                    XCTAssertEqual(pass.activationFloats, Transformer.activationFloats(config: args.c, sequences: args.b, shard: args.s,
+                                                                                       recompute: mode, attention: attention), "\(what): activation floats")
+                    XCTAssertEqual(pass.transientFloats, Transformer.transientFloats(config: args.c, sequences: args.b, shard: args.s,
+                                                                                     recompute: mode, attention: attention), "\(what): transient floats")
+                    var seen: Set<UnsafeMutableRawPointer> = [UnsafeMutableRawPointer(model.params.values.base),
+                                                              UnsafeMutableRawPointer(model.params.grads.base)]
+                    XCTAssertEqual(floatsReachable(from: pass, seen: &seen), pass.activationFloats, "\(what): floats held by the pass")
+                    recorder.reset()
+                    Kernels.with(recorder.context) { backward(model, pass, k) }
+                    let listed = KernelInventory.backward(config: args.c, shard: args.s, sequences: args.b, layers: args.l,
+                                                          embedding: args.e, head: args.h, recompute: mode, attention: attention)
+                    assertSameWork(recorder.work, listed, "\(what): backward")
+                    let grads = { (m: Transformer) in Array(UnsafeBufferPointer(start: m.params.grads.base, count: m.params.grads.count)) }
+                    XCTAssertEqual(grads(model), grads(reference), "\(what): gradients")
+                }
             }
         }
     }
