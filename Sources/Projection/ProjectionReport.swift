@@ -11,6 +11,7 @@ public enum ProjectionReport {
     public struct Layout {
         public var device: String?, tp: Int?, pp: Int?, dp: Int?, ep: Int?, schedule: ScheduleKind?, microBatches: Int?
         public var virtualStages: Int?, recompute = Recompute.full, gpusPerNode: Int?
+        public var attention = AttentionKernel.fused
         public init() {}
     }
 
@@ -44,6 +45,7 @@ public enum ProjectionReport {
         if let s = l.schedule { c.schedule = s }
         if let v = l.virtualStages { c.virtualStages = v }
         c.recompute = l.recompute
+        c.attention = l.attention
         let tp = max(l.tp ?? Int(a.tp), 1), pp = max(l.pp ?? Int(a.pp), 1)
         let dp = l.dp ?? Int(a.gpus) / (tp * pp)
         c.tp = tp; c.pp = pp; c.ep = l.ep ?? tp
@@ -93,7 +95,7 @@ public enum ProjectionReport {
         let recompute = ["none": "no recomputation", "selective": "selective recomputation", "full": "full activation recomputation"][config.recompute.rawValue]!
         let experts = config.model.moeEvery == 0 ? "dense" : "experts over \(config.ep) ranks"
         return [
-            "the emulator's prediction (\(config.schedule.rawValue), \(device.name) cost model, \(recompute)): \(world) GPUs = TP\(config.tp) x PP\(config.pp) x DP\(batch.dp), \(experts), \(M) micro-batches of \(batch.microBatchSize) x \(config.model.seqLen) tokens",
+            "the emulator's prediction (\(config.schedule.rawValue), \(device.name) cost model, \(config.attention.rawValue) attention, \(recompute)): \(world) GPUs = TP\(config.tp) x PP\(config.pp) x DP\(batch.dp), \(experts), \(M) micro-batches of \(batch.microBatchSize) x \(config.model.seqLen) tokens",
             String(format: "  step %.2f s for %.3g tokens; pipeline bubble %.1f%% (closed form %.1f%%); MFU %.1f%%, HFU %.1f%%",
                    p.stepTime, Double(p.tokensPerStep), 100 * p.bubble,
                    100 * ClosedForm.bubble(config.schedule, stages: config.pp, microbatches: M,
