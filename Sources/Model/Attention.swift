@@ -26,8 +26,10 @@ public struct HeadSlice: Sendable, Equatable {
 }
 
 /// Causal self-attention with rotary positions and grouped KV heads (MHA when G = H,
-/// multi-query when G = 1). Forward caches q, k, v (after rotation), the softmax P and the
-/// concatenated head outputs; the backward is the hand-derived chain rule below.
+/// multi-query when G = 1). Forward caches q, k, v (after rotation), the concatenated head
+/// outputs and, with the naive kernel and no selective recomputation, the softmax P (else
+/// the backward recomputes P from q and k; the fused kernel keeps each row's log-sum-exp, as
+/// FlashAttention does); the backward is the hand-derived chain rule below.
 public enum Attention {
     public struct Weights {
         public let wq: Tensor  // (Hl*D, C)
@@ -81,7 +83,10 @@ public enum Attention {
 
     /// The fused backward: D = rowsum(dO * O), then one kernel that recomputes the
     /// probabilities and makes dV, dP, dQ and dK (five GEMMs on the causal half); HBM traffic
-    /// of Q, K, V, O, dO and the statistics read, dQ, dK and dV written.
+    /// counted as Q, K, V, O, dO and the statistics read, dQ, dK and dV written. (FlashAttention-2's
+    /// main kernel reads D instead of O, so this counts one T x D read per head more than it
+    /// does; K and V are counted once per query head, where the kernel rereads them per query
+    /// block; the softmax FLOPs, 2.5 and 4.5 per causal score, are beyond the paper's GEMM count.)
     static func fusedBackward(bh: Double, tt: Double, td: Double, T: Double, D: Double) -> [(flops: Double, elements: Double)] {
         [(2 * bh * td, 2 * bh * td + bh * T), (5 * bh * tt * D + 4.5 * bh * tt, bh * (8 * td + 2 * T))]
     }
@@ -91,6 +96,11 @@ public enum Attention {
     static func accountProbabilities(bh: Double, tt: Double, td: Double, D: Double) {
         Kernels.account(flops: 2 * bh * tt * D, elements: bh * (2 * td + tt))
         Kernels.account(flops: 5 * bh * tt, elements: 2 * bh * tt)
+    }
+
+    /// The accounting of O = P V over all (sequence, head) pairs: one batched GEMM.
+    static func accountValues(bh: Double, tt: Double, td: Double, D: Double) {
+        Kernels.account(flops: 2 * bh * tt * D, elements: bh * (tt + 2 * td))
     }
 
     /// x (N, C) -> y (N, C). Under tensor parallelism y is this rank's partial sum
@@ -120,7 +130,7 @@ public enum Attention {
             for k in fusedForward(bh: bh, tt: tt, td: td, T: Double(T), D: Double(D)) { Kernels.account(flops: k.flops, elements: k.elements) }
         } else {
             accountProbabilities(bh: bh, tt: tt, td: td, D: Double(D))
-            Kernels.account(flops: 2 * bh * tt * Double(D), elements: bh * (tt + 2 * td))
+            accountValues(bh: bh, tt: tt, td: td, D: Double(D))
         }
         Kernels.unaccounted {
         for b in 0..<B {
@@ -153,12 +163,20 @@ public enum Attention {
         let scale = 1 / Float(D).squareRoot()
         let bh = Double(B * hs.qHeads), tt = Double(T * T), td = Double(T * D)
         // Selective recomputation or the fused kernel: the probabilities again, head by head,
-        // from q and k (the same function as the forward's, so the same values).
+        // from q and k (the same function as the forward's, so the same values). Selective
+        // recomputation reruns the whole attention core as Megatron-LM does (Korthikanti et al.
+        // 2022, section 5: QK^T, softmax and the product with V), the product into a scratch
+        // buffer the backward does not need.
         let recomputed = cache.probs == nil ? Tensor(zeros: [T, T]) : nil
+        let selective = recomputed != nil && cache.kernel == .naive
+        let values = selective ? Tensor(zeros: [T, D]) : nil
         if cache.kernel == .fused {
             for k in fusedBackward(bh: bh, tt: tt, td: td, T: Double(T), D: Double(D)) { Kernels.account(flops: k.flops, elements: k.elements) }
         } else {
-            if recomputed != nil { accountProbabilities(bh: bh, tt: tt, td: td, D: Double(D)) }
+            if selective {
+                accountProbabilities(bh: bh, tt: tt, td: td, D: Double(D))
+                accountValues(bh: bh, tt: tt, td: td, D: Double(D))
+            }
             // Batched on a GPU: dP = dO V^T, dV = P^T dO, softmax backward, dQ = dS K, dK = dS^T Q.
             for _ in 0..<4 { Kernels.account(flops: 2 * bh * tt * Double(D), elements: bh * (tt + 2 * td)) }
             Kernels.account(flops: 4 * bh * tt, elements: 3 * bh * tt)
@@ -174,6 +192,10 @@ public enum Attention {
                 } else {
                     p = recomputed!.ptr
                     probabilities(q: cache.q.ptr + qOff, lda: qw, k: cache.k.ptr + kvOff, ldb: kw, T: T, D: D, scale: scale, into: p)
+                    if let values {
+                        Kernels.gemm(transA: false, transB: false, m: T, n: D, k: T, a: p, lda: T, b: cache.v.ptr + kvOff, ldb: kw,
+                                     beta: 0, c: values.ptr, ldc: D)
+                    }
                 }
                 let dOh = dO.ptr + qOff
                 // dP = dO v^T ; dv += P^T dO

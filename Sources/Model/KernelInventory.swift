@@ -171,7 +171,10 @@ public enum KernelInventory {
         if attention == .fused {
             w += Attention.fusedBackward(bh: bh, tt: tt, td: td, T: d.T, D: d.D).map { .kernel(flops: $0.flops, elements: $0.elements) }
         } else {
-            if recompute == .selective { w += attentionProbabilities(d) }
+            if recompute == .selective {   // the attention core again: probabilities and the product with V
+                w += attentionProbabilities(d)
+                w.append(.kernel(flops: 2 * bh * tt * d.D, elements: bh * (tt + 2 * td)))
+            }
             for _ in 0..<4 { w.append(.kernel(flops: 2 * bh * tt * d.D, elements: bh * (tt + 2 * td))) }
             w.append(.kernel(flops: 4 * bh * tt, elements: 3 * bh * tt))
         }

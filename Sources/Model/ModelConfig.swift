@@ -75,8 +75,9 @@ public struct ModelConfig: Equatable, Sendable {
 
 /// Activation recomputation (Korthikanti et al. 2022). `none`: the forward keeps everything
 /// the backward reads. `selective`: the attention core's probabilities (B x H x T x T, the
-/// largest activation at long sequences) are dropped, and the backward recomputes them from
-/// the kept q and k (the score GEMM and the softmax again), head by head. `full` (Megatron's
+/// largest activation at long sequences) are dropped, and the backward reruns the attention
+/// core from the kept q, k and v (the score GEMM, the softmax and the product with V, as
+/// Megatron-LM does), head by head. `full` (Megatron's
 /// `--recompute-granularity full`): each transformer layer keeps only its input, and the
 /// backward reruns the layer's forward (its kernels and its tensor- and expert-parallel
 /// messages) just before the layer's backward; the embedding and the head keep theirs. The

@@ -189,6 +189,9 @@ public final class Transformer {
                 live += out.count
                 transient = max(transient, cache.floatCount + out.count)
             } else {
+                if recompute == .selective && attention == .naive {
+                    transient = max(transient, x.rows / config.seqLen * heads.qHeads * config.seqLen * config.seqLen)
+                }
                 live += cache.floatCount + out.count
                 caches.append(cache)
             }
@@ -282,9 +285,14 @@ public final class Transformer {
     }
 
     /// Full recomputation: the largest working set of one held layer while it is recomputed
-    /// (everything its forward makes, its output again included); 0 otherwise.
+    /// (everything its forward makes, its output again included); selective recomputation with
+    /// the naive kernel: one layer's attention probabilities, made again for its backward (a
+    /// batched kernel on a GPU; the CPU makes them head by head); 0 otherwise.
     public static func transientFloats(config c: ModelConfig, sequences B: Int, shard: ShardSpec = .single,
                                        recompute: Recompute, attention: AttentionKernel = .naive) -> Int {
+        if recompute == .selective && attention == .naive && (0..<c.layers).contains(where: { shard.holds(layer: $0) }) {
+            return B * shard.heads(c).qHeads * c.seqLen * c.seqLen
+        }
         guard recompute == .full else { return 0 }
         return (0..<c.layers).filter { shard.holds(layer: $0) }
             .map { layerActivationFloats(config: c, sequences: B, shard: shard, layer: $0, attention: attention) }.max() ?? 0

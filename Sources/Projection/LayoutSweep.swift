@@ -45,7 +45,7 @@ public enum LayoutSweep {
                     do { p = try Projection(config: config, worldSize: world) } catch {
                         // The plan says why; layouts that fail alike are counted under one sentence
                         // (its numbers replaced by N).
-                        let why = String(describing: error).replacingOccurrences(of: "[0-9]+", with: "N", options: .regularExpression)
+                        let why = String(describing: error).replacingOccurrences(of: "\\b[0-9]+\\b", with: "N", options: .regularExpression)
                         rejected[why, default: 0] += 1; continue
                     }
                     let dp = p.plan.topology.dp

@@ -86,10 +86,21 @@ public struct PublishedMeasurement: Decodable, Sendable {
             throw UsageError("\(path): measured must hold exactly one of tflops_per_gpu, iteration_time_s, mfu (it holds \(metrics.count))")
         }
         guard metrics[0].isFinite && metrics[0] > 0 else { throw bad("measured", metrics[0], "must be positive") }
+        if let mfu = m.measured.mfu, mfu > 1 { throw bad("measured.mfu", mfu, "is a fraction of the peak, at most 1") }
+        let md = m.model, l = m.layout
+        for (key, value, least) in [("model.layers", md.layers, 1), ("model.d_model", md.dModel, 1), ("model.heads", md.heads, 1),
+                                    ("model.kv_heads", md.kvHeads, 1), ("model.ffn_hidden", md.ffnHidden, 1), ("model.experts", md.experts, 0),
+                                    ("model.top_k", md.topK, 1), ("model.moe_every", md.moeEvery, 0), ("model.vocab", md.vocab, 2),
+                                    ("model.seq_len", md.seqLen, 2), ("layout.virtual_stages", l.virtualStages, 1),
+                                    ("layout.micro_batch_size", l.microBatchSize, 1), ("layout.global_batch", l.globalBatch, 1),
+                                    ("layout.zero", l.zero, 0)] {
+            guard (least...1_000_000_000).contains(value) else { throw bad(key, value, "must be from \(least) to 1000000000") }
+        }
+        if md.experts > 0 && md.topK > md.experts { throw bad("model.top_k", md.topK, "is more than model.experts \(md.experts)") }
         guard countings.contains(m.flopsCounting) else { throw bad("flops_counting", m.flopsCounting, "expected one of \(countings.joined(separator: ", "))") }
         guard m.model.ffn == "gelu" else { throw bad("model.ffn", m.model.ffn, "only gelu is modelled so far") }
-        guard ScheduleKind(rawValue: m.layout.schedule) != nil else {
-            throw bad("layout.schedule", m.layout.schedule, "expected one of \(ScheduleKind.allCases.map(\.rawValue).joined(separator: ", "))")
+        guard let schedule = ScheduleKind(rawValue: m.layout.schedule), schedule != .zbH1 else {
+            throw bad("layout.schedule", m.layout.schedule, "expected one of \(ScheduleKind.allCases.filter { $0 != .zbH1 }.map(\.rawValue).joined(separator: ", ")) (zb-h1 is not projected)")
         }
         for (key, value) in [("layout.tp", m.layout.tp), ("layout.pp", m.layout.pp), ("layout.dp", m.layout.dp), ("layout.ep", m.layout.ep)] {
             guard (1...1_000_000).contains(value) else { throw bad(key, value, "must be from 1 to 1000000") }
@@ -122,10 +133,8 @@ public struct PublishedMeasurement: Decodable, Sendable {
         c.recompute = l.recompute
         c.attention = l.attention
         c.device = cluster.device; c.gpusPerNode = cluster.gpusPerNode
-        let (world, overflow) = l.tp.multipliedReportingOverflow(by: l.pp)
-        let (all, overflow2) = world.multipliedReportingOverflow(by: l.dp)
-        guard !overflow && !overflow2 else { throw UsageError("\(name): tp x pp x dp overflows") }
-        return (c, all)
+        // Each factor is at most 10^6 (`load`), so the product fits an Int; the plan bounds it.
+        return (c, l.tp * l.pp * l.dp)
     }
 
     public enum Metric: String, Sendable { case tflopsPerGPU = "tflops_per_gpu", iterationTimeS = "iteration_time_s", mfu }
@@ -172,6 +181,11 @@ public enum Validate {
         enum CodingKeys: String, CodingKey { case rows, meanAbsError = "mean_abs_error", maxAbsError = "max_abs_error" }
     }
 
+    /// A projection whose failure names the published run.
+    static func projection(_ plan: JobPlan, of m: PublishedMeasurement) throws -> Projection {
+        do { return try Projection(plan: plan) } catch { throw UsageError("\(m.name): \(error)") }
+    }
+
     /// Reads and plans every file before printing anything: a bad file stops the command
     /// with its name and the key at fault.
     static func plans(_ files: [String]) throws -> [(PublishedMeasurement, JobPlan)] {
@@ -185,7 +199,7 @@ public enum Validate {
     }
 
     public static func run(files: [String], log: (String) -> Void) throws -> Report {
-        let report = try rows(plans(files).map { ($0.0, try Projection(plan: $0.1)) })
+        let report = try rows(plans(files).map { m, plan in (m, try projection(plan, of: m)) })
         print(report, log: log)
         return report
     }
@@ -221,8 +235,15 @@ public enum Validate {
         public let device: String
         public let parameter = "flops_efficiency"
         public let before, after: Double
-        public let fitSet, heldOut: Report
-        enum CodingKeys: String, CodingKey { case device, parameter, before, after, fitSet = "fit_set", heldOut = "held_out" }
+        /// Whether the fit stopped at an end of the search range (then the constant is not what
+        /// limits the error: the runs need something the model does not have).
+        public let atRangeEnd: Bool
+        public let fitSet: Report
+        /// Nil when the prefix names every run.
+        public let heldOut: Report?
+        enum CodingKeys: String, CodingKey {
+            case device, parameter, before, after, atRangeEnd = "at_range_end", fitSet = "fit_set", heldOut = "held_out"
+        }
     }
 
     public static func fit(files: [String], prefix: String, log: (String) -> Void) throws -> Fit {
@@ -237,12 +258,16 @@ public enum Validate {
             var profile = base
             profile.flopsEfficiency = e
             return try set.map { m, plan in
-                (m, try Projection(plan: plan.emulator.profile.name == base.name ? plan.costed(on: profile) : plan))
+                (m, try projection(plan.emulator.profile.name == base.name ? plan.costed(on: profile) : plan, of: m))
             }
         }
         func error(_ e: Double) throws -> Double { rows(try projected(inFit, e)).meanAbsError }
-        // Golden-section search: the error is unimodal in the efficiency over this range.
-        var (lo, hi) = (0.3, 1.0)
+        // A coarse grid first (the mean of absolute errors need not be unimodal), then a
+        // golden-section search in the bracket around the grid's best point.
+        let range = (0.3, 1.0), grid = stride(from: range.0, through: range.1 + 1e-9, by: 0.05).map { $0 }
+        let errors = try grid.map(error)
+        let bestIndex = errors.indices.min { errors[$0] < errors[$1] }!
+        var (lo, hi) = (grid[max(bestIndex - 1, 0)], grid[min(bestIndex + 1, grid.count - 1)])
         let g = (5.0.squareRoot() - 1) / 2
         var a = hi - g * (hi - lo), b = lo + g * (hi - lo)
         var fa = try error(a), fb = try error(b)
@@ -251,15 +276,18 @@ public enum Validate {
             else { lo = a; a = b; fa = fb; b = lo + g * (hi - lo); fb = try error(b) }
         }
         let best = (lo + hi) / 2
-        let fitSet = rows(try projected(inFit, best)), heldOut = rows(try projected(outOfFit, best))
-        log(String(format: "fit: flops_efficiency of %@ %.4f (the profile has %.4f), fit to the %ld run(s) named %@*",
-                   base.name, best, base.flopsEfficiency, inFit.count, prefix))
+        let atEnd = best - range.0 < 1e-3 || range.1 - best < 1e-3
+        let fitSet = rows(try projected(inFit, best))
+        let heldOut = outOfFit.isEmpty ? nil : rows(try projected(outOfFit, best))
+        log(String(format: "fit: flops_efficiency of %@ %.4f (the profile has %.4f), fit to the %ld run(s) named %@*%@",
+                   base.name, best, base.flopsEfficiency, inFit.count, prefix,
+                   atEnd ? String(format: "; at the end of the search range %.1f-%.1f: the efficiency alone cannot fit these runs", range.0, range.1) : ""))
         log("fit set:")
         print(fitSet, log: log)
-        if !outOfFit.isEmpty {
+        if let heldOut {
             log("held out:")
             print(heldOut, log: log)
         }
-        return Fit(device: base.name, before: base.flopsEfficiency, after: best, fitSet: fitSet, heldOut: heldOut)
+        return Fit(device: base.name, before: base.flopsEfficiency, after: best, atRangeEnd: atEnd, fitSet: fitSet, heldOut: heldOut)
     }
 }

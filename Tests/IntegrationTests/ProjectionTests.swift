@@ -25,7 +25,8 @@ extension ProjectionTests {
         for (np, flags) in [(4, ["--tp", "2", "--pp", "2"]), (4, ["--tp", "2", "--pp", "2", "--moe-every", "0"]),
                             (4, ["--pp", "4", "--layers", "4", "--micro-batches", "8", "--schedule", "gpipe"]),
                             (4, ["--tp", "2", "--ep", "4"]),
-                            (4, ["--tp", "2", "--pp", "2", "--recompute", "selective"]),
+                            (4, ["--tp", "2", "--pp", "2", "--attention", "naive"]),
+                            (4, ["--tp", "2", "--pp", "2", "--recompute", "selective", "--attention", "naive"]),
                             (4, ["--tp", "2", "--pp", "2", "--recompute", "full"])] {
             let dir = try Subprocess.tempDir()
             let common = ["--config", "configs/tiny.json", "--steps", "4"] + flags

@@ -64,7 +64,8 @@ final class PublishedMeasurementTests: XCTestCase {
         XCTAssertEqual(fit.before, 0.75)
         XCTAssertEqual(fit.fitSet.rows.map(\.name), ["narayanan2021-t1-18.4b"])
         XCTAssertLessThan(abs(fit.fitSet.rows[0].error), 1e-3, lines.joined(separator: "\n"))
-        XCTAssertEqual(fit.heldOut.rows.count, 14)
+        XCTAssertEqual(fit.heldOut?.rows.count, 14)
+        XCTAssertFalse(fit.atRangeEnd)
         // The row was projected 8.3% fast at 0.75: the efficiency that fits it is lower by more
         // than that, since GEMMs are only part of the step.
         XCTAssertLessThan(fit.after, 0.75 / 1.083)
@@ -80,15 +81,21 @@ final class PublishedMeasurementTests: XCTestCase {
         let dir = NSTemporaryDirectory() + "published-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        for (name, edit, expected) in [
-            ("missing", { (s: String) in s.replacingOccurrences(of: "\"tp\": 8,", with: "") }, "missing key 'layout.tp'"),
+        let edits: [(String, (String) -> String, String)] = [
+            ("missing", { $0.replacingOccurrences(of: "\"tp\": 8,", with: "") }, "missing key 'layout.tp'"),
             ("two-metrics", { $0.replacingOccurrences(of: "\"iteration_time_s\": 1.42", with: "\"iteration_time_s\": 1.42, \"mfu\": 0.4") },
              "exactly one of tflops_per_gpu, iteration_time_s, mfu"),
             ("counting", { $0.replacingOccurrences(of: "narayanan2021-eq3", with: "guess") }, "flops_counting guess"),
             ("swiglu", { $0.replacingOccurrences(of: "\"gelu\"", with: "\"swiglu\"") }, "model.ffn swiglu"),
             ("schedule", { $0.replacingOccurrences(of: "\"1f1b\"", with: "\"zigzag\"") }, "layout.schedule zigzag"),
             ("negative", { $0.replacingOccurrences(of: "\"iteration_time_s\": 1.42", with: "\"iteration_time_s\": -1") }, "must be positive"),
-        ] {
+            ("top-k", { $0.replacingOccurrences(of: "\"top_k\": 1", with: "\"top_k\": 0") }, "model.top_k 0: must be from 1"),
+            ("experts", { $0.replacingOccurrences(of: "\"experts\": 0", with: "\"experts\": -4") }, "model.experts -4: must be from 0"),
+            ("batch", { $0.replacingOccurrences(of: "\"global_batch\": 4", with: "\"global_batch\": 0") }, "layout.global_batch 0"),
+            ("mfu", { $0.replacingOccurrences(of: "\"iteration_time_s\": 1.42", with: "\"mfu\": 5") }, "measured.mfu 5.0: is a fraction"),
+            ("zb-h1", { $0.replacingOccurrences(of: "\"1f1b\"", with: "\"zb-h1\"") }, "layout.schedule zb-h1"),
+        ]
+        for (name, edit, expected) in edits {
             let path = dir + "/\(name).json"
             let text = edit(good)
             XCTAssertNotEqual(text, good, "the edit \(name) changed nothing")
