@@ -36,6 +36,10 @@ public enum KernelInventory {
             rowsPerExpert = Double(s.ep) * rows / E                // received per local expert, balanced
             tp = s.tp; ep = s.ep
         }
+        /// Attention: (sequence, query head) pairs, T x T scores and T x D values per pair.
+        var bh: Double { B * qw / D }
+        var tt: Double { T * T }
+        var td: Double { T * D }
     }
 
     static func norm(_ d: Dims) -> Work { .kernel(flops: 4 * d.N * d.C, elements: 2 * d.N * d.C + d.C + d.N) }
@@ -67,8 +71,14 @@ public enum KernelInventory {
     /// The score GEMM and the causal softmax of every (sequence, head): the attention core's
     /// probabilities, which selective recomputation makes again in the backward.
     static func attentionProbabilities(_ d: Dims) -> [Work] {
-        let bh = d.B * d.qw / d.D, tt = d.T * d.T, td = d.T * d.D
+        let (bh, tt, td) = (d.bh, d.tt, d.td)
         return [.kernel(flops: 2 * bh * tt * d.D, elements: bh * (2 * td + tt)), .kernel(flops: 5 * bh * tt, elements: 2 * bh * tt)]
+    }
+
+    /// O = P V for every (sequence, head): the attention core's product with V.
+    static func attentionValues(_ d: Dims) -> Work {
+        let (bh, tt, td) = (d.bh, d.tt, d.td)
+        return .kernel(flops: 2 * bh * tt * d.D, elements: bh * (tt + 2 * td))
     }
 
     /// One transformer layer's forward.
@@ -78,12 +88,12 @@ public enum KernelInventory {
         w.append(norm(d))
         w += [gemm(d.N, d.qw, d.C), gemm(d.N, d.kw, d.C), gemm(d.N, d.kw, d.C)]
         w += [rotary(d, width: d.qw), rotary(d, width: d.kw)]
-        let bh = d.B * d.qw / d.D, tt = d.T * d.T, td = d.T * d.D
+        let (bh, tt, td) = (d.bh, d.tt, d.td)
         if attention == .fused {
             w += Attention.fusedForward(bh: bh, tt: tt, td: td, T: d.T, D: d.D).map { .kernel(flops: $0.flops, elements: $0.elements) }
         } else {
             w += attentionProbabilities(d)
-            w.append(.kernel(flops: 2 * bh * tt * d.D, elements: bh * (tt + 2 * td)))
+            w.append(attentionValues(d))
         }
         w.append(gemm(d.N, d.C, d.qw))
         w += tp(d, d.N * d.C)
@@ -167,13 +177,13 @@ public enum KernelInventory {
         w.append(normBackward(d, accumulate: true))
         // attention
         w += linear(d, d.N, out: d.C, inDim: d.qw)
-        let bh = d.B * d.qw / d.D, tt = d.T * d.T, td = d.T * d.D
+        let (bh, tt, td) = (d.bh, d.tt, d.td)
         if attention == .fused {
             w += Attention.fusedBackward(bh: bh, tt: tt, td: td, T: d.T, D: d.D).map { .kernel(flops: $0.flops, elements: $0.elements) }
         } else {
             if recompute == .selective {   // the attention core again: probabilities and the product with V
                 w += attentionProbabilities(d)
-                w.append(.kernel(flops: 2 * bh * tt * d.D, elements: bh * (tt + 2 * td)))
+                w.append(attentionValues(d))
             }
             for _ in 0..<4 { w.append(.kernel(flops: 2 * bh * tt * d.D, elements: bh * (tt + 2 * td))) }
             w.append(.kernel(flops: 4 * bh * tt, elements: 3 * bh * tt))

@@ -121,6 +121,19 @@ public struct JobPlan: Sendable {
         }
     }
 
+    /// A file a command will write, named by `flag`: its directory must exist and it must not
+    /// be a directory. Only checks; writes nothing.
+    public static func checkOutputFile(_ flag: String, _ path: String) throws {
+        var isDir: ObjCBool = false
+        let dir = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+            throw UsageError("\(flag) \(path): directory \(dir) does not exist")
+        }
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
+            throw UsageError("\(flag) \(path) is a directory; name a file")
+        }
+    }
+
     /// The files a training run will write: their directories must exist (or be creatable)
     /// and nothing the user already has may be overwritten. Only checks; writes nothing.
     func checkOutputPaths() throws {
@@ -130,10 +143,7 @@ public struct JobPlan: Sendable {
             return fm.fileExists(atPath: path, isDirectory: &isDir) ? isDir.boolValue : nil
         }
         for (flag, path) in [("--summary-json", config.summaryJSON), ("--trace", config.trace)] {
-            guard let path else { continue }
-            let dir = URL(fileURLWithPath: path).deletingLastPathComponent().path
-            guard isDirectory(dir) == true else { throw UsageError("\(flag) \(path): directory \(dir) does not exist") }
-            if isDirectory(path) == true { throw UsageError("\(flag) \(path) is a directory; name a file") }
+            if let path { try Self.checkOutputFile(flag, path) }
         }
         if let dir = config.dumpDir {
             if isDirectory(dir) == false { throw UsageError("--dump-dir \(dir) exists and is not a directory") }

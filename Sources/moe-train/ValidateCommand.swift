@@ -18,17 +18,7 @@ struct ValidateCommand: ParsableCommand {
     func run() throws {
         do {
             let paths = try files.isEmpty ? Self.shipped() : files
-            if let json {
-                // Checked before the work: its directory exists and it is not one.
-                var isDir: ObjCBool = false
-                let dir = URL(fileURLWithPath: json).deletingLastPathComponent().path
-                guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
-                    throw UsageError("--json \(json): directory \(dir) does not exist")
-                }
-                if FileManager.default.fileExists(atPath: json, isDirectory: &isDir), isDir.boolValue {
-                    throw UsageError("--json \(json) is a directory; name a file")
-                }
-            }
+            if let json { try JobPlan.checkOutputFile("--json", json) }   // before the work
             let text: String
             if let fit {
                 text = try JSONText.encode(try Validate.fit(files: paths, prefix: fit) { print($0) })

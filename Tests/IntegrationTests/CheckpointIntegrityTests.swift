@@ -44,6 +44,21 @@ final class CheckpointIntegrityTests: XCTestCase {
         try JSONSerialization.data(withJSONObject: manifest).write(to: URL(fileURLWithPath: checkpoint + "/manifest.json"))
     }
 
+    /// Puts `bytes` in place of a shard and re-hashes the manifest to them: the damage passes
+    /// the checksum, and only loading can refuse it.
+    func replace(_ checkpoint: String, _ file: String, with bytes: [UInt8]) throws {
+        try Data(bytes).write(to: URL(fileURLWithPath: checkpoint + "/" + file))
+        try rehash(checkpoint, file)
+    }
+
+    /// The same command again refuses step 20 saying `message`, and the whole job falls back to step 15.
+    func assertRefusedAndFellBack(_ ref: (run: String, checksum: String, losses: [Double]), saying message: String,
+                                  file: StaticString = #filePath, line: UInt = #line) throws {
+        let (r, s) = try rerun(ref.run)
+        XCTAssertTrue(r.stdout.contains(message), r.stdout, file: file, line: line)
+        assertFellBack(to: 15, r, s, ref, file: file, line: line)
+    }
+
     func assertFellBack(to step: Int, _ r: Subprocess.Result, _ s: [String: Any], _ ref: (run: String, checksum: String, losses: [Double]),
                         file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertTrue(r.stdout.contains("resumed from \(ref.run)/step-\(String(format: "%06d", step))"), r.stdout, file: file, line: line)
@@ -58,9 +73,7 @@ final class CheckpointIntegrityTests: XCTestCase {
         let ref = try finishedRun()
         try FileManager.default.removeItem(atPath: ref.run + "/step-000020")
         try FileManager.default.copyItem(atPath: ref.run + "/step-000015", toPath: ref.run + "/step-000020")
-        let (r, s) = try rerun(ref.run)
-        XCTAssertTrue(r.stdout.contains("step-000020/manifest.json is step 15's, not step 20's"), r.stdout)
-        assertFellBack(to: 15, r, s, ref)
+        try assertRefusedAndFellBack(ref, saying: "step-000020/manifest.json is step 15's, not step 20's")
     }
 
     /// A shard holding a NaN whose manifest was re-hashed passes the checksum; loading refuses
@@ -72,12 +85,8 @@ final class CheckpointIntegrityTests: XCTestCase {
         // The parameters are the first tensor: element 3 becomes NaN.
         let at = 8 + headerLength + 3 * 4
         withUnsafeBytes(of: Float.nan.bitPattern.littleEndian) { for (k, b) in $0.enumerated() { bytes[at + k] = b } }
-        try Data(bytes).write(to: URL(fileURLWithPath: checkpoint + "/" + file))
-        try rehash(checkpoint, file)
-        let (r, s) = try rerun(ref.run)
-        XCTAssertTrue(r.stdout.contains("rank 2: step-000020/rank-00002.safetensors: the parameter shard holds a non-finite value (nan at element 3)"),
-                      r.stdout)
-        assertFellBack(to: 15, r, s, ref)
+        try replace(checkpoint, file, with: bytes)
+        try assertRefusedAndFellBack(ref, saying: "rank 2: step-000020/rank-00002.safetensors: the parameter shard holds a non-finite value (nan at element 3)")
     }
 
     /// A shard whose header is broken but whose manifest was re-hashed: one rank cannot read
@@ -88,11 +97,8 @@ final class CheckpointIntegrityTests: XCTestCase {
         var bytes = [UInt8](try XCTUnwrap(FileManager.default.contents(atPath: checkpoint + "/" + file)))
         XCTAssertEqual(bytes[8], UInt8(ascii: "{"))
         bytes[8] = UInt8(ascii: "X")
-        try Data(bytes).write(to: URL(fileURLWithPath: checkpoint + "/" + file))
-        try rehash(checkpoint, file)
-        let (r, s) = try rerun(ref.run)
-        XCTAssertTrue(r.stdout.contains("rank 1: step-000020/rank-00001.safetensors: is not a readable safetensors file"), r.stdout)
-        assertFellBack(to: 15, r, s, ref)
+        try replace(checkpoint, file, with: bytes)
+        try assertRefusedAndFellBack(ref, saying: "rank 1: step-000020/rank-00001.safetensors: is not a readable safetensors file")
     }
 
     /// Rank 0's shard copied over rank 1's (the same shape under --tp 2) and re-hashed: the
@@ -103,9 +109,7 @@ final class CheckpointIntegrityTests: XCTestCase {
         try FileManager.default.removeItem(atPath: checkpoint + "/rank-00001.safetensors")
         try FileManager.default.copyItem(atPath: checkpoint + "/rank-00000.safetensors", toPath: checkpoint + "/rank-00001.safetensors")
         try rehash(checkpoint, "rank-00001.safetensors")
-        let (r, s) = try rerun(ref.run)
-        XCTAssertTrue(r.stdout.contains("rank 1: step-000020/rank-00001.safetensors: its header says rank 0"), r.stdout)
-        assertFellBack(to: 15, r, s, ref)
+        try assertRefusedAndFellBack(ref, saying: "rank 1: step-000020/rank-00001.safetensors: its header says rank 0")
     }
 
     /// Resharding reads optimizer ranges from shard headers: a crafted one (a range starting
@@ -122,8 +126,7 @@ final class CheckpointIntegrityTests: XCTestCase {
         let text = [UInt8](try JSONSerialization.data(withJSONObject: header))
         var out = (0..<8).map { UInt8(truncatingIfNeeded: text.count >> (8 * $0)) } + text
         out += bytes[(8 + headerLength)...]
-        try Data(out).write(to: URL(fileURLWithPath: checkpoint + "/" + file))
-        try rehash(checkpoint, file)
+        try replace(checkpoint, file, with: out)
         let summary = ref.run + "/../resharded.json"
         let r = try Subprocess.mpirun(np: 2, ["--config", "configs/tiny.json", "--tp", "2", "--steps", "24", "--checkpoint-every", "5",
                                               "--checkpoint-dir", ref.run, "--summary-json", summary])
