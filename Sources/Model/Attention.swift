@@ -40,7 +40,7 @@ public enum Attention {
     }
 
     public struct Cache {
-        let x: Tensor      // (N, C) the normalised input
+        var x: Tensor      // (N, C) the normalised input (under sequence parallelism, gathered again for the backward)
         let q: Tensor      // (N, Hl*D)
         let k: Tensor      // (N, Gl*D)
         let v: Tensor      // (N, Gl*D)

@@ -7,7 +7,7 @@ import Glibc
 /// h = x W_up^T (n, F), a = gelu(h), y = a W_down^T (n, C).
 public enum FeedForward {
     public struct Cache {
-        let x: Tensor  // (n, C)
+        var x: Tensor  // (n, C) (under sequence parallelism, gathered again for the backward)
         let h: Tensor  // (n, F) pre-activation
         let a: Tensor  // (n, F) gelu(h)
         /// Floats this cache holds beyond its input (which belongs to the caller).

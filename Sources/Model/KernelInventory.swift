@@ -12,6 +12,10 @@ public enum KernelInventory {
         case tpAllReduce(floats: Double)
         /// A max over the tensor-parallel group of `floats` values.
         case tpAllReduceMax(floats: Double)
+        /// Sequence parallelism: an all-gather over the tensor-parallel group of `floats` values in all.
+        case tpAllGather(floats: Double)
+        /// Sequence parallelism: a reduce-scatter over the tensor-parallel group of `floats` values in all.
+        case tpReduceScatter(floats: Double)
         /// An expert-parallel exchange in which this rank sends `floats` values.
         case epAllToAll(floats: Double)
         /// The expert-parallel exchange of per-expert counts (32-bit integers).
@@ -25,10 +29,13 @@ public enum KernelInventory {
 
     struct Dims {
         let N, B, T, C, D, qw, kw, Fl, Vl, E, K, El, rows, rowsPerExpert: Double
-        let tp: Int, ep: Int
+        /// Rows of the residual stream on this rank (`ShardSpec.residualRows`): N, or N / tp under sequence parallelism.
+        let n: Double
+        let tp: Int, ep: Int, sp: Bool
         init(_ c: ModelConfig, _ s: ShardSpec, sequences: Int) {
             let h = s.heads(c)
             B = Double(sequences); T = Double(c.seqLen); N = B * T; C = Double(c.dModel); D = Double(c.headDim)
+            n = Double(s.residualRows(tokens: sequences * c.seqLen)); sp = s.sequenceParallel
             qw = Double(h.qHeads * c.headDim); kw = Double(h.kvHeads * c.headDim)
             Fl = Double(c.ffnHidden / s.tp); Vl = Double(s.vocabRange(c).count)
             E = Double(c.experts); K = Double(c.topK); El = Double(c.experts / s.ep)
@@ -42,14 +49,22 @@ public enum KernelInventory {
         var td: Double { T * D }
     }
 
-    static func norm(_ d: Dims) -> Work { .kernel(flops: 4 * d.N * d.C, elements: 2 * d.N * d.C + d.C + d.N) }
+    // Norms, residual additions and copies run on the rank's rows of the residual stream.
+    static func norm(_ d: Dims) -> Work { .kernel(flops: 4 * d.n * d.C, elements: 2 * d.n * d.C + d.C + d.n) }
     static func normBackward(_ d: Dims, accumulate: Bool) -> Work {
-        .kernel(flops: 10 * d.N * d.C, elements: (accumulate ? 4 : 3) * d.N * d.C + 2 * d.C + d.N)
+        .kernel(flops: 10 * d.n * d.C, elements: (accumulate ? 4 : 3) * d.n * d.C + 2 * d.C + d.n)
     }
-    static func residual(_ d: Dims) -> Work { .kernel(flops: d.N * d.C, elements: 3 * d.N * d.C) }
-    static func copy(_ d: Dims) -> Work { .kernel(flops: 0, elements: 2 * d.N * d.C) }
+    static func residual(_ d: Dims) -> Work { .kernel(flops: d.n * d.C, elements: 3 * d.n * d.C) }
+    static func copy(_ d: Dims) -> Work { .kernel(flops: 0, elements: 2 * d.n * d.C) }
     static func rotary(_ d: Dims, width: Double) -> Work { .kernel(flops: 3 * d.N * width, elements: 2 * d.N * width + d.N * d.D) }
     static func tp(_ d: Dims, _ floats: Double) -> [Work] { d.tp > 1 ? [.tpAllReduce(floats: floats)] : [] }
+    /// The input of a column-parallel region (`Transformer.gathered`): an all-gather of the
+    /// micro-batch's N x C under sequence parallelism, nothing otherwise.
+    static func gathered(_ d: Dims) -> [Work] { d.sp ? [.tpAllGather(floats: d.N * d.C)] : [] }
+    /// The output of a row-parallel region, or the input gradient of a column-parallel one,
+    /// summed over TP (`Transformer.reduced`): a reduce-scatter under sequence parallelism,
+    /// an all-reduce otherwise.
+    static func reduced(_ d: Dims) -> [Work] { d.sp ? [.tpReduceScatter(floats: d.N * d.C)] : tp(d, d.N * d.C) }
 
     /// Forward of `layers` on one micro-batch of `sequences`, with the embedding (first chunk)
     /// and the head and loss (last chunk).
@@ -57,10 +72,11 @@ public enum KernelInventory {
                                embedding: Bool, head: Bool, attention: AttentionKernel = .naive) -> [Work] {
         let d = Dims(c, s, sequences: sequences)
         var w: [Work] = []
-        if embedding { w.append(.kernel(flops: 0, elements: 2 * d.N * d.C)); w += tp(d, d.N * d.C) }
+        if embedding { w.append(.kernel(flops: 0, elements: 2 * d.N * d.C)); w += reduced(d) }
         for l in layers { w += layerForward(c, d, l, attention: attention) }
         if head {
             w.append(norm(d))
+            w += gathered(d)
             w.append(gemm(d.N, d.Vl, d.C))
             w.append(.kernel(flops: 6 * d.N * d.Vl, elements: 2 * d.N * d.Vl))
             if d.tp > 1 { w += [.tpAllReduceMax(floats: d.N), .tpAllReduce(floats: 2 * d.N)] }
@@ -86,6 +102,7 @@ public enum KernelInventory {
         var w: [Work] = []
         // attention
         w.append(norm(d))
+        w += gathered(d)
         w += [gemm(d.N, d.qw, d.C), gemm(d.N, d.kw, d.C), gemm(d.N, d.kw, d.C)]
         w += [rotary(d, width: d.qw), rotary(d, width: d.kw)]
         let (bh, tt, td) = (d.bh, d.tt, d.td)
@@ -96,11 +113,13 @@ public enum KernelInventory {
             w.append(attentionValues(d))
         }
         w.append(gemm(d.N, d.C, d.qw))
-        w += tp(d, d.N * d.C)
+        w += reduced(d)
         w.append(residual(d))
         w.append(norm(d))
         if c.isMoE(layer: l) {
-            w.append(gemm(d.N, d.E, d.C))
+            // Under sequence parallelism each rank scores its own rows and the scores are gathered.
+            w.append(gemm(d.n, d.E, d.C))
+            if d.sp { w.append(.tpAllGather(floats: d.N * d.E)) }
             w.append(.kernel(flops: d.N * d.E * (5 + d.K), elements: 2 * d.N * d.E + 2 * d.N * d.K))
             if d.ep > 1 { w.append(.epCounts(bytes: 4 * d.E)) }
             w.append(.kernel(flops: 0, elements: 2 * d.rows * d.C))
@@ -113,10 +132,11 @@ public enum KernelInventory {
             }
             if d.ep > 1 { w.append(.epAllToAll(floats: d.El * d.rowsPerExpert * d.C)) }
             w.append(.kernel(flops: 2 * d.rows * d.C, elements: 2 * d.rows * d.C + d.N / Double(d.tp) * d.C))
-            w += tp(d, d.N * d.C)
+            if !d.sp { w += tp(d, d.N * d.C) }
         } else {
+            w += gathered(d)
             w += [gemm(d.N, d.Fl, d.C), .kernel(flops: 12 * d.N * d.Fl, elements: 2 * d.N * d.Fl), gemm(d.N, d.C, d.Fl)]
-            w += tp(d, d.N * d.C)
+            w += reduced(d)
         }
         w.append(residual(d))
         return w
@@ -130,15 +150,16 @@ public enum KernelInventory {
         let d = Dims(c, s, sequences: sequences)
         var w: [Work] = []
         if head {
+            w += gathered(d)
             w += linear(d, d.N, out: d.Vl, inDim: d.C)
-            w += tp(d, d.N * d.C)
+            w += reduced(d)
             w.append(normBackward(d, accumulate: false))
         }
         for l in layers.reversed() {
             if recompute == .full { w += layerForward(c, d, l, attention: attention) }
             w += layerBackward(c, d, l, recompute: recompute, attention: attention)
         }
-        if embedding { w.append(.kernel(flops: d.N * d.C, elements: 3 * d.N * d.C)) }
+        if embedding { w += gathered(d); w.append(.kernel(flops: d.N * d.C, elements: 3 * d.N * d.C)) }
         return w
     }
 
@@ -166,16 +187,18 @@ public enum KernelInventory {
             let mine = d.N / Double(d.tp)
             w.append(.kernel(flops: 8 * mine * d.E, elements: 3 * mine * d.E + mine * d.K))
             w += linear(d, mine, out: d.E, inDim: d.C, accumulateDx: true)
-            w += tp(d, d.N * d.C)
+            if !d.sp { w += tp(d, d.N * d.C) }
         } else {
+            w += gathered(d) + gathered(d)   // the output gradient, and the input again for the weight gradients
             w += linear(d, d.N, out: d.C, inDim: d.Fl)
             w.append(.kernel(flops: 18 * d.N * d.Fl, elements: 3 * d.N * d.Fl))
             w += linear(d, d.N, out: d.Fl, inDim: d.C)
-            w += tp(d, d.N * d.C)
+            w += reduced(d)
         }
         w.append(copy(d))
         w.append(normBackward(d, accumulate: true))
         // attention
+        w += gathered(d) + gathered(d)
         w += linear(d, d.N, out: d.C, inDim: d.qw)
         let (bh, tt, td) = (d.bh, d.tt, d.td)
         if attention == .fused {
@@ -192,7 +215,7 @@ public enum KernelInventory {
         w += linear(d, d.N, out: d.qw, inDim: d.C)
         w += linear(d, d.N, out: d.kw, inDim: d.C, accumulateDx: true)
         w += linear(d, d.N, out: d.kw, inDim: d.C, accumulateDx: true)
-        w += tp(d, d.N * d.C)
+        w += reduced(d)
         w.append(copy(d))
         w.append(normBackward(d, accumulate: true))
         return w

@@ -7,8 +7,13 @@ import Tensor
 /// replicated), then handles the assignments of its own 1/tp slice of the tokens: their
 /// rows travel to the expert-parallel rank that owns the expert (all-to-all-v, counts
 /// first), are processed there, come back by the inverse exchange and are combined with
-/// their gates; the partial outputs are summed over the TP group. On one rank the
-/// exchanges are the identity and this is the plain gather / expert MLP / combine.
+/// their gates; the partial outputs are summed over the TP group. Under sequence parallelism
+/// the layer starts from the rank's block of tokens, which is exactly that slice: it scores
+/// its own tokens, gathers the scores (N x E floats, so that every rank routes the whole
+/// micro-batch and capacity and the load-balancing loss see every sequence whole), and its
+/// output is its block's rows, complete: no TP collective on the activations in either
+/// direction. On one rank the exchanges are the identity and this is the plain gather /
+/// expert MLP / combine.
 public enum MoE {
     public struct Weights {
         public let router: Tensor  // (E, C), replicated
@@ -72,17 +77,33 @@ public enum MoE {
         }
     }
 
-    /// x (N, C) -> y (N, C), complete on every TP rank.
+    /// The token rows x holds (all N; under sequence parallelism this rank's block) and the
+    /// first one's index in the micro-batch.
+    static func heldRows(_ x: Tensor, _ shard: ShardSpec) -> (tokens: Int, base: Int) {
+        shard.sequenceParallel ? (x.rows * shard.tp, shard.tpRank * x.rows) : (x.rows, 0)
+    }
+
+    /// x (N, C) -> y (N, C), complete on every TP rank; under sequence parallelism x and y
+    /// are this rank's block of rows.
     public static func forward(_ x: Tensor, _ w: Weights, options o: Options, parallel: ModelParallelism, y: Tensor) -> Cache {
-        let n = x.rows, c = x.cols, K = o.topK
+        let c = x.cols, K = o.topK
         let shard = parallel.shard
-        let routing = Router.route(x, router: w.router, topK: K, seqLen: o.seqLen, capacity: o.capacity)
+        let (n, base) = heldRows(x, shard)
+        let routing: Routing
+        if shard.sequenceParallel {
+            let mine = Router.logits(x, router: w.router)
+            let all = Tensor(zeros: [n, mine.cols])
+            parallel.tpAllGather(mine.ptr, all.ptr, countPerRank: mine.count)
+            routing = Router.route(logits: all, topK: K, seqLen: o.seqLen, capacity: o.capacity)
+        } else {
+            routing = Router.route(x, router: w.router, topK: K, seqLen: o.seqLen, capacity: o.capacity)
+        }
         let tokens = (shard.tpRank * n / shard.tp)..<((shard.tpRank + 1) * n / shard.tp)
         let dispatch = plan(routing, tokens: tokens, localExperts: w.localExperts, parallel: parallel)
         // Send the token rows, process them, send the outputs back.
         var rows = [Float](repeating: 0, count: dispatch.sendSlots.count * c)
         rows.withUnsafeMutableBufferPointer { r in
-            for (i, slot) in dispatch.sendSlots.enumerated() { (r.baseAddress! + i * c).update(from: x.ptr + (slot / K) * c, count: c) }
+            for (i, slot) in dispatch.sendSlots.enumerated() { (r.baseAddress! + i * c).update(from: x.ptr + (slot / K - base) * c, count: c) }
         }
         Kernels.account(flops: 0, elements: Double(2 * rows.count))
         let received = parallel.epExchange(rows, sendRows: dispatch.sendRows, recvRows: dispatch.recvRows, width: c).rows
@@ -96,26 +117,29 @@ public enum MoE {
             batches[e] = ExpertBatch(rows: idx, ff: ff, y: ye)
         }
         let returned = parallel.epExchange(outRows, sendRows: dispatch.recvRows, recvRows: dispatch.sendRows, width: c).rows
-        // Combine: y_t += g * expert output, for this rank's tokens; then sum over TP.
+        // Combine: y_t += g * expert output, for this rank's tokens; then sum over TP (under
+        // sequence parallelism y holds only these tokens, and is complete).
         y.zero()
         Kernels.account(flops: Double(2 * returned.count), elements: Double(2 * returned.count + tokens.count * c))
         returned.withUnsafeBufferPointer { r in
             for (i, slot) in dispatch.sendSlots.enumerated() {
-                Kernels.axpy(c, routing.gate[slot], r.baseAddress! + i * c, y.ptr + (slot / K) * c)
+                Kernels.axpy(c, routing.gate[slot], r.baseAddress! + i * c, y.ptr + (slot / K - base) * c)
             }
         }
-        parallel.tpAllReduce(y)
+        if !shard.sequenceParallel { parallel.tpAllReduce(y) }
         return Cache(x: x, routing: routing, tokens: tokens, dispatch: dispatch, batches: batches, returned: returned)
     }
 
-    /// dy (N, C), complete on every TP rank -> dx (N, C) (added when `accumulate`);
+    /// dy (N, C), complete on every TP rank -> dx (N, C) (added when `accumulate`; under
+    /// sequence parallelism both are this rank's block of rows);
     /// expert weight gradients accumulated into `dw`, the router's partial (this rank's
     /// tokens) into `dw.router`.
     public static func backward(_ cache: Cache, _ w: Weights, options o: Options, parallel: ModelParallelism,
                                 scale: LossScale, dy: Tensor, dw: Weights, dx: Tensor, accumulate: Bool) {
         let r = cache.routing, d = cache.dispatch
-        let n = cache.x.rows, c = cache.x.cols, K = o.topK
-        let partial = Tensor(zeros: [n, c])
+        let held = cache.x.rows, c = cache.x.cols, K = o.topK
+        let (n, base) = heldRows(cache.x, parallel.shard)
+        let partial = Tensor(zeros: [held, c])
         var dGate = [Float](repeating: 0, count: n * K)
         // Gate gradients and the gradients of the expert outputs, in send order.
         var dRows = [Float](repeating: 0, count: d.sendSlots.count * c)
@@ -123,7 +147,7 @@ public enum MoE {
         cache.returned.withUnsafeBufferPointer { ret in
             dRows.withUnsafeMutableBufferPointer { dr in
                 for (i, slot) in d.sendSlots.enumerated() {
-                    let g = dy.ptr + (slot / K) * c
+                    let g = dy.ptr + (slot / K - base) * c
                     dGate[slot] = Kernels.dot(c, g, ret.baseAddress! + i * c)
                     Kernels.axpy(c, r.gate[slot], g, dr.baseAddress! + i * c)
                 }
@@ -142,12 +166,12 @@ public enum MoE {
         let back = parallel.epExchange(dxRows, sendRows: d.recvRows, recvRows: d.sendRows, width: c).rows
         Kernels.account(flops: Double(back.count), elements: Double(3 * back.count))
         back.withUnsafeBufferPointer { b in
-            for (i, slot) in d.sendSlots.enumerated() { Kernels.axpy(c, 1, b.baseAddress! + i * c, partial.ptr + (slot / K) * c) }
+            for (i, slot) in d.sendSlots.enumerated() { Kernels.axpy(c, 1, b.baseAddress! + i * c, partial.ptr + (slot / K - base) * c) }
         }
         Router.backward(r, dGate: dGate, tokens: cache.tokens, x: cache.x, router: w.router, dRouter: dw.router,
-                        seqLen: o.seqLen, auxCoef: o.auxCoef, zCoef: o.zCoef, scale: scale, dx: partial)
-        parallel.tpAllReduce(partial)
-        if accumulate { Kernels.axpy(n * c, 1, partial.ptr, dx.ptr) } else { dx.ptr.update(from: partial.ptr, count: n * c) }
+                        seqLen: o.seqLen, auxCoef: o.auxCoef, zCoef: o.zCoef, scale: scale, dx: partial, rowBase: base)
+        if !parallel.shard.sequenceParallel { parallel.tpAllReduce(partial) }
+        if accumulate { Kernels.axpy(held * c, 1, partial.ptr, dx.ptr) } else { dx.ptr.update(from: partial.ptr, count: held * c) }
     }
 
     /// Orders this rank's kept assignments by (destination EP rank, expert, slot), exchanges

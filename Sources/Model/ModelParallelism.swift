@@ -12,6 +12,12 @@ public protocol ModelParallelism: AnyObject {
     func tpAllReduce(_ buffer: UnsafeMutablePointer<Float>, count: Int)
     /// Maximum over the tensor-parallel group, in place.
     func tpAllReduceMax(_ buffer: UnsafeMutablePointer<Float>, count: Int)
+    /// Sequence parallelism's gather (Korthikanti et al.'s g in a forward; the backward of its g-bar):
+    /// every TP rank's `countPerRank` floats, rank by rank, into `recv`.
+    func tpAllGather(_ send: UnsafePointer<Float>, _ recv: UnsafeMutablePointer<Float>, countPerRank: Int)
+    /// Sequence parallelism's reduce-scatter (g-bar in a forward; the backward of g): the sum
+    /// over the TP group of `countPerRank * tp` floats, of which this rank keeps block `tpRank` in `recv`.
+    func tpReduceScatter(_ send: UnsafePointer<Float>, _ recv: UnsafeMutablePointer<Float>, countPerRank: Int)
     /// Expert-parallel exchange (all-to-all-v over the EP group): `rows` holds, for each
     /// destination EP rank in order, `sendRows[dest]` rows of `width` floats. Returns the
     /// rows received, source rank by source rank, with their counts. When `recvRows` is
@@ -31,6 +37,12 @@ public final class SingleRank: ModelParallelism {
     public init() {}
     public func tpAllReduce(_ buffer: UnsafeMutablePointer<Float>, count: Int) {}
     public func tpAllReduceMax(_ buffer: UnsafeMutablePointer<Float>, count: Int) {}
+    public func tpAllGather(_ send: UnsafePointer<Float>, _ recv: UnsafeMutablePointer<Float>, countPerRank: Int) {
+        recv.update(from: send, count: countPerRank)
+    }
+    public func tpReduceScatter(_ send: UnsafePointer<Float>, _ recv: UnsafeMutablePointer<Float>, countPerRank: Int) {
+        recv.update(from: send, count: countPerRank)
+    }
     public func epExchange(_ rows: [Float], sendRows: [Int], recvRows: [Int]?, width: Int) -> (rows: [Float], recvRows: [Int]) {
         (rows, sendRows)
     }

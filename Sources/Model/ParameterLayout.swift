@@ -13,7 +13,8 @@ public enum ParamPlacement: Equatable, Sendable {
     /// The same on every TP rank; the gradient each rank computes is complete.
     case replicated
     /// The same on every TP rank, but each rank computes only part of the gradient (its
-    /// heads' share for replicated KV projections, its tokens' share for the router):
+    /// heads' share for replicated KV projections, its tokens' share for the router and,
+    /// under sequence parallelism, for the norms):
     /// gradients are summed over the TP group.
     case replicatedPartialGrad
     /// Whole experts of this rank's expert-parallel share.
@@ -75,12 +76,15 @@ public struct ParameterLayout: Sendable {
         let ffnLocal = c.ffnHidden / shard.tp
         let tpSharded: ParamPlacement = shard.tp > 1 ? .tpSharded : .replicated
         let vocabSlice = TensorSlice(dim: 0, start: vocab.lowerBound, length: vocab.count)
+        // Under sequence parallelism each TP rank normalises only its block of rows: the norm
+        // weights' gradients are partial sums over the group.
+        let normPlacement: ParamPlacement = shard.sequenceParallel ? .replicatedPartialGrad : .replicated
         if shard.embedding {
             add("tok_emb", [c.vocab, c.dModel], .normal(std: std), slice: vocabSlice, placement: tpSharded)
         }
         for l in 0..<c.layers where shard.holds(layer: l) {
             let p = "layers.\(l)"
-            add("\(p).attn_norm", [c.dModel], .ones, decay: false)
+            add("\(p).attn_norm", [c.dModel], .ones, decay: false, placement: normPlacement)
             add("\(p).attn.wq", [c.heads * D, c.dModel], .normal(std: std),
                 slice: TensorSlice(dim: 0, start: heads.qHeadBase * D, length: heads.qHeads * D), placement: tpSharded)
             let kvPlacement: ParamPlacement = shard.kvReplicated(c) ? .replicatedPartialGrad : tpSharded
@@ -89,7 +93,7 @@ public struct ParameterLayout: Sendable {
             add("\(p).attn.wv", [c.kvHeads * D, c.dModel], .normal(std: std), slice: kvSlice, placement: kvPlacement)
             add("\(p).attn.wo", [c.dModel, c.heads * D], .normal(std: residualStd),
                 slice: TensorSlice(dim: 1, start: heads.qHeadBase * D, length: heads.qHeads * D), placement: tpSharded)
-            add("\(p).ffn_norm", [c.dModel], .ones, decay: false)
+            add("\(p).ffn_norm", [c.dModel], .ones, decay: false, placement: normPlacement)
             if c.isMoE(layer: l) {
                 add("\(p).moe.router", [c.experts, c.dModel], .normal(std: std * c.routerInitScale),
                     placement: shard.tp > 1 ? .replicatedPartialGrad : .replicated)
@@ -104,7 +108,7 @@ public struct ParameterLayout: Sendable {
             }
         }
         if shard.head {
-            add("norm_f", [c.dModel], .ones, decay: false)
+            add("norm_f", [c.dModel], .ones, decay: false, placement: normPlacement)
             if !c.tieEmbeddings { add("lm_head", [c.vocab, c.dModel], .normal(std: std), slice: vocabSlice, placement: tpSharded) }
         }
 

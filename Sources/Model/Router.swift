@@ -41,9 +41,21 @@ public struct Routing {
 public enum Router {
     /// x (N, C), router weight (E, C). `capacity` nil means unlimited.
     public static func route(_ x: Tensor, router w: Tensor, topK K: Int, seqLen T: Int, capacity: Int?) -> Routing {
-        let n = x.rows, E = w.shape[0]
-        let logits = Tensor(zeros: [n, E])
+        route(logits: logits(x, router: w), topK: K, seqLen: T, capacity: capacity)
+    }
+
+    /// The router's scores x R^T (N, E).
+    public static func logits(_ x: Tensor, router w: Tensor) -> Tensor {
+        let logits = Tensor(zeros: [x.rows, w.shape[0]])
         Kernels.linearForward(x, w, into: logits)
+        return logits
+    }
+
+    /// Routing from the router's scores (N, E), consumed (the softmax runs in place): under
+    /// sequence parallelism each tensor-parallel rank scores its own block of tokens and the
+    /// scores are gathered, so that every rank routes the whole micro-batch as one rank would.
+    public static func route(logits: Tensor, topK K: Int, seqLen T: Int, capacity: Int?) -> Routing {
+        let n = logits.rows, E = logits.cols
         let probs = logits  // softmax in place
         Kernels.account(flops: Double(n * E * (5 + K)), elements: Double(2 * n * E + 2 * n * K))
         var lse = [Float](repeating: 0, count: n)
@@ -111,9 +123,10 @@ public enum Router {
     /// router projection: dW_router += dlogits^T x, dx += dlogits W_router.
     /// Only the tokens in `tokens` are handled (a tensor-parallel rank's share, all of them
     /// on one rank): their load-balancing and z-loss terms, their gate gradients, their rows
-    /// of dx, and their part of the router gradient.
+    /// of dx, and their part of the router gradient. Row r of `x` and `dx` is token
+    /// `rowBase + r` (a sequence-parallel rank holds only its block of tokens).
     public static func backward(_ r: Routing, dGate: [Float], tokens: Range<Int>, x: Tensor, router w: Tensor, dRouter: Tensor,
-                                seqLen T: Int, auxCoef: Float, zCoef: Float, scale: LossScale, dx: Tensor) {
+                                seqLen T: Int, auxCoef: Float, zCoef: Float, scale: LossScale, dx: Tensor, rowBase: Int = 0) {
         let E = r.experts, K = r.k
         let n = tokens.count
         let dLogits = Tensor(zeros: [n, E])
@@ -139,7 +152,7 @@ public enum Router {
             let zt = zW * r.lse[t]
             for e in 0..<E { dl[t * E + e] = row[e] * (dp[e] - sdp) + zt * row[e] }
         }
-        Kernels.linearBackward(x.rowSlice(tokens.lowerBound, n), w, dLogits, dx: dx.rowSlice(tokens.lowerBound, n),
+        Kernels.linearBackward(x.rowSlice(tokens.lowerBound - rowBase, n), w, dLogits, dx: dx.rowSlice(tokens.lowerBound - rowBase, n),
                                dw: dRouter, accumulateDx: true)
     }
 }

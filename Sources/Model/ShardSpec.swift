@@ -11,10 +11,27 @@ public struct ShardSpec: Sendable, Equatable {
     /// and LM head (last pipeline stage).
     public let embedding: Bool
     public let head: Bool
+    /// Sequence parallelism (Korthikanti et al. 2022, section 4.2.2): outside the
+    /// tensor-parallel regions (norms, residual additions, the stream between layers and
+    /// pipeline stages) each TP rank holds a contiguous 1/tp block of the micro-batch's token
+    /// rows instead of all of them.
+    public let sequenceParallel: Bool
 
-    public init(tp: Int, tpRank: Int, ep: Int, epRank: Int, layers: [Int]? = nil, embedding: Bool = true, head: Bool = true) {
+    public init(tp: Int, tpRank: Int, ep: Int, epRank: Int, layers: [Int]? = nil, embedding: Bool = true, head: Bool = true,
+                sequenceParallel: Bool = false) {
         self.tp = tp; self.tpRank = tpRank; self.ep = ep; self.epRank = epRank
         self.layers = layers; self.embedding = embedding; self.head = head
+        self.sequenceParallel = sequenceParallel && tp > 1
+    }
+
+    /// Rows of the residual stream this rank holds for a micro-batch of `tokens` tokens: its
+    /// sequence block under sequence parallelism, all of them otherwise.
+    public func residualRows(tokens: Int) -> Int { sequenceParallel ? tokens / tp : tokens }
+
+    /// The same shard holding other layers (a pipeline chunk's view of it).
+    public func holding(layers: [Int]?, embedding: Bool, head: Bool) -> ShardSpec {
+        ShardSpec(tp: tp, tpRank: tpRank, ep: ep, epRank: epRank, layers: layers, embedding: embedding, head: head,
+                  sequenceParallel: sequenceParallel)
     }
 
     public static let single = ShardSpec(tp: 1, tpRank: 0, ep: 1, epRank: 0)

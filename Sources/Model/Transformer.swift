@@ -12,7 +12,12 @@ import Tensor
 /// (`params.layout.shard`), with the f/g all-reduces of `parallel` at the points Megatron
 /// puts them: after the row-parallel attention output and FFN down projection (forward),
 /// before the norms that feed column-parallel layers (backward), around the
-/// vocabulary-parallel embedding and cross-entropy.
+/// vocabulary-parallel embedding and cross-entropy. Under sequence parallelism
+/// (`ShardSpec.sequenceParallel`, Korthikanti et al. 2022) the residual stream, the norms
+/// and every chunk's input and output are the rank's block of token rows; each all-reduce
+/// becomes an all-gather before the column-parallel layers and a reduce-scatter after the
+/// row-parallel ones, and a layer keeps its norms' outputs as blocks, gathering them again
+/// for the weight gradients (as Megatron-LM does).
 public final class Transformer {
     public let config: ModelConfig
     public let params: Parameters
@@ -69,25 +74,53 @@ public final class Transformer {
                            wDown: get("layers.\(l).moe.w_down"))
     }
 
+    var sequenceParallel: Bool { parallel.shard.sequenceParallel }
+
+    /// The input of a column-parallel region: under sequence parallelism the TP group's blocks
+    /// of rows gathered into the whole micro-batch (g, Korthikanti et al. 2022); otherwise
+    /// `x` itself (f is the identity in a forward).
+    func gathered(_ x: Tensor) -> Tensor {
+        guard sequenceParallel else { return x }
+        let all = Tensor(zeros: [x.rows * parallel.shard.tp, x.cols])
+        parallel.tpAllGather(x.ptr, all.ptr, countPerRank: x.count)
+        return all
+    }
+
+    /// The output of a row-parallel region, summed over the TP group: this rank's block of
+    /// rows under sequence parallelism (reduce-scatter), all of them otherwise (all-reduce in place).
+    func reduced(_ y: Tensor) -> Tensor {
+        guard sequenceParallel else { parallel.tpAllReduce(y); return y }
+        let mine = Tensor(zeros: [y.rows / parallel.shard.tp, y.cols])
+        parallel.tpReduceScatter(y.ptr, mine.ptr, countPerRank: mine.count)
+        return mine
+    }
+
     func blockForward(_ l: Int, _ x: Tensor) -> (Tensor, BlockCache) {
         let n = x.rows, c = x.cols
         let xn1 = Tensor(zeros: [n, c]), rstd1 = Tensor(zeros: [n])
         RMSNorm.forward(x, params.value("layers.\(l).attn_norm"), eps: eps, y: xn1, rstd: rstd1)
-        let a = Tensor(zeros: [n, c])
-        let attn = Attention.forward(xn1, attnWeights(l), heads: heads, seqLen: config.seqLen, rotary: rotary, y: a,
+        let attnIn = gathered(xn1)
+        let attnOut = Tensor(zeros: [attnIn.rows, c])
+        var attn = Attention.forward(attnIn, attnWeights(l), heads: heads, seqLen: config.seqLen, rotary: rotary, y: attnOut,
                                      keepProbabilities: recompute != .selective, kernel: attention)
-        parallel.tpAllReduce(a)  // g: sum of the row-parallel output projection's partial outputs
+        attn.x = xn1   // the block is kept; the backward gathers it again
+        let a = reduced(attnOut)  // g: sum of the row-parallel output projection's partial outputs
         Self.residual(x, into: a)
         let xn2 = Tensor(zeros: [n, c]), rstd2 = Tensor(zeros: [n])
         RMSNorm.forward(a, params.value("layers.\(l).ffn_norm"), eps: eps, y: xn2, rstd: rstd2)
-        let out = Tensor(zeros: [n, c])
+        let out: Tensor
         let ffn: FFNCache
         if config.isMoE(layer: l) {
+            out = Tensor(zeros: [n, c])
             ffn = .moe(MoE.forward(xn2, moeWeights(l), options: moeOptions, parallel: parallel, y: out))
         } else {
-            ffn = .dense(FeedForward.forward(xn2, wUp: params.value("layers.\(l).ffn.w_up"),
-                                             wDown: params.value("layers.\(l).ffn.w_down"), y: out))
-            parallel.tpAllReduce(out)  // g: row-parallel down projection
+            let ffnIn = gathered(xn2)
+            let partial = Tensor(zeros: [ffnIn.rows, c])
+            var fc = FeedForward.forward(ffnIn, wUp: params.value("layers.\(l).ffn.w_up"),
+                                         wDown: params.value("layers.\(l).ffn.w_down"), y: partial)
+            fc.x = xn2
+            ffn = .dense(fc)
+            out = reduced(partial)  // g: row-parallel down projection
         }
         Self.residual(a, into: out)
         return (out, BlockCache(x: x, xn1: xn1, rstd1: rstd1, attn: attn, a: a, xn2: xn2, rstd2: rstd2, ffn: ffn))
@@ -102,11 +135,14 @@ public final class Transformer {
         case .moe(let mc):
             MoE.backward(mc, moeWeights(l), options: moeOptions, parallel: parallel, scale: scale, dy: dOut,
                          dw: moeWeights(l, grads: true), dx: dxn2, accumulate: false)
-        case .dense(let fc):
+        case .dense(var fc):
+            let dy = gathered(dOut)   // the backward of the reduce-scatter
+            fc.x = gathered(fc.x)
+            let partial = sequenceParallel ? Tensor(zeros: [dy.rows, c]) : dxn2
             FeedForward.backward(fc, wUp: params.value("layers.\(l).ffn.w_up"), wDown: params.value("layers.\(l).ffn.w_down"),
-                                 dy: dOut, dwUp: params.grad("layers.\(l).ffn.w_up"),
-                                 dwDown: params.grad("layers.\(l).ffn.w_down"), dx: dxn2, accumulate: false)
-            parallel.tpAllReduce(dxn2)  // f: column-parallel up projection's partial input gradients
+                                 dy: dy, dwUp: params.grad("layers.\(l).ffn.w_up"),
+                                 dwDown: params.grad("layers.\(l).ffn.w_down"), dx: partial, accumulate: false)
+            reduce(partial, into: dxn2)  // f: column-parallel up projection's partial input gradients
         }
         let da = dOut.copy()
         Kernels.account(flops: 0, elements: Double(2 * n * c))
@@ -114,9 +150,13 @@ public final class Transformer {
                          dw: params.grad("layers.\(l).ffn_norm"), accumulate: true)
         // Attention branch: dx = da + d(Attn(norm(x)))/dx
         let dxn1 = Tensor(zeros: [n, c])
-        Attention.backward(cache.attn, attnWeights(l), heads: heads, seqLen: config.seqLen, rotary: rotary,
-                           dy: da, dw: attnWeights(l, grads: true), dx: dxn1, accumulate: false)
-        parallel.tpAllReduce(dxn1)  // f: column-parallel q/k/v projections
+        var attn = cache.attn
+        let dy = gathered(da)
+        attn.x = gathered(attn.x)
+        let partial = sequenceParallel ? Tensor(zeros: [dy.rows, c]) : dxn1
+        Attention.backward(attn, attnWeights(l), heads: heads, seqLen: config.seqLen, rotary: rotary,
+                           dy: dy, dw: attnWeights(l, grads: true), dx: partial, accumulate: false)
+        reduce(partial, into: dxn1)  // f: column-parallel q/k/v projections
         // A copy, not `da` itself: the output projection's weight gradient may still read `da`
         // later (deferred to a zero-bubble W action).
         let dx = da.copy()
@@ -124,6 +164,17 @@ public final class Transformer {
         RMSNorm.backward(cache.x, params.value("layers.\(l).attn_norm"), rstd: cache.rstd1, dy: dxn1, dx: dx,
                          dw: params.grad("layers.\(l).attn_norm"), accumulate: true)
         return dx
+    }
+
+    /// The backward of a column-parallel region's input: the partial input gradients summed
+    /// over the TP group into `dx` (reduce-scatter of the rows under sequence parallelism,
+    /// all-reduce in place otherwise, when `partial` is `dx`).
+    func reduce(_ partial: Tensor, into dx: Tensor) {
+        if sequenceParallel {
+            parallel.tpReduceScatter(partial.ptr, dx.ptr, countPerRank: dx.count)
+        } else {
+            parallel.tpAllReduce(dx)
+        }
     }
 
     /// y += x, the residual connection.
@@ -179,6 +230,7 @@ public final class Transformer {
             x = a
             live += a.count   // kept as the first block's input until the backward
         }
+        let sequences = (sequenceParallel ? x.rows * parallel.shard.tp : x.rows) / config.seqLen
         var caches: [BlockCache] = [], inputs: [Tensor] = []
         var transient = 0
         for l in layers {
@@ -190,7 +242,7 @@ public final class Transformer {
                 transient = max(transient, cache.floatCount + out.count)
             } else {
                 if recompute == .selective && attention == .naive {
-                    transient = max(transient, x.rows / config.seqLen * heads.qHeads * config.seqLen * config.seqLen)
+                    transient = max(transient, sequences * heads.qHeads * config.seqLen * config.seqLen)
                 }
                 live += cache.floatCount + out.count
                 caches.append(cache)
@@ -200,12 +252,12 @@ public final class Transformer {
         var head: (Tensor, Tensor, Tensor)? = nil
         if let targets {
             // Head: final norm, logits, loss (fused with its gradient).
-            let n = x.rows, c = config.dModel
+            let n = sequences * config.seqLen, c = config.dModel
             precondition(targets.count == n, "targets must match the micro-batch")
-            let xf = Tensor(zeros: [n, c]), rstdF = Tensor(zeros: [n])
+            let xf = Tensor(zeros: [x.rows, c]), rstdF = Tensor(zeros: [x.rows])
             RMSNorm.forward(x, params.value("norm_f"), eps: eps, y: xf, rstd: rstdF)
             let logits = Tensor(zeros: [n, vocab.count])
-            Kernels.linearForward(xf, params.value(headName), into: logits)
+            Kernels.linearForward(gathered(xf), params.value(headName), into: logits)
             live += xf.count + rstdF.count + logits.count
             stats.lossSum = CrossEntropy.forwardBackward(logits: logits, targets: targets, vocab: vocab,
                                                          gradScale: 1 / Float(scale.tokens), parallel: parallel)
@@ -226,9 +278,10 @@ public final class Transformer {
         let n = pass.output.rows, c = config.dModel
         var dx: Tensor
         if let head = pass.head {
-            let dxf = Tensor(zeros: [n, c])
-            Kernels.linearBackward(head.xf, params.value(headName), head.dLogits, dx: dxf, dw: params.grad(headName))
-            parallel.tpAllReduce(dxf)  // vocabulary-parallel head: partial input gradients
+            let xf = gathered(head.xf)
+            let partial = Tensor(zeros: [xf.rows, c])
+            Kernels.linearBackward(xf, params.value(headName), head.dLogits, dx: partial, dw: params.grad(headName))
+            let dxf = reduced(partial)  // vocabulary-parallel head: partial input gradients
             dx = Tensor(zeros: [n, c])
             RMSNorm.backward(pass.output, params.value("norm_f"), rstd: head.rstdF, dy: dxf, dx: dx,
                              dw: params.grad("norm_f"), accumulate: false)
@@ -242,18 +295,18 @@ public final class Transformer {
             dx = blockBackward(l, cache, dOut: dx, scale: scale)  // caches freed as their backward ends
         }
         if let tokens = pass.tokens {
-            Embedding.backward(tokens: tokens, dy: dx, dTable: params.grad("tok_emb"), vocab: vocab)
+            Embedding.backward(tokens: tokens, dy: gathered(dx), dTable: params.grad("tok_emb"), vocab: vocab)
             return nil
         }
         return dx
     }
 
-    /// Vocabulary-parallel embedding: each TP rank looks up its rows, the sum is the lookup.
+    /// Vocabulary-parallel embedding: each TP rank looks up its rows, the sum is the lookup
+    /// (this rank's block of it under sequence parallelism).
     func embed(_ tokens: [Int32]) -> Tensor {
         let x = Tensor(zeros: [tokens.count, config.dModel])
         Embedding.forward(tokens: tokens, table: params.value("tok_emb"), vocab: vocab, y: x)
-        parallel.tpAllReduce(x)
-        return x
+        return reduced(x)
     }
 
     /// Forward and backward of one micro-batch through the whole model, accumulating
@@ -275,13 +328,13 @@ public final class Transformer {
     /// layer's recomputation holds on top.
     public static func activationFloats(config c: ModelConfig, sequences B: Int, shard: ShardSpec = .single,
                                         recompute: Recompute = .none, attention: AttentionKernel = .naive) -> Int {
-        let n = B * c.seqLen, C = c.dModel
-        var total = n * C                                             // the chunk's input
+        let n = B * c.seqLen, C = c.dModel, r = shard.residualRows(tokens: n)
+        var total = r * C                                             // the chunk's input
         for l in 0..<c.layers where shard.holds(layer: l) {
-            total += recompute == .full ? n * C
+            total += recompute == .full ? r * C
                 : layerActivationFloats(config: c, sequences: B, shard: shard, layer: l, recompute: recompute, attention: attention)
         }
-        return total + (shard.head ? n * C + n + n * shard.vocabRange(c).count : 0)  // final norm, rstd, logits
+        return total + (shard.head ? r * C + r + n * shard.vocabRange(c).count : 0)  // final norm, rstd, logits
     }
 
     /// Full recomputation: the largest working set of one held layer while it is recomputed
@@ -304,9 +357,9 @@ public final class Transformer {
     /// (one per row) instead of the probabilities.
     public static func layerActivationFloats(config c: ModelConfig, sequences B: Int, shard: ShardSpec, layer l: Int,
                                              recompute: Recompute = .none, attention: AttentionKernel = .naive) -> Int {
-        let T = c.seqLen, n = B * T, C = c.dModel, D = c.headDim
+        let T = c.seqLen, n = B * T, C = c.dModel, D = c.headDim, r = shard.residualRows(tokens: n)
         let heads = shard.heads(c)
-        var total = 4 * n * C + 2 * n                                 // xn1, a, xn2, block output; two rstd
+        var total = 4 * r * C + 2 * r                                 // xn1, a, xn2, block output; two rstd (blocks of rows under SP)
         total += n * heads.qHeads * D * 2 + 2 * n * heads.kvHeads * D   // q, o; k, v
         if attention == .fused {
             total += B * heads.qHeads * T                             // softmax statistics
@@ -329,10 +382,10 @@ public final class Transformer {
         let n = tokens.count, c = config.dModel
         var x = embed(tokens)
         for l in 0..<config.layers { x = blockForward(l, x).0 }
-        let xf = Tensor(zeros: [n, c]), rstdF = Tensor(zeros: [n])
+        let xf = Tensor(zeros: [x.rows, c]), rstdF = Tensor(zeros: [x.rows])
         RMSNorm.forward(x, params.value("norm_f"), eps: eps, y: xf, rstd: rstdF)
         let logits = Tensor(zeros: [n, vocab.count])
-        Kernels.linearForward(xf, params.value(headName), into: logits)
+        Kernels.linearForward(gathered(xf), params.value(headName), into: logits)
         return CrossEntropy.forwardBackward(logits: logits, targets: targets, vocab: vocab, gradScale: 0, parallel: parallel)
     }
 }

@@ -1,7 +1,8 @@
 import Comm
 import Model
 
-/// The model's collectives over real MPI: tensor-parallel all-reduces on the TP group,
+/// The model's collectives over real MPI: tensor-parallel all-reduces (and sequence
+/// parallelism's all-gathers and reduce-scatters) on the TP group,
 /// the expert-parallel exchange (all-to-all-v) on the EP group.
 public final class MPIModelParallelism: ModelParallelism {
     public let shard: ShardSpec
@@ -22,6 +23,14 @@ public final class MPIModelParallelism: ModelParallelism {
 
     public func tpAllReduceMax(_ buffer: UnsafeMutablePointer<Float>, count: Int) {
         if tp.size > 1 { tp.allReduce(buffer, count: count, op: .max) }
+    }
+
+    public func tpAllGather(_ send: UnsafePointer<Float>, _ recv: UnsafeMutablePointer<Float>, countPerRank: Int) {
+        if tp.size > 1 { tp.allGather(send, recv, countPerRank: countPerRank) } else { recv.update(from: send, count: countPerRank) }
+    }
+
+    public func tpReduceScatter(_ send: UnsafePointer<Float>, _ recv: UnsafeMutablePointer<Float>, countPerRank: Int) {
+        if tp.size > 1 { tp.reduceScatter(send, recv, countPerRank: countPerRank) } else { recv.update(from: send, count: countPerRank) }
     }
 
     public func epExchangeCounts(_ counts: [Int32], perRank: Int) -> [Int32] {

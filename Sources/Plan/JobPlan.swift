@@ -38,7 +38,8 @@ public struct JobPlan: Sendable {
 
     /// What rank `rank` holds. Computed on demand: a projection's world can be 25,000 ranks.
     public func placement(of rank: Int) -> Placement {
-        Placement(rank: rank, topology: topology, stages: stages, model: config.model, zero: config.zero)
+        Placement(rank: rank, topology: topology, stages: stages, model: config.model, zero: config.zero,
+                  sequenceParallel: config.sequenceParallel)
     }
 
     public init(config: RunConfig, world: Int, purpose: Purpose = .training) throws {
@@ -55,7 +56,7 @@ public struct JobPlan: Sendable {
             let tokensPerMicroBatch = try Checked.product(batch.microBatchSize, config.model.seqLen,
                                                           what: "a micro-batch of --micro-batch-size \(batch.microBatchSize) x --seq-len \(config.model.seqLen) tokens")
             guard tokensPerMicroBatch % topo.tp == 0 else {
-                throw UsageError("a micro-batch of \(batch.microBatchSize) x \(config.model.seqLen) = \(tokensPerMicroBatch) tokens does not split over --tp \(topo.tp) for expert dispatch")
+                throw UsageError("a micro-batch of \(batch.microBatchSize) x \(config.model.seqLen) = \(tokensPerMicroBatch) tokens does not split over --tp \(topo.tp) (expert dispatch and sequence parallelism give each tensor-parallel rank an equal block of them)")
             }
             _ = try Checked.product(batch.globalBatch, config.model.seqLen,
                                     what: "a step of --global-batch \(batch.globalBatch) x --seq-len \(config.model.seqLen) tokens")

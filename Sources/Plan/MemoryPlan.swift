@@ -31,7 +31,8 @@ public struct MemoryPlan: Sendable {
                 }
                 continue
             }
-            let placement = Placement(rank: rank, topology: topology, stages: stagePlan, model: config.model, zero: config.zero)
+            let placement = Placement(rank: rank, topology: topology, stages: stagePlan, model: config.model, zero: config.zero,
+                  sequenceParallel: config.sequenceParallel)
             let (shard, layout) = (placement.shard, placement.layout)
             let zero1 = config.zero == 1
             let denseShard = layout.denseRegion.count / (zero1 ? topology.dp : 1)
@@ -44,8 +45,7 @@ public struct MemoryPlan: Sendable {
             // set while it is recomputed.
             let perChunk = (0..<stagePlan.virtualStages).reduce(0) { total, chunk in
                 let vs = stagePlan.virtualStage(rank: c.pp, chunk: chunk)
-                let one = ShardSpec(tp: shard.tp, tpRank: shard.tpRank, ep: shard.ep, epRank: shard.epRank,
-                                    layers: Array(stagePlan.layers[vs]), embedding: vs == 0, head: vs == stagePlan.virtualStageCount - 1)
+                let one = shard.holding(layers: Array(stagePlan.layers[vs]), embedding: vs == 0, head: vs == stagePlan.virtualStageCount - 1)
                 return total + Transformer.activationFloats(config: config.model, sequences: plan.microBatchSize, shard: one,
                                                             recompute: config.recompute, attention: config.attention)
             } / stagePlan.virtualStages

@@ -10,12 +10,12 @@ public struct Placement: Sendable {
     public let shard: ShardSpec
     public let layout: ParameterLayout
 
-    public init(rank: Int, topology: Topology, stages: StagePlan, model: ModelConfig, zero: Int) {
+    public init(rank: Int, topology: Topology, stages: StagePlan, model: ModelConfig, zero: Int, sequenceParallel: Bool = false) {
         let c = topology.coordinates(of: rank)
         self.rank = rank
         coordinates = c
         shard = ShardSpec(tp: topology.tp, tpRank: c.tp, ep: topology.ep, epRank: c.ep, layers: stages.heldLayers(rank: c.pp),
-                          embedding: stages.holdsEmbedding(rank: c.pp), head: stages.holdsHead(rank: c.pp))
+                          embedding: stages.holdsEmbedding(rank: c.pp), head: stages.holdsHead(rank: c.pp), sequenceParallel: sequenceParallel)
         layout = ParameterLayout(config: model, shard: shard,
                                  denseAlignment: zero == 1 ? topology.dp : 1,
                                  expertAlignment: zero == 1 ? topology.expertDP : 1)

@@ -74,6 +74,7 @@ extension RunConfig: Codable {
         Field("virtual_stages", \.virtualStages),
         Field("recompute", \.recompute),
         Field("attention", \.attention),
+        Field("sequence_parallel", \.sequenceParallel),
         Field("pp_layers", \.ppLayers),
         // batch
         Field("global_batch", \.globalBatch, numerics: true),

@@ -21,6 +21,8 @@ public struct RunConfig: Equatable, Sendable {
     public var recompute = Recompute.none
     /// How the emulated GPU runs the attention core (`AttentionKernel`): fused (FlashAttention-2) or naive.
     public var attention = AttentionKernel.fused
+    /// Sequence parallelism over the tensor-parallel group (`ShardSpec.sequenceParallel`); needs tp > 1.
+    public var sequenceParallel = false
     public var ppLayers: [Int]? = nil  // layers per (virtual) stage; nil: balanced by estimated cost
 
     // Batch: any two of the three determine the third (see `BatchPlan`).
@@ -101,6 +103,8 @@ public struct RunConfig: Equatable, Sendable {
         if let dp { try V.require(dp, in: 1...maxCount, "--dp") }
         try V.require(ep, in: 1...model.experts, "--ep", note: "at most one rank per expert")
         try V.require(zero, in: 0...1, "--zero")
+        try V.require(!sequenceParallel || tp > 1,
+                      "--sequence-parallel needs --tp above 1 (it splits each micro-batch's tokens over the tensor-parallel group); --tp is \(tp)")
         try V.require(virtualStages, in: 1...model.layers, "--virtual-stages")
         try V.require(virtualStages == 1 || schedule == .interleaved,
                       "--virtual-stages \(virtualStages) needs --schedule interleaved (\(schedule.rawValue) runs one chunk per rank)")

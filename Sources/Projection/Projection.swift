@@ -59,6 +59,8 @@ public struct Projection {
                 case .kernel(let f, let e): return total + (commOnly ? 0 : cost.kernel(flops: f, elements: e))
                 case .tpAllReduce(let n), .tpAllReduceMax(let n):
                     return total + cost.collective(.allReduce, bytes: n * bytes, ranks: tp.size, link: tp.link)
+                case .tpAllGather(let n): return total + cost.collective(.allGather, bytes: n * bytes, ranks: tp.size, link: tp.link)
+                case .tpReduceScatter(let n): return total + cost.collective(.reduceScatter, bytes: n * bytes, ranks: tp.size, link: tp.link)
                 case .epAllToAll(let n): return total + cost.collective(.allToAll, bytes: n * bytes, ranks: ep.size, link: ep.link)
                 case .epCounts(let b): return total + cost.collective(.allToAll, bytes: b, ranks: ep.size, link: ep.link)
                 }
@@ -118,7 +120,8 @@ public struct Projection {
         let normAllReduce = topo.world > 1 ? cost.collective(.allReduce, bytes: 8, ranks: topo.world, link: world) : 0
         // Steady state: every stage starts its step `update` after the previous step's
         // all-reduce of the norm, which waits for the slowest stage.
-        let activationBytes = Double(batch.microBatchSize * c.seqLen * c.dModel) * bytes
+        // A stage sends its rows of the residual stream (a block of them under sequence parallelism).
+        let activationBytes = Double(job.placement(of: 0).shard.residualRows(tokens: batch.microBatchSize * c.seqLen) * c.dModel) * bytes
         let costs = Simulator.Costs(compute: { r, a in
             switch a.kind {
             case .forward: return forward[r][a.chunk]

@@ -12,6 +12,7 @@ public enum ProjectionReport {
         public var device: String?, tp: Int?, pp: Int?, dp: Int?, ep: Int?, schedule: ScheduleKind?, microBatches: Int?
         public var virtualStages: Int?, recompute = Recompute.full, gpusPerNode: Int?
         public var attention = AttentionKernel.fused
+        public var sequenceParallel = false
         public init() {}
     }
 
@@ -47,6 +48,7 @@ public enum ProjectionReport {
         c.recompute = l.recompute
         c.attention = l.attention
         let tp = max(l.tp ?? Int(a.tp), 1), pp = max(l.pp ?? Int(a.pp), 1)
+        c.sequenceParallel = l.sequenceParallel && tp > 1
         let dp = l.dp ?? Int(a.gpus) / (tp * pp)
         c.tp = tp; c.pp = pp; c.ep = l.ep ?? tp
         c.model.ffnHidden = Int((a.expertParams / (2 * a.dModel * a.layers) / Double(tp)).rounded()) * tp

@@ -112,7 +112,6 @@ public struct PublishedMeasurement: Decodable, Sendable {
     /// projected without it.
     public var unmodelled: [String] {
         var out: [String] = []
-        if layout.sequenceParallel { out.append("sequence parallelism") }
         if layout.overlapGradReduce { out.append("gradient-reduce overlap") }
         return out
     }
@@ -132,6 +131,7 @@ public struct PublishedMeasurement: Decodable, Sendable {
         c.zero = l.zero
         c.recompute = l.recompute
         c.attention = l.attention
+        c.sequenceParallel = l.sequenceParallel
         c.device = cluster.device; c.gpusPerNode = cluster.gpusPerNode
         // Each factor is at most 10^6 (`load`), so the product fits an Int; the plan bounds it.
         return (c, l.tp * l.pp * l.dp)

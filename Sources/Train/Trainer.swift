@@ -170,7 +170,7 @@ public final class Trainer {
         let clockStart = clock.now, flopsStart = clock.executedFLOPs, spanStart = clock.spans.count
         params.zeroGrads()
         let rankFirst = groups.coordinates.dp * plan.perRank
-        let result = executor.runStep(width: c.dModel, rows: plan.microBatchSize * T, batch: { m in
+        let result = executor.runStep(width: c.dModel, rows: model.parallel.shard.residualRows(tokens: plan.microBatchSize * T), batch: { m in
             data.batch(step: step, first: rankFirst + m * plan.microBatchSize, count: plan.microBatchSize, seqLen: T)
         }, scale: scale)
         lastDurations = result.durations
@@ -301,7 +301,8 @@ public final class Trainer {
             for (i, a) in list.enumerated() { d[a] = all[r * actions.count + i] }
             table.append(d)
         }
-        let bytes = Double(plan.microBatchSize * config.model.seqLen * config.model.dModel) * emulator.precision.elementBytes
+        let rows = model.parallel.shard.residualRows(tokens: plan.microBatchSize * config.model.seqLen)
+        let bytes = Double(rows * config.model.dModel) * emulator.precision.elementBytes
         let cost = clock.cost
         let costs = Simulator.Costs(compute: { r, a in table[r][a] ?? 0 }, transfer: { r, a in
             let peer = Lowering.peer(of: a, rank: r, stages: topo.pp).rank

@@ -11,6 +11,9 @@ final class ParallelEquivalenceTests: XCTestCase {
         (2, ["--ep", "2"]),
         (2, ["--zero", "1"]),
         (4, ["--tp", "2", "--ep", "4"]),
+        // Sequence parallelism: blocks of rows between layers and between pipeline stages, MoE from the block.
+        (2, ["--tp", "2", "--sequence-parallel"]),
+        (4, ["--tp", "2", "--pp", "2", "--ep", "2", "--sequence-parallel"]),
     ]
 
     func run(np: Int, _ args: [String], extraMPIArgs: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
@@ -138,5 +141,30 @@ final class ParallelEquivalenceTests: XCTestCase {
         XCTAssertLessThanOrEqual(kept, M * L * N * K)
         // Both TP ranks make the same TP all-reduces.
         XCTAssertEqual(tpAllReduce["bytes_all_ranks"], 2 * tpAllReduce["bytes"]!)
+    }
+
+    /// The same under sequence parallelism (-np 2 --tp 2 --sequence-parallel): no activation
+    /// all-reduce is left. Per micro-batch, all-gathers of N x C: each layer's attention input
+    /// (forward), its output gradient and input again (backward), the head's input (forward and
+    /// backward) and the embedding's output gradient, plus each MoE layer's router scores
+    /// (N x E); reduce-scatters of N x C: the embedding, each attention output (forward) and
+    /// input gradient (backward), the head's input gradient. The MoE layers move no activation
+    /// over TP (each rank dispatches and combines its own block of tokens). All-reduces: the
+    /// cross-entropy's N maxima and 2N sums per micro-batch, and per step the packed partial
+    /// gradients, now with every norm weight (each rank normalised only its rows).
+    func testSequenceParallelCommunicationMatchesClosedForms() throws {
+        let s = try run(np: 2, ["--steps", "1", "--tp", "2", "--sequence-parallel", "--log-every", "1"])
+        let comm = try XCTUnwrap(s["comm_bytes"] as? [String: [String: Int]])
+        let L = 2, B = 4, T = 32, C = 64, M = 4, E = 4, kvDim = 16
+        let N = B * T
+        let gather = try XCTUnwrap(comm["all-gather/tp"]), scatter = try XCTUnwrap(comm["reduce-scatter/tp"])
+        XCTAssertEqual(gather["bytes"], 4 * M * ((3 * L + 3) * N * C + L * N * E))
+        XCTAssertEqual(gather["calls"], M * (4 * L + 3))
+        XCTAssertEqual(scatter["bytes"], 4 * M * (2 * L + 2) * N * C)
+        XCTAssertEqual(scatter["calls"], M * (2 * L + 2))
+        let partialGradFloats = L * (E * C + 2 * kvDim * C) + (2 * L + 1) * C   // router, wk, wv; attn_norm, ffn_norm, norm_f
+        let allReduce = try XCTUnwrap(comm["all-reduce/tp"])
+        XCTAssertEqual(allReduce["bytes"], 4 * (M * 3 * N + partialGradFloats))
+        XCTAssertEqual(allReduce["calls"], M * 2 + 1)
     }
 }

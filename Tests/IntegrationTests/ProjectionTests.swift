@@ -27,7 +27,8 @@ extension ProjectionTests {
                             (4, ["--tp", "2", "--ep", "4"]),
                             (4, ["--tp", "2", "--pp", "2", "--attention", "naive"]),
                             (4, ["--tp", "2", "--pp", "2", "--recompute", "selective", "--attention", "naive"]),
-                            (4, ["--tp", "2", "--pp", "2", "--recompute", "full"])] {
+                            (4, ["--tp", "2", "--pp", "2", "--recompute", "full"]),
+                            (4, ["--tp", "2", "--pp", "2", "--ep", "2", "--sequence-parallel"])] {
             let dir = try Subprocess.tempDir()
             let common = ["--config", "configs/tiny.json", "--steps", "4"] + flags
             let real = try Subprocess.mpirun(np: np, common + ["--summary-json", dir + "/s.json"])

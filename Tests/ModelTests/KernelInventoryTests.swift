@@ -37,14 +37,16 @@ final class KernelInventoryTests: XCTestCase {
 
     static let sequences = 2
 
-    static func whole(_ name: String, _ c: ModelConfig, tp: Int = 1, tpRank: Int = 0, ep: Int = 1, epRank: Int = 0) -> Case {
-        Case(name: name, config: c, shard: ShardSpec(tp: tp, tpRank: tpRank, ep: ep, epRank: epRank), layers: 0..<c.layers)
+    static func whole(_ name: String, _ c: ModelConfig, tp: Int = 1, tpRank: Int = 0, ep: Int = 1, epRank: Int = 0, sp: Bool = false) -> Case {
+        Case(name: name, config: c, shard: ShardSpec(tp: tp, tpRank: tpRank, ep: ep, epRank: epRank, sequenceParallel: sp), layers: 0..<c.layers)
     }
 
     /// One pipeline chunk: its layers, the embedding when it starts at layer 0, the head when it ends at the last.
-    static func chunk(_ name: String, _ c: ModelConfig, _ layers: Range<Int>, tp: Int, tpRank: Int, ep: Int, epRank: Int) -> Case {
+    static func chunk(_ name: String, _ c: ModelConfig, _ layers: Range<Int>, tp: Int, tpRank: Int, ep: Int, epRank: Int,
+                      sp: Bool = false) -> Case {
         Case(name: name, config: c, shard: ShardSpec(tp: tp, tpRank: tpRank, ep: ep, epRank: epRank, layers: Array(layers),
-                                                     embedding: layers.lowerBound == 0, head: layers.upperBound == c.layers),
+                                                     embedding: layers.lowerBound == 0, head: layers.upperBound == c.layers,
+                                                     sequenceParallel: sp),
              layers: layers)
     }
 
@@ -63,6 +65,11 @@ final class KernelInventoryTests: XCTestCase {
             chunk("first chunk (embedding), dense + MoE, tp 2, ep 2", mixedGQA, 0..<2, tp: 2, tpRank: 0, ep: 2, epRank: 0),
             chunk("middle chunk, dense + MoE, tp 2, ep 2", mixedGQA, 1..<2, tp: 2, tpRank: 1, ep: 2, epRank: 1),
             chunk("last chunk (head), MoE, MQA, tp 2, ep 2", moeMQA, 2..<3, tp: 2, tpRank: 0, ep: 2, epRank: 1),
+            // Sequence parallelism: all-gathers and reduce-scatters instead of all-reduces, norms on blocks of rows.
+            whole("dense + MoE, GQA, tp 2 (rank 1), sequence parallel", mixedGQA, tp: 2, tpRank: 1, sp: true),
+            whole("MoE, MQA (KV replicated), tp 2 (rank 1), ep 2 (rank 1), sequence parallel", moeMQA, tp: 2, tpRank: 1, ep: 2, epRank: 1, sp: true),
+            whole("dense, MQA, tp 2, tied embeddings, sequence parallel", config(moeEvery: 0, kvHeads: 1, tied: true), tp: 2, sp: true),
+            chunk("middle chunk, dense + MoE, tp 2, ep 2, sequence parallel", mixedGQA, 1..<2, tp: 2, tpRank: 1, ep: 2, epRank: 1, sp: true),
         ]
     }
 
@@ -87,14 +94,17 @@ final class KernelInventoryTests: XCTestCase {
 
     /// Token t is of type t % E: tokens from this rank's vocabulary (so that its embedding
     /// lookup finds them), or an activation along axis t % E.
+    /// Under sequence parallelism the activation is this rank's block of rows (a multiple of E
+    /// of them, so that row r is of type r % E too).
     func input(for k: Case) -> Transformer.ChunkInput {
         let c = k.config, n = Self.sequences * c.seqLen
         if k.shard.embedding {
             let first = k.shard.vocabRange(c).lowerBound
             return .tokens((0..<n).map { Int32(first + $0 % c.experts) })
         }
-        let x = randomTensor([n, c.dModel], seed: 3, std: 0.1)
-        for t in 0..<n { x[t * c.dModel + t % c.experts] = 10 }
+        let rows = k.shard.residualRows(tokens: n)
+        let x = randomTensor([rows, c.dModel], seed: 3, std: 0.1)
+        for t in 0..<rows { x[t * c.dModel + t % c.experts] = 10 }
         return .activation(x)
     }
 
@@ -150,9 +160,18 @@ final class KernelInventoryTests: XCTestCase {
             let pass = Kernels.with(recorder.context) { forward(model, k) }
             assertBalanced(pass, k)
             assertSameWork(recorder.work, listed.forward, "\(k): forward")
+            let forwardWork = recorder.work
             recorder.reset()
             Kernels.with(recorder.context) { backward(model, pass, k) }
             assertSameWork(recorder.work, listed.backward, "\(k): backward")
+            if k.shard.sequenceParallel {
+                // No activation all-reduce is left: each became an all-gather and a reduce-scatter.
+                let all = forwardWork + recorder.work
+                let activation = Double(Self.sequences * k.config.seqLen * k.config.dModel)
+                XCTAssertFalse(all.contains(.tpAllReduce(floats: activation)), "\(k): an activation all-reduce under sequence parallelism")
+                XCTAssertTrue(all.contains(.tpAllGather(floats: activation)), "\(k): no all-gather")
+                XCTAssertTrue(all.contains(.tpReduceScatter(floats: activation)), "\(k): no reduce-scatter")
+            }
         }
     }
 

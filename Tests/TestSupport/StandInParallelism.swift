@@ -19,7 +19,9 @@ public final class WorkRecorder: KernelAccountant {
 /// send (as the real implementation: nothing when its group has one rank), to the
 /// `WorkRecorder` installed as the accountant (`Kernels.with`), so messages are scoped
 /// exactly as kernels are. The data that comes back assumes the other ranks mirror this one:
-/// - a TP all-reduce is the identity (the others' partial sums count as zero);
+/// - a TP all-reduce is the identity (the others' partial sums count as zero); a TP
+///   all-gather returns this rank's block in every rank's place, a reduce-scatter this rank's
+///   block of its own partial sums;
 /// - the EP count exchange reports that every peer sends this rank's experts as many rows
 ///   as this rank does (a balanced routing makes that true);
 /// - an EP row exchange returns, from each peer, the rows this rank sent to that peer when
@@ -37,6 +39,16 @@ public final class StandInParallelism: ModelParallelism {
 
     public func tpAllReduceMax(_ buffer: UnsafeMutablePointer<Float>, count: Int) {
         if shard.tp > 1 { recorder?.message(.tpAllReduceMax(floats: Double(count))) }
+    }
+
+    public func tpAllGather(_ send: UnsafePointer<Float>, _ recv: UnsafeMutablePointer<Float>, countPerRank: Int) {
+        if shard.tp > 1 { recorder?.message(.tpAllGather(floats: Double(countPerRank * shard.tp))) }
+        for r in 0..<shard.tp { (recv + r * countPerRank).update(from: send, count: countPerRank) }
+    }
+
+    public func tpReduceScatter(_ send: UnsafePointer<Float>, _ recv: UnsafeMutablePointer<Float>, countPerRank: Int) {
+        if shard.tp > 1 { recorder?.message(.tpReduceScatter(floats: Double(countPerRank * shard.tp))) }
+        recv.update(from: send + shard.tpRank * countPerRank, count: countPerRank)
     }
 
     public func epExchangeCounts(_ counts: [Int32], perRank: Int) -> [Int32] {
