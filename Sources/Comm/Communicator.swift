@@ -319,6 +319,106 @@ public struct Communicator: @unchecked Sendable {
         return received
     }
 
+    // MARK: - On the communication stream
+
+    /// A collective started with `startReduceScatter` or `startAllReduce`: MPI progresses it
+    /// while the rank computes (inside the MPI calls compute makes anyway, and at `finish`).
+    /// With a clock attached, the participants' issue times are max-reduced alongside, so
+    /// that `finish` can place it on the emulated communication stream. The buffers given to
+    /// the start must stay valid and the send buffer unchanged until `finish`.
+    public final class PendingCollective {
+        var request: MPI_Request?
+        var clockRequest: MPI_Request?
+        let kind: CommKind
+        let comm: Communicator
+        let bytes: Int
+        let emulatedBytes: Double
+        let timed: Bool
+        /// [this rank's issue time, the group's latest]; heap-allocated for MPI.
+        let times = UnsafeMutablePointer<Double>.allocate(capacity: 2)
+        /// Per-rank counts of a reduce-scatter, read by MPI until completion.
+        let counts: UnsafeMutablePointer<Int32>
+        let wallStart: Double
+        public let detail: String
+        public internal(set) var finished = false
+        init(kind: CommKind, comm: Communicator, bytes: Int, emulatedBytes: Double, timed: Bool, counts: [Int], detail: String, wallStart: Double) {
+            self.kind = kind; self.comm = comm; self.bytes = bytes; self.emulatedBytes = emulatedBytes; self.timed = timed
+            self.detail = detail; self.wallStart = wallStart
+            times.initialize(repeating: 0, count: 2)
+            self.counts = .allocate(capacity: max(counts.count, 1))
+            for (i, c) in counts.enumerated() { self.counts[i] = Int32(c) }
+        }
+        deinit {
+            // Unfinished (a step abandoned by an error): MPI may still write these; leave them.
+            if finished { times.deallocate(); counts.deallocate() }
+        }
+    }
+
+    func start(_ kind: CommKind, bytes: Int, emulatedBytes: Double, counts: [Int] = [], detail: String,
+               _ begin: (PendingCollective) -> Void) -> PendingCollective {
+        let clock = hooks.activeClock
+        let timed = clock != nil && size > 1
+        let op = PendingCollective(kind: kind, comm: self, bytes: bytes, emulatedBytes: emulatedBytes, timed: timed, counts: counts,
+                                   detail: detail, wallStart: clock?.wallNow ?? 0)
+        begin(op)
+        if timed, let clock {
+            clock.flush()
+            op.times[0] = clock.now
+            MPI_Iallreduce(op.times, op.times + 1, 1, cmpi_double(), cmpi_op_max(), clockHandle, &op.clockRequest)
+        }
+        return op
+    }
+
+    /// Starts a sum over the group of `counts.reduce(0, +)` floats at `send`, of which rank r
+    /// receives the `counts[r]` floats after those of the ranks before it, into `recv`
+    /// (MPI_Ireduce_scatter). Every rank passes the same counts.
+    public func startReduceScatter(_ send: UnsafePointer<Float>, _ recv: UnsafeMutablePointer<Float>, counts: [Int],
+                                   detail: String) -> PendingCollective {
+        precondition(counts.count == size, "reduce-scatter: \(counts.count) counts for \(size) ranks")
+        let total = counts.reduce(0, +)
+        return start(.reduceScatter, bytes: total * 4, emulatedBytes: emulatedBytes(Float.self, count: total), counts: counts,
+                     detail: detail) { op in
+            MPI_Ireduce_scatter(send, recv, op.counts, Float.mpiType, ReduceOp.sum.mpi, handle, &op.request)
+        }
+    }
+
+    /// Starts a sum over the group of `count` floats from `send` into `recv` (MPI_Iallreduce).
+    public func startAllReduce(_ send: UnsafePointer<Float>, _ recv: UnsafeMutablePointer<Float>, count: Int,
+                               detail: String) -> PendingCollective {
+        start(.allReduce, bytes: count * 4, emulatedBytes: emulatedBytes(Float.self, count: count), detail: detail) { op in
+            MPI_Iallreduce(send, recv, Int32(count), Float.mpiType, ReduceOp.sum.mpi, handle, &op.request)
+        }
+    }
+
+    /// Completes collectives started on the communication stream, in the order given (the
+    /// order they were started), and places each on the emulated communication stream; the
+    /// compute stream then waits for the last of them, and what compute did not hide is
+    /// recorded as exposed `detail`.
+    public static func finish(_ ops: [PendingCollective], exposedAs kind: CommKind, detail: String) {
+        var last = -Double.infinity
+        var clock: DeviceClock? = nil
+        for op in ops {
+            precondition(!op.finished, "a collective finished twice")
+            let hooks = op.comm.hooks
+            complete(&op.request)
+            if op.timed, let c = hooks.clock {
+                complete(&op.clockRequest)
+                let duration = c.cost.collective(op.kind.collective, bytes: op.emulatedBytes, ranks: op.comm.size,
+                                                 link: c.cost.links.link(for: op.comm.members))
+                last = max(last, c.streamCollective(op.kind.span, groupIssue: op.times[1], duration: duration,
+                                                    detail: "\(op.kind.rawValue) \(op.comm.name) \(Int(op.emulatedBytes)) B " + op.detail,
+                                                    wallStart: op.wallStart))
+                clock = c
+            }
+            op.finished = true
+            if hooks.clockSuspended == 0 {
+                let event = CommEvent(kind: op.kind, group: op.comm.name, bytes: op.bytes, peer: nil)
+                for o in hooks.observers { o.didComplete(event) }
+            }
+        }
+        if let clock, last.isFinite { clock.waitForStream(until: last, as: kind.span, detail: detail) }
+    }
+
     // MARK: - Point to point
 
     /// A pending non-blocking send or receive. Complete it with `wait`.

@@ -115,6 +115,32 @@ public final class DeviceClock {
         markRegion()
     }
 
+    /// The communication stream (`CommunicationStream`): collectives issued asynchronously
+    /// run here, one at a time, while compute goes on.
+    public private(set) var commStream = CommunicationStream()
+
+    /// A collective on the communication stream, issued by its last participant at
+    /// `groupIssue`: it runs when the stream is free, is recorded on the communication
+    /// stream, and does not move `now`. Returns its end, for `waitForStream`.
+    public func streamCollective(_ kind: SpanKind, groupIssue: Double, duration: Double, detail: String, wallStart: Double) -> Double {
+        let (start, end) = commStream.run(issued: groupIssue, duration: duration)
+        if recording && end > start {
+            spans.append(Span(kind: kind, start: start, end: end, detail: detail, wallStart: wallStart, wallEnd: wallNow, stream: .communication))
+        }
+        return end
+    }
+
+    /// The compute stream waits for the communication stream up to `time`: what was not
+    /// hidden behind compute is exposed communication of `kind` on the rank's timeline.
+    public func waitForStream(until time: Double, as kind: SpanKind, detail: String) {
+        flush()
+        if time > now {
+            record(kind, now, time, "waiting for " + detail, wallStart: wallNow)
+            now = time
+        }
+        markRegion()
+    }
+
     /// A message sent at the sender's time `sentAt` arrives after `transfer` seconds. The
     /// receiver idles until the sender sent it, then spends the transfer receiving.
     public func receive(sentAt: Double, transfer: Double, detail: String, wallStart: Double) {

@@ -25,6 +25,13 @@ public enum SpanKind: String, Sendable, CaseIterable {
     }
 }
 
+/// Which of an emulated GPU's two streams a span ran on: the compute stream (kernels, and the
+/// collectives a kernel waits for), or the communication stream, where collectives issued
+/// asynchronously run while compute goes on (`DeviceClock.streamCollective`).
+public enum Stream: String, Sendable, CaseIterable {
+    case compute, communication
+}
+
 /// One interval of emulated time on one rank, with the wall-clock interval it took to emulate.
 public struct Span: Sendable, Equatable {
     public var kind: SpanKind
@@ -33,17 +40,36 @@ public struct Span: Sendable, Equatable {
     public var detail: String
     public var wallStart: Double      // wall seconds since the clock was created
     public var wallEnd: Double
+    public var stream: Stream
     public var duration: Double { end - start }
 
-    public init(kind: SpanKind, start: Double, end: Double, detail: String, wallStart: Double = 0, wallEnd: Double = 0) {
+    public init(kind: SpanKind, start: Double, end: Double, detail: String, wallStart: Double = 0, wallEnd: Double = 0,
+                stream: Stream = .compute) {
         self.kind = kind; self.start = start; self.end = end; self.detail = detail
-        self.wallStart = wallStart; self.wallEnd = wallEnd
+        self.wallStart = wallStart; self.wallEnd = wallEnd; self.stream = stream
     }
 }
 
-/// Time per kind and category over a window of one rank's spans.
+/// The communication stream of one emulated GPU: operations run one at a time in the order
+/// they were issued, each starting when it has been issued by every participant and the
+/// stream is free. The clock of a run and the projection place operations with this one rule.
+public struct CommunicationStream: Sendable {
+    public private(set) var free = 0.0
+    public init() {}
+    /// Places an operation issued (by its last participant) at `issued` that lasts `duration`.
+    public mutating func run(issued: Double, duration: Double) -> (start: Double, end: Double) {
+        let start = max(issued, free)
+        free = start + duration
+        return (start, free)
+    }
+}
+
+/// Time per kind and category over a window of one rank's compute-stream spans (its
+/// timeline: communication there is exposed; the communication stream's spans overlap it).
 public struct SpanTotals: Sendable {
     public private(set) var byKind: [SpanKind: Double] = [:]
+    /// Seconds the communication stream was busy in the window (hidden or not).
+    public private(set) var communicationStream = 0.0
     public var compute: Double { total(.compute) }
     public var communication: Double { total(.communication) }
     public var idle: Double { total(.idle) }
@@ -52,7 +78,8 @@ public struct SpanTotals: Sendable {
     public init(_ spans: [Span], from: Double = -.infinity, to: Double = .infinity) {
         for s in spans {
             let lo = max(s.start, from), hi = min(s.end, to)
-            if hi > lo { byKind[s.kind, default: 0] += hi - lo }
+            guard hi > lo else { continue }
+            if s.stream == .communication { communicationStream += hi - lo } else { byKind[s.kind, default: 0] += hi - lo }
         }
     }
 

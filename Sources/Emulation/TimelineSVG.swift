@@ -21,7 +21,7 @@ public enum TimelineSVG {
             out += "<text x=\"8\" y=\"\(fmt(y + rowHeight / 2 + 4))\">stage \(row)</text>\n"
             out += "<rect x=\"\(fmt(left))\" y=\"\(fmt(y))\" width=\"\(fmt(plot))\" height=\"\(fmt(rowHeight - 6))\" fill=\"\(color(.idle))\"/>\n"
             var labelled = Set<String>()  // a compute action split by messages is labelled once
-            for s in spans where s.end > start && s.start < end && s.kind != .idle {
+            for s in spans where s.end > start && s.start < end && s.kind != .idle && s.stream == .compute {
                 let x0 = left + (max(s.start, start) - start) * scale, x1 = left + (min(s.end, end) - start) * scale
                 let w = max(x1 - x0, 0.5)
                 out += "<rect x=\"\(fmt(x0))\" y=\"\(fmt(y))\" width=\"\(fmt(w))\" height=\"\(fmt(rowHeight - 6))\" fill=\"\(color(s.kind))\" stroke=\"white\" stroke-width=\"0.5\"><title>\(escape(s.kind.rawValue + " " + s.detail))</title></rect>\n"

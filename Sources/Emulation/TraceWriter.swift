@@ -20,6 +20,11 @@ public enum TraceWriter {
         for t in tracks {
             events.append(meta(pid: t.rank, name: "process_name", value: "rank \(t.rank) (\(t.name))"))
             events.append(meta(pid: t.rank, name: "process_sort_index", number: t.rank))
+            if t.spans.contains(where: { $0.stream == .communication }) {
+                for stream in Stream.allCases {
+                    events.append(meta(pid: t.rank, tid: tid(stream), name: "thread_name", value: "\(stream.rawValue) stream"))
+                }
+            }
             if wall {
                 events.append(meta(pid: wallPidOffset + t.rank, name: "process_name", value: "rank \(t.rank) wall clock"))
                 events.append(meta(pid: wallPidOffset + t.rank, name: "process_sort_index", number: wallPidOffset + t.rank))
@@ -50,13 +55,16 @@ public enum TraceWriter {
 
     static func event(pid: Int, _ s: Span, start: Double, end: Double) -> String {
         let t0 = nanoseconds(start), t1 = max(nanoseconds(end), t0)
-        return "{\"name\":\(quote(s.kind.rawValue)),\"cat\":\(quote(s.kind.category.rawValue)),\"ph\":\"X\",\"pid\":\(pid),\"tid\":0,"
+        return "{\"name\":\(quote(s.kind.rawValue)),\"cat\":\(quote(s.kind.category.rawValue)),\"ph\":\"X\",\"pid\":\(pid),\"tid\":\(tid(s.stream)),"
             + "\"ts\":\(microseconds(t0)),\"dur\":\(microseconds(t1 - t0)),\"args\":{\"detail\":\(quote(s.detail))}}"
     }
 
-    static func meta(pid: Int, name: String, value: String) -> String {
-        "{\"name\":\(quote(name)),\"ph\":\"M\",\"pid\":\(pid),\"tid\":0,\"args\":{\"name\":\(quote(value))}}"
+    static func meta(pid: Int, tid: Int = 0, name: String, value: String) -> String {
+        "{\"name\":\(quote(name)),\"ph\":\"M\",\"pid\":\(pid),\"tid\":\(tid),\"args\":{\"name\":\(quote(value))}}"
     }
+
+    /// Chrome trace thread of a stream: 0 compute, 1 communication.
+    static func tid(_ stream: Stream) -> Int { stream == .compute ? 0 : 1 }
 
     static func meta(pid: Int, name: String, number: Int) -> String {
         "{\"name\":\(quote(name)),\"ph\":\"M\",\"pid\":\(pid),\"tid\":0,\"args\":{\"sort_index\":\(number)}}"
@@ -66,14 +74,15 @@ public enum TraceWriter {
 
     // MARK: - Spans as bytes, for gathering over MPI
 
-    /// Packs spans into doubles: kind index, start, end, wall start, wall end, detail length, detail bytes.
+    /// Packs spans into doubles: kind index (plus the kinds' count on the communication
+    /// stream), start, end, wall start, wall end, detail length, detail bytes.
     public static func pack(_ spans: [Span]) -> [UInt8] {
         var out = [UInt8]()
         func put(_ d: Double) { withUnsafeBytes(of: d.bitPattern.littleEndian) { out += $0 } }
         let kinds = SpanKind.allCases
         put(Double(spans.count))
         for s in spans {
-            put(Double(kinds.firstIndex(of: s.kind)!)); put(s.start); put(s.end); put(s.wallStart); put(s.wallEnd)
+            put(Double(kinds.firstIndex(of: s.kind)! + (s.stream == .communication ? kinds.count : 0))); put(s.start); put(s.end); put(s.wallStart); put(s.wallEnd)
             let d = Array(s.detail.utf8)
             put(Double(d.count)); out += d
         }
@@ -93,12 +102,14 @@ public enum TraceWriter {
         var spans: [Span] = []
         spans.reserveCapacity(n)
         for _ in 0..<n {
-            let kind = kinds[Int(get())]
+            let index = Int(get())
+            let kind = kinds[index % kinds.count]
             let start = get(), end = get(), ws = get(), we = get()
             let len = Int(get())
             let detail = String(decoding: bytes[i..<(i + len)], as: UTF8.self)
             i += len
-            spans.append(Span(kind: kind, start: start, end: end, detail: detail, wallStart: ws, wallEnd: we))
+            spans.append(Span(kind: kind, start: start, end: end, detail: detail, wallStart: ws, wallEnd: we,
+                              stream: index >= kinds.count ? .communication : .compute))
         }
         return spans
     }

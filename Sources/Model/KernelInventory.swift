@@ -147,20 +147,28 @@ public enum KernelInventory {
     /// just before its backward.
     public static func backward(config c: ModelConfig, shard s: ShardSpec, sequences: Int, layers: Range<Int>,
                                 embedding: Bool, head: Bool, recompute: Recompute = .none, attention: AttentionKernel = .naive) -> [Work] {
+        backwardUnits(config: c, shard: s, sequences: sequences, layers: layers, embedding: embedding, head: head,
+                      recompute: recompute, attention: attention).flatMap(\.work)
+    }
+
+    /// The same backward cut where each `GradientUnit`'s gradients are complete (the points
+    /// where `Transformer.backwardChunk` reports them), in order.
+    public static func backwardUnits(config c: ModelConfig, shard s: ShardSpec, sequences: Int, layers: Range<Int>,
+                                     embedding: Bool, head: Bool, recompute: Recompute = .none,
+                                     attention: AttentionKernel = .naive) -> [(unit: GradientUnit, work: [Work])] {
         let d = Dims(c, s, sequences: sequences)
-        var w: [Work] = []
+        var units: [(unit: GradientUnit, work: [Work])] = []
         if head {
-            w += gathered(d)
-            w += linear(d, d.N, out: d.Vl, inDim: d.C)
-            w += reduced(d)
-            w.append(normBackward(d, accumulate: false))
+            units.append((.head, gathered(d) + linear(d, d.N, out: d.Vl, inDim: d.C) + reduced(d) + [normBackward(d, accumulate: false)]))
         }
         for l in layers.reversed() {
+            var w: [Work] = []
             if recompute == .full { w += layerForward(c, d, l, attention: attention) }
             w += layerBackward(c, d, l, recompute: recompute, attention: attention)
+            units.append((.layer(l), w))
         }
-        if embedding { w += gathered(d); w.append(.kernel(flops: d.N * d.C, elements: 3 * d.N * d.C)) }
-        return w
+        if embedding { units.append((.embedding, gathered(d) + [.kernel(flops: d.N * d.C, elements: 3 * d.N * d.C)])) }
+        return units
     }
 
     /// dx = dy W (n x in) and dW += dy^T x (out x in), for y = x W^T with W (out x in).

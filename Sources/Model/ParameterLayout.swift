@@ -21,6 +21,19 @@ public enum ParamPlacement: Equatable, Sendable {
     case expert
 }
 
+/// A group of parameters whose gradients the backward completes together: the head (final
+/// norm and LM head, first in the backward), one transformer layer, or the token embedding
+/// (last). Overlapped gradient reduction sends one bucket per unit as soon as it is complete.
+public enum GradientUnit: Hashable, Sendable {
+    case head, layer(Int), embedding
+
+    /// The unit a parameter (by its name in `ParameterLayout`) belongs to.
+    public static func of(parameter name: String) -> GradientUnit {
+        if name.hasPrefix("layers."), let l = Int(name.dropFirst(7).prefix { $0 != "." }) { return .layer(l) }
+        return name == "tok_emb" ? .embedding : .head
+    }
+}
+
 /// One named parameter tensor as one rank holds it.
 public struct ParamSpec: Equatable, Sendable {
     public let name: String
@@ -200,4 +213,41 @@ public final class Parameters: @unchecked Sendable {
     }
 
     public func zeroGrads() { grads.base.update(repeating: 0, count: grads.count) }
+}
+
+/// The parameters of one `GradientUnit` in a rank's flat buffer: a range of the dense region
+/// and one of the expert region (either may be empty). A layout's buckets tile both regions.
+public struct GradientBucket: Sendable, Equatable {
+    public let unit: GradientUnit
+    public let dense: Range<Int>
+    public let expert: Range<Int>
+}
+
+extension ParameterLayout {
+    /// One bucket per gradient unit, in the layout's order; the padding at the start and end
+    /// of each region goes to the bucket next to it. Overlapped gradient reduction sends
+    /// these (`DataParallel`), and the projection costs the same ones.
+    public var gradientBuckets: [GradientBucket] {
+        var order: [GradientUnit] = []
+        var ranges: [Bool: [GradientUnit: Range<Int>]] = [false: [:], true: [:]]   // keyed by "expert region"
+        for s in specs {
+            let unit = GradientUnit.of(parameter: s.name), expert = s.placement == .expert
+            let r = s.offset..<(s.offset + s.count)
+            ranges[expert]![unit] = ranges[expert]![unit].map { min($0.lowerBound, r.lowerBound)..<max($0.upperBound, r.upperBound) } ?? r
+            if !order.contains(unit) { order.append(unit) }
+        }
+        for (expert, region) in [(false, denseRegion), (true, expertRegion)] {
+            var rs = ranges[expert]!
+            let sorted = rs.sorted { $0.value.lowerBound < $1.value.lowerBound }
+            guard let first = sorted.first, let last = sorted.last else { continue }
+            rs[first.key] = region.lowerBound..<rs[first.key]!.upperBound
+            rs[last.key] = rs[last.key]!.lowerBound..<region.upperBound
+            let tiled = rs.values.sorted { $0.lowerBound < $1.lowerBound }
+            precondition(zip(tiled, tiled.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound },
+                         "a gradient unit's parameters are not contiguous in the flat buffer")
+            ranges[expert] = rs
+        }
+        return order.map { GradientBucket(unit: $0, dense: ranges[false]![$0] ?? 0..<0, expert: ranges[true]![$0] ?? 0..<0) }
+    }
+
 }

@@ -271,9 +271,12 @@ public final class Transformer {
 
     /// Backward of a chunk. The last chunk starts from its loss; the others from
     /// `outputGradient`, received from the next chunk. Returns the gradient of the chunk's
-    /// input (to send to the previous chunk), or nil for the first chunk.
+    /// input (to send to the previous chunk), or nil for the first chunk. `gradientsReady` is
+    /// told each `GradientUnit` as soon as this backward has added its last gradient term
+    /// (the head, each layer in reverse, the embedding).
     @discardableResult
-    public func backwardChunk(_ pass: ChunkPass, outputGradient: Tensor?, scale: LossScale) -> Tensor? {
+    public func backwardChunk(_ pass: ChunkPass, outputGradient: Tensor?, scale: LossScale,
+                              gradientsReady: ((GradientUnit) -> Void)? = nil) -> Tensor? {
         var pass = pass
         let n = pass.output.rows, c = config.dModel
         var dx: Tensor
@@ -285,6 +288,7 @@ public final class Transformer {
             dx = Tensor(zeros: [n, c])
             RMSNorm.backward(pass.output, params.value("norm_f"), rstd: head.rstdF, dy: dxf, dx: dx,
                              dw: params.grad("norm_f"), accumulate: false)
+            gradientsReady?(.head)
         } else {
             guard let g = outputGradient else { preconditionFailure("a chunk that is not last needs its output gradient") }
             dx = g
@@ -293,9 +297,11 @@ public final class Transformer {
             // Full recomputation: the layer's forward again, from its kept input, just before its backward.
             let cache = recompute == .full ? blockForward(l, pass.inputs.removeLast()).1 : pass.caches.removeLast()
             dx = blockBackward(l, cache, dOut: dx, scale: scale)  // caches freed as their backward ends
+            gradientsReady?(.layer(l))
         }
         if let tokens = pass.tokens {
             Embedding.backward(tokens: tokens, dy: gathered(dx), dTable: params.grad("tok_emb"), vocab: vocab)
+            gradientsReady?(.embedding)
             return nil
         }
         return dx

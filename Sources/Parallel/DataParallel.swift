@@ -11,6 +11,15 @@ import Tensor
 /// its group, keeps fp32 master weights and Adam moments only for its shard, steps only
 /// that shard, and all-gathers the updated parameters. With `--zero 0` gradients are
 /// all-reduced and every rank steps every parameter.
+///
+/// With `overlapGradReduce` (`--overlap-grad-reduce`, Megatron-LM's `overlap_grad_reduce`)
+/// the gradients travel in buckets, one per `GradientUnit` (the head, each layer, the
+/// embedding), each started on the communication stream as soon as the step's last backward
+/// of its chunk has completed it, and finished after the backward: the reduction overlaps the
+/// rest of the backward. Each bucket's reduce-scatter gives every rank its part of the bucket
+/// that falls in its ZeRO-1 shard (MPI_Ireduce_scatter with per-rank counts), so the shards
+/// are the same as without overlap. The TP-partial gradients are summed over TP after the
+/// data-parallel reduction instead of before (sums commute).
 public final class DataParallel {
     public let stage: Int
     let layout: ParameterLayout
@@ -24,10 +33,19 @@ public final class DataParallel {
     let normExpert: Range<Int>
     /// Offsets of tensors whose gradients are partial per TP rank (summed over TP first).
     let tpPartial: [(offset: Int, count: Int)]
+    public let overlapGradReduce: Bool
 
-    public init(stage: Int, layout: ParameterLayout, groups: ProcessGroups) {
+    let buckets: [GradientBucket]
+    /// A bucket's reduction on the communication stream, and where its result goes.
+    struct InFlight { let op: Communicator.PendingCollective; let result: Storage; let destination: Int; let count: Int }
+    var inFlight: [InFlight] = []
+    var issued: Set<GradientUnit> = []
+
+    public init(stage: Int, layout: ParameterLayout, groups: ProcessGroups, overlapGradReduce: Bool = false) {
         precondition(stage == 0 || stage == 1)
         self.stage = stage
+        self.overlapGradReduce = overlapGradReduce
+        buckets = layout.gradientBuckets
         self.layout = layout
         self.groups = groups
         normDense = Self.shard(layout.denseRegion, parts: groups.dp.size, index: groups.dp.rank)
@@ -35,6 +53,39 @@ public final class DataParallel {
         ownedDense = stage == 1 ? normDense : layout.denseRegion
         ownedExpert = stage == 1 ? normExpert : layout.expertRegion
         tpPartial = layout.specs.filter { $0.placement == .replicatedPartialGrad }.map { ($0.offset, $0.count) }
+    }
+
+    /// The gradient unit whose bucket holds `offset` of the flat buffer.
+    public func unit(holding offset: Int) -> GradientUnit? {
+        buckets.first { $0.dense.contains(offset) || $0.expert.contains(offset) }?.unit
+    }
+
+    /// Overlapped reduction: `unit`'s gradients are complete; its bucket starts on the
+    /// communication stream (once per step).
+    public func gradientsReady(_ unit: GradientUnit, _ grads: Storage) {
+        guard overlapGradReduce, !issued.contains(unit), let b = buckets.first(where: { $0.unit == unit }) else { return }
+        issued.insert(unit)
+        start(grads, b.dense, region: layout.denseRegion, over: groups.dp, unit: unit)
+        start(grads, b.expert, region: layout.expertRegion, over: groups.edp, unit: unit)
+    }
+
+    func start(_ grads: Storage, _ range: Range<Int>, region: Range<Int>, over group: Communicator, unit: GradientUnit) {
+        guard group.size > 1, !range.isEmpty else { return }
+        let send = UnsafePointer(grads.base + range.lowerBound)
+        if stage == 1 {
+            let counts = (0..<group.size).map { r -> Int in
+                let sh = Self.shard(region, parts: group.size, index: r)
+                return max(0, min(range.upperBound, sh.upperBound) - max(range.lowerBound, sh.lowerBound))
+            }
+            let mine = Self.shard(region, parts: group.size, index: group.rank)
+            let result = Storage(count: max(counts[group.rank], 1))
+            let op = group.startReduceScatter(send, result.base, counts: counts, detail: "gradients of \(unit)")
+            inFlight.append(InFlight(op: op, result: result, destination: max(range.lowerBound, mine.lowerBound), count: counts[group.rank]))
+        } else {
+            let result = Storage(count: range.count)
+            let op = group.startAllReduce(send, result.base, count: range.count, detail: "gradients of \(unit)")
+            inFlight.append(InFlight(op: op, result: result, destination: range.lowerBound, count: range.count))
+        }
     }
 
     static func shard(_ region: Range<Int>, parts: Int, index: Int) -> Range<Int> {
@@ -50,6 +101,15 @@ public final class DataParallel {
     /// Sums gradients over the groups that share each parameter. Afterwards the owned
     /// ranges hold the gradient of the global batch.
     public func reduceGradients(_ grads: Storage) {
+        if overlapGradReduce {
+            for b in buckets where !issued.contains(b.unit) { gradientsReady(b.unit, grads) }
+            Communicator.finish(inFlight.map(\.op), exposedAs: stage == 1 ? .reduceScatter : .allReduce, detail: "gradient buckets")
+            for f in inFlight { (grads.base + f.destination).update(from: f.result.base, count: f.count) }
+            inFlight.removeAll()
+            issued.removeAll()
+            sumTensorParallelPartials(grads)
+            return
+        }
         sumTensorParallelPartials(grads)
         reduce(grads, region: layout.denseRegion, shard: normDense, over: groups.dp)
         reduce(grads, region: layout.expertRegion, shard: normExpert, over: groups.edp)

@@ -50,7 +50,11 @@ public final class PipelineExecutor {
         return (a.microbatch * 64 + receiver) * 2 + (activation ? 0 : 1)
     }
 
-    public func runStep(width: Int, rows: Int, batch: (Int) -> (tokens: [Int32], targets: [Int32]), scale: LossScale) -> StepResult {
+    /// `gradientsReady` hears each `GradientUnit` whose gradients the step has completed: in
+    /// the last backward of each chunk (the last micro-batch's), as its backward finishes the
+    /// unit (overlapped gradient reduction starts there).
+    public func runStep(width: Int, rows: Int, batch: (Int) -> (tokens: [Int32], targets: [Int32]), scale: LossScale,
+                        gradientsReady: ((GradientUnit) -> Void)? = nil) -> StepResult {
         var stats = MicroBatchStats(layers: model.config.layers, experts: model.config.experts)
         var passes: [Slot: Transformer.ChunkPass] = [:]
         var received: [Slot: Tensor] = [:]       // activations (forward inputs) and gradients (backward inputs)
@@ -63,7 +67,9 @@ public final class PipelineExecutor {
         var start = Double.infinity, end = 0.0
         var durations: [Action: Double] = [:]
         let lastStage = plan.virtualStageCount - 1
-        for a in actions {
+        var lastBackward: [Int: Int] = [:]   // chunk -> index of its last backward action
+        for (i, a) in actions.enumerated() where a.kind == .backward { lastBackward[a.chunk] = i }
+        for (index, a) in actions.enumerated() {
             let slot = Slot(mb: a.microbatch, chunk: a.chunk)
             let stage = plan.virtualStage(rank: rank, chunk: a.chunk)
             let peer = Lowering.peer(of: a, rank: rank, stages: plan.stages).rank
@@ -102,8 +108,9 @@ public final class PipelineExecutor {
                 let t0 = clock.now
                 var kernels = Kernels.context   // the caller's hooks, and this action's weight-gradient queue
                 kernels.deferredWeightGrads = queue
+                let ready = lastBackward[a.chunk] == index ? gradientsReady : nil
                 let dx = clock.compute(.backward, a.description) {
-                    Kernels.with(kernels) { model.backwardChunk(pass, outputGradient: grad, scale: scale) }
+                    Kernels.with(kernels) { model.backwardChunk(pass, outputGradient: grad, scale: scale, gradientsReady: ready) }
                 }
                 end = clock.now
                 durations[a] = end - t0

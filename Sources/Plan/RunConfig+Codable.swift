@@ -75,6 +75,7 @@ extension RunConfig: Codable {
         Field("recompute", \.recompute),
         Field("attention", \.attention),
         Field("sequence_parallel", \.sequenceParallel),
+        Field("overlap_grad_reduce", \.overlapGradReduce),
         Field("pp_layers", \.ppLayers),
         // batch
         Field("global_batch", \.globalBatch, numerics: true),

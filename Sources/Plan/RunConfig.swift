@@ -23,6 +23,8 @@ public struct RunConfig: Equatable, Sendable {
     public var attention = AttentionKernel.fused
     /// Sequence parallelism over the tensor-parallel group (`ShardSpec.sequenceParallel`); needs tp > 1.
     public var sequenceParallel = false
+    /// Data-parallel gradient reduction in buckets overlapped with the backward (`DataParallel`).
+    public var overlapGradReduce = false
     public var ppLayers: [Int]? = nil  // layers per (virtual) stage; nil: balanced by estimated cost
 
     // Batch: any two of the three determine the third (see `BatchPlan`).
@@ -103,6 +105,8 @@ public struct RunConfig: Equatable, Sendable {
         if let dp { try V.require(dp, in: 1...maxCount, "--dp") }
         try V.require(ep, in: 1...model.experts, "--ep", note: "at most one rank per expert")
         try V.require(zero, in: 0...1, "--zero")
+        try V.require(!overlapGradReduce || schedule != .zbH1,
+                      "--overlap-grad-reduce with --schedule zb-h1 is not supported: the deferred weight gradients complete a layer's gradients after its backward; use 1f1b, gpipe or interleaved")
         try V.require(!sequenceParallel || tp > 1,
                       "--sequence-parallel needs --tp above 1 (it splits each micro-batch's tokens over the tensor-parallel group); --tp is \(tp)")
         try V.require(virtualStages, in: 1...model.layers, "--virtual-stages")

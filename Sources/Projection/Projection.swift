@@ -100,8 +100,12 @@ public struct Projection {
             let partial = Double(layout.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count })
             if tp.size > 1 && partial > 0 { r += cost.collective(.allReduce, bytes: partial * bytes, ranks: tp.size, link: tp.link) }
             let dense = Double(layout.denseRegion.count), expert = Double(layout.expertRegion.count)
-            if dp.size > 1 && dense > 0 { r += cost.collective(zero1 ? .reduceScatter : .allReduce, bytes: dense * bytes, ranks: dp.size, link: dp.link) }
-            if edp.size > 1 && expert > 0 { r += cost.collective(zero1 ? .reduceScatter : .allReduce, bytes: expert * bytes, ranks: edp.size, link: edp.link) }
+            // Overlapped, the data-parallel reduction is placed on the communication stream
+            // once the pipeline's timeline is known (below); here only its exposed part is added.
+            if !config.overlapGradReduce {
+                if dp.size > 1 && dense > 0 { r += cost.collective(zero1 ? .reduceScatter : .allReduce, bytes: dense * bytes, ranks: dp.size, link: dp.link) }
+                if edp.size > 1 && expert > 0 { r += cost.collective(zero1 ? .reduceScatter : .allReduce, bytes: expert * bytes, ranks: edp.size, link: edp.link) }
+            }
             let ownedDense = zero1 ? dense / Double(dp.size) : dense, ownedExpert = zero1 ? expert / Double(edp.size) : expert
             dpc = r
             r += cost.kernel(flops: 2 * (ownedDense + ownedExpert), elements: ownedDense + ownedExpert)  // the norm's sum of squares
@@ -140,6 +144,44 @@ public struct Projection {
         let sim = try Simulator.run(schedule.lowered, virtualStages: plan.virtualStages, microbatches: batch.microBatches,
                                     costs: costs, start: update)
         let ends = (0..<topo.pp).map { s in sim.timelines[s].last.map(\.end) ?? 0 }
+        if config.overlapGradReduce {
+            // Each bucket leaves when the last backward of its chunk completes its unit (the
+            // trainer's `gradientsReady`), runs on the communication stream, and what is still
+            // running when the stage's pipeline work ends is exposed.
+            for s in 0..<topo.pp {
+                let rank = topo.rank(tp: 0, dp: 0, pp: s)
+                let placement = job.placement(of: rank)
+                let dp = group(.dp, of: rank), edp = group(.edp, of: rank)
+                let buckets = placement.layout.gradientBuckets
+                var issued: [(time: Double, duration: Double)] = []
+                let kind: CostModel.Collective = config.zero == 1 ? .reduceScatter : .allReduce
+                for chunk in 0..<plan.virtualStages {
+                    guard let last = sim.timelines[s].last(where: { $0.action.kind == .backward && $0.action.chunk == chunk }) else { continue }
+                    let vs = plan.virtualStage(rank: s, chunk: chunk)
+                    var t = last.start
+                    for u in KernelInventory.backwardUnits(config: c, shard: placement.shard, sequences: batch.microBatchSize,
+                                                           layers: plan.layers[vs], embedding: vs == 0, head: vs == plan.virtualStageCount - 1,
+                                                           recompute: recompute, attention: config.attention) {
+                        t += seconds(u.work, rank: rank)
+                        guard let b = buckets.first(where: { $0.unit == u.unit }) else { continue }
+                        if dp.size > 1 && !b.dense.isEmpty {
+                            issued.append((t, cost.collective(kind, bytes: Double(b.dense.count) * bytes, ranks: dp.size, link: dp.link)))
+                        }
+                        if edp.size > 1 && !b.expert.isEmpty {
+                            issued.append((t, cost.collective(kind, bytes: Double(b.expert.count) * bytes, ranks: edp.size, link: edp.link)))
+                        }
+                    }
+                }
+                // The stream runs them in the order they were issued (chunks' last backwards interleave).
+                var stream = CommunicationStream()
+                for op in issued.enumerated().sorted(by: { ($0.element.time, $0.offset) < ($1.element.time, $1.offset) }) {
+                    _ = stream.run(issued: op.element.time, duration: op.element.duration)
+                }
+                let exposed = max(0, stream.free - ends[s])
+                reduce[s] += exposed
+                dataComm[s] += exposed
+            }
+        }
         let sync = (0..<topo.pp).map { ends[$0] + reduce[$0] }.max()! + normAllReduce
         // The trainer's step: from the earliest stage's start to the latest stage's end.
         stepTime = sync + update.max()! - update.min()!

@@ -69,7 +69,7 @@ public final class Trainer {
         layout.initialize(params.values, seed: config.seed)
         model = Transformer(config: config.model, params: params, parallel: parallel, recompute: config.recompute,
                             attention: config.attention)
-        zero = DataParallel(stage: config.zero, layout: layout, groups: groups)
+        zero = DataParallel(stage: config.zero, layout: layout, groups: groups, overlapGradReduce: config.overlapGradReduce)
         let hyper = AdamW.Hyper(beta1: config.beta1, beta2: config.beta2, eps: config.adamEps, weightDecay: config.weightDecay)
         optimizers = [zero.ownedDense, zero.ownedExpert].filter { !$0.isEmpty }.map { AdamW(layout: layout, range: $0, hyper: hyper) }
         lrSchedule = LRSchedule(peak: config.lr, minRatio: config.minLRRatio, warmup: config.warmupSteps, total: config.steps)
@@ -170,11 +170,17 @@ public final class Trainer {
         let clockStart = clock.now, flopsStart = clock.executedFLOPs, spanStart = clock.spans.count
         params.zeroGrads()
         let rankFirst = groups.coordinates.dp * plan.perRank
+        // Overlapped gradient reduction starts each bucket as the backward completes it (an
+        // injected NaN goes in before its bucket leaves, as it would without overlap).
+        let ready: ((GradientUnit) -> Void)? = zero.overlapGradReduce ? { [zero, faults, params] unit in
+            if zero.unit(holding: 0) == unit { faults.poison(params.grads, step: step) }
+            zero.gradientsReady(unit, params.grads)
+        } : nil
         let result = executor.runStep(width: c.dModel, rows: model.parallel.shard.residualRows(tokens: plan.microBatchSize * T), batch: { m in
             data.batch(step: step, first: rankFirst + m * plan.microBatchSize, count: plan.microBatchSize, seqLen: T)
-        }, scale: scale)
+        }, scale: scale, gradientsReady: ready)
         lastDurations = result.durations
-        faults.poison(params.grads, step: step)
+        if !zero.overlapGradReduce { faults.poison(params.grads, step: step) }
         // The step's figures over the data-parallel replicas and pipeline stages (TP ranks agree).
         let stats = reduceStats(result.stats)
         let dumpGrads = config.dumpStep == step ? zero.fullyReducedCopy(params.grads) : nil

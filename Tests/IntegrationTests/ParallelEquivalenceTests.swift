@@ -14,6 +14,9 @@ final class ParallelEquivalenceTests: XCTestCase {
         // Sequence parallelism: blocks of rows between layers and between pipeline stages, MoE from the block.
         (2, ["--tp", "2", "--sequence-parallel"]),
         (4, ["--tp", "2", "--pp", "2", "--ep", "2", "--sequence-parallel"]),
+        // Overlapped gradient reduction: buckets reduce-scattered into the same ZeRO-1 shards, or all-reduced.
+        (4, ["--ep", "2", "--overlap-grad-reduce"]),
+        (4, ["--pp", "2", "--zero", "0", "--overlap-grad-reduce"]),
     ]
 
     func run(np: Int, _ args: [String], extraMPIArgs: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
