@@ -84,6 +84,21 @@ public enum KernelInventory {
         return w
     }
 
+    /// The MLP of a dense layer or an expert on `rows` rows of hidden width `f` (`FeedForward`).
+    static func ffnForward(_ c: ModelConfig, _ d: Dims, rows: Double, hidden f: Double) -> [Work] {
+        let act = FeedForward.activationWork(c.ffn, rows: rows, hidden: f)
+        return [gemm(rows, f, d.C)] + (c.ffn == .swiglu ? [gemm(rows, f, d.C)] : [])
+            + [.kernel(flops: act.flops, elements: act.elements), gemm(rows, d.C, f)]
+    }
+
+    /// Its backward: the down projection, the activation, the gate (SwiGLU) and up projections.
+    static func ffnBackward(_ c: ModelConfig, _ d: Dims, rows: Double, hidden f: Double) -> [Work] {
+        let act = FeedForward.activationBackwardWork(c.ffn, rows: rows, hidden: f)
+        var w = linear(d, rows, out: d.C, inDim: f) + [.kernel(flops: act.flops, elements: act.elements)]
+        if c.ffn == .swiglu { w += linear(d, rows, out: f, inDim: d.C) }
+        return w + linear(d, rows, out: f, inDim: d.C, accumulateDx: c.ffn == .swiglu)
+    }
+
     /// The score GEMM and the causal softmax of every (sequence, head): the attention core's
     /// probabilities, which selective recomputation makes again in the backward.
     static func attentionProbabilities(_ d: Dims) -> [Work] {
@@ -127,7 +142,7 @@ public enum KernelInventory {
             for _ in 0..<Int(d.El) where d.rowsPerExpert > 0 {
                 let r = d.rowsPerExpert, F = Double(c.ffnHidden)
                 w.append(.kernel(flops: 0, elements: 2 * r * d.C))
-                w += [gemm(r, F, d.C), .kernel(flops: 12 * r * F, elements: 2 * r * F), gemm(r, d.C, F)]
+                w += ffnForward(c, d, rows: r, hidden: F)
                 w.append(.kernel(flops: 0, elements: 2 * r * d.C))
             }
             if d.ep > 1 { w.append(.epAllToAll(floats: d.El * d.rowsPerExpert * d.C)) }
@@ -135,7 +150,7 @@ public enum KernelInventory {
             if !d.sp { w += tp(d, d.N * d.C) }
         } else {
             w += gathered(d)
-            w += [gemm(d.N, d.Fl, d.C), .kernel(flops: 12 * d.N * d.Fl, elements: 2 * d.N * d.Fl), gemm(d.N, d.C, d.Fl)]
+            w += ffnForward(c, d, rows: d.N, hidden: d.Fl)
             w += reduced(d)
         }
         w.append(residual(d))
@@ -185,9 +200,7 @@ public enum KernelInventory {
             for _ in 0..<Int(d.El) where d.rowsPerExpert > 0 {
                 let r = d.rowsPerExpert, F = Double(c.ffnHidden)
                 w.append(.kernel(flops: 0, elements: 2 * r * d.C))
-                w += linear(d, r, out: d.C, inDim: F)
-                w.append(.kernel(flops: 18 * r * F, elements: 3 * r * F))
-                w += linear(d, r, out: F, inDim: d.C)
+                w += ffnBackward(c, d, rows: r, hidden: F)
                 w.append(.kernel(flops: 0, elements: 2 * r * d.C))
             }
             if d.ep > 1 { w.append(.epAllToAll(floats: d.El * d.rowsPerExpert * d.C)) }
@@ -198,9 +211,7 @@ public enum KernelInventory {
             if !d.sp { w += tp(d, d.N * d.C) }
         } else {
             w += gathered(d) + gathered(d)   // the output gradient, and the input again for the weight gradients
-            w += linear(d, d.N, out: d.C, inDim: d.Fl)
-            w.append(.kernel(flops: 18 * d.N * d.Fl, elements: 3 * d.N * d.Fl))
-            w += linear(d, d.N, out: d.Fl, inDim: d.C)
+            w += ffnBackward(c, d, rows: d.N, hidden: d.Fl)
             w += reduced(d)
         }
         w.append(copy(d))

@@ -19,13 +19,21 @@ public enum MoE {
         public let router: Tensor  // (E, C), replicated
         public let wUp: Tensor     // (E_local, F, C): this rank's experts
         public let wDown: Tensor   // (E_local, C, F)
-        public init(router: Tensor, wUp: Tensor, wDown: Tensor) { self.router = router; self.wUp = wUp; self.wDown = wDown }
+        public let wGate: Tensor?  // (E_local, F, C): SwiGLU experts' gate projections
+        public init(router: Tensor, wUp: Tensor, wDown: Tensor, wGate: Tensor? = nil) {
+            self.router = router; self.wUp = wUp; self.wDown = wDown; self.wGate = wGate
+        }
 
         var localExperts: Int { wUp.shape[0] }
 
         func up(_ e: Int) -> Tensor {
             let f = wUp.shape[1], c = wUp.shape[2]
             return Tensor(view: wUp.storage, offset: wUp.offset + e * f * c, shape: [f, c])
+        }
+        func gate(_ e: Int) -> Tensor? {
+            guard let wGate else { return nil }
+            let f = wGate.shape[1], c = wGate.shape[2]
+            return Tensor(view: wGate.storage, offset: wGate.offset + e * f * c, shape: [f, c])
         }
         func down(_ e: Int) -> Tensor {
             let c = wDown.shape[1], f = wDown.shape[2]
@@ -112,7 +120,7 @@ public enum MoE {
         for (e, idx) in dispatch.perExpert.enumerated() where !idx.isEmpty {
             let xe = gather(received, idx, width: c)
             let ye = Tensor(zeros: [idx.count, c])
-            let ff = FeedForward.forward(xe, wUp: w.up(e), wDown: w.down(e), y: ye)
+            let ff = FeedForward.forward(xe, wUp: w.up(e), wDown: w.down(e), wGate: w.gate(e), y: ye)
             scatter(ye, idx, into: &outRows, width: c)
             batches[e] = ExpertBatch(rows: idx, ff: ff, y: ye)
         }
@@ -159,8 +167,8 @@ public enum MoE {
             guard let batch else { continue }
             let dye = gather(received, batch.rows, width: c)
             let dxe = Tensor(zeros: [batch.rows.count, c])
-            FeedForward.backward(batch.ff, wUp: w.up(e), wDown: w.down(e), dy: dye,
-                                 dwUp: dw.up(e), dwDown: dw.down(e), dx: dxe, accumulate: false)
+            FeedForward.backward(batch.ff, wUp: w.up(e), wDown: w.down(e), wGate: w.gate(e), dy: dye,
+                                 dwUp: dw.up(e), dwDown: dw.down(e), dwGate: dw.gate(e), dx: dxe, accumulate: false)
             scatter(dxe, batch.rows, into: &dxRows, width: c)
         }
         let back = parallel.epExchange(dxRows, sendRows: d.recvRows, recvRows: d.sendRows, width: c).rows

@@ -11,6 +11,8 @@ public struct ModelConfig: Equatable, Sendable {
     public var heads: Int = 4            // H
     public var kvHeads: Int = 1          // G: 1 = multi-query attention, H = multi-head
     public var ffnHidden: Int = 128      // F: hidden size of each expert and of dense FFN layers
+    /// The MLP of dense layers and of each expert (`FFNKind`).
+    public var ffn: FFNKind = .gelu
     public var experts: Int = 16         // E
     public var topK: Int = 2             // K
     /// Every `moeEvery`-th layer (1-based) is MoE, the others dense: 1 = all MoE, 0 = all dense.
@@ -95,4 +97,16 @@ public enum Recompute: String, Sendable, CaseIterable, Codable {
 /// each T x T product costs half its dense count (the paper's convention for causal FLOPs).
 public enum AttentionKernel: String, Sendable, CaseIterable, Codable {
     case fused, naive
+}
+
+/// The MLP of dense layers and experts: `gelu`, two matrices (h = x W_up^T, a = gelu(h),
+/// y = a W_down^T; GPT-2, GPT-3, Megatron's GPT), or `swiglu`, three (a = silu(x W_gate^T) *
+/// (x W_up^T), y = a W_down^T; Shazeer 2020, "GLU Variants Improve Transformer"; LLaMA).
+/// F (`ffn_hidden`) is the width of h (and of the gate) either way.
+public enum FFNKind: String, CaseIterable, Sendable, Codable {
+    case gelu, swiglu
+    /// Hidden-width tensors an MLP keeps per row for its backward: h and a; SwiGLU also the gate.
+    public var keptPerRow: Int { self == .swiglu ? 3 : 2 }
+    /// Weight matrices of C x F.
+    public var matrices: Int { self == .swiglu ? 3 : 2 }
 }

@@ -112,10 +112,17 @@ public struct ParameterLayout: Sendable {
                     placement: shard.tp > 1 ? .replicatedPartialGrad : .replicated)
                 let expertSlice = TensorSlice(dim: 0, start: experts.lowerBound, length: experts.count)
                 add("\(p).moe.w_up", [c.experts, c.ffnHidden, c.dModel], .normal(std: std), slice: expertSlice, placement: .expert)
+                if c.ffn == .swiglu {
+                    add("\(p).moe.w_gate", [c.experts, c.ffnHidden, c.dModel], .normal(std: std), slice: expertSlice, placement: .expert)
+                }
                 add("\(p).moe.w_down", [c.experts, c.dModel, c.ffnHidden], .normal(std: residualStd), slice: expertSlice, placement: .expert)
             } else {
                 add("\(p).ffn.w_up", [c.ffnHidden, c.dModel], .normal(std: std),
                     slice: TensorSlice(dim: 0, start: shard.tpRank * ffnLocal, length: ffnLocal), placement: tpSharded)
+                if c.ffn == .swiglu {
+                    add("\(p).ffn.w_gate", [c.ffnHidden, c.dModel], .normal(std: std),
+                        slice: TensorSlice(dim: 0, start: shard.tpRank * ffnLocal, length: ffnLocal), placement: tpSharded)
+                }
                 add("\(p).ffn.w_down", [c.dModel, c.ffnHidden], .normal(std: residualStd),
                     slice: TensorSlice(dim: 1, start: shard.tpRank * ffnLocal, length: ffnLocal), placement: tpSharded)
             }

@@ -71,7 +71,13 @@ public final class Transformer {
     func moeWeights(_ l: Int, grads: Bool = false) -> MoE.Weights {
         let get = grads ? params.grad : params.value
         return MoE.Weights(router: get("layers.\(l).moe.router"), wUp: get("layers.\(l).moe.w_up"),
-                           wDown: get("layers.\(l).moe.w_down"))
+                           wDown: get("layers.\(l).moe.w_down"), wGate: config.ffn == .swiglu ? get("layers.\(l).moe.w_gate") : nil)
+    }
+
+    /// A dense layer's FFN weights (or their gradients): up, down, and SwiGLU's gate.
+    func ffnWeights(_ l: Int, grads: Bool = false) -> (up: Tensor, down: Tensor, gate: Tensor?) {
+        let get = grads ? params.grad : params.value
+        return (get("layers.\(l).ffn.w_up"), get("layers.\(l).ffn.w_down"), config.ffn == .swiglu ? get("layers.\(l).ffn.w_gate") : nil)
     }
 
     var sequenceParallel: Bool { parallel.shard.sequenceParallel }
@@ -116,8 +122,8 @@ public final class Transformer {
         } else {
             let ffnIn = gathered(xn2)
             let partial = Tensor(zeros: [ffnIn.rows, c])
-            var fc = FeedForward.forward(ffnIn, wUp: params.value("layers.\(l).ffn.w_up"),
-                                         wDown: params.value("layers.\(l).ffn.w_down"), y: partial)
+            let w = ffnWeights(l)
+            var fc = FeedForward.forward(ffnIn, wUp: w.up, wDown: w.down, wGate: w.gate, y: partial)
             fc.x = xn2
             ffn = .dense(fc)
             out = reduced(partial)  // g: row-parallel down projection
@@ -139,9 +145,9 @@ public final class Transformer {
             let dy = gathered(dOut)   // the backward of the reduce-scatter
             fc.x = gathered(fc.x)
             let partial = sequenceParallel ? Tensor(zeros: [dy.rows, c]) : dxn2
-            FeedForward.backward(fc, wUp: params.value("layers.\(l).ffn.w_up"), wDown: params.value("layers.\(l).ffn.w_down"),
-                                 dy: dy, dwUp: params.grad("layers.\(l).ffn.w_up"),
-                                 dwDown: params.grad("layers.\(l).ffn.w_down"), dx: partial, accumulate: false)
+            let (w, g) = (ffnWeights(l), ffnWeights(l, grads: true))
+            FeedForward.backward(fc, wUp: w.up, wDown: w.down, wGate: w.gate, dy: dy, dwUp: g.up, dwDown: g.down, dwGate: g.gate,
+                                 dx: partial, accumulate: false)
             reduce(partial, into: dxn2)  // f: column-parallel up projection's partial input gradients
         }
         let da = dOut.copy()
@@ -376,9 +382,9 @@ public final class Transformer {
             let assignments = n / shard.tp * c.topK                   // this rank's tokens' assignments
             total += n * c.experts + n * c.topK + n + B * c.experts   // routing: probabilities, gates, lse, fractions
             // returned rows, and per expert the received x, h, a, y
-            total += assignments * C + assignments * (2 * C + 2 * c.ffnHidden)
+            total += assignments * C + assignments * (2 * C + c.ffn.keptPerRow * c.ffnHidden)
         } else {
-            total += 2 * n * c.ffnHidden / shard.tp
+            total += c.ffn.keptPerRow * n * c.ffnHidden / shard.tp
         }
         return total
     }

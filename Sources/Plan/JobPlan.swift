@@ -116,7 +116,7 @@ public struct JobPlan: Sendable {
         guard parameters < maxElements else {
             throw UsageError(String(format: "the model is too large to plan: about %.2g parameters (at most %.2g); reduce --layers, --d-model, --experts or --ffn-hidden", parameters, maxElements))
         }
-        let activations = Double(b) * T * (L * (16 * C + 4 * K * F + 2 * E + 2 * H * T) + 2 * V)
+        let activations = Double(b) * T * (L * (16 * C + 6 * K * F + 2 * E + 2 * H * T) + 2 * V)
         guard activations < maxElements else {
             throw UsageError(String(format: "a micro-batch is too large to plan: about %.2g activation values (at most %.2g); reduce --micro-batch-size, --seq-len or the model", activations, maxElements))
         }

@@ -52,6 +52,7 @@ extension RunConfig: Codable {
         Field("heads", \.model.heads, numerics: true),
         Field("kv_heads", \.model.kvHeads, numerics: true),
         Field("ffn_hidden", \.model.ffnHidden, numerics: true),
+        Field("ffn", \.model.ffn, numerics: true),
         Field("experts", \.model.experts, numerics: true),
         Field("top_k", \.model.topK, numerics: true),
         Field("moe_every", \.model.moeEvery, numerics: true),
@@ -307,3 +308,4 @@ extension FailMode: ConfigChoice {}
 extension CheckpointMode: ConfigChoice {}
 extension Recompute: ConfigChoice {}
 extension AttentionKernel: ConfigChoice {}
+extension FFNKind: ConfigChoice {}

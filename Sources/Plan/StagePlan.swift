@@ -67,8 +67,8 @@ public struct StagePlan: Sendable, Equatable, CustomStringConvertible {
     static func layerCost(_ c: ModelConfig, _ l: Int) -> Double {
         let C = Double(c.dModel), D = Double(c.headDim), T = Double(c.seqLen)
         let attention = 2 * C * D * Double(2 * c.heads + 2 * c.kvHeads) + 4 * T * C
-        let ffn = c.isMoE(layer: l) ? Double(c.topK) * 4 * C * Double(c.ffnHidden) + 2 * C * Double(c.experts)
-                                    : 4 * C * Double(c.ffnHidden)
+        let mlp = 2 * Double(c.ffn.matrices) * C * Double(c.ffnHidden)
+        let ffn = c.isMoE(layer: l) ? Double(c.topK) * mlp + 2 * C * Double(c.experts) : mlp
         return attention + ffn
     }
 

@@ -98,7 +98,9 @@ public struct PublishedMeasurement: Decodable, Sendable {
         }
         if md.experts > 0 && md.topK > md.experts { throw bad("model.top_k", md.topK, "is more than model.experts \(md.experts)") }
         guard countings.contains(m.flopsCounting) else { throw bad("flops_counting", m.flopsCounting, "expected one of \(countings.joined(separator: ", "))") }
-        guard m.model.ffn == "gelu" else { throw bad("model.ffn", m.model.ffn, "only gelu is modelled so far") }
+        guard FFNKind(rawValue: m.model.ffn) != nil else {
+            throw bad("model.ffn", m.model.ffn, "expected one of \(FFNKind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
         guard let schedule = ScheduleKind(rawValue: m.layout.schedule), schedule != .zbH1 else {
             throw bad("layout.schedule", m.layout.schedule, "expected one of \(ScheduleKind.allCases.filter { $0 != .zbH1 }.map(\.rawValue).joined(separator: ", ")) (zb-h1 is not projected)")
         }
@@ -122,6 +124,7 @@ public struct PublishedMeasurement: Decodable, Sendable {
         let m = model, l = layout
         c.model.layers = m.layers; c.model.dModel = m.dModel; c.model.heads = m.heads; c.model.kvHeads = m.kvHeads
         c.model.ffnHidden = m.ffnHidden; c.model.vocab = m.vocab; c.model.seqLen = m.seqLen
+        c.model.ffn = FFNKind(rawValue: m.ffn)!
         let dense = m.experts == 0 || m.moeEvery == 0
         c.model.experts = max(m.experts, 1); c.model.topK = max(m.topK, 1); c.model.moeEvery = dense ? 0 : m.moeEvery
         if dense { c.model.capacityFactor = 0 }

@@ -14,3 +14,4 @@ extension FailMode: ExpressibleByArgument {}
 extension CheckpointMode: ExpressibleByArgument {}
 extension Recompute: ExpressibleByArgument {}
 extension AttentionKernel: ExpressibleByArgument {}
+extension FFNKind: ExpressibleByArgument {}

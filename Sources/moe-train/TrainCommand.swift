@@ -37,6 +37,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Query heads.") var heads: Int?
     @Option(name: .customLong("kv-heads"), help: "Key/value heads (1 = multi-query attention).") var kvHeads: Int?
     @Option(name: .customLong("ffn-hidden"), help: "Hidden size of each expert / dense FFN.") var ffnHidden: Int?
+    @Option(help: "MLP of dense layers and experts: gelu (two matrices) or swiglu (three: gate, up, down).") var ffn: FFNKind?
     @Option(name: .customLong("moe-every"), help: "Every n-th layer is MoE (1 = all, 0 = none).") var moeEvery: Int?
     @Option(name: .customLong("capacity-factor"), help: "Expert capacity factor per sequence (0 = unlimited).") var capacityFactor: Double?
     @Option(name: .customLong("aux-loss-coef"), help: "Load-balancing loss coefficient.") var auxLossCoef: Double?
@@ -106,7 +107,7 @@ struct TrainCommand: ParsableCommand {
         }
         set(experts) { c.model.experts = $0 }; set(topK) { c.model.topK = $0 }; set(layers) { c.model.layers = $0 }
         set(dModel) { c.model.dModel = $0 }; set(heads) { c.model.heads = $0 }; set(kvHeads) { c.model.kvHeads = $0 }
-        set(ffnHidden) { c.model.ffnHidden = $0 }; set(moeEvery) { c.model.moeEvery = $0 }
+        set(ffnHidden) { c.model.ffnHidden = $0 }; set(ffn) { c.model.ffn = $0 }; set(moeEvery) { c.model.moeEvery = $0 }
         set(capacityFactor) { c.model.capacityFactor = $0 }; set(auxLossCoef) { c.model.auxLossCoef = $0 }
         set(zLossCoef) { c.model.zLossCoef = $0 }; set(routerInitScale) { c.model.routerInitScale = $0 }; set(seqLen) { c.model.seqLen = $0 }
         // Batch: a flag for one of (micro-batch-size, micro-batches) lets the other be derived.

@@ -69,6 +69,30 @@ final class ParallelEquivalenceTests: XCTestCase {
         XCTAssertLessThan(worst, 1e-5)
     }
 
+    /// SwiGLU (dense layers and experts, every other layer MoE): sharded layouts equal the
+    /// single-rank SwiGLU run, in the step-3 dump (w_gate's gradients included) and over 30 steps.
+    func testSwiGLUMatchesTheSingleRankRun() throws {
+        let dir = try Subprocess.tempDir()
+        let model = ["--config", "configs/tiny.json", "--ffn", "swiglu", "--moe-every", "2"]
+        let common = model + ["--steps", "3", "--dump-step", "3"]
+        XCTAssertEqual(try Subprocess.mpirun(np: 1, common + ["--dump-dir", dir + "/ref"]).status, 0)
+        let reference = try XCTUnwrap(try run(np: 1, Array(model.dropFirst(2)) + ["--steps", "30"])["losses"] as? [Double])
+        for (i, layout) in [(4, ["--tp", "2", "--pp", "2", "--sequence-parallel"]), (2, ["--ep", "2", "--overlap-grad-reduce"])].enumerated() {
+            let r = try Subprocess.mpirun(np: layout.0, common + layout.1 + ["--dump-dir", dir + "/l\(i)"])
+            XCTAssertEqual(r.status, 0, r.output)
+            try compareDumps(dir + "/ref", dir + "/l\(i)")
+            let losses = try XCTUnwrap(try run(np: layout.0, Array(model.dropFirst(2)) + ["--steps", "30"] + layout.1)["losses"] as? [Double])
+            let worst = zip(losses, reference).map { abs($0 - $1) / abs($1) }.max()!
+            print(String(format: "SwiGLU -np %d %@: worst relative loss difference over 30 steps %.2e", layout.0, layout.1.joined(separator: " "), worst))
+            XCTAssertLessThan(worst, 1e-3)
+        }
+        // The dump (safetensors: an 8-byte header length, then the JSON header) holds the gates.
+        let dump = try Data(contentsOf: URL(fileURLWithPath: dir + "/ref/step-000003.safetensors"))
+        let headerLength = dump.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        let header = String(decoding: dump.dropFirst(8).prefix(headerLength), as: UTF8.self)
+        XCTAssertTrue(header.contains("layers.0.ffn.w_gate") && header.contains("layers.1.moe.w_gate"), "the dump holds the gate weights")
+    }
+
     /// Acceptance 3: at dp = 2 each rank holds half the optimizer state (up to padding).
     func testZeroOneHalvesOptimizerState() throws {
         let one = try run(np: 1, ["--steps", "1"])

@@ -27,8 +27,9 @@ final class KernelInventoryTests: XCTestCase {
         var description: String { name }
     }
 
-    static func config(moeEvery: Int, kvHeads: Int, experts: Int = 4, tied: Bool = false) -> ModelConfig {
+    static func config(moeEvery: Int, kvHeads: Int, experts: Int = 4, tied: Bool = false, ffn: FFNKind = .gelu) -> ModelConfig {
         var c = ModelConfig()
+        c.ffn = ffn
         c.vocab = 32; c.dModel = 32; c.heads = 4; c.kvHeads = kvHeads; c.ffnHidden = 16
         c.layers = 3; c.moeEvery = moeEvery; c.experts = experts; c.topK = 2; c.seqLen = 8
         c.tieEmbeddings = tied
@@ -70,6 +71,9 @@ final class KernelInventoryTests: XCTestCase {
             whole("MoE, MQA (KV replicated), tp 2 (rank 1), ep 2 (rank 1), sequence parallel", moeMQA, tp: 2, tpRank: 1, ep: 2, epRank: 1, sp: true),
             whole("dense, MQA, tp 2, tied embeddings, sequence parallel", config(moeEvery: 0, kvHeads: 1, tied: true), tp: 2, sp: true),
             chunk("middle chunk, dense + MoE, tp 2, ep 2, sequence parallel", mixedGQA, 1..<2, tp: 2, tpRank: 1, ep: 2, epRank: 1, sp: true),
+            // SwiGLU in dense layers and experts.
+            whole("dense + MoE, GQA, SwiGLU, tp 2 (rank 1), ep 2", config(moeEvery: 2, kvHeads: 2, ffn: .swiglu), tp: 2, tpRank: 1, ep: 2),
+            whole("dense, MQA, SwiGLU", config(moeEvery: 0, kvHeads: 1, ffn: .swiglu)),
         ]
     }
 

@@ -55,6 +55,15 @@ final class TransformerGradTests: XCTestCase {
 
     func testWithAuxAndZLoss() { check("transformer[aux z]", config: config(tied: false, aux: 0.5, z: 0.25), seed: 3) }
 
+    /// SwiGLU in the dense layer and in every expert: w_gate is checked like every tensor.
+    func testSwiGLU() {
+        var c = config(tied: false, aux: 0.5)
+        c.ffn = .swiglu
+        XCTAssertNotNil(ParameterLayout(config: c)["layers.0.ffn.w_gate"])
+        XCTAssertNotNil(ParameterLayout(config: c)["layers.1.moe.w_gate"])
+        check("transformer[swiglu]", config: c, seed: 4)
+    }
+
     func check(_ label: String, config c: ModelConfig, seed: UInt64, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertNoThrow(try c.validate(), file: file, line: line)
         let params = Parameters(layout: ParameterLayout(config: c))
