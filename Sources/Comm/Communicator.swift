@@ -336,7 +336,8 @@ public struct Communicator: @unchecked Sendable {
         let timed: Bool
         /// [this rank's issue time, the group's latest]; heap-allocated for MPI.
         let times = UnsafeMutablePointer<Double>.allocate(capacity: 2)
-        /// Per-rank counts of a reduce-scatter, read by MPI until completion.
+        /// Per-rank counts of a reduce-scatter or all-gather (then the displacements), read by
+        /// MPI until completion.
         let counts: UnsafeMutablePointer<Int32>
         let wallStart: Double
         public let detail: String
@@ -345,8 +346,13 @@ public struct Communicator: @unchecked Sendable {
             self.kind = kind; self.comm = comm; self.bytes = bytes; self.emulatedBytes = emulatedBytes; self.timed = timed
             self.detail = detail; self.wallStart = wallStart
             times.initialize(repeating: 0, count: 2)
-            self.counts = .allocate(capacity: max(counts.count, 1))
-            for (i, c) in counts.enumerated() { self.counts[i] = Int32(c) }
+            self.counts = .allocate(capacity: max(2 * counts.count, 1))
+            var displacement = 0
+            for (i, c) in counts.enumerated() {
+                self.counts[i] = Int32(c)
+                self.counts[counts.count + i] = Int32(displacement)
+                displacement += c
+            }
         }
         deinit {
             // Unfinished (a step abandoned by an error): MPI may still write these; leave them.
@@ -379,6 +385,18 @@ public struct Communicator: @unchecked Sendable {
         return start(.reduceScatter, bytes: total * 4, emulatedBytes: emulatedBytes(Float.self, count: total), counts: counts,
                      detail: detail) { op in
             MPI_Ireduce_scatter(send, recv, op.counts, Float.mpiType, ReduceOp.sum.mpi, handle, &op.request)
+        }
+    }
+
+    /// Starts gathering, in place, the `counts[r]` floats each rank r holds at its place in
+    /// `buffer` (after the counts of the ranks before it) into every rank's `buffer`
+    /// (MPI_Iallgatherv with MPI_IN_PLACE). Every rank passes the same counts.
+    public func startAllGather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int], detail: String) -> PendingCollective {
+        precondition(counts.count == size, "all-gather: \(counts.count) counts for \(size) ranks")
+        let total = counts.reduce(0, +)
+        return start(.allGather, bytes: total * 4, emulatedBytes: emulatedBytes(Float.self, count: total), counts: counts,
+                     detail: detail) { op in
+            MPI_Iallgatherv(cmpi_in_place(), 0, Float.mpiType, buffer, op.counts, op.counts + size, Float.mpiType, handle, &op.request)
         }
     }
 

@@ -16,9 +16,24 @@ public struct DeviceProfile: Sendable, Equatable {
     public var memoryEfficiency: Double
     /// Fixed cost per kernel launch, seconds.
     public var kernelLaunchSeconds: Double
-    /// Links inside a node (NVLink) and between nodes (InfiniBand / RoCE).
+    /// Links inside a node (NVLink) and between nodes (InfiniBand / RoCE), with the
+    /// bandwidth collectives reach (the link's `beta_bytes_per_s` times its `efficiency`).
     public var intraNode: LinkClass
     public var interNode: LinkClass
+    /// The share of each link's bandwidth that collectives reach (`efficiency` in the link's
+    /// object, default 1), already applied to `intraNode` and `interNode`.
+    public private(set) var intraNodeEfficiency = 1.0
+    public private(set) var interNodeEfficiency = 1.0
+    /// Where each constant comes from (the profile's `calibration` object: key, then text).
+    public var calibration: [String: String] = [:]
+
+    /// The same device with collectives inside a node reaching `efficiency` of the NVLink bandwidth.
+    public func withIntraNodeEfficiency(_ efficiency: Double) -> DeviceProfile {
+        var p = self
+        p.intraNode.beta = intraNode.beta / intraNodeEfficiency * efficiency
+        p.intraNodeEfficiency = efficiency
+        return p
+    }
     public var source: String
     /// Peak dense FP8 FLOP/s, where the device has FP8 tensor cores.
     public var peakFLOPSFP8: Double? = nil
@@ -55,13 +70,19 @@ public struct DeviceProfile: Sendable, Equatable {
             }
             return v.doubleValue
         }
+        func efficiency(_ key: String) throws -> Double {
+            guard let o = obj[key] as? [String: Any], o["efficiency"] != nil else { return 1 }
+            let e = try num("efficiency", in: o, key + ".")
+            guard e > 0, e <= 1 else { throw ProfileError(description: "device profile \(path): \(key).efficiency must be in (0, 1]") }
+            return e
+        }
         func link(_ key: String) throws -> LinkClass {
             guard let o = obj[key] as? [String: Any] else {
                 throw ProfileError(description: "device profile \(path): \(key) must be an object {alpha_s, beta_bytes_per_s}")
             }
             let beta = try num("beta_bytes_per_s", in: o, key + ".")
             guard beta > 0 else { throw ProfileError(description: "device profile \(path): \(key).beta_bytes_per_s must be positive") }
-            return LinkClass(alpha: try num("alpha_s", in: o, key + "."), beta: beta)
+            return LinkClass(alpha: try num("alpha_s", in: o, key + "."), beta: beta * (try efficiency(key)))
         }
         let p = DeviceProfile(
             name: obj["name"] as? String ?? URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent,
@@ -73,6 +94,9 @@ public struct DeviceProfile: Sendable, Equatable {
             source: obj["source"] as? String ?? "")
         var profile = p
         profile.peakFLOPSFP8 = (obj["peak_flops_fp8"] as? NSNumber)?.doubleValue
+        profile.intraNodeEfficiency = try efficiency("intra_node")
+        profile.interNodeEfficiency = try efficiency("inter_node")
+        profile.calibration = (obj["calibration"] as? [String: Any])?.compactMapValues { $0 as? String } ?? [:]
         if obj["host_bandwidth"] != nil {
             profile.hostBandwidth = try num("host_bandwidth", in: obj, "")
             guard profile.hostBandwidth > 0 else { throw ProfileError(description: "device profile \(path): host_bandwidth must be positive") }

@@ -70,18 +70,26 @@ public enum KernelInventory {
     /// and the head and loss (last chunk).
     public static func forward(config c: ModelConfig, shard s: ShardSpec, sequences: Int, layers: Range<Int>,
                                embedding: Bool, head: Bool, attention: AttentionKernel = .naive) -> [Work] {
+        forwardUnits(config: c, shard: s, sequences: sequences, layers: layers, embedding: embedding, head: head,
+                     attention: attention).flatMap(\.work)
+    }
+
+    /// The same forward cut where each `GradientUnit`'s parameters are first read (the points
+    /// where `Transformer.forwardChunk` asks for them), in order.
+    public static func forwardUnits(config c: ModelConfig, shard s: ShardSpec, sequences: Int, layers: Range<Int>,
+                                    embedding: Bool, head: Bool, attention: AttentionKernel = .naive) -> [(unit: GradientUnit, work: [Work])] {
         let d = Dims(c, s, sequences: sequences)
-        var w: [Work] = []
-        if embedding { w.append(.kernel(flops: 0, elements: 2 * d.N * d.C)); w += reduced(d) }
-        for l in layers { w += layerForward(c, d, l, attention: attention) }
+        var units: [(unit: GradientUnit, work: [Work])] = []
+        if embedding { units.append((.embedding, [.kernel(flops: 0, elements: 2 * d.N * d.C)] + reduced(d))) }
+        for l in layers { units.append((.layer(l), layerForward(c, d, l, attention: attention))) }
         if head {
-            w.append(norm(d))
-            w += gathered(d)
+            var w: [Work] = [norm(d)] + gathered(d)
             w.append(gemm(d.N, d.Vl, d.C))
             w.append(.kernel(flops: 6 * d.N * d.Vl, elements: 2 * d.N * d.Vl))
             if d.tp > 1 { w += [.tpAllReduceMax(floats: d.N), .tpAllReduce(floats: 2 * d.N)] }
+            units.append((.head, w))
         }
-        return w
+        return units
     }
 
     /// The MLP of a dense layer or an expert on `rows` rows of hidden width `f` (`FeedForward`).

@@ -221,7 +221,10 @@ public final class Transformer {
 
     /// Forward of `layers` for one micro-batch. `targets` are given to the last chunk, which
     /// computes the loss (fused with its gradient, scaled for the global batch).
-    public func forwardChunk(layers: Range<Int>, input: ChunkInput, targets: [Int32]?, scale: LossScale) -> ChunkPass {
+    /// `parametersNeeded` is told each `GradientUnit` just before its parameters are first read
+    /// (overlapped parameter gathers wait there).
+    public func forwardChunk(layers: Range<Int>, input: ChunkInput, targets: [Int32]?, scale: LossScale,
+                             parametersNeeded: ((GradientUnit) -> Void)? = nil) -> ChunkPass {
         var stats = MicroBatchStats(layers: config.layers, experts: config.experts)
         var x: Tensor
         var tokens: [Int32]? = nil
@@ -230,6 +233,7 @@ public final class Transformer {
         case .tokens(let t):
             precondition(t.count % config.seqLen == 0, "micro-batch must hold whole sequences")
             tokens = t
+            parametersNeeded?(.embedding)
             x = embed(t)
             live += x.count
         case .activation(let a):
@@ -240,6 +244,7 @@ public final class Transformer {
         var caches: [BlockCache] = [], inputs: [Tensor] = []
         var transient = 0
         for l in layers {
+            parametersNeeded?(.layer(l))
             let (out, cache) = blockForward(l, x)
             if case .moe(let mc) = cache.ffn { stats.record(layer: l, routing: mc.routing) }
             if recompute == .full {
@@ -257,6 +262,7 @@ public final class Transformer {
         }
         var head: (Tensor, Tensor, Tensor)? = nil
         if let targets {
+            parametersNeeded?(.head)
             // Head: final norm, logits, loss (fused with its gradient).
             let n = sequences * config.seqLen, c = config.dModel
             precondition(targets.count == n, "targets must match the micro-batch")

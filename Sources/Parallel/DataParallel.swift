@@ -34,6 +34,11 @@ public final class DataParallel {
     /// Offsets of tensors whose gradients are partial per TP rank (summed over TP first).
     let tpPartial: [(offset: Int, count: Int)]
     public let overlapGradReduce: Bool
+    /// ZeRO-1's parameter all-gather in the same buckets, started after the optimizer step and
+    /// waited for by the next step's forward, unit by unit (Megatron-LM's `overlap_param_gather`).
+    public let overlapParamGather: Bool
+    /// Parameter gathers on the communication stream, in the order they were started.
+    var gathering: [(unit: GradientUnit, op: Communicator.PendingCollective)] = []
 
     let buckets: [GradientBucket]
     /// A bucket's reduction on the communication stream, and where its result goes.
@@ -41,10 +46,12 @@ public final class DataParallel {
     var inFlight: [InFlight] = []
     var issued: Set<GradientUnit> = []
 
-    public init(stage: Int, layout: ParameterLayout, groups: ProcessGroups, overlapGradReduce: Bool = false) {
+    public init(stage: Int, layout: ParameterLayout, groups: ProcessGroups, overlapGradReduce: Bool = false,
+                overlapParamGather: Bool = false) {
         precondition(stage == 0 || stage == 1)
         self.stage = stage
         self.overlapGradReduce = overlapGradReduce
+        self.overlapParamGather = overlapParamGather && stage == 1
         buckets = layout.gradientBuckets
         self.layout = layout
         self.groups = groups
@@ -154,11 +161,46 @@ public final class DataParallel {
         return groups.world.size > 1 ? groups.world.allReduce(local) : local
     }
 
-    /// After the owned shards are stepped: every rank gets the updated parameters (ZeRO-1).
+    /// After the owned shards are stepped: every rank gets the updated parameters (ZeRO-1);
+    /// overlapped, the gathers only start here, bucket by bucket in the order the forward
+    /// needs them (`parametersNeeded`).
     public func gatherParameters(_ params: Storage) {
         guard stage == 1 else { return }
+        if overlapParamGather {
+            for b in buckets {
+                startGather(params, b.dense, region: layout.denseRegion, over: groups.dp, unit: b.unit)
+                startGather(params, b.expert, region: layout.expertRegion, over: groups.edp, unit: b.unit)
+            }
+            return
+        }
         gather(params, region: layout.denseRegion, shard: normDense, over: groups.dp)
         gather(params, region: layout.expertRegion, shard: normExpert, over: groups.edp)
+    }
+
+    func startGather(_ params: Storage, _ range: Range<Int>, region: Range<Int>, over group: Communicator, unit: GradientUnit) {
+        guard group.size > 1, !range.isEmpty else { return }
+        let counts = (0..<group.size).map { r -> Int in
+            let sh = Self.shard(region, parts: group.size, index: r)
+            return max(0, min(range.upperBound, sh.upperBound) - max(range.lowerBound, sh.lowerBound))
+        }
+        gathering.append((unit, group.startAllGather(params.base + range.lowerBound, counts: counts, detail: "parameters of \(unit)")))
+    }
+
+    /// The forward is about to use `unit`'s parameters: its gathers (and every gather started
+    /// before them) are finished; what compute did not hide is exposed.
+    public func parametersNeeded(_ unit: GradientUnit) {
+        guard let last = gathering.lastIndex(where: { $0.unit == unit }) else { return }
+        let done = gathering[...last].map(\.op)
+        gathering.removeFirst(last + 1)
+        Communicator.finish(done, exposedAs: .allGather, detail: "parameter buckets")
+    }
+
+    /// Every parameter gather finished (before anything reads the parameters outside a forward).
+    public func finishParameterGather() {
+        guard !gathering.isEmpty else { return }
+        let done = gathering.map(\.op)
+        gathering.removeAll()
+        Communicator.finish(done, exposedAs: .allGather, detail: "parameter buckets")
     }
 
     func gather(_ params: Storage, region: Range<Int>, shard: Range<Int>, over group: Communicator) {

@@ -54,7 +54,7 @@ public final class PipelineExecutor {
     /// the last backward of each chunk (the last micro-batch's), as its backward finishes the
     /// unit (overlapped gradient reduction starts there).
     public func runStep(width: Int, rows: Int, batch: (Int) -> (tokens: [Int32], targets: [Int32]), scale: LossScale,
-                        gradientsReady: ((GradientUnit) -> Void)? = nil) -> StepResult {
+                        gradientsReady: ((GradientUnit) -> Void)? = nil, parametersNeeded: ((GradientUnit) -> Void)? = nil) -> StepResult {
         var stats = MicroBatchStats(layers: model.config.layers, experts: model.config.experts)
         var passes: [Slot: Transformer.ChunkPass] = [:]
         var received: [Slot: Tensor] = [:]       // activations (forward inputs) and gradients (backward inputs)
@@ -90,7 +90,8 @@ public final class PipelineExecutor {
                 start = min(start, clock.now)
                 let t0 = clock.now
                 let pass = clock.compute(.forward, a.description) {
-                    model.forwardChunk(layers: layers, input: input, targets: stage == lastStage ? io.targets : nil, scale: scale)
+                    model.forwardChunk(layers: layers, input: input, targets: stage == lastStage ? io.targets : nil, scale: scale,
+                                       parametersNeeded: parametersNeeded)
                 }
                 end = clock.now
                 durations[a] = end - t0

@@ -77,6 +77,7 @@ extension RunConfig: Codable {
         Field("attention", \.attention),
         Field("sequence_parallel", \.sequenceParallel),
         Field("overlap_grad_reduce", \.overlapGradReduce),
+        Field("overlap_param_gather", \.overlapParamGather),
         Field("pp_layers", \.ppLayers),
         // batch
         Field("global_batch", \.globalBatch, numerics: true),

@@ -25,6 +25,8 @@ public struct RunConfig: Equatable, Sendable {
     public var sequenceParallel = false
     /// Data-parallel gradient reduction in buckets overlapped with the backward (`DataParallel`).
     public var overlapGradReduce = false
+    /// ZeRO-1's parameter all-gather in buckets overlapped with the next forward (`DataParallel`).
+    public var overlapParamGather = false
     public var ppLayers: [Int]? = nil  // layers per (virtual) stage; nil: balanced by estimated cost
 
     // Batch: any two of the three determine the third (see `BatchPlan`).
@@ -107,6 +109,8 @@ public struct RunConfig: Equatable, Sendable {
         try V.require(zero, in: 0...1, "--zero")
         try V.require(!overlapGradReduce || schedule != .zbH1,
                       "--overlap-grad-reduce with --schedule zb-h1 is not supported: the deferred weight gradients complete a layer's gradients after its backward; use 1f1b, gpipe or interleaved")
+        try V.require(!overlapParamGather || zero == 1,
+                      "--overlap-param-gather needs --zero 1 (it overlaps ZeRO-1's all-gather of the updated parameters; --zero \(zero) has none)")
         try V.require(!sequenceParallel || tp > 1,
                       "--sequence-parallel needs --tp above 1 (it splits each micro-batch's tokens over the tensor-parallel group); --tp is \(tp)")
         try V.require(virtualStages, in: 1...model.layers, "--virtual-stages")

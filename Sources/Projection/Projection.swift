@@ -114,9 +114,11 @@ public struct Projection {
             for n in [ownedDense, ownedExpert] where n > 0 {
                 u += cost.kernel(flops: 16 * n, elements: n * emulator.precision.optimizerStepBytesPerParameter / bytes)
             }
-            var gathers = 0.0
-            if zero1 && dp.size > 1 && dense > 0 { gathers += cost.collective(.allGather, bytes: dense * bytes, ranks: dp.size, link: dp.link) }
-            if zero1 && edp.size > 1 && expert > 0 { gathers += cost.collective(.allGather, bytes: expert * bytes, ranks: edp.size, link: edp.link) }
+            var gathers = 0.0   // overlapped, the gathers wait on the communication stream for the next forward (below)
+            if zero1 && !config.overlapParamGather {
+                if dp.size > 1 && dense > 0 { gathers += cost.collective(.allGather, bytes: dense * bytes, ranks: dp.size, link: dp.link) }
+                if edp.size > 1 && expert > 0 { gathers += cost.collective(.allGather, bytes: expert * bytes, ranks: edp.size, link: edp.link) }
+            }
             update.append(u + gathers)
             dataComm.append(dpc + gathers)
         }
@@ -126,9 +128,31 @@ public struct Projection {
         // all-reduce of the norm, which waits for the slowest stage.
         // A stage sends its rows of the residual stream (a block of them under sequence parallelism).
         let activationBytes = Double(job.placement(of: 0).shard.residualRows(tokens: batch.microBatchSize * c.seqLen) * c.dModel) * bytes
+        // Overlapped parameter gathers: per stage, the time each unit's parameters are complete
+        // (its buckets run on the communication stream from the end of the optimizer, in the
+        // forward's order), and the waits this puts into the first forward of each chunk.
+        var ready: [[GradientUnit: Double]] = Array(repeating: [:], count: topo.pp)
+        if config.overlapParamGather && config.zero == 1 {
+            for s in 0..<topo.pp {
+                let rank = topo.rank(tp: 0, dp: 0, pp: s)
+                let dp = group(.dp, of: rank), edp = group(.edp, of: rank)
+                var stream = CommunicationStream()
+                for b in job.placement(of: rank).layout.gradientBuckets {
+                    var end: Double? = nil
+                    if dp.size > 1 && !b.dense.isEmpty {
+                        end = stream.run(issued: update[s], duration: cost.collective(.allGather, bytes: Double(b.dense.count) * bytes, ranks: dp.size, link: dp.link)).end
+                    }
+                    if edp.size > 1 && !b.expert.isEmpty {
+                        end = stream.run(issued: update[s], duration: cost.collective(.allGather, bytes: Double(b.expert.count) * bytes, ranks: edp.size, link: edp.link)).end
+                    }
+                    if let end { ready[s][b.unit] = end }
+                }
+            }
+        }
+        var waits: [[Action: Double]] = Array(repeating: [:], count: topo.pp)
         let costs = Simulator.Costs(compute: { r, a in
             switch a.kind {
-            case .forward: return forward[r][a.chunk]
+            case .forward: return forward[r][a.chunk] + (waits[r][a] ?? 0)
             case .backward: return backward[r][a.chunk]
             default: return 0
             }
@@ -141,8 +165,36 @@ public struct Projection {
         guard !splitSchedule else {
             throw UsageError("projection of zb-h1 needs the split of backward costs into input and weight gradients; project gpipe, 1f1b or interleaved")
         }
-        let sim = try Simulator.run(schedule.lowered, virtualStages: plan.virtualStages, microbatches: batch.microBatches,
+        var sim = try Simulator.run(schedule.lowered, virtualStages: plan.virtualStages, microbatches: batch.microBatches,
                                     costs: costs, start: update)
+        if ready.contains(where: { !$0.isEmpty }) {
+            // A forward waits for each unit's parameters when it reaches the unit; waits move the
+            // timeline, so place them again until they settle.
+            for _ in 0..<8 {
+                var next: [[Action: Double]] = Array(repeating: [:], count: topo.pp)
+                for s in 0..<topo.pp {
+                    let rank = topo.rank(tp: 0, dp: 0, pp: s)
+                    let shard = job.placement(of: rank).shard
+                    for chunk in 0..<plan.virtualStages {
+                        guard let first = sim.timelines[s].first(where: { $0.action.kind == .forward && $0.action.chunk == chunk }) else { continue }
+                        let vs = plan.virtualStage(rank: s, chunk: chunk)
+                        var t = first.start, work = 0.0
+                        for u in KernelInventory.forwardUnits(config: c, shard: shard, sequences: batch.microBatchSize, layers: plan.layers[vs],
+                                                              embedding: vs == 0, head: vs == plan.virtualStageCount - 1, attention: config.attention) {
+                            if let r = ready[s][u.unit] { t = max(t, r) }
+                            let w = seconds(u.work, rank: rank)
+                            t += w; work += w
+                        }
+                        if t - first.start - work > 0 { next[s][first.action] = t - first.start - work }
+                    }
+                }
+                if next == waits { break }
+                waits = next
+                sim = try Simulator.run(schedule.lowered, virtualStages: plan.virtualStages, microbatches: batch.microBatches,
+                                        costs: costs, start: update)
+            }
+            for s in 0..<topo.pp { dataComm[s] += waits[s].values.reduce(0, +) }
+        }
         let ends = (0..<topo.pp).map { s in sim.timelines[s].last.map(\.end) ?? 0 }
         if config.overlapGradReduce {
             // Each bucket leaves when the last backward of its chunk completes its unit (the

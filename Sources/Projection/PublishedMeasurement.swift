@@ -230,24 +230,33 @@ public enum Validate {
         log(String(format: "%ld runs: mean absolute error %.1f%%, max %.1f%%", rows.count, 100 * report.meanAbsError, 100 * report.maxAbsError))
     }
 
-    /// `validate --fit PREFIX`: the GEMM efficiency (`flops_efficiency`) of the device of the
-    /// runs whose names start with PREFIX, fit to them (golden-section search for the least
-    /// mean absolute error over 0.3-1.0), then every run projected with it: the error on the
-    /// fit set and on the runs held out. One constant for the device, never one per run.
+    /// `validate --fit PREFIX`: the two constants of the device of the runs whose names start
+    /// with PREFIX that these runs can pin down, fit to them for the least mean absolute error:
+    /// the GEMM efficiency (`flops_efficiency`) and the share of NVLink bandwidth collectives
+    /// reach inside a node (`intra_node.efficiency`); then every run projected with them: the
+    /// error on the fit set and on the runs held out. One set of constants for the device,
+    /// never one per run. (The published runs' attention is unfused and their inter-node
+    /// traffic is a small share of the step, so the attention kernel's and InfiniBand's
+    /// efficiencies stay as the profile has them.)
     public struct Fit: Encodable, Sendable {
         public let device: String
-        public let parameter = "flops_efficiency"
         public let before, after: Double
-        /// Whether the fit stopped at an end of the search range (then the constant is not what
-        /// limits the error: the runs need something the model does not have).
+        public let linkBefore, linkAfter: Double
+        /// Whether a constant stopped at an end of its search range (then the constants are not
+        /// what limits the error: the runs need something the model does not have).
         public let atRangeEnd: Bool
         public let fitSet: Report
         /// Nil when the prefix names every run.
         public let heldOut: Report?
         enum CodingKeys: String, CodingKey {
-            case device, parameter, before, after, atRangeEnd = "at_range_end", fitSet = "fit_set", heldOut = "held_out"
+            case device, before = "flops_efficiency_before", after = "flops_efficiency"
+            case linkBefore = "intra_node_efficiency_before", linkAfter = "intra_node_efficiency"
+            case atRangeEnd = "at_range_end", fitSet = "fit_set", heldOut = "held_out"
         }
     }
+
+    /// Search ranges of the two constants.
+    static let flopsRange = (0.3, 1.0), linkRange = (0.3, 1.0)
 
     public static func fit(files: [String], prefix: String, log: (String) -> Void) throws -> Fit {
         let all = try plans(files)
@@ -257,40 +266,63 @@ public enum Validate {
         guard devices.count == 1, let base = inFit.first?.1.emulator.profile else {
             throw UsageError("--fit \(prefix): the runs it names use \(devices.sorted().joined(separator: ", ")); fit one device at a time")
         }
-        func projected(_ set: [(PublishedMeasurement, JobPlan)], _ e: Double) throws -> [(PublishedMeasurement, Projection)] {
-            var profile = base
-            profile.flopsEfficiency = e
+        func projected(_ set: [(PublishedMeasurement, JobPlan)], _ e: (flops: Double, link: Double)) throws -> [(PublishedMeasurement, Projection)] {
+            var profile = base.withIntraNodeEfficiency(e.link)
+            profile.flopsEfficiency = e.flops
             return try set.map { m, plan in
                 (m, try projection(plan.emulator.profile.name == base.name ? plan.costed(on: profile) : plan, of: m))
             }
         }
-        func error(_ e: Double) throws -> Double { rows(try projected(inFit, e)).meanAbsError }
-        // A coarse grid first (the mean of absolute errors need not be unimodal), then a
-        // golden-section search in the bracket around the grid's best point.
-        let range = (0.3, 1.0), grid = stride(from: range.0, through: range.1 + 1e-9, by: 0.05).map { $0 }
-        let errors = try grid.map(error)
-        let bestIndex = errors.indices.min { errors[$0] < errors[$1] }!
-        var (lo, hi) = (grid[max(bestIndex - 1, 0)], grid[min(bestIndex + 1, grid.count - 1)])
-        let g = (5.0.squareRoot() - 1) / 2
-        var a = hi - g * (hi - lo), b = lo + g * (hi - lo)
-        var fa = try error(a), fb = try error(b)
-        while hi - lo > 1e-4 {
-            if fa < fb { hi = b; b = a; fb = fa; a = hi - g * (hi - lo); fa = try error(a) }
-            else { lo = a; a = b; fa = fb; b = lo + g * (hi - lo); fb = try error(b) }
+        var memo: [String: Double] = [:]
+        func error(_ e: (flops: Double, link: Double)) throws -> Double {
+            let key = String(format: "%.6f %.6f", e.flops, e.link)
+            if let v = memo[key] { return v }
+            let v = rows(try projected(inFit, e)).meanAbsError
+            memo[key] = v
+            return v
         }
-        let best = (lo + hi) / 2
-        let atEnd = best - range.0 < 1e-3 || range.1 - best < 1e-3
+        // A coarse grid first (the mean of absolute errors need not be unimodal), then
+        // golden-section searches along each constant in turn, in brackets around the best point.
+        let flopsGrid = stride(from: flopsRange.0, through: flopsRange.1 + 1e-9, by: 0.05).map { $0 }
+        let linkGrid = stride(from: linkRange.0, through: linkRange.1 + 1e-9, by: 0.1).map { $0 }
+        var best = (flops: base.flopsEfficiency, link: base.intraNodeEfficiency), bestError = Double.infinity
+        for f in flopsGrid {
+            for l in linkGrid {
+                let e = try error((f, l))
+                if e < bestError { bestError = e; best = (f, l) }
+            }
+        }
+        func golden(_ lo0: Double, _ hi0: Double, _ f: (Double) throws -> Double) rethrows -> Double {
+            var (lo, hi) = (lo0, hi0)
+            let g = (5.0.squareRoot() - 1) / 2
+            var a = hi - g * (hi - lo), b = lo + g * (hi - lo)
+            var fa = try f(a), fb = try f(b)
+            while hi - lo > 1e-3 {
+                if fa < fb { hi = b; b = a; fb = fa; a = hi - g * (hi - lo); fa = try f(a) }
+                else { lo = a; a = b; fa = fb; b = lo + g * (hi - lo); fb = try f(b) }
+            }
+            return (lo + hi) / 2
+        }
+        for _ in 0..<2 {
+            let link = best.link
+            best.flops = try golden(max(best.flops - 0.05, flopsRange.0), min(best.flops + 0.05, flopsRange.1)) { try error(($0, link)) }
+            let flops = best.flops
+            best.link = try golden(max(best.link - 0.1, linkRange.0), min(best.link + 0.1, linkRange.1)) { try error((flops, $0)) }
+        }
+        func atEdge(_ v: Double, _ r: (Double, Double)) -> Bool { v - r.0 < 2e-3 || r.1 - v < 2e-3 }
+        let atEnd = atEdge(best.flops, flopsRange) || atEdge(best.link, linkRange)
         let fitSet = rows(try projected(inFit, best))
         let heldOut = outOfFit.isEmpty ? nil : rows(try projected(outOfFit, best))
-        log(String(format: "fit: flops_efficiency of %@ %.4f (the profile has %.4f), fit to the %ld run(s) named %@*%@",
-                   base.name, best, base.flopsEfficiency, inFit.count, prefix,
-                   atEnd ? String(format: "; at the end of the search range %.1f-%.1f: the efficiency alone cannot fit these runs", range.0, range.1) : ""))
+        log(String(format: "fit: %@ flops_efficiency %.3f (the profile has %.3f), intra_node efficiency %.3f (the profile has %.3f), fit to the %ld run(s) named %@*%@",
+                   base.name, best.flops, base.flopsEfficiency, best.link, base.intraNodeEfficiency, inFit.count, prefix,
+                   atEnd ? "; a constant stopped at the end of its search range: the constants alone cannot fit these runs" : ""))
         log("fit set:")
         print(fitSet, log: log)
         if let heldOut {
             log("held out:")
             print(heldOut, log: log)
         }
-        return Fit(device: base.name, before: base.flopsEfficiency, after: best, atRangeEnd: atEnd, fitSet: fitSet, heldOut: heldOut)
+        return Fit(device: base.name, before: base.flopsEfficiency, after: best.flops, linkBefore: base.intraNodeEfficiency,
+                   linkAfter: best.link, atRangeEnd: atEnd, fitSet: fitSet, heldOut: heldOut)
     }
 }

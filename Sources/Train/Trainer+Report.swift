@@ -19,6 +19,10 @@ extension Trainer {
             }
             log(line)
         }
+        let overlaps = [(config.sequenceParallel, "sequence parallelism over the \(config.tp) TP ranks"),
+                        (config.overlapGradReduce, "gradient reduction overlapped with the backward"),
+                        (config.overlapParamGather && config.zero == 1, "parameter all-gather overlapped with the next forward")].filter(\.0).map(\.1)
+        if !overlaps.isEmpty { log("communication: " + overlaps.joined(separator: "; ")) }
         if config.checkpointEvery > 0 {
             var line = "checkpoints: every \(config.checkpointEvery) steps to \(config.runDirectory), \(config.checkpointMode.rawValue)"
             if config.checkpointMode == .memory {

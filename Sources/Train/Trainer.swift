@@ -69,7 +69,8 @@ public final class Trainer {
         layout.initialize(params.values, seed: config.seed)
         model = Transformer(config: config.model, params: params, parallel: parallel, recompute: config.recompute,
                             attention: config.attention)
-        zero = DataParallel(stage: config.zero, layout: layout, groups: groups, overlapGradReduce: config.overlapGradReduce)
+        zero = DataParallel(stage: config.zero, layout: layout, groups: groups, overlapGradReduce: config.overlapGradReduce,
+                            overlapParamGather: config.overlapParamGather)
         let hyper = AdamW.Hyper(beta1: config.beta1, beta2: config.beta2, eps: config.adamEps, weightDecay: config.weightDecay)
         optimizers = [zero.ownedDense, zero.ownedExpert].filter { !$0.isEmpty }.map { AdamW(layout: layout, range: $0, hyper: hyper) }
         lrSchedule = LRSchedule(peak: config.lr, minRatio: config.minLRRatio, warmup: config.warmupSteps, total: config.steps)
@@ -124,6 +125,7 @@ public final class Trainer {
                                   + "\(skippedInARow) in a row (--max-skipped-steps \(config.maxSkippedSteps)); restart from the last checkpoint")
             }
         }
+        zero.finishParameterGather()   // the last step's updated parameters, complete before anything reads them
         settleCheckpointOrAbort(force: true)   // the last asynchronous save becomes a checkpoint before the run ends
         // The job is done with its hosts' memory (every rank is past its last copy).
         if config.checkpointMode == .memory && groups.world.rank == 0 { HostMemory.release(root: hostMemory.root) }
@@ -178,7 +180,8 @@ public final class Trainer {
         } : nil
         let result = executor.runStep(width: c.dModel, rows: model.parallel.shard.residualRows(tokens: plan.microBatchSize * T), batch: { m in
             data.batch(step: step, first: rankFirst + m * plan.microBatchSize, count: plan.microBatchSize, seqLen: T)
-        }, scale: scale, gradientsReady: ready)
+        }, scale: scale, gradientsReady: ready, parametersNeeded: zero.overlapParamGather ? { [zero] in zero.parametersNeeded($0) } : nil)
+        zero.finishParameterGather()   // every unit was needed by the forward; nothing is left in flight
         lastDurations = result.durations
         if !zero.overlapGradReduce { faults.poison(params.grads, step: step) }
         // The step's figures over the data-parallel replicas and pipeline stages (TP ranks agree).
@@ -219,7 +222,10 @@ public final class Trainer {
             }
             zero.gatherParameters(params.values)
         }
-        if config.checkpointEvery > 0 && step % config.checkpointEvery == 0 { saveCheckpoint(step) }
+        if config.checkpointEvery > 0 && step % config.checkpointEvery == 0 {
+            zero.finishParameterGather()   // the checkpoint holds the updated parameters
+            saveCheckpoint(step)
+        }
         let timing = stepTiming(start: clockStart, pipeline: result, spans: clock.spans[spanStart...],
                                 executedFLOPs: clock.executedFLOPs - flopsStart, tokens: scale.tokens)
         let wall = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9

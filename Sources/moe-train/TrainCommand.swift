@@ -27,6 +27,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "How the emulated GPU runs attention: fused (FlashAttention-2: the probabilities never reach HBM; the default) or naive (score GEMM, softmax and PV as separate kernels, the probabilities kept). The numbers are the same.") var attention: AttentionKernel?
     @Flag(name: .customLong("sequence-parallel"), inversion: .prefixedNo, help: "Sequence parallelism (needs --tp above 1): norms, residuals and the activations between layers and stages split over the tensor-parallel group by tokens; all-gather before and reduce-scatter after each tensor-parallel region instead of one all-reduce. The numbers are the same.") var sequenceParallel: Bool?
     @Flag(name: .customLong("overlap-grad-reduce"), inversion: .prefixedNo, help: "Reduce data-parallel gradients in buckets (one per layer) on the communication stream while the backward goes on, as Megatron-LM's overlap_grad_reduce. The numbers are the same.") var overlapGradReduce: Bool?
+    @Flag(name: .customLong("overlap-param-gather"), inversion: .prefixedNo, help: "Start ZeRO-1's all-gather of the updated parameters bucket by bucket after the optimizer and let the next forward wait for each layer's bucket only when it needs it, as Megatron-LM's overlap_param_gather (needs --zero 1). The numbers are the same.") var overlapParamGather: Bool?
     @Option(name: .customLong("pp-layers"), help: "Layers per pipeline stage (per virtual stage with --virtual-stages: pp x v numbers), e.g. 1,3,3,1 (default: balanced by estimated cost).") var ppLayers: String?
 
     // Model
@@ -98,6 +99,7 @@ struct TrainCommand: ParsableCommand {
         set(tp) { c.tp = $0 }; set(pp) { c.pp = $0 }; set(dp) { c.dp = $0 }; set(ep) { c.ep = $0 }; set(zero) { c.zero = $0 }
         set(schedule) { c.schedule = $0 }; set(virtualStages) { c.virtualStages = $0 }; set(recompute) { c.recompute = $0 }; set(attention) { c.attention = $0 }
         set(sequenceParallel) { c.sequenceParallel = $0 }; set(overlapGradReduce) { c.overlapGradReduce = $0 }
+        set(overlapParamGather) { c.overlapParamGather = $0 }
         if let ppLayers {
             let parts = ppLayers.split(separator: ",", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: .whitespaces)) }
             guard parts.allSatisfy({ $0 != nil }) else {

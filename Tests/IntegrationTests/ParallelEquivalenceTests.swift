@@ -15,7 +15,7 @@ final class ParallelEquivalenceTests: XCTestCase {
         (2, ["--tp", "2", "--sequence-parallel"]),
         (4, ["--tp", "2", "--pp", "2", "--ep", "2", "--sequence-parallel"]),
         // Overlapped gradient reduction: buckets reduce-scattered into the same ZeRO-1 shards, or all-reduced.
-        (4, ["--ep", "2", "--overlap-grad-reduce"]),
+        (4, ["--ep", "2", "--overlap-grad-reduce", "--overlap-param-gather"]),
         (4, ["--pp", "2", "--zero", "0", "--overlap-grad-reduce"]),
     ]
 

@@ -30,7 +30,7 @@ extension ProjectionTests {
                             (4, ["--tp", "2", "--pp", "2", "--recompute", "full"]),
                             (4, ["--tp", "2", "--pp", "2", "--ep", "2", "--sequence-parallel"]),
                             (4, ["--pp", "2", "--virtual-stages", "2", "--schedule", "interleaved", "--layers", "4",
-                                 "--gpus-per-node", "1", "--overlap-grad-reduce"])] {
+                                 "--gpus-per-node", "1", "--overlap-grad-reduce", "--overlap-param-gather"])] {
             let dir = try Subprocess.tempDir()
             let common = ["--config", "configs/tiny.json", "--steps", "4"] + flags
             let real = try Subprocess.mpirun(np: np, common + ["--summary-json", dir + "/s.json"])
