@@ -20,7 +20,8 @@ public struct Projection {
     public let memory: MemoryPlan
     public let tokensPerStep: Int
     /// Per stage (its tp 0, dp 0 rank): seconds of TP and EP collectives in its pipeline
-    /// actions, and of data-parallel reduction and gather after them; all exposed (no overlap).
+    /// actions, and of data-parallel reduction and gather after them: the exposed part (all of
+    /// it unless the reduction or the gather is overlapped).
     public let modelParallelCommPerStage: [Double]
     public let dataParallelCommPerStage: [Double]
     /// The first stage's communication as a share of the step.

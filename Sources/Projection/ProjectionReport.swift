@@ -13,6 +13,7 @@ public enum ProjectionReport {
         public var virtualStages: Int?, recompute = Recompute.full, gpusPerNode: Int?
         public var attention = AttentionKernel.fused
         public var sequenceParallel = false
+        public var overlapGradReduce = false, overlapParamGather = false
         public init() {}
     }
 
@@ -49,6 +50,7 @@ public enum ProjectionReport {
         c.attention = l.attention
         let tp = max(l.tp ?? Int(a.tp), 1), pp = max(l.pp ?? Int(a.pp), 1)
         c.sequenceParallel = l.sequenceParallel && tp > 1
+        c.overlapGradReduce = l.overlapGradReduce; c.overlapParamGather = l.overlapParamGather
         let dp = l.dp ?? Int(a.gpus) / (tp * pp)
         c.tp = tp; c.pp = pp; c.ep = l.ep ?? tp
         c.model.ffnHidden = Int((a.expertParams / (2 * a.dModel * a.layers) / Double(tp)).rounded()) * tp
@@ -96,15 +98,19 @@ public enum ProjectionReport {
         let gib = 1073741824.0
         let recompute = ["none": "no recomputation", "selective": "selective recomputation", "full": "full activation recomputation"][config.recompute.rawValue]!
         let experts = config.model.moeEvery == 0 ? "dense" : "experts over \(config.ep) ranks"
+        let extras = [(config.sequenceParallel, "sequence parallelism"), (config.overlapGradReduce, "overlapped gradient reduction"),
+                      (config.overlapParamGather && config.zero == 1, "overlapped parameter gather")].filter(\.0).map { ", " + $0.1 }.joined()
+        let overlapped = config.overlapGradReduce || (config.overlapParamGather && config.zero == 1)
         return [
-            "the emulator's prediction (\(config.schedule.rawValue), \(device.name) cost model, \(config.attention.rawValue) attention, \(recompute)): \(world) GPUs = TP\(config.tp) x PP\(config.pp) x DP\(batch.dp), \(experts), \(M) micro-batches of \(batch.microBatchSize) x \(config.model.seqLen) tokens",
+            "the emulator's prediction (\(config.schedule.rawValue), \(device.name) cost model, \(config.attention.rawValue) attention, \(recompute)\(extras)): \(world) GPUs = TP\(config.tp) x PP\(config.pp) x DP\(batch.dp), \(experts), \(M) micro-batches of \(batch.microBatchSize) x \(config.model.seqLen) tokens",
             String(format: "  step %.2f s for %.3g tokens; pipeline bubble %.1f%% (closed form %.1f%%); MFU %.1f%%, HFU %.1f%%",
                    p.stepTime, Double(p.tokensPerStep), 100 * p.bubble,
                    100 * ClosedForm.bubble(config.schedule, stages: config.pp, microbatches: M,
                                            virtualStages: config.virtualStages), 100 * p.mfu,
                    100 * p.executedFLOPsPerStep / (p.stepTime * device.peakFLOPS * Double(world))),
-            String(format: "  communication on the first stage, all exposed: TP/EP collectives %.2f s, data-parallel reduce-scatter and all-gather %.2f s per step (%.1f%% of the step)",
-                   p.modelParallelCommPerStage.first ?? 0, p.dataParallelCommPerStage.first ?? 0, 100 * p.exposedCommFraction),
+            String(format: "  exposed communication on the first stage: TP/EP collectives %.2f s, data-parallel reduce-scatter and all-gather %.2f s%@ per step (%.1f%% of the step)",
+                   p.modelParallelCommPerStage.first ?? 0, p.dataParallelCommPerStage.first ?? 0,
+                   overlapped ? " (what the overlap does not hide)" : "", 100 * p.exposedCommFraction),
             String(format: "  memory per GPU %.1f GiB: parameters %.1f, gradients %.1f, optimizer %.1f, activations %.1f, communication %.1f (the %@ holds %.1f GiB%@)",
                    mem.total / gib, mem.parameters / gib, mem.gradients / gib, mem.optimizerState / gib, mem.activations / gib,
                    mem.communication / gib, device.name, device.memoryBytes / gib, mem.total > device.memoryBytes ? ": does NOT fit" : ""),
@@ -123,8 +129,8 @@ public enum ProjectionReport {
         for line in predictionLines(p, device: device) { log(line) }
         let (metric, published) = m.metric
         let predicted = m.predicted(by: p)
-        log(String(format: "  %@: published %.4g, predicted %.4g (%+.1f%%)%@", metric.rawValue, published, predicted,
-                   100 * (predicted / published - 1), m.unmodelled.isEmpty ? "" : "; not modelled yet: " + m.unmodelled.joined(separator: ", ")))
+        log(String(format: "  %@: published %.4g, predicted %.4g (%+.1f%%)", metric.rawValue, published, predicted,
+                   100 * (predicted / published - 1)))
         let mem = p.memory.roles.map(\.breakdown).max { $0.total < $1.total }!
         let out: [String: Any] = [
             "name": m.name, "metric": metric.rawValue, "published": published, "predicted": predicted, "error": predicted / published - 1,

@@ -30,6 +30,8 @@ struct ProjectCommand: ParsableCommand {
     @Flag(name: .customLong("no-recompute"), help: "The same as --recompute none.") var noRecompute = false
     @Option(help: "Attention kernel of the emulated GPU: fused (FlashAttention-2, the default) or naive (the probabilities through HBM).") var attention: AttentionKernel?
     @Flag(name: .customLong("sequence-parallel"), help: "Sequence parallelism over the tensor-parallel group (Korthikanti et al. 2022).") var sequenceParallel = false
+    @Flag(name: .customLong("overlap-grad-reduce"), help: "Data-parallel gradient reduction in per-layer buckets overlapped with the backward.") var overlapGradReduce = false
+    @Flag(name: .customLong("overlap-param-gather"), help: "ZeRO-1's parameter all-gather in per-layer buckets overlapped with the next forward.") var overlapParamGather = false
     @Option(name: .customLong("usd-per-gpu-hour"), help: "Price per GPU-hour (default: the account's).") var usdPerGPUHour: Double?
     @Option(name: .customLong("mtbf-hours"), help: "Mean time between failures of one GPU, hours: adds expected failures and goodput.") var mtbfHours: Double?
     @Option(name: .customLong("checkpoint-every"), help: "Checkpoint interval in steps (default: the Young/Daly optimum).") var checkpointEvery: Int?
@@ -45,7 +47,8 @@ struct ProjectCommand: ParsableCommand {
                 // A published run brings its own layout, device and batch.
                 let given = [("--device", device != nil), ("--tp", tp != nil), ("--pp", pp != nil), ("--dp", dp != nil), ("--ep", ep != nil),
                              ("--schedule", schedule != nil), ("--micro-batches", microBatches != nil), ("--virtual-stages", virtualStages != nil),
-                             ("--gpus-per-node", gpusPerNode != nil), ("--recompute", recompute != nil || noRecompute), ("--attention", attention != nil), ("--sequence-parallel", sequenceParallel), ("--sweep", sweep),
+                             ("--gpus-per-node", gpusPerNode != nil), ("--recompute", recompute != nil || noRecompute), ("--attention", attention != nil), ("--sequence-parallel", sequenceParallel), ("--overlap-grad-reduce", overlapGradReduce),
+                             ("--overlap-param-gather", overlapParamGather), ("--sweep", sweep),
                              ("--mtbf-hours", mtbfHours != nil), ("--usd-per-gpu-hour", usdPerGPUHour != nil)].filter(\.1).map(\.0)
                 guard given.isEmpty else {
                     throw UsageError("\(given.joined(separator: ", ")) apply to an account; \(path) is a published run, which has its own layout (edit a copy of the file instead)")
@@ -64,6 +67,7 @@ struct ProjectCommand: ParsableCommand {
             layout.recompute = noRecompute ? .none : recompute ?? .full
             if let attention { layout.attention = attention }
             layout.sequenceParallel = sequenceParallel
+            layout.overlapGradReduce = overlapGradReduce; layout.overlapParamGather = overlapParamGather
             let failures = ProjectionReport.Failures(mtbfHours: mtbfHours, checkpointEverySteps: checkpointEvery,
                                                      restartCostS: restartCostS, checkpointBandwidth: checkpointBandwidth)
             if sweep {

@@ -90,5 +90,12 @@ final class CostModelTests: XCTestCase {
         }
         let a100 = try DeviceProfile.load(path: root.appendingPathComponent("configs/devices/a100-40gb.json").path)
         XCTAssertEqual(a100.peakFLOPS, 312e12)
+        // The calibrated profile: collectives reach the link's bandwidth times its efficiency,
+        // and every fitted or default constant says where it comes from.
+        let fitted = try DeviceProfile.load(path: root.appendingPathComponent("configs/devices/a100-80gb.json").path)
+        XCTAssertEqual(fitted.intraNode.beta, 300e9 * fitted.intraNodeEfficiency, accuracy: 1)
+        XCTAssertLessThan(fitted.intraNodeEfficiency, 1)
+        XCTAssertEqual(fitted.withIntraNodeEfficiency(1).intraNode.beta, 300e9, accuracy: 1)
+        XCTAssertEqual(Set(fitted.calibration.keys), ["flops_efficiency", "intra_node.efficiency", "memory_efficiency", "inter_node", "attention"])
     }
 }

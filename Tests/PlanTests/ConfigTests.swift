@@ -60,6 +60,7 @@ final class ConfigTests: XCTestCase {
          "moe_every": 2, "capacity_factor": 2.5, "aux_loss_coef": 0.02, "z_loss_coef": 0.001, "tie_embeddings": true,
          "seq_len": 32, "rope_theta": 5000, "norm_eps": 1e-6, "init_std": 0.01, "router_init_scale": 3,
          "tp": 2, "pp": 3, "dp": 4, "ep": 2, "zero": 0, "schedule": "interleaved", "virtual_stages": 2, "recompute": "selective", "attention": "naive", "pp_layers": [1, 1, 1, 1, 1, 1],
+         "sequence_parallel": true, "overlap_grad_reduce": true, "overlap_param_gather": true, "ffn": "swiglu",
          "global_batch": 24, "micro_batch_size": 3, "micro_batches": 2,
          "steps": 77, "lr": 0.0005, "min_lr_ratio": 0.2, "warmup_steps": 3, "weight_decay": 0.05, "beta1": 0.8, "beta2": 0.99,
          "adam_eps": 1e-7, "grad_clip": 0.5, "max_skipped_steps": 7, "checkpoint_mode": "async", "seed": 18446744073709551615,
