@@ -10,8 +10,10 @@ import Glibc
 /// group built by `split`). Every operation is issued non-blocking and completed by
 /// `complete(_:)`, which polls with `MPI_Test` and sleeps with exponential back-off
 /// between polls: 16 ranks share 2 cores, and a rank waiting for a message must leave
-/// the core to a rank that computes. Every operation also passes through `perform`,
-/// the choke point where observers (byte counters, the emulated clock, tracing) attach.
+/// the core to a rank that computes. Every blocking operation also passes through `perform`,
+/// the choke point where observers (byte counters, the emulated clock, tracing) attach;
+/// collectives on the communication stream pass through `start` and `finish`, the same
+/// hooks, and point-to-point messages through `isend`, `irecv` and `wait`.
 public struct Communicator: @unchecked Sendable {
     let handle: MPI_Comm
     /// A duplicate of `handle` that carries only emulated-clock values, so that they never
@@ -321,7 +323,7 @@ public struct Communicator: @unchecked Sendable {
 
     // MARK: - On the communication stream
 
-    /// A collective started with `startReduceScatter` or `startAllReduce`: MPI progresses it
+    /// A collective started with `startReduceScatter`, `startAllGather` or `startAllReduce`: MPI progresses it
     /// while the rank computes (inside the MPI calls compute makes anyway, and at `finish`).
     /// With a clock attached, the participants' issue times are max-reduced alongside, so
     /// that `finish` can place it on the emulated communication stream. The buffers given to
@@ -415,12 +417,14 @@ public struct Communicator: @unchecked Sendable {
     public static func finish(_ ops: [PendingCollective], exposedAs kind: CommKind, detail: String) {
         var last = -Double.infinity
         var clock: DeviceClock? = nil
+        // The compute so far is recorded before any waiting (the polling below is not compute).
+        for op in ops where op.timed { op.comm.hooks.clock?.flush() }
         for op in ops {
             precondition(!op.finished, "a collective finished twice")
             let hooks = op.comm.hooks
             complete(&op.request)
+            if op.clockRequest != nil { complete(&op.clockRequest) }   // whether or not a clock is still attached
             if op.timed, let c = hooks.clock {
-                complete(&op.clockRequest)
                 let duration = c.cost.collective(op.kind.collective, bytes: op.emulatedBytes, ranks: op.comm.size,
                                                  link: c.cost.links.link(for: op.comm.members))
                 last = max(last, c.streamCollective(op.kind.span, groupIssue: op.times[1], duration: duration,

@@ -7,7 +7,8 @@ import Glibc
 ///
 /// Time moves only through `compute` (kernels inside it are costed by the roofline in
 /// modeled mode, or by the thread's CPU time in measured mode) and through the
-/// Communicator's choke point (`communicate`, `receive`, `waitUntil`). Every advance is
+/// Communicator (`collective`, `receive`, and `waitForStream` for collectives that ran on
+/// the communication stream, `streamCollective`). Every advance is
 /// recorded as a span, so every derived figure (busy, idle, bubble, MFU) is a sum of spans.
 public final class DeviceClock {
     public enum Mode: Sendable, Equatable {
@@ -132,8 +133,11 @@ public final class DeviceClock {
 
     /// The compute stream waits for the communication stream up to `time`: what was not
     /// hidden behind compute is exposed communication of `kind` on the rank's timeline.
+    /// Call `flush` before waiting on the real operations: the thread time since then was
+    /// spent waiting, and measured mode does not count it as compute.
     public func waitForStream(until time: Double, as kind: SpanKind, detail: String) {
-        flush()
+        if case .modeled = mode { flush() }
+        markRegion()
         if time > now {
             record(kind, now, time, "waiting for " + detail, wallStart: wallNow)
             now = time

@@ -20,8 +20,9 @@ public struct DeviceProfile: Sendable, Equatable {
     /// bandwidth collectives reach (the link's `beta_bytes_per_s` times its `efficiency`).
     public var intraNode: LinkClass
     public var interNode: LinkClass
-    /// The share of each link's bandwidth that collectives reach (`efficiency` in the link's
-    /// object, default 1), already applied to `intraNode` and `interNode`.
+    /// The share of each link's bandwidth that transfers reach (collectives and point-to-point
+    /// messages; `efficiency` in the link's object, default 1), already applied to `intraNode`
+    /// and `interNode`.
     public private(set) var intraNodeEfficiency = 1.0
     public private(set) var interNodeEfficiency = 1.0
     /// Where each constant comes from (the profile's `calibration` object: key, then text).

@@ -54,7 +54,8 @@ public struct MemoryPlan: Sendable {
                                               attention: config.attention)
             let b = MemoryBreakdown(precision: precision, parametersHeld: layout.specs.reduce(0) { $0 + $1.count },
                                     optimizerParameters: denseShard + expertShard, activationElements: activations,
-                                    communicationElements: (zero1 ? denseShard + expertShard : 0) + partial)
+                                    communicationElements: (zero1 ? denseShard + expertShard : 0) + partial
+                                        + (!zero1 && config.overlapGradReduce ? layout.denseRegion.count + layout.expertRegion.count : 0))
             byCoordinates[key] = b
             if let i = roles.firstIndex(where: { $0.breakdown == b }) {
                 roles[i] = Role(name: roles[i].name, ranks: roles[i].ranks + [rank], breakdown: b)

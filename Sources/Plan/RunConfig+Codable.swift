@@ -213,7 +213,7 @@ extension RunConfig: Codable {
     /// and this configuration differ, as "key A in the checkpoint, B here".
     public func numericsDifferences(from written: RunConfig) -> [String] {
         func object(_ c: RunConfig) -> [String: Any] {
-            ((try? c.numericsJSON()).flatMap { try? JSONSerialization.jsonObject(with: $0) } as? [String: Any]) ?? [:]
+            ((try? c.numericsJSON(omittingDefaults: false)).flatMap { try? JSONSerialization.jsonObject(with: $0) } as? [String: Any]) ?? [:]
         }
         func text(_ v: Any?) -> String {
             guard let v, let data = try? JSONSerialization.data(withJSONObject: [v]) else { return "null" }
@@ -226,17 +226,26 @@ extension RunConfig: Codable {
         }
     }
 
-    public func numericsJSON() throws -> Data {
+    /// Numerics keys added after checkpoints were first written, left out of `numericsJSON` (the
+    /// hashed form; `omittingDefaults: false` names them, for messages)
+    /// while they hold the value every earlier run had, so that those checkpoints keep their
+    /// hash and still resume.
+    static let numericsOmittedAtDefault: [String: @Sendable (RunConfig) -> Bool] = ["ffn": { $0.model.ffn == .gelu }]
+
+    public func numericsJSON(omittingDefaults: Bool = true) throws -> Data {
         struct Numerics: Encodable {
             let config: RunConfig
+            let omitting: Bool
             func encode(to encoder: Encoder) throws {
                 var container = encoder.container(keyedBy: Key.self)
-                for field in RunConfig.fields where field.numerics { try field.encode(config, &container) }
+                for field in RunConfig.fields where field.numerics && !(omitting && RunConfig.numericsOmittedAtDefault[field.name]?(config) == true) {
+                    try field.encode(config, &container)
+                }
             }
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        return try encoder.encode(Numerics(config: self))
+        return try encoder.encode(Numerics(config: self, omitting: omittingDefaults))
     }
 }
 

@@ -66,6 +66,9 @@ struct ProjectCommand: ParsableCommand {
             }
             layout.recompute = noRecompute ? .none : recompute ?? .full
             if let attention { layout.attention = attention }
+            if sequenceParallel, let tp, tp == 1 {
+                throw UsageError("--sequence-parallel needs --tp above 1 (it splits each micro-batch's tokens over the tensor-parallel group); --tp is 1")
+            }
             layout.sequenceParallel = sequenceParallel
             layout.overlapGradReduce = overlapGradReduce; layout.overlapParamGather = overlapParamGather
             let failures = ProjectionReport.Failures(mtbfHours: mtbfHours, checkpointEverySteps: checkpointEvery,

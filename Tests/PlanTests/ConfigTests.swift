@@ -77,6 +77,18 @@ final class ConfigTests: XCTestCase {
 
     /// Every key survives file -> config -> manifest (canonical JSON) -> config, and the
     /// file above really sets every key (none keeps its default).
+    /// Checkpoints written before `ffn` existed still resume: a GELU model's numerics (what a
+    /// checkpoint's config hash covers) leave the key out, as they did then; SwiGLU's name it.
+    func testNumericsOfEarlierCheckpointsAreUnchanged() throws {
+        var c = RunConfig()
+        let gelu = String(decoding: try c.numericsJSON(), as: UTF8.self)
+        XCTAssertFalse(gelu.contains("\"ffn\""), gelu)
+        XCTAssertTrue(gelu.contains("\"ffn_hidden\""), gelu)
+        c.model.ffn = .swiglu
+        XCTAssertTrue(String(decoding: try c.numericsJSON(), as: UTF8.self).contains("\"ffn\":\"swiglu\""))
+        XCTAssertEqual(c.numericsDifferences(from: RunConfig()), ["ffn \"gelu\" in the checkpoint, \"swiglu\" here"])
+    }
+
     func testEveryKeyRoundTripsThroughTheManifest() throws {
         let (json, c) = try everyKeyChanged()
         let fileKeys = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]).keys.sorted()
