@@ -29,6 +29,11 @@ final class OverlapTests: XCTestCase {
         let step = try XCTUnwrap((summary["emulated_step_times_s"] as? [Double])?.last)
         let losses = try XCTUnwrap(summary["losses"] as? [Double])
         let trace = try XCTUnwrap(try Subprocess.readJSON(dir + "/t.json")["traceEvents"] as? [[String: Any]])
+        // Each rank's two streams are named threads of its process whenever the second one is used.
+        let threads = trace.filter { $0["ph"] as? String == "M" && $0["name"] as? String == "thread_name" && $0["pid"] as? Int == 0 }
+            .compactMap { ($0["args"] as? [String: Any])?["name"] as? String }
+        let usesStream = trace.contains { $0["ph"] as? String == "X" && $0["tid"] as? Int == 1 }
+        XCTAssertEqual(Set(threads), usesStream ? ["compute stream", "communication stream"] : [])
         let events = trace.compactMap { e -> Event? in
             guard e["ph"] as? String == "X", e["pid"] as? Int == 0 else { return nil }
             return Event(name: e["name"] as! String, detail: (e["args"] as? [String: Any])?["detail"] as? String ?? "",
