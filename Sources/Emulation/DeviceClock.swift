@@ -48,9 +48,9 @@ public final class DeviceClock {
 
     public var wallNow: Double { Double(DispatchTime.now().uptimeNanoseconds - wallOrigin) / 1e9 }
 
-    func record(_ kind: SpanKind, _ start: Double, _ end: Double, _ detail: String, wallStart: Double) {
+    func record(_ kind: SpanKind, _ start: Double, _ end: Double, _ detail: String, wallStart: Double, stream: Stream = .compute) {
         guard recording, end > start else { return }
-        spans.append(Span(kind: kind, start: start, end: end, detail: detail, wallStart: wallStart, wallEnd: wallNow))
+        spans.append(Span(kind: kind, start: start, end: end, detail: detail, wallStart: wallStart, wallEnd: wallNow, stream: stream))
     }
 
     // MARK: - Compute
@@ -125,9 +125,7 @@ public final class DeviceClock {
     /// stream, and does not move `now`. Returns its end, for `waitForStream`.
     public func streamCollective(_ kind: SpanKind, groupIssue: Double, duration: Double, detail: String, wallStart: Double) -> Double {
         let (start, end) = commStream.run(issued: groupIssue, duration: duration)
-        if recording && end > start {
-            spans.append(Span(kind: kind, start: start, end: end, detail: detail, wallStart: wallStart, wallEnd: wallNow, stream: .communication))
-        }
+        record(kind, start, end, detail, wallStart: wallStart, stream: .communication)
         return end
     }
 

@@ -20,11 +20,10 @@ public struct DeviceProfile: Sendable, Equatable {
     /// bandwidth collectives reach (the link's `beta_bytes_per_s` times its `efficiency`).
     public var intraNode: LinkClass
     public var interNode: LinkClass
-    /// The share of each link's bandwidth that transfers reach (collectives and point-to-point
-    /// messages; `efficiency` in the link's object, default 1), already applied to `intraNode`
-    /// and `interNode`.
+    /// The share of the NVLink bandwidth that transfers inside a node reach (collectives and
+    /// point-to-point messages; `efficiency` in the link's object, default 1), already applied
+    /// to `intraNode` (and `inter_node`'s to `interNode`).
     public private(set) var intraNodeEfficiency = 1.0
-    public private(set) var interNodeEfficiency = 1.0
     /// Where each constant comes from (the profile's `calibration` object: key, then text).
     public var calibration: [String: String] = [:]
 
@@ -96,7 +95,6 @@ public struct DeviceProfile: Sendable, Equatable {
         var profile = p
         profile.peakFLOPSFP8 = (obj["peak_flops_fp8"] as? NSNumber)?.doubleValue
         profile.intraNodeEfficiency = try efficiency("intra_node")
-        profile.interNodeEfficiency = try efficiency("inter_node")
         profile.calibration = (obj["calibration"] as? [String: Any])?.compactMapValues { $0 as? String } ?? [:]
         if obj["host_bandwidth"] != nil {
             profile.hostBandwidth = try num("host_bandwidth", in: obj, "")

@@ -68,8 +68,6 @@ public struct CommunicationStream: Sendable {
 /// timeline: communication there is exposed; the communication stream's spans overlap it).
 public struct SpanTotals: Sendable {
     public private(set) var byKind: [SpanKind: Double] = [:]
-    /// Seconds the communication stream was busy in the window (hidden or not).
-    public private(set) var communicationStream = 0.0
     public var compute: Double { total(.compute) }
     public var communication: Double { total(.communication) }
     public var idle: Double { total(.idle) }
@@ -78,8 +76,7 @@ public struct SpanTotals: Sendable {
     public init(_ spans: [Span], from: Double = -.infinity, to: Double = .infinity) {
         for s in spans {
             let lo = max(s.start, from), hi = min(s.end, to)
-            guard hi > lo else { continue }
-            if s.stream == .communication { communicationStream += hi - lo } else { byKind[s.kind, default: 0] += hi - lo }
+            if hi > lo && s.stream == .compute { byKind[s.kind, default: 0] += hi - lo }
         }
     }
 

@@ -107,6 +107,21 @@ public enum KernelInventory {
         return w + linear(d, rows, out: f, inDim: d.C, accumulateDx: c.ffn == .swiglu)
     }
 
+    /// The expert part of an MoE layer's forward or backward (`MoE`): this rank's rows sent to
+    /// the experts' owners, each local expert's rows gathered, its MLP work (`mlp`, given the
+    /// rows), its output scattered, and the rows sent back.
+    static func experts(_ d: Dims, _ mlp: (Double) -> [Work]) -> [Work] {
+        var w: [Work] = []
+        if d.ep > 1 { w.append(.epAllToAll(floats: d.rows * d.C)) }
+        for _ in 0..<Int(d.El) where d.rowsPerExpert > 0 {
+            w.append(.kernel(flops: 0, elements: 2 * d.rowsPerExpert * d.C))
+            w += mlp(d.rowsPerExpert)
+            w.append(.kernel(flops: 0, elements: 2 * d.rowsPerExpert * d.C))
+        }
+        if d.ep > 1 { w.append(.epAllToAll(floats: d.El * d.rowsPerExpert * d.C)) }
+        return w
+    }
+
     /// The score GEMM and the causal softmax of every (sequence, head): the attention core's
     /// probabilities, which selective recomputation makes again in the backward.
     static func attentionProbabilities(_ d: Dims) -> [Work] {
@@ -146,14 +161,7 @@ public enum KernelInventory {
             w.append(.kernel(flops: d.N * d.E * (5 + d.K), elements: 2 * d.N * d.E + 2 * d.N * d.K))
             if d.ep > 1 { w.append(.epCounts(bytes: 4 * d.E)) }
             w.append(.kernel(flops: 0, elements: 2 * d.rows * d.C))
-            if d.ep > 1 { w.append(.epAllToAll(floats: d.rows * d.C)) }
-            for _ in 0..<Int(d.El) where d.rowsPerExpert > 0 {
-                let r = d.rowsPerExpert, F = Double(c.ffnHidden)
-                w.append(.kernel(flops: 0, elements: 2 * r * d.C))
-                w += ffnForward(c, d, rows: r, hidden: F)
-                w.append(.kernel(flops: 0, elements: 2 * r * d.C))
-            }
-            if d.ep > 1 { w.append(.epAllToAll(floats: d.El * d.rowsPerExpert * d.C)) }
+            w += experts(d) { ffnForward(c, d, rows: $0, hidden: Double(c.ffnHidden)) }
             w.append(.kernel(flops: 2 * d.rows * d.C, elements: 2 * d.rows * d.C + d.N / Double(d.tp) * d.C))
             if !d.sp { w += tp(d, d.N * d.C) }
         } else {
@@ -204,14 +212,7 @@ public enum KernelInventory {
         var w: [Work] = []
         if c.isMoE(layer: l) {
             w.append(.kernel(flops: 4 * d.rows * d.C, elements: 3 * d.rows * d.C))
-            if d.ep > 1 { w.append(.epAllToAll(floats: d.rows * d.C)) }
-            for _ in 0..<Int(d.El) where d.rowsPerExpert > 0 {
-                let r = d.rowsPerExpert, F = Double(c.ffnHidden)
-                w.append(.kernel(flops: 0, elements: 2 * r * d.C))
-                w += ffnBackward(c, d, rows: r, hidden: F)
-                w.append(.kernel(flops: 0, elements: 2 * r * d.C))
-            }
-            if d.ep > 1 { w.append(.epAllToAll(floats: d.El * d.rowsPerExpert * d.C)) }
+            w += experts(d) { ffnBackward(c, d, rows: $0, hidden: Double(c.ffnHidden)) }
             w.append(.kernel(flops: d.rows * d.C, elements: 3 * d.rows * d.C))
             let mine = d.N / Double(d.tp)
             w.append(.kernel(flops: 8 * mine * d.E, elements: 3 * mine * d.E + mine * d.K))

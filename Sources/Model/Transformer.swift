@@ -92,8 +92,9 @@ public final class Transformer {
         return all
     }
 
-    /// The output of a row-parallel region, summed over the TP group: this rank's block of
-    /// rows under sequence parallelism (reduce-scatter), all of them otherwise (all-reduce in place).
+    /// The output of a row-parallel region (or the input gradient of a column-parallel one),
+    /// summed over the TP group: this rank's block of rows under sequence parallelism
+    /// (reduce-scatter), all of them otherwise (all-reduce in place).
     func reduced(_ y: Tensor) -> Tensor {
         guard sequenceParallel else { parallel.tpAllReduce(y); return y }
         let mine = Tensor(zeros: [y.rows / parallel.shard.tp, y.cols])
@@ -136,33 +137,33 @@ public final class Transformer {
     func blockBackward(_ l: Int, _ cache: BlockCache, dOut: Tensor, scale: LossScale) -> Tensor {
         let n = dOut.rows, c = dOut.cols
         // FFN branch: da = dOut + d(FFN(norm(a)))/da
-        let dxn2 = Tensor(zeros: [n, c])
+        let dxn2: Tensor
         switch cache.ffn {
         case .moe(let mc):
+            dxn2 = Tensor(zeros: [n, c])
             MoE.backward(mc, moeWeights(l), options: moeOptions, parallel: parallel, scale: scale, dy: dOut,
                          dw: moeWeights(l, grads: true), dx: dxn2, accumulate: false)
         case .dense(var fc):
             let dy = gathered(dOut)   // the backward of the reduce-scatter
             fc.x = gathered(fc.x)
-            let partial = sequenceParallel ? Tensor(zeros: [dy.rows, c]) : dxn2
+            let partial = Tensor(zeros: [dy.rows, c])
             let (w, g) = (ffnWeights(l), ffnWeights(l, grads: true))
             FeedForward.backward(fc, wUp: w.up, wDown: w.down, wGate: w.gate, dy: dy, dwUp: g.up, dwDown: g.down, dwGate: g.gate,
                                  dx: partial, accumulate: false)
-            reduce(partial, into: dxn2)  // f: column-parallel up projection's partial input gradients
+            dxn2 = reduced(partial)  // f: column-parallel up projection's partial input gradients
         }
         let da = dOut.copy()
         Kernels.account(flops: 0, elements: Double(2 * n * c))
         RMSNorm.backward(cache.a, params.value("layers.\(l).ffn_norm"), rstd: cache.rstd2, dy: dxn2, dx: da,
                          dw: params.grad("layers.\(l).ffn_norm"), accumulate: true)
         // Attention branch: dx = da + d(Attn(norm(x)))/dx
-        let dxn1 = Tensor(zeros: [n, c])
         var attn = cache.attn
         let dy = gathered(da)
         attn.x = gathered(attn.x)
-        let partial = sequenceParallel ? Tensor(zeros: [dy.rows, c]) : dxn1
+        let partial = Tensor(zeros: [dy.rows, c])
         Attention.backward(attn, attnWeights(l), heads: heads, seqLen: config.seqLen, rotary: rotary,
                            dy: dy, dw: attnWeights(l, grads: true), dx: partial, accumulate: false)
-        reduce(partial, into: dxn1)  // f: column-parallel q/k/v projections
+        let dxn1 = reduced(partial)  // f: column-parallel q/k/v projections
         // A copy, not `da` itself: the output projection's weight gradient may still read `da`
         // later (deferred to a zero-bubble W action).
         let dx = da.copy()
@@ -170,17 +171,6 @@ public final class Transformer {
         RMSNorm.backward(cache.x, params.value("layers.\(l).attn_norm"), rstd: cache.rstd1, dy: dxn1, dx: dx,
                          dw: params.grad("layers.\(l).attn_norm"), accumulate: true)
         return dx
-    }
-
-    /// The backward of a column-parallel region's input: the partial input gradients summed
-    /// over the TP group into `dx` (reduce-scatter of the rows under sequence parallelism,
-    /// all-reduce in place otherwise, when `partial` is `dx`).
-    func reduce(_ partial: Tensor, into dx: Tensor) {
-        if sequenceParallel {
-            parallel.tpReduceScatter(partial.ptr, dx.ptr, countPerRank: dx.count)
-        } else {
-            parallel.tpAllReduce(dx)
-        }
     }
 
     /// y += x, the residual connection.

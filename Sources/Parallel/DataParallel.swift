@@ -80,10 +80,7 @@ public final class DataParallel {
         guard group.size > 1, !range.isEmpty else { return }
         let send = UnsafePointer(grads.base + range.lowerBound)
         if stage == 1 {
-            let counts = (0..<group.size).map { r -> Int in
-                let sh = Self.shard(region, parts: group.size, index: r)
-                return max(0, min(range.upperBound, sh.upperBound) - max(range.lowerBound, sh.lowerBound))
-            }
+            let counts = Self.shardCounts(range, region: region, parts: group.size)
             let mine = Self.shard(region, parts: group.size, index: group.rank)
             let result = Storage(count: max(counts[group.rank], 1))
             let op = group.startReduceScatter(send, result.base, counts: counts, detail: "gradients of \(unit)")
@@ -92,6 +89,14 @@ public final class DataParallel {
             let result = Storage(count: range.count)
             let op = group.startAllReduce(send, result.base, count: range.count, detail: "gradients of \(unit)")
             inFlight.append(InFlight(op: op, result: result, destination: range.lowerBound, count: range.count))
+        }
+    }
+
+    /// How many elements of `range` (a bucket of `region`) fall in each rank's ZeRO-1 shard of the region.
+    static func shardCounts(_ range: Range<Int>, region: Range<Int>, parts: Int) -> [Int] {
+        (0..<parts).map { r in
+            let sh = shard(region, parts: parts, index: r)
+            return max(0, min(range.upperBound, sh.upperBound) - max(range.lowerBound, sh.lowerBound))
         }
     }
 
@@ -180,10 +185,7 @@ public final class DataParallel {
 
     func startGather(_ params: Storage, _ range: Range<Int>, region: Range<Int>, over group: Communicator, unit: GradientUnit) {
         guard group.size > 1, !range.isEmpty else { return }
-        let counts = (0..<group.size).map { r -> Int in
-            let sh = Self.shard(region, parts: group.size, index: r)
-            return max(0, min(range.upperBound, sh.upperBound) - max(range.lowerBound, sh.lowerBound))
-        }
+        let counts = Self.shardCounts(range, region: region, parts: group.size)
         gathering.append((unit, group.startAllGather(params.base + range.lowerBound, counts: counts, detail: "parameters of \(unit)")))
     }
 

@@ -67,6 +67,15 @@ public struct Projection {
                 }
             }
         }
+        /// The collectives of one gradient bucket on the communication stream of `rank`: its dense
+        /// part over the data-parallel group, its expert part over the expert-data-parallel one.
+        func bucketDurations(_ b: GradientBucket, _ kind: CostModel.Collective, rank: Int) -> [Double] {
+            let dp = group(.dp, of: rank), edp = group(.edp, of: rank)
+            var out: [Double] = []
+            if dp.size > 1 && !b.dense.isEmpty { out.append(cost.collective(kind, bytes: Double(b.dense.count) * bytes, ranks: dp.size, link: dp.link)) }
+            if edp.size > 1 && !b.expert.isEmpty { out.append(cost.collective(kind, bytes: Double(b.expert.count) * bytes, ranks: edp.size, link: edp.link)) }
+            return out
+        }
         // Per pipeline stage (its tp 0, dp 0 rank): forward and backward of each chunk.
         var forward: [[Double]] = [], backward: [[Double]] = []
         var modelComm: [Double] = []
@@ -136,17 +145,11 @@ public struct Projection {
         if config.overlapParamGather && config.zero == 1 {
             for s in 0..<topo.pp {
                 let rank = topo.rank(tp: 0, dp: 0, pp: s)
-                let dp = group(.dp, of: rank), edp = group(.edp, of: rank)
                 var stream = CommunicationStream()
                 for b in job.placement(of: rank).layout.gradientBuckets {
-                    var end: Double? = nil
-                    if dp.size > 1 && !b.dense.isEmpty {
-                        end = stream.run(issued: update[s], duration: cost.collective(.allGather, bytes: Double(b.dense.count) * bytes, ranks: dp.size, link: dp.link)).end
+                    for duration in bucketDurations(b, .allGather, rank: rank) {
+                        ready[s][b.unit] = stream.run(issued: update[s], duration: duration).end
                     }
-                    if edp.size > 1 && !b.expert.isEmpty {
-                        end = stream.run(issued: update[s], duration: cost.collective(.allGather, bytes: Double(b.expert.count) * bytes, ranks: edp.size, link: edp.link)).end
-                    }
-                    if let end { ready[s][b.unit] = end }
                 }
             }
         }
@@ -204,7 +207,6 @@ public struct Projection {
             for s in 0..<topo.pp {
                 let rank = topo.rank(tp: 0, dp: 0, pp: s)
                 let placement = job.placement(of: rank)
-                let dp = group(.dp, of: rank), edp = group(.edp, of: rank)
                 let buckets = placement.layout.gradientBuckets
                 var issued: [(time: Double, duration: Double)] = []
                 let kind: CostModel.Collective = config.zero == 1 ? .reduceScatter : .allReduce
@@ -217,12 +219,7 @@ public struct Projection {
                                                            recompute: recompute, attention: config.attention) {
                         t += seconds(u.work, rank: rank)
                         guard let b = buckets.first(where: { $0.unit == u.unit }) else { continue }
-                        if dp.size > 1 && !b.dense.isEmpty {
-                            issued.append((t, cost.collective(kind, bytes: Double(b.dense.count) * bytes, ranks: dp.size, link: dp.link)))
-                        }
-                        if edp.size > 1 && !b.expert.isEmpty {
-                            issued.append((t, cost.collective(kind, bytes: Double(b.expert.count) * bytes, ranks: edp.size, link: edp.link)))
-                        }
+                        issued += bucketDurations(b, kind, rank: rank).map { (t, $0) }
                     }
                 }
                 // The stream runs them in the order they were issued (chunks' last backwards interleave).
