@@ -105,12 +105,6 @@ public final class DataParallel {
         return (region.lowerBound + index * size)..<(region.lowerBound + (index + 1) * size)
     }
 
-    /// Elements of communication buffers this rank allocates per step.
-    public var communicationElements: Int {
-        (stage == 1 ? normDense.count + normExpert.count : 0) + tpPartial.reduce(0) { $0 + $1.count }
-            + (stage == 0 && overlapGradReduce ? layout.denseRegion.count + layout.expertRegion.count : 0)   // the buckets' results
-    }
-
     /// Sums gradients over the groups that share each parameter. Afterwards the owned
     /// ranges hold the gradient of the global batch.
     public func reduceGradients(_ grads: Storage) {

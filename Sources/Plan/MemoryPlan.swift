@@ -54,6 +54,8 @@ public struct MemoryPlan: Sendable {
                                               attention: config.attention)
             let b = MemoryBreakdown(precision: precision, parametersHeld: layout.specs.reduce(0) { $0 + $1.count },
                                     optimizerParameters: denseShard + expertShard, activationElements: activations,
+                                    // DataParallel's buffers: the ZeRO-1 shard it reduce-scatters into, the packed
+                                    // TP-partial gradients, and under ZeRO-0 with overlap the buckets' results.
                                     communicationElements: (zero1 ? denseShard + expertShard : 0) + partial
                                         + (!zero1 && config.overlapGradReduce ? layout.denseRegion.count + layout.expertRegion.count : 0))
             byCoordinates[key] = b
