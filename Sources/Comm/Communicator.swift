@@ -36,7 +36,34 @@ public struct Communicator: @unchecked Sendable {
         /// Emulated bytes per Float element (2 for bf16 activations and gradients).
         var floatBytes = 4.0
         var activeClock: DeviceClock? { clockSuspended == 0 ? clock : nil }
+        /// Emulated bytes of the operations inside `emulating` (their caller knows the timed size).
+        var override: Double? = nil
+        /// The emulated size of every other timed operation, from (kind, group, executed
+        /// emulated bytes): a run timed as another model (`--time-as`) charges its messages.
+        var sizer: ((CommKind, String, Double) -> Double)? = nil
     }
+
+    /// The emulated bytes the clock charges for an operation of `kind` that moves
+    /// `emulatedBytes` at the executed sizes.
+    func charged(_ kind: CommKind, _ emulatedBytes: Double) -> Double {
+        if let o = hooks.override { return o }
+        if let s = hooks.sizer { return s(kind, name, emulatedBytes) }
+        return emulatedBytes
+    }
+
+    /// Runs `body`, whose timed operations the clock charges as `floats` Float elements each
+    /// instead of the elements they move (nil: as they are): for callers that know the size of
+    /// the same message in the timed model.
+    public func emulating<R>(floats: Double?, _ body: () throws -> R) rethrows -> R {
+        guard let floats else { return try body() }
+        let saved = hooks.override
+        hooks.override = floats * hooks.floatBytes
+        defer { hooks.override = saved }
+        return try body()
+    }
+
+    /// Installs the size every timed operation is charged at (nil: its own) on the whole family.
+    public func setSizer(_ sizer: ((CommKind, String, Double) -> Double)?) { hooks.sizer = sizer }
 
     // MARK: - Life cycle
 
@@ -147,6 +174,7 @@ public struct Communicator: @unchecked Sendable {
             MPI_Iallreduce(&mine, &groupStart, 1, cmpi_double(), cmpi_op_max(), clockHandle, &clockReq)
             Communicator.complete(&req)
             Communicator.complete(&clockReq)
+            let emulatedBytes = charged(kind, emulatedBytes)
             let duration = clock.cost.collective(kind.collective, bytes: emulatedBytes, ranks: size,
                                                  link: clock.cost.links.link(for: members))
             clock.collective(kind.span, groupStart: groupStart, duration: duration,
@@ -366,7 +394,8 @@ public struct Communicator: @unchecked Sendable {
                _ begin: (PendingCollective) -> Void) -> PendingCollective {
         let clock = hooks.activeClock
         let timed = clock != nil && size > 1
-        let op = PendingCollective(kind: kind, comm: self, bytes: bytes, emulatedBytes: emulatedBytes, timed: timed, counts: counts,
+        let op = PendingCollective(kind: kind, comm: self, bytes: bytes, emulatedBytes: timed ? charged(kind, emulatedBytes) : emulatedBytes,
+                                   timed: timed, counts: counts,
                                    detail: detail, wallStart: clock?.wallNow ?? 0)
         begin(op)
         if timed, let clock {
@@ -468,7 +497,7 @@ public struct Communicator: @unchecked Sendable {
     public func isend<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to peer: Int, tag: Int) -> Request {
         let ev = CommEvent(kind: .send, group: name, bytes: count * MemoryLayout<T>.stride, peer: peer)
         let clock = hooks.activeClock
-        let r = Request(event: ev, emulatedBytes: emulatedBytes(T.self, count: count), timed: clock != nil)
+        let r = Request(event: ev, emulatedBytes: clock != nil ? charged(.send, emulatedBytes(T.self, count: count)) : emulatedBytes(T.self, count: count), timed: clock != nil)
         MPI_Isend(buffer, Int32(count), T.mpiType, Int32(peer), Int32(tag), handle, &r.handle)
         if let clock {
             clock.flush()
@@ -482,7 +511,7 @@ public struct Communicator: @unchecked Sendable {
     public func irecv<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, from peer: Int, tag: Int) -> Request {
         let ev = CommEvent(kind: .recv, group: name, bytes: count * MemoryLayout<T>.stride, peer: peer)
         let clock = hooks.activeClock
-        let r = Request(event: ev, emulatedBytes: emulatedBytes(T.self, count: count), timed: clock != nil)
+        let r = Request(event: ev, emulatedBytes: clock != nil ? charged(.recv, emulatedBytes(T.self, count: count)) : emulatedBytes(T.self, count: count), timed: clock != nil)
         MPI_Irecv(buffer, Int32(count), T.mpiType, Int32(peer), Int32(tag), handle, &r.handle)
         if clock != nil {
             MPI_Irecv(r.sentAt, 1, cmpi_double(), Int32(peer), Int32(tag), clockHandle, &r.clockHandle)

@@ -37,6 +37,8 @@ public final class DeviceClock {
     var inRegion = false
     var regionKind = SpanKind.forward
     var regionDetail = ""
+    /// A part of the region marked apart (`expertSection`): appended to the detail of its spans.
+    var regionSection: String? = nil
     var regionSeconds = 0.0
     var regionCPUMark = 0.0
     var regionWallMark = 0.0
@@ -65,6 +67,7 @@ public final class DeviceClock {
         inRegion = true
         regionKind = kind
         regionDetail = detail
+        regionSection = nil
         regionSeconds = 0
         markRegion()
         let cpu0 = DeviceClock.threadCPUSeconds()
@@ -82,7 +85,7 @@ public final class DeviceClock {
         }
         let start = now
         now += duration
-        record(regionKind, start, now, regionDetail, wallStart: regionWallMark)
+        record(regionKind, start, now, regionSection.map { regionDetail + " " + $0 } ?? regionDetail, wallStart: regionWallMark)
         regionSeconds = 0
         markRegion()
     }
@@ -98,6 +101,27 @@ public final class DeviceClock {
     public func kernel(flops: Double, elements: Double) {
         executedFLOPs += flops
         if inRegion { regionSeconds += cost.kernel(flops: flops, elements: elements) }
+    }
+
+    /// The expert GEMMs of an MoE layer start (rows per local expert) or end (nil): the
+    /// compute before is recorded, and the spans until the end name the experts' load, so
+    /// that a trace of an imbalanced step shows which rank's experts the others waited for.
+    public func expertSection(rows: [Int]?) {
+        expertSection(rows: rows.map { $0.map(Double.init) })
+    }
+
+    public func expertSection(rows: [Double]?) {
+        guard inRegion else { return }
+        flush()
+        regionSection = rows.map(DeviceClock.expertLabel)
+    }
+
+    /// "experts: 512 rows, busiest 96 (1.50x the mean of 16)".
+    static func expertLabel(_ rows: [Double]) -> String {
+        let total = rows.reduce(0, +), busiest = rows.max() ?? 0
+        let mean = rows.isEmpty ? 0 : total / Double(rows.count)
+        return String(format: "experts: %.0f rows, busiest %.0f (%.2fx the mean of %ld)", total, busiest,
+                      mean > 0 ? busiest / mean : 0, rows.count)
     }
 
     // MARK: - Communication

@@ -27,16 +27,43 @@ public struct RunSummary: Codable, Sendable {
         public var droppedFraction: Double
         /// Null when the experts have no capacity limit.
         @NullIfNil public var capacityPerSequence: Int?
+        /// Per step: the most loaded expert's assignments over the mean expert's, over every
+        /// MoE layer (`imbalancePerStep`) and per MoE layer (`imbalancePerLayerPerStep[step][i]`
+        /// for layer `moeLayers[i]`); 1 is perfectly balanced.
+        public var imbalancePerStep: [Double]
+        public var imbalancePerLayerPerStep: [[Double]]
 
         enum CodingKeys: String, CodingKey {
             case moeLayers = "moe_layers", perLayerTotal = "per_layer_total", perLayerLastStep = "per_layer_last_step"
             case droppedFraction = "dropped_fraction", capacityPerSequence = "capacity_per_sequence"
+            case imbalancePerStep = "imbalance_per_step", imbalancePerLayerPerStep = "imbalance_per_layer_per_step"
         }
 
         public init(moeLayers: [Int], perLayerTotal: [[Int]], perLayerLastStep: [[Int]], droppedFraction: Double,
-                    capacityPerSequence: Int?) {
+                    capacityPerSequence: Int?, imbalancePerStep: [Double] = [], imbalancePerLayerPerStep: [[Double]] = []) {
             self.moeLayers = moeLayers; self.perLayerTotal = perLayerTotal; self.perLayerLastStep = perLayerLastStep
             self.droppedFraction = droppedFraction; self.capacityPerSequence = capacityPerSequence
+            self.imbalancePerStep = imbalancePerStep; self.imbalancePerLayerPerStep = imbalancePerLayerPerStep
+        }
+    }
+
+    /// The model the clock charged (`time_as`), when it is not the executed one: its dimensions,
+    /// sizes and tokens per step (what MFU, tokens/s and memory refer to).
+    public struct TimedModel: Codable, Equatable, Sendable {
+        public var dModel, ffnHidden, heads, kvHeads, seqLen, vocab, microBatchSize, globalBatch: Int
+        public var totalParams, activeParams, tokensPerStep: Int
+
+        enum CodingKeys: String, CodingKey {
+            case dModel = "d_model", ffnHidden = "ffn_hidden", heads, kvHeads = "kv_heads", seqLen = "seq_len", vocab
+            case microBatchSize = "micro_batch_size", globalBatch = "global_batch", totalParams = "total_params"
+            case activeParams = "active_params", tokensPerStep = "tokens_per_step"
+        }
+
+        public init(dModel: Int, ffnHidden: Int, heads: Int, kvHeads: Int, seqLen: Int, vocab: Int, microBatchSize: Int,
+                    globalBatch: Int, totalParams: Int, activeParams: Int, tokensPerStep: Int) {
+            self.dModel = dModel; self.ffnHidden = ffnHidden; self.heads = heads; self.kvHeads = kvHeads; self.seqLen = seqLen
+            self.vocab = vocab; self.microBatchSize = microBatchSize; self.globalBatch = globalBatch
+            self.totalParams = totalParams; self.activeParams = activeParams; self.tokensPerStep = tokensPerStep
         }
     }
 
@@ -134,6 +161,8 @@ public struct RunSummary: Codable, Sendable {
     public var precision: String
     public var link: String
     public var gpusPerNode: Int
+    /// Null when the clock charged the executed model.
+    @NullIfNil public var timedAs: TimedModel?
     public var emulatedStepTimesS: [Double]
     public var emulatedStepTimeS: Double
     public var tokensPerSEmulated: Double
@@ -197,7 +226,7 @@ public struct RunSummary: Codable, Sendable {
         case totalParams = "total_params", activeParams = "active_params", localParams = "local_params"
         case optimizerStateBytes = "optimizer_state_bytes", globalBatch = "global_batch", microBatchSize = "micro_batch_size"
         case microBatches = "micro_batches", seqLen = "seq_len", seed, data, expertLoad = "expert_load", commBytes = "comm_bytes"
-        case device, clock, precision, link, gpusPerNode = "gpus_per_node"
+        case device, clock, precision, link, gpusPerNode = "gpus_per_node", timedAs = "timed_as"
         case emulatedStepTimesS = "emulated_step_times_s", emulatedStepTimeS = "emulated_step_time_s"
         case tokensPerSEmulated = "tokens_per_s_emulated", mfu, hfu
         case bubbleFractionPerStage = "bubble_fraction_per_stage", bubbleFraction = "bubble_fraction"
@@ -221,7 +250,8 @@ public struct RunSummary: Codable, Sendable {
                 bubbleFractionSimulatedPerStage: [Double], bubbleFractionSimulated: Double, bubbleFractionClosedForm: Double,
                 pipelinePhaseS: Double, peakActivationBytesPerStage: [Double], microbatchActivationBytes: Double,
                 exposedCommFraction: Double, timeBreakdownS: TimeBreakdown, modelFLOPsPerToken: Double, memoryBytes: [MemoryRole],
-                wallTimeS: Double, tokensPerSWall: Double, resources: Resources) {
+                wallTimeS: Double, tokensPerSWall: Double, resources: Resources, timedAs: TimedModel? = nil) {
+        self.timedAs = timedAs
         self.worldSize = worldSize; self.tp = tp; self.pp = pp; self.dp = dp; self.ep = ep; self.zero = zero
         self.schedule = schedule; self.virtualStages = virtualStages; self.ppLayers = ppLayers
         self.steps = steps; self.losses = losses; self.auxLosses = auxLosses; self.gradNorms = gradNorms

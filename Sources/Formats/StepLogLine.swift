@@ -28,15 +28,22 @@ public struct StepLogLine: Codable, Sendable {
     public var ranks: Int
     /// Peak FLOP/s of one emulated device.
     public var peakFLOPS: Double
+    /// The most loaded expert's assignments over the mean, over all MoE layers and per MoE
+    /// layer (absent without MoE layers, and in logs written before these were recorded).
+    public var expertImbalance: Double?
+    public var expertImbalancePerLayer: [Double]?
 
     enum CodingKeys: String, CodingKey {
         case attempt, step, loss, skipped, emulated, ranks
         case wallSeconds = "wall_s", modelFLOPs = "model_flops", peakFLOPS = "peak_flops"
+        case expertImbalance = "expert_imbalance", expertImbalancePerLayer = "expert_imbalance_per_layer"
     }
 
     public init(attempt: Int, step: Int, loss: Double, skipped: Bool, emulated: Emulated, wallSeconds: Double,
-                modelFLOPs: Double, ranks: Int, peakFLOPS: Double) {
+                modelFLOPs: Double, ranks: Int, peakFLOPS: Double, expertImbalance: Double? = nil,
+                expertImbalancePerLayer: [Double]? = nil) {
         self.attempt = attempt; self.step = step; self.loss = loss; self.skipped = skipped; self.emulated = emulated
         self.wallSeconds = wallSeconds; self.modelFLOPs = modelFLOPs; self.ranks = ranks; self.peakFLOPS = peakFLOPS
+        self.expertImbalance = expertImbalance; self.expertImbalancePerLayer = expertImbalancePerLayer
     }
 }

@@ -3,9 +3,20 @@
 /// layers report to `Kernels`, so that the projection to cluster scale costs exactly what the
 /// emulator would measure, without allocating the model. `KernelInventoryTests` holds the
 /// two together: the real layers' forward and backward of several shards must report
-/// exactly this list. Expert work assumes balanced routing: every expert gets its share of
-/// the assignments and none is dropped.
+/// exactly this list. Expert work follows a routing (`ExpertRows` per MoE layer): by default
+/// balanced, every expert getting its share of the assignments and none dropped; a run timed
+/// as another model (`--time-as`) passes the rows its router really chose, scaled.
 public enum KernelInventory {
+    /// What one MoE layer's routing gives one rank to do: the assignments of its tokens it
+    /// sends to the experts (the kept ones), and the rows each of its local experts receives.
+    public struct ExpertRows: Equatable, Sendable {
+        public var sent: Double
+        public var received: [Double]
+        public init(sent: Double, received: [Double]) { self.sent = sent; self.received = received }
+        /// The same routing for `factor` times as many tokens.
+        public func scaled(by factor: Double) -> ExpertRows { ExpertRows(sent: sent * factor, received: received.map { $0 * factor }) }
+    }
+
     public enum Work: Equatable, Sendable {
         case kernel(flops: Double, elements: Double)
         /// A sum over the tensor-parallel group of `floats` values.
@@ -43,6 +54,8 @@ public enum KernelInventory {
             rowsPerExpert = Double(s.ep) * rows / E                // received per local expert, balanced
             tp = s.tp; ep = s.ep
         }
+        /// Balanced routing: every local expert receives its share, nothing dropped.
+        var balanced: ExpertRows { ExpertRows(sent: rows, received: Array(repeating: rowsPerExpert, count: Int(El))) }
         /// Attention: (sequence, query head) pairs, T x T scores and T x D values per pair.
         var bh: Double { B * qw / D }
         var tt: Double { T * T }
@@ -68,20 +81,23 @@ public enum KernelInventory {
 
     /// Forward of `layers` on one micro-batch of `sequences`, with the embedding (first chunk)
     /// and the head and loss (last chunk).
+    /// `routing`: the MoE layers' rows by layer (balanced where absent).
     public static func forward(config c: ModelConfig, shard s: ShardSpec, sequences: Int, layers: Range<Int>,
-                               embedding: Bool, head: Bool, attention: AttentionKernel = .naive) -> [Work] {
+                               embedding: Bool, head: Bool, attention: AttentionKernel = .naive,
+                               routing: [Int: ExpertRows] = [:]) -> [Work] {
         forwardUnits(config: c, shard: s, sequences: sequences, layers: layers, embedding: embedding, head: head,
-                     attention: attention).flatMap(\.work)
+                     attention: attention, routing: routing).flatMap(\.work)
     }
 
     /// The same forward cut where each `GradientUnit`'s parameters are first read (the points
     /// where `Transformer.forwardChunk` asks for them), in order.
     public static func forwardUnits(config c: ModelConfig, shard s: ShardSpec, sequences: Int, layers: Range<Int>,
-                                    embedding: Bool, head: Bool, attention: AttentionKernel = .naive) -> [(unit: GradientUnit, work: [Work])] {
+                                    embedding: Bool, head: Bool, attention: AttentionKernel = .naive,
+                                    routing: [Int: ExpertRows] = [:]) -> [(unit: GradientUnit, work: [Work])] {
         let d = Dims(c, s, sequences: sequences)
         var units: [(unit: GradientUnit, work: [Work])] = []
         if embedding { units.append((.embedding, [.kernel(flops: 0, elements: 2 * d.N * d.C)] + reduced(d))) }
-        for l in layers { units.append((.layer(l), layerForward(c, d, l, attention: attention))) }
+        for l in layers { units.append((.layer(l), layerForward(c, d, l, attention: attention, routing: routing[l] ?? d.balanced))) }
         if head {
             var w: [Work] = [norm(d)] + gathered(d)
             w.append(gemm(d.N, d.Vl, d.C))
@@ -110,15 +126,16 @@ public enum KernelInventory {
     /// The expert part of an MoE layer's forward or backward (`MoE`): this rank's rows sent to
     /// the experts' owners, each local expert's rows gathered, its MLP work (`mlp`, given the
     /// rows), its output scattered, and the rows sent back.
-    static func experts(_ d: Dims, _ mlp: (Double) -> [Work]) -> [Work] {
+    /// An expert that receives no row runs nothing.
+    static func experts(_ d: Dims, _ r: ExpertRows, _ mlp: (Double) -> [Work]) -> [Work] {
         var w: [Work] = []
-        if d.ep > 1 { w.append(.epAllToAll(floats: d.rows * d.C)) }
-        for _ in 0..<Int(d.El) where d.rowsPerExpert > 0 {
-            w.append(.kernel(flops: 0, elements: 2 * d.rowsPerExpert * d.C))
-            w += mlp(d.rowsPerExpert)
-            w.append(.kernel(flops: 0, elements: 2 * d.rowsPerExpert * d.C))
+        if d.ep > 1 { w.append(.epAllToAll(floats: r.sent * d.C)) }
+        for rows in r.received where rows > 0 {
+            w.append(.kernel(flops: 0, elements: 2 * rows * d.C))
+            w += mlp(rows)
+            w.append(.kernel(flops: 0, elements: 2 * rows * d.C))
         }
-        if d.ep > 1 { w.append(.epAllToAll(floats: d.El * d.rowsPerExpert * d.C)) }
+        if d.ep > 1 { w.append(.epAllToAll(floats: r.received.reduce(0, +) * d.C)) }
         return w
     }
 
@@ -136,7 +153,7 @@ public enum KernelInventory {
     }
 
     /// One transformer layer's forward.
-    static func layerForward(_ c: ModelConfig, _ d: Dims, _ l: Int, attention: AttentionKernel) -> [Work] {
+    static func layerForward(_ c: ModelConfig, _ d: Dims, _ l: Int, attention: AttentionKernel, routing r: ExpertRows) -> [Work] {
         var w: [Work] = []
         // attention
         w.append(norm(d))
@@ -160,9 +177,9 @@ public enum KernelInventory {
             if d.sp { w.append(.tpAllGather(floats: d.N * d.E)) }
             w.append(.kernel(flops: d.N * d.E * (5 + d.K), elements: 2 * d.N * d.E + 2 * d.N * d.K))
             if d.ep > 1 { w.append(.epCounts(bytes: 4 * d.E)) }
-            w.append(.kernel(flops: 0, elements: 2 * d.rows * d.C))
-            w += experts(d) { ffnForward(c, d, rows: $0, hidden: Double(c.ffnHidden)) }
-            w.append(.kernel(flops: 2 * d.rows * d.C, elements: 2 * d.rows * d.C + d.N / Double(d.tp) * d.C))
+            w.append(.kernel(flops: 0, elements: 2 * r.sent * d.C))
+            w += experts(d, r) { ffnForward(c, d, rows: $0, hidden: Double(c.ffnHidden)) }
+            w.append(.kernel(flops: 2 * r.sent * d.C, elements: 2 * r.sent * d.C + d.N / Double(d.tp) * d.C))
             if !d.sp { w += tp(d, d.N * d.C) }
         } else {
             w += gathered(d)
@@ -177,16 +194,17 @@ public enum KernelInventory {
     /// probabilities again before each attention backward; full reruns each layer's forward
     /// just before its backward.
     public static func backward(config c: ModelConfig, shard s: ShardSpec, sequences: Int, layers: Range<Int>,
-                                embedding: Bool, head: Bool, recompute: Recompute = .none, attention: AttentionKernel = .naive) -> [Work] {
+                                embedding: Bool, head: Bool, recompute: Recompute = .none, attention: AttentionKernel = .naive,
+                                routing: [Int: ExpertRows] = [:]) -> [Work] {
         backwardUnits(config: c, shard: s, sequences: sequences, layers: layers, embedding: embedding, head: head,
-                      recompute: recompute, attention: attention).flatMap(\.work)
+                      recompute: recompute, attention: attention, routing: routing).flatMap(\.work)
     }
 
     /// The same backward cut where each `GradientUnit`'s gradients are complete (the points
     /// where `Transformer.backwardChunk` reports them), in order.
     public static func backwardUnits(config c: ModelConfig, shard s: ShardSpec, sequences: Int, layers: Range<Int>,
                                      embedding: Bool, head: Bool, recompute: Recompute = .none,
-                                     attention: AttentionKernel = .naive) -> [(unit: GradientUnit, work: [Work])] {
+                                     attention: AttentionKernel = .naive, routing: [Int: ExpertRows] = [:]) -> [(unit: GradientUnit, work: [Work])] {
         let d = Dims(c, s, sequences: sequences)
         var units: [(unit: GradientUnit, work: [Work])] = []
         if head {
@@ -194,8 +212,9 @@ public enum KernelInventory {
         }
         for l in layers.reversed() {
             var w: [Work] = []
-            if recompute == .full { w += layerForward(c, d, l, attention: attention) }
-            w += layerBackward(c, d, l, recompute: recompute, attention: attention)
+            let r = routing[l] ?? d.balanced
+            if recompute == .full { w += layerForward(c, d, l, attention: attention, routing: r) }
+            w += layerBackward(c, d, l, recompute: recompute, attention: attention, routing: r)
             units.append((.layer(l), w))
         }
         if embedding { units.append((.embedding, gathered(d) + [.kernel(flops: d.N * d.C, elements: 3 * d.N * d.C)])) }
@@ -208,12 +227,13 @@ public enum KernelInventory {
     }
 
     /// One transformer layer's backward.
-    static func layerBackward(_ c: ModelConfig, _ d: Dims, _ l: Int, recompute: Recompute, attention: AttentionKernel) -> [Work] {
+    static func layerBackward(_ c: ModelConfig, _ d: Dims, _ l: Int, recompute: Recompute, attention: AttentionKernel,
+                              routing r: ExpertRows) -> [Work] {
         var w: [Work] = []
         if c.isMoE(layer: l) {
-            w.append(.kernel(flops: 4 * d.rows * d.C, elements: 3 * d.rows * d.C))
-            w += experts(d) { ffnBackward(c, d, rows: $0, hidden: Double(c.ffnHidden)) }
-            w.append(.kernel(flops: d.rows * d.C, elements: 3 * d.rows * d.C))
+            w.append(.kernel(flops: 4 * r.sent * d.C, elements: 3 * r.sent * d.C))
+            w += experts(d, r) { ffnBackward(c, d, rows: $0, hidden: Double(c.ffnHidden)) }
+            w.append(.kernel(flops: r.sent * d.C, elements: 3 * r.sent * d.C))
             let mine = d.N / Double(d.tp)
             w.append(.kernel(flops: 8 * mine * d.E, elements: 3 * mine * d.E + mine * d.K))
             w += linear(d, mine, out: d.E, inDim: d.C, accumulateDx: true)

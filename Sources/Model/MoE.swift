@@ -108,6 +108,7 @@ public enum MoE {
         }
         let tokens = (shard.tpRank * n / shard.tp)..<((shard.tpRank + 1) * n / shard.tp)
         let dispatch = plan(routing, tokens: tokens, localExperts: w.localExperts, parallel: parallel)
+        Kernels.routed(sent: dispatch.sendSlots.count, received: dispatch.perExpert.map(\.count))
         // Send the token rows, process them, send the outputs back.
         var rows = [Float](repeating: 0, count: dispatch.sendSlots.count * c)
         rows.withUnsafeMutableBufferPointer { r in
@@ -117,6 +118,7 @@ public enum MoE {
         let received = parallel.epExchange(rows, sendRows: dispatch.sendRows, recvRows: dispatch.recvRows, width: c).rows
         var outRows = [Float](repeating: 0, count: received.count)
         var batches = [ExpertBatch?](repeating: nil, count: w.localExperts)
+        Kernels.expertSection(rows: dispatch.perExpert.map(\.count))
         for (e, idx) in dispatch.perExpert.enumerated() where !idx.isEmpty {
             let xe = gather(received, idx, width: c)
             let ye = Tensor(zeros: [idx.count, c])
@@ -124,6 +126,7 @@ public enum MoE {
             scatter(ye, idx, into: &outRows, width: c)
             batches[e] = ExpertBatch(rows: idx, ff: ff, y: ye)
         }
+        Kernels.expertSection(rows: nil)
         let returned = parallel.epExchange(outRows, sendRows: dispatch.recvRows, recvRows: dispatch.sendRows, width: c).rows
         // Combine: y_t += g * expert output, for this rank's tokens; then sum over TP (under
         // sequence parallelism y holds only these tokens, and is complete).
@@ -149,6 +152,7 @@ public enum MoE {
         let (n, base) = heldRows(cache.x, parallel.shard)
         let partial = Tensor(zeros: [held, c])
         var dGate = [Float](repeating: 0, count: n * K)
+        Kernels.routed(sent: d.sendSlots.count, received: d.perExpert.map(\.count))
         // Gate gradients and the gradients of the expert outputs, in send order.
         var dRows = [Float](repeating: 0, count: d.sendSlots.count * c)
         Kernels.account(flops: Double(4 * dRows.count), elements: Double(3 * dRows.count))
@@ -163,6 +167,7 @@ public enum MoE {
         }
         let received = parallel.epExchange(dRows, sendRows: d.sendRows, recvRows: d.recvRows, width: c).rows
         var dxRows = [Float](repeating: 0, count: received.count)
+        Kernels.expertSection(rows: d.perExpert.map(\.count))
         for (e, batch) in cache.batches.enumerated() {
             guard let batch else { continue }
             let dye = gather(received, batch.rows, width: c)
@@ -171,6 +176,7 @@ public enum MoE {
                                  dwUp: dw.up(e), dwDown: dw.down(e), dwGate: dw.gate(e), dx: dxe, accumulate: false)
             scatter(dxe, batch.rows, into: &dxRows, width: c)
         }
+        Kernels.expertSection(rows: nil)
         let back = parallel.epExchange(dxRows, sendRows: d.recvRows, recvRows: d.sendRows, width: c).rows
         Kernels.account(flops: Double(back.count), elements: Double(3 * back.count))
         back.withUnsafeBufferPointer { b in

@@ -46,9 +46,14 @@ public final class DataParallel {
     var inFlight: [InFlight] = []
     var issued: Set<GradientUnit> = []
 
+    /// With `time_as`: this rank's layout in the timed model. Every message and the norm's and
+    /// optimizer's kernels are charged at its sizes (the same bucket, region or shard there).
+    let timed: ParameterLayout?
+
     public init(stage: Int, layout: ParameterLayout, groups: ProcessGroups, overlapGradReduce: Bool = false,
-                overlapParamGather: Bool = false) {
+                overlapParamGather: Bool = false, timed: ParameterLayout? = nil) {
         precondition(stage == 0 || stage == 1)
+        self.timed = timed
         self.stage = stage
         self.overlapGradReduce = overlapGradReduce
         self.overlapParamGather = overlapParamGather && stage == 1
@@ -72,23 +77,36 @@ public final class DataParallel {
     public func gradientsReady(_ unit: GradientUnit, _ grads: Storage) {
         guard overlapGradReduce, !issued.contains(unit), let b = buckets.first(where: { $0.unit == unit }) else { return }
         issued.insert(unit)
-        start(grads, b.dense, region: layout.denseRegion, over: groups.dp, unit: unit)
-        start(grads, b.expert, region: layout.expertRegion, over: groups.edp, unit: unit)
+        start(grads, b, \.dense, region: layout.denseRegion, over: groups.dp)
+        start(grads, b, \.expert, region: layout.expertRegion, over: groups.edp)
     }
 
-    func start(_ grads: Storage, _ range: Range<Int>, region: Range<Int>, over group: Communicator, unit: GradientUnit) {
+    /// The elements of `part` of `unit`'s bucket in the timed model (nil without one).
+    func timedCount(_ unit: GradientUnit, _ part: KeyPath<GradientBucket, Range<Int>>) -> Double? {
+        timed.map { t in Double(t.gradientBuckets.first { $0.unit == unit }.map { $0[keyPath: part].count } ?? 0) }
+    }
+
+    /// The elements of a region (`\.denseRegion` or `\.expertRegion`) in the timed model.
+    func timedCount(_ region: KeyPath<ParameterLayout, Range<Int>>) -> Double? {
+        timed.map { Double($0[keyPath: region].count) }
+    }
+
+    func start(_ grads: Storage, _ b: GradientBucket, _ part: KeyPath<GradientBucket, Range<Int>>, region: Range<Int>, over group: Communicator) {
+        let range = b[keyPath: part], unit = b.unit
         guard group.size > 1, !range.isEmpty else { return }
         let send = UnsafePointer(grads.base + range.lowerBound)
-        if stage == 1 {
-            let counts = Self.shardCounts(range, region: region, parts: group.size)
-            let mine = Self.shard(region, parts: group.size, index: group.rank)
-            let result = Storage(count: max(counts[group.rank], 1))
-            let op = group.startReduceScatter(send, result.base, counts: counts, detail: "gradients of \(unit)")
-            inFlight.append(InFlight(op: op, result: result, destination: max(range.lowerBound, mine.lowerBound), count: counts[group.rank]))
-        } else {
-            let result = Storage(count: range.count)
-            let op = group.startAllReduce(send, result.base, count: range.count, detail: "gradients of \(unit)")
-            inFlight.append(InFlight(op: op, result: result, destination: range.lowerBound, count: range.count))
+        group.emulating(floats: timedCount(unit, part)) {
+            if stage == 1 {
+                let counts = Self.shardCounts(range, region: region, parts: group.size)
+                let mine = Self.shard(region, parts: group.size, index: group.rank)
+                let result = Storage(count: max(counts[group.rank], 1))
+                let op = group.startReduceScatter(send, result.base, counts: counts, detail: "gradients of \(unit)")
+                inFlight.append(InFlight(op: op, result: result, destination: max(range.lowerBound, mine.lowerBound), count: counts[group.rank]))
+            } else {
+                let result = Storage(count: range.count)
+                let op = group.startAllReduce(send, result.base, count: range.count, detail: "gradients of \(unit)")
+                inFlight.append(InFlight(op: op, result: result, destination: range.lowerBound, count: range.count))
+            }
         }
     }
 
@@ -118,8 +136,8 @@ public final class DataParallel {
             return
         }
         sumTensorParallelPartials(grads)
-        reduce(grads, region: layout.denseRegion, shard: normDense, over: groups.dp)
-        reduce(grads, region: layout.expertRegion, shard: normExpert, over: groups.edp)
+        reduce(grads, \.denseRegion, shard: normDense, over: groups.dp)
+        reduce(grads, \.expertRegion, shard: normExpert, over: groups.edp)
     }
 
     /// Router and replicated-KV gradients are partial on each TP rank: one packed all-reduce.
@@ -127,7 +145,8 @@ public final class DataParallel {
         guard groups.tp.size > 1, !tpPartial.isEmpty else { return }
         var packed = [Float]()
         for p in tpPartial { packed += UnsafeBufferPointer(start: grads.base + p.offset, count: p.count) }
-        groups.tp.allReduce(&packed)
+        let timedPartial = timed.map { t in Double(t.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count }) }
+        groups.tp.emulating(floats: timedPartial) { groups.tp.allReduce(&packed) }
         var cursor = 0
         for p in tpPartial {
             packed.withUnsafeBufferPointer { (grads.base + p.offset).update(from: $0.baseAddress! + cursor, count: p.count) }
@@ -135,15 +154,32 @@ public final class DataParallel {
         }
     }
 
-    func reduce(_ grads: Storage, region: Range<Int>, shard: Range<Int>, over group: Communicator) {
+    func reduce(_ grads: Storage, _ which: KeyPath<ParameterLayout, Range<Int>>, shard: Range<Int>, over group: Communicator) {
+        let region = layout[keyPath: which]
         guard group.size > 1, !region.isEmpty else { return }
-        if stage == 1 {
-            let tmp = Storage(count: shard.count)
-            group.reduceScatter(UnsafePointer(grads.base + region.lowerBound), tmp.base, countPerRank: shard.count)
-            (grads.base + shard.lowerBound).update(from: tmp.base, count: shard.count)
-        } else {
-            group.allReduce(grads.base + region.lowerBound, count: region.count)
+        group.emulating(floats: timedCount(which)) {
+            if stage == 1 {
+                let tmp = Storage(count: shard.count)
+                group.reduceScatter(UnsafePointer(grads.base + region.lowerBound), tmp.base, countPerRank: shard.count)
+                (grads.base + shard.lowerBound).update(from: tmp.base, count: shard.count)
+            } else {
+                group.allReduce(grads.base + region.lowerBound, count: region.count)
+            }
         }
+    }
+
+    /// Elements of `owned` (`ownedDense` or `ownedExpert`) the optimizer is charged for: the same
+    /// shard in the timed model, or these.
+    public func chargedCount(owned: Range<Int>) -> Double {
+        guard let timed else { return Double(owned.count) }
+        let (region, group) = owned == ownedDense ? (timed.denseRegion, groups.dp) : (timed.expertRegion, groups.edp)
+        return Double(stage == 1 ? region.count / group.size : region.count)
+    }
+
+    /// Elements of the norm's shards (dense and expert) charged: the timed model's, or these.
+    var chargedNormCount: Double {
+        guard let timed else { return Double(normDense.count + normExpert.count) }
+        return Double(timed.denseRegion.count / groups.dp.size + timed.expertRegion.count / groups.edp.size)
     }
 
     /// Sum of squared gradients of the global model (every element counted once: replicated
@@ -157,7 +193,7 @@ public final class DataParallel {
             let lo = max(s.offset, range.lowerBound), hi = min(s.offset + s.count, range.upperBound)
             if lo < hi { local += Kernels.sumOfSquares(hi - lo, grads.base + lo) }
         }
-        Kernels.account(flops: Double(2 * (normDense.count + normExpert.count)), elements: Double(normDense.count + normExpert.count))
+        Kernels.account(flops: 2 * chargedNormCount, elements: chargedNormCount)
         return groups.world.size > 1 ? groups.world.allReduce(local) : local
     }
 
@@ -168,19 +204,23 @@ public final class DataParallel {
         guard stage == 1 else { return }
         if overlapParamGather {
             for b in buckets {
-                startGather(params, b.dense, region: layout.denseRegion, over: groups.dp, unit: b.unit)
-                startGather(params, b.expert, region: layout.expertRegion, over: groups.edp, unit: b.unit)
+                startGather(params, b, \.dense, region: layout.denseRegion, over: groups.dp)
+                startGather(params, b, \.expert, region: layout.expertRegion, over: groups.edp)
             }
             return
         }
-        gather(params, region: layout.denseRegion, shard: normDense, over: groups.dp)
-        gather(params, region: layout.expertRegion, shard: normExpert, over: groups.edp)
+        gather(params, \.denseRegion, shard: normDense, over: groups.dp)
+        gather(params, \.expertRegion, shard: normExpert, over: groups.edp)
     }
 
-    func startGather(_ params: Storage, _ range: Range<Int>, region: Range<Int>, over group: Communicator, unit: GradientUnit) {
+    func startGather(_ params: Storage, _ b: GradientBucket, _ part: KeyPath<GradientBucket, Range<Int>>, region: Range<Int>, over group: Communicator) {
+        let range = b[keyPath: part]
         guard group.size > 1, !range.isEmpty else { return }
         let counts = Self.shardCounts(range, region: region, parts: group.size)
-        gathering.append((unit, group.startAllGather(params.base + range.lowerBound, counts: counts, detail: "parameters of \(unit)")))
+        let op = group.emulating(floats: timedCount(b.unit, part)) {
+            group.startAllGather(params.base + range.lowerBound, counts: counts, detail: "parameters of \(b.unit)")
+        }
+        gathering.append((b.unit, op))
     }
 
     /// The forward is about to use `unit`'s parameters: its gathers (and every gather started
@@ -200,11 +240,14 @@ public final class DataParallel {
         Communicator.finish(done, exposedAs: .allGather, detail: "parameter buckets")
     }
 
-    func gather(_ params: Storage, region: Range<Int>, shard: Range<Int>, over group: Communicator) {
+    func gather(_ params: Storage, _ which: KeyPath<ParameterLayout, Range<Int>>, shard: Range<Int>, over group: Communicator) {
+        let region = layout[keyPath: which]
         guard group.size > 1, !region.isEmpty else { return }
         let tmp = Storage(count: shard.count)
         tmp.base.update(from: params.base + shard.lowerBound, count: shard.count)
-        group.allGather(UnsafePointer(tmp.base), params.base + region.lowerBound, countPerRank: shard.count)
+        group.emulating(floats: timedCount(which)) {
+            group.allGather(UnsafePointer(tmp.base), params.base + region.lowerBound, countPerRank: shard.count)
+        }
     }
 
     /// A fully reduced copy of the gradients (every region all-reduced, nothing sharded),

@@ -17,6 +17,8 @@ public final class PipelineExecutor {
     let actions: [Action]
     let clock: DeviceClock
     let rank: Int
+    /// With `time_as`: told where each action begins and ends, to charge the timed model's work.
+    public var timedAs: TimedAs?
 
     public init(model: Transformer, plan: StagePlan, pp: Communicator, actions: [Action], clock: DeviceClock) {
         self.model = model
@@ -89,10 +91,13 @@ public final class PipelineExecutor {
                 if stage > 0 { held(-rows * width) }   // from now on counted by the pass, as its input
                 start = min(start, clock.now)
                 let t0 = clock.now
+                timedAs?.beginForward(chunk: a.chunk, microbatch: a.microbatch, layers: layers, embedding: stage == 0,
+                                      head: stage == lastStage, name: a.description)
                 let pass = clock.compute(.forward, a.description) {
                     model.forwardChunk(layers: layers, input: input, targets: stage == lastStage ? io.targets : nil, scale: scale,
                                        parametersNeeded: parametersNeeded)
                 }
+                timedAs?.end()
                 end = clock.now
                 durations[a] = end - t0
                 passes[slot] = pass
@@ -110,9 +115,12 @@ public final class PipelineExecutor {
                 var kernels = Kernels.context   // the caller's hooks, and this action's weight-gradient queue
                 kernels.deferredWeightGrads = queue
                 let ready = lastBackward[a.chunk] == index ? gradientsReady : nil
+                timedAs?.beginBackward(chunk: a.chunk, microbatch: a.microbatch, layers: pass.layers, embedding: stage == 0,
+                                       head: stage == lastStage, name: a.description)
                 let dx = clock.compute(.backward, a.description) {
                     Kernels.with(kernels) { model.backwardChunk(pass, outputGradient: grad, scale: scale, gradientsReady: ready) }
                 }
+                timedAs?.end()
                 end = clock.now
                 durations[a] = end - t0
                 held(-pass.activationFloats)

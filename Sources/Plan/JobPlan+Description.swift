@@ -9,11 +9,13 @@ extension JobPlan {
     public func headerLines(data: [String] = []) -> [String] {
         let c = config.model, t = topology
         var lines = ["moe-train: \(t.world) rank(s), tp \(t.tp) pp \(t.pp) dp \(t.dp) ep \(t.ep)"]
-        lines.append(String(format: "model: %ld layers, d_model %ld, %ld heads (%ld KV), %ld experts top-%ld (ffn %ld), seq %ld, %@ | params %@ total, %@ active per token",
-                            c.layers, c.dModel, c.heads, c.kvHeads, c.experts, c.topK, c.ffnHidden, c.seqLen,
-                            c.kvHeads == 1 ? "MQA" : (c.kvHeads == c.heads ? "MHA" : "GQA"),
-                            Self.human(singleLayout.globalCount), Self.human(singleLayout.activeCount(config: c))))
+        lines.append(modelLine(timed == nil ? "model" : "executed"))
         lines.append("batch: \(batch.globalBatch) sequences x \(c.seqLen) tokens per step = \(batch.microBatches) micro-batches of \(batch.microBatchSize) per data-parallel rank")
+        if let timed {
+            let p = timed.plan
+            lines.append(p.modelLine("timed as") + (timed.target.name.map { " (\($0))" } ?? ""))
+            lines.append("  the numbers run at the executed sizes; the clock, MFU, HFU and memory are the timed model's: every kernel and message at its shapes, expert GEMMs from the executed routing scaled to \(p.batch.microBatchSize) x \(p.model.seqLen) tokens per micro-batch (\(p.batch.globalBatch) sequences per step)")
+        }
         lines += data
         if let cap = c.expertCapacity { lines.append("expert capacity: \(cap) assignments per expert per sequence (factor \(c.capacityFactor))") }
         if t.pp > 1 {
@@ -22,8 +24,18 @@ extension JobPlan {
         let p = emulator.profile
         lines.append(String(format: "device: %@ (%.0f TFLOP/s peak, %.2f TB/s HBM), %@ clock, %@ links, %ld GPUs per node",
                             p.name, p.peakFLOPS / 1e12, p.memoryBandwidth / 1e12, emulator.mode.name, config.link.rawValue, config.gpusPerNode))
-        lines += memory.table(device: p, precision: emulator.precision)
+        if timed != nil { lines.append("memory of the timed model:") }
+        lines += timing.memory.table(device: p, precision: emulator.precision)
         return lines
+    }
+
+    /// "model: 8 layers, d_model 128, ... | params 8.80M total, 2.27M active per token".
+    func modelLine(_ label: String) -> String {
+        let c = config.model
+        return String(format: "%@: %ld layers, d_model %ld, %ld heads (%ld KV), %ld experts top-%ld (ffn %ld), seq %ld, %@ | params %@ total, %@ active per token",
+                      label, c.layers, c.dModel, c.heads, c.kvHeads, c.experts, c.topK, c.ffnHidden, c.seqLen,
+                      c.kvHeads == 1 ? "MQA" : (c.kvHeads == c.heads ? "MHA" : "GQA"),
+                      Self.human(singleLayout.globalCount), Self.human(singleLayout.activeCount(config: c)))
     }
 
     /// 1234 -> "1.2K", 5_600_000 -> "5.60M".

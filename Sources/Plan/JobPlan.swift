@@ -30,6 +30,19 @@ public struct JobPlan: Sendable {
     public let modelFLOPsPerToken: Double
     /// The single-rank layout: the order of checksums, dumps and exports.
     public let singleLayout: ParameterLayout
+    /// With `time_as`: the plan of the timed model (same layout, layers, experts and
+    /// micro-batch count; the target's dimensions), which the clock, MFU and memory use.
+    public let timed: TimedModel?
+
+    /// The plan whose shapes the emulated clock charges: the timed model's, or this one.
+    public var timing: JobPlan { timed?.plan ?? self }
+
+    /// A box for the timed model's plan (a plan cannot hold a plan inline).
+    public final class TimedModel: Sendable {
+        public let plan: JobPlan
+        public let target: TimingTarget
+        init(plan: JobPlan, target: TimingTarget) { self.plan = plan; self.target = target }
+    }
 
     public var model: ModelConfig { config.model }
     public var world: Int { topology.world }
@@ -76,7 +89,10 @@ public struct JobPlan: Sendable {
             let emulator = try EmulatorSetup.resolve(config)
             let memory = try MemoryPlan(config: config, topology: topo, plan: batch, stagePlan: stages, schedule: schedule,
                                         precision: emulator.precision)
-            if purpose == .training && !config.ignoreOOM, let oom = memory.outOfMemory(device: emulator.profile) {
+            var timed: TimedModel? = nil
+            if let target = config.timeAs {
+                timed = try Self.timedModel(target, of: config, world: world, batch: batch, purpose: purpose)
+            } else if purpose == .training && !config.ignoreOOM, let oom = memory.outOfMemory(device: emulator.profile) {
                 throw UsageError(oom)
             }
             // An injected failure fires on the first attempt only: a restart on fewer ranks
@@ -94,6 +110,7 @@ public struct JobPlan: Sendable {
             self.emulator = emulator
             self.memory = memory
             self.singleLayout = single
+            self.timed = timed
             self.modelFLOPsPerToken = Plan.modelFLOPsPerToken(config.model, layout: single)
             if purpose == .training { try checkOutputPaths() }
         } catch let e as UsageError {
@@ -101,6 +118,23 @@ public struct JobPlan: Sendable {
         } catch {
             throw UsageError(String(describing: error))
         }
+    }
+
+    /// The plan of the timed model of `target`, checked as the run would be: its dimensions
+    /// against the layout (in the words of `time_as`), and its memory against the device.
+    static func timedModel(_ target: TimingTarget, of config: RunConfig, world: Int, batch: BatchPlan, purpose: Purpose) throws -> TimedModel {
+        guard config.schedule != .zbH1 else {
+            throw UsageError("time_as with --schedule zb-h1 is not supported: the kernel inventory does not split the backward into input and weight gradients; use 1f1b, gpipe or interleaved")
+        }
+        let t = target.timedConfig(of: config, microBatches: batch.microBatches, dp: batch.dp)
+        let plan: JobPlan
+        do { plan = try JobPlan(config: t, world: world, purpose: .projection) } catch {
+            throw UsageError(TimingTarget.reword(String(describing: error)))
+        }
+        if purpose == .training && !config.ignoreOOM, let oom = plan.memory.outOfMemory(device: plan.emulator.profile) {
+            throw UsageError("time_as: the timed model (\(target.summary)) does not fit: " + oom)
+        }
+        return TimedModel(plan: plan, target: target)
     }
 
     /// Largest parameter or activation count a plan accepts: products of the model's sizes

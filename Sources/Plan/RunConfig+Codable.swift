@@ -109,6 +109,7 @@ extension RunConfig: Codable {
         Field("link", \.link),
         Field("precision", \.precision),
         Field("ignore_oom", \.ignoreOOM),
+        Field("time_as", \.timeAs),
         // checkpoints, restarts and faults
         Field("checkpoint_dir", \.checkpointDir),
         Field("checkpoint_every", \.checkpointEvery),
@@ -183,6 +184,7 @@ extension RunConfig: Codable {
                 if isNote(key) { continue }
                 throw ConfigError("config file \(name): unknown key \"\(key)\" (known keys: \(keys.joined(separator: ", ")))")
             }
+            if key == "time_as", !(dict[key] is NSNull) { _ = try TimingTarget.parse(dict[key]!, what: "config file \(name): key \"time_as\"") }
             guard field.accepts(dict[key]!) else {
                 throw ConfigError("config file \(name): key \"\(key)\" must be \(field.expected) (got \(render(dict[key]!)))")
             }

@@ -59,6 +59,8 @@ public struct RunConfig: Equatable, Sendable {
     public var link = LinkChoice.profile
     public var precision = Precision.bf16
     public var ignoreOOM = false
+    /// The model the emulated clock charges (`TimingTarget`), or nil: the executed one.
+    public var timeAs: TimingTarget? = nil
 
     // Checkpoints, restarts and faults
     public var checkpointDir: String? = nil   // default checkpoints/<config name>

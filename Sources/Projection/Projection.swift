@@ -37,7 +37,8 @@ public struct Projection {
     /// Activation recomputation is the configuration's (`config.recompute`): the backward
     /// work lists the recomputed kernels and messages (`KernelInventory.backward`).
     public init(config: RunConfig, worldSize: Int) throws {
-        try self.init(plan: try JobPlan(config: config, world: worldSize, purpose: .projection))
+        // With `time_as`, the timed model: what a run of this configuration charges.
+        try self.init(plan: try JobPlan(config: config, world: worldSize, purpose: .projection).timing)
     }
 
     /// Projects a planned job.

@@ -5,6 +5,18 @@ import CBLAS
 public protocol KernelAccountant: AnyObject {
     /// One kernel: `flops` floating-point operations, `elements` values read or written in HBM.
     func kernel(flops: Double, elements: Double)
+    /// An MoE layer has routed its tokens: this rank sends `sent` assignments (the kept ones)
+    /// and its local experts receive `received` rows each. Reported before the layer's first
+    /// kernel that depends on the routing, in the forward and in the backward.
+    func routed(sent: Int, received: [Int])
+    /// The kernels from here on are a layer's expert GEMMs, `rows` per local expert (nil: no
+    /// longer): a trace marks them, so that an imbalanced step shows who waited for whom.
+    func expertSection(rows: [Int]?)
+}
+
+extension KernelAccountant {
+    public func routed(sent: Int, received: [Int]) {}
+    public func expertSection(rows: [Int]?) {}
 }
 
 /// Elementwise and BLAS kernels. Every matmul of the model goes through `gemm`, which reports
@@ -18,6 +30,16 @@ public enum Kernels {
         let slot = KernelContextSlot.current
         slot.context.accountant?.kernel(flops: flops, elements: elements)
         slot.context.profiler?.boundary(file: file)
+    }
+
+    /// Reports an MoE layer's routing to the accountant (`KernelAccountant.routed`).
+    public static func routed(sent: Int, received: [Int]) {
+        KernelContextSlot.current.context.accountant?.routed(sent: sent, received: received)
+    }
+
+    /// Marks the start (rows per local expert) or the end (nil) of a layer's expert GEMMs.
+    public static func expertSection(rows: [Int]?) {
+        KernelContextSlot.current.context.accountant?.expertSection(rows: rows)
     }
 
     /// C = alpha * op(A) * op(B) + beta * C, row-major, `op` = transpose when the flag is set.

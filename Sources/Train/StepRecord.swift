@@ -20,6 +20,17 @@ public struct StepRecord: Sendable {
 
     public var droppedFraction: Double { assignments == 0 ? 0 : Double(dropped) / Double(assignments) }
 
+    /// The most loaded expert's assignments over the mean expert's: per MoE layer, and over all
+    /// of them (the busiest expert of any layer over the mean of every layer's experts).
+    public func imbalance(moeLayers: [Int]) -> (overall: Double, perLayer: [Double])? {
+        func ratio(_ v: [Int]) -> Double {
+            let mean = Double(v.reduce(0, +)) / Double(max(v.count, 1))
+            return mean > 0 ? Double(v.max() ?? 0) / mean : 1
+        }
+        guard !moeLayers.isEmpty else { return nil }
+        return (ratio(moeLayers.flatMap { load[$0] }), moeLayers.map { ratio(load[$0]) })
+    }
+
     /// Min, mean and max assignments per expert over the MoE layers.
     public func loadSummary(moeLayers: [Int]) -> (min: Int, mean: Double, max: Int)? {
         let values = moeLayers.flatMap { load[$0] }

@@ -40,6 +40,7 @@ extension Trainer {
                        r.loss, r.aux, r.gradNorm, r.lr)
         if let l = r.loadSummary(moeLayers: moeLayers) {
             s += String(format: " | load %ld/%.1f/%ld drop %.1f%%", l.min, l.mean, l.max, 100 * r.droppedFraction)
+            if let i = r.imbalance(moeLayers: moeLayers) { s += String(format: " max/mean %.2f", i.overall) }
         }
         let t = r.timing
         s += String(format: " | step %@ MFU %.2f%%", Self.seconds(t.stepTime), 100 * t.mfu)
@@ -59,8 +60,17 @@ extension Trainer {
         let timed = records.map(\.timing)
         let stepTime = timed.reduce(0) { $0 + $1.stepTime } / Double(timed.count)
         let tokensPerStep = Double(first.tokens)
+        if let t = job.timed {
+            log("timed as: \(t.target.summary) (\(Self.human(t.plan.singleLayout.globalCount)) params, \(t.plan.tokensPerStep) tokens per step); executed: \(Self.human(singleLayout.globalCount)) params, \(first.tokens) tokens per step")
+        }
+        let i = records.compactMap { $0.imbalance(moeLayers: moeLayers)?.overall }
+        if !i.isEmpty {
+            let mean = i.reduce(0, +) / Double(i.count)
+            log(String(format: "expert load: the busiest expert's assignments over the mean, per step: mean %.2f, min %.2f, max %.2f",
+                       mean, i.min()!, i.max()!))
+        }
         log(String(format: "emulated (%@, %@ clock): %@ per step, %.0f tokens/s, MFU %.2f%%, HFU %.2f%%, compute %.1f%% / communication %.1f%% / idle %.1f%% of a rank's time",
-                   emulator.profile.name, clock.mode.name, Self.seconds(stepTime), tokensPerStep / stepTime,
+                   emulator.profile.name, clock.mode.name, Self.seconds(stepTime), Double(job.timing.tokensPerStep) / stepTime,
                    100 * timed.reduce(0) { $0 + $1.mfu } / Double(timed.count), 100 * timed.reduce(0) { $0 + $1.hfu } / Double(timed.count),
                    100 * timed.reduce(0) { $0 + $1.compute } / timed.reduce(0) { $0 + $1.stepTime },
                    100 * timed.reduce(0) { $0 + $1.communication } / timed.reduce(0) { $0 + $1.stepTime },
@@ -150,13 +160,16 @@ extension Trainer {
             dropped += r.dropped; assignments += r.assignments
         }
         let moe = moeLayers
+        let imbalance = records.compactMap { $0.imbalance(moeLayers: moe) }
         let expertLoad = RunSummary.ExpertLoad(
             moeLayers: moe, perLayerTotal: moe.map { totalLoad[$0] }, perLayerLastStep: moe.map { records.last?.load[$0] ?? [] },
-            droppedFraction: assignments == 0 ? 0.0 : Double(dropped) / Double(assignments), capacityPerSequence: c.expertCapacity)
+            droppedFraction: assignments == 0 ? 0.0 : Double(dropped) / Double(assignments), capacityPerSequence: c.expertCapacity,
+            imbalancePerStep: imbalance.map(\.overall), imbalancePerLayerPerStep: imbalance.map(\.perLayer))
         let timed = records.map(\.timing)
         let n = Double(max(timed.count, 1))
         let totalTime = timed.reduce(0) { $0 + $1.stepTime }
         let tokens = Double(records.reduce(0) { $0 + $1.tokens })
+        let timedTokens = Double(records.count * job.timing.tokensPerStep)
         let stages = groups.topology.pp
         let perStage = (0..<stages).map { i in timed.reduce(0) { $0 + $1.bubblePerStage[i] } / n }
         let simulated = (0..<stages).map { i in timed.reduce(0) { $0 + ($1.simulatedBubblePerStage.count > i ? $1.simulatedBubblePerStage[i] : 0) } / n }
@@ -169,12 +182,20 @@ extension Trainer {
         let closedForm = ClosedForm.bubble(schedule.kind, stages: stages, microbatches: plan.microBatches,
                                            virtualStages: stagePlan.virtualStages, forward: mean(.forward),
                                            backwardInput: mean(.backwardInput), backwardWeight: mean(.backwardWeight))
-        let measuredActivations = records.map(\.peakActivationFloats).max() ?? 0
+        // Measured activations are the executed buffers; timed as another model, they are counted
+        // in micro-batches of the executed model and given the timed model's micro-batch size.
+        let t = job.timing
+        func microbatchFloats(_ p: JobPlan) -> Double {
+            Double(Transformer.activationFloats(config: p.model, sequences: p.batch.microBatchSize, shard: p.placement(of: 0).shard,
+                                                recompute: config.recompute, attention: config.attention) / stagePlan.virtualStages)
+        }
+        let activationScale = job.timed == nil ? 1 : microbatchFloats(t) / microbatchFloats(job)
+        let measuredActivations = Double(records.map(\.peakActivationFloats).max() ?? 0) * activationScale
         let memoryRoles = memory.roles.map { role in
             let b = role.breakdown
             return RunSummary.MemoryRole(role: role.name, ranks: role.ranks, parameters: b.parameters, gradients: b.gradients,
                                          optimizerState: b.optimizerState, activations: b.activations, communication: b.communication,
-                                         total: b.total, activationsMeasured: Double(measuredActivations) * emulator.precision.elementBytes,
+                                         total: b.total, activationsMeasured: measuredActivations * emulator.precision.elementBytes,
                                          capacity: emulator.profile.memoryBytes)
         }
         return RunSummary(
@@ -191,21 +212,25 @@ extension Trainer {
             device: emulator.profile.name, clock: clock.mode.name, precision: emulator.precision.rawValue, link: config.link.rawValue,
             gpusPerNode: config.gpusPerNode,
             emulatedStepTimesS: timed.map(\.stepTime), emulatedStepTimeS: totalTime / n,
-            tokensPerSEmulated: totalTime > 0 ? tokens / totalTime : 0,
+            tokensPerSEmulated: totalTime > 0 ? timedTokens / totalTime : 0,
             mfu: timed.reduce(0) { $0 + $1.mfu } / n, hfu: timed.reduce(0) { $0 + $1.hfu } / n,
             bubbleFractionPerStage: perStage, bubbleFraction: perStage.reduce(0, +) / Double(stages),
             bubbleFractionSimulatedPerStage: simulated, bubbleFractionSimulated: simulated.reduce(0, +) / Double(stages),
             bubbleFractionClosedForm: closedForm,
             pipelinePhaseS: timed.reduce(0) { $0 + $1.pipelinePhase } / n,
-            peakActivationBytesPerStage: peakActivationPerStage.map { $0 * emulator.precision.elementBytes },
-            microbatchActivationBytes: Double(Transformer.activationFloats(config: c, sequences: plan.microBatchSize,
-                shard: job.placement(of: 0).shard, recompute: config.recompute,
-                attention: config.attention) / stagePlan.virtualStages) * emulator.precision.elementBytes,
+            peakActivationBytesPerStage: peakActivationPerStage.map { $0 * activationScale * emulator.precision.elementBytes },
+            microbatchActivationBytes: microbatchFloats(t) * emulator.precision.elementBytes,
             exposedCommFraction: totalTime > 0 ? timed.reduce(0) { $0 + $1.communication } / totalTime : 0,
             timeBreakdownS: .init(compute: timed.reduce(0) { $0 + $1.compute }, communication: timed.reduce(0) { $0 + $1.communication },
                                   idle: timed.reduce(0) { $0 + $1.idle }, total: totalTime),
             modelFLOPsPerToken: flopsPerToken, memoryBytes: memoryRoles,
             wallTimeS: wallSeconds, tokensPerSWall: tokens / max(wallSeconds, 1e-9),
-            resources: .init(computeCPUSecondsPerRank: resources.computeCPU, rssBytesPerRank: resources.rss))
+            resources: .init(computeCPUSecondsPerRank: resources.computeCPU, rssBytesPerRank: resources.rss),
+            timedAs: job.timed.map { _ in
+                RunSummary.TimedModel(dModel: t.model.dModel, ffnHidden: t.model.ffnHidden, heads: t.model.heads, kvHeads: t.model.kvHeads,
+                                      seqLen: t.model.seqLen, vocab: t.model.vocab, microBatchSize: t.batch.microBatchSize,
+                                      globalBatch: t.batch.globalBatch, totalParams: t.singleLayout.globalCount,
+                                      activeParams: t.singleLayout.activeCount(config: t.model), tokensPerStep: t.tokensPerStep)
+            })
     }
 }

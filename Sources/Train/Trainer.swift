@@ -31,6 +31,8 @@ public final class Trainer {
     let lrSchedule: LRSchedule
     public let emulator: EmulatorSetup
     public let clock: DeviceClock
+    /// With `time_as`: the accountant that charges the timed model's kernels and messages.
+    public let timedAs: TimedAs?
     /// The hooks this trainer's kernels report to (its clock), installed around each step's
     /// work by `trainStep`; a benchmark may add its profiler here.
     public var kernels: KernelContext
@@ -70,19 +72,30 @@ public final class Trainer {
         model = Transformer(config: config.model, params: params, parallel: parallel, recompute: config.recompute,
                             attention: config.attention)
         zero = DataParallel(stage: config.zero, layout: layout, groups: groups, overlapGradReduce: config.overlapGradReduce,
-                            overlapParamGather: config.overlapParamGather)
+                            overlapParamGather: config.overlapParamGather,
+                            timed: job.timed.map { $0.plan.placement(of: groups.world.rank).layout })
         let hyper = AdamW.Hyper(beta1: config.beta1, beta2: config.beta2, eps: config.adamEps, weightDecay: config.weightDecay)
         optimizers = [zero.ownedDense, zero.ownedExpert].filter { !$0.isEmpty }.map { AdamW(layout: layout, range: $0, hyper: hyper) }
         lrSchedule = LRSchedule(peak: config.lr, minRatio: config.minLRRatio, warmup: config.warmupSteps, total: config.steps)
-        memory = job.memory
-        flopsPerToken = job.modelFLOPsPerToken
+        // MFU, HFU, memory and the OOM check are the timed model's (`time_as`), when there is one.
+        memory = job.timing.memory
+        flopsPerToken = job.timing.modelFLOPsPerToken
         groups.world.addObserver(counter)
         // One process = one rank = one emulated GPU: its kernels and messages move this clock.
         clock = emulator.makeClock()
-        kernels = KernelContext(accountant: clock)
         groups.world.attach(clock: clock, floatBytes: emulator.precision.elementBytes)
         executor = PipelineExecutor(model: model, plan: stagePlan, pp: groups.pp, actions: schedule.lowered[groups.coordinates.pp],
                                     clock: clock)
+        if job.timed != nil {
+            let timedAs = TimedAs(job: job, rank: groups.world.rank, clock: clock)
+            self.timedAs = timedAs
+            kernels = KernelContext(accountant: timedAs)
+            executor.timedAs = timedAs
+            groups.world.setSizer { [unowned timedAs] kind, group, bytes in timedAs.size(kind, group: group, bytes: bytes) }
+        } else {
+            timedAs = nil
+            kernels = KernelContext(accountant: clock)
+        }
         faults = FaultInjector(config: config, rank: groups.world.rank)
         // The run directory's logs are kept when the run checkpoints or runs under the
         // supervisor (which creates the directory); a plain run leaves checkpoints/ alone.
@@ -215,7 +228,7 @@ public final class Trainer {
             let clip = config.gradClip > 0 && gradNorm > config.gradClip ? Float(config.gradClip / (gradNorm + 1e-6)) : 1
             clock.compute(.optimizer, "AdamW") {
                 for optimizer in optimizers {
-                    let n = Double(optimizer.range.count)
+                    let n = zero.chargedCount(owned: optimizer.range)
                     Kernels.account(flops: 16 * n, elements: n * emulator.precision.optimizerStepBytesPerParameter / emulator.precision.elementBytes)
                     optimizer.step(params: params.values, grads: params.grads, lr: lr, gradScale: clip)
                 }
@@ -227,7 +240,7 @@ public final class Trainer {
             saveCheckpoint(step)
         }
         let timing = stepTiming(start: clockStart, pipeline: result, spans: clock.spans[spanStart...],
-                                executedFLOPs: clock.executedFLOPs - flopsStart, tokens: scale.tokens)
+                                executedFLOPs: clock.executedFLOPs - flopsStart, tokens: job.timing.tokensPerStep)
         let wall = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         return StepRecord(step: step, loss: loss, aux: aux, zLoss: z, gradNorm: gradNorm, lr: lr, load: stats.load,
                           dropped: stats.dropped, assignments: stats.assignments, skipped: skipped,
@@ -238,11 +251,13 @@ public final class Trainer {
     /// Appends the step to the run directory's step log and beats the heartbeat (rank 0).
     func logStep(_ r: StepRecord) throws {
         let t = r.timing
+        let imbalance = r.imbalance(moeLayers: moeLayers)
         try runLog.step(StepLogLine(attempt: config.attempt, step: r.step, loss: r.loss, skipped: r.skipped,
                                     emulated: .init(step: t.stepTime, compute: t.compute, communication: t.communication,
                                                     idle: t.idle, checkpoint: t.checkpoint),
-                                    wallSeconds: r.wallSeconds, modelFLOPs: Double(r.tokens) * flopsPerToken,
-                                    ranks: groups.world.size, peakFLOPS: emulator.profile.peakFLOPS))
+                                    wallSeconds: r.wallSeconds, modelFLOPs: Double(job.timing.tokensPerStep) * flopsPerToken,
+                                    ranks: groups.world.size, peakFLOPS: emulator.profile.peakFLOPS,
+                                    expertImbalance: imbalance?.overall, expertImbalancePerLayer: imbalance?.perLayer))
         runLog.heartbeat(step: r.step)
     }
 
@@ -313,8 +328,10 @@ public final class Trainer {
             for (i, a) in list.enumerated() { d[a] = all[r * actions.count + i] }
             table.append(d)
         }
-        let rows = model.parallel.shard.residualRows(tokens: plan.microBatchSize * config.model.seqLen)
-        let bytes = Double(rows * config.model.dModel) * emulator.precision.elementBytes
+        // The activation a stage sends, in the timed model when there is one.
+        let t = job.timing
+        let rows = t.placement(of: groups.world.rank).shard.residualRows(tokens: t.batch.microBatchSize * t.model.seqLen)
+        let bytes = Double(rows * t.model.dModel) * emulator.precision.elementBytes
         let cost = clock.cost
         let costs = Simulator.Costs(compute: { r, a in table[r][a] ?? 0 }, transfer: { r, a in
             let peer = Lowering.peer(of: a, rank: r, stages: topo.pp).rank

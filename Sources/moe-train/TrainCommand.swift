@@ -66,6 +66,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Links: profile (the device's) or ideal (communication costs nothing).") var link: LinkChoice?
     @Option(help: "Emulated precision: bf16 (mixed, 16 bytes per parameter with Adam) or fp32.") var precision: Precision?
     @Flag(name: .customLong("ignore-oom"), help: "Run even when the memory model says a rank does not fit.") var ignoreOOM = false
+    @Option(name: .customLong("time-as"), help: "Time the run as a model of other dimensions: a JSON file of d_model, ffn_hidden, heads, kv_heads, seq_len, micro_batch_size, vocab (absent keys keep the executed value), or none. The numbers run at the executed sizes; the emulated clock, MFU, HFU and memory are the timed model's, with the executed routing scaled to its expert GEMMs.") var timeAs: String?
 
     // Data and output
     @Option(help: "\"markov\" (embedded synthetic data) or a text file path.") var data: String?
@@ -133,6 +134,7 @@ struct TrainCommand: ParsableCommand {
         set(checkpointMode) { c.checkpointMode = $0 }; set(checkpointBandwidth) { c.checkpointBandwidth = $0 }
         set(slowFactor) { c.slowFactor = $0 }; set(mtbfHours) { c.mtbfHours = $0 }; set(restartCostS) { c.restartCostS = $0 }
         if ignoreOOM { c.ignoreOOM = true }
+        if let timeAs { c.timeAs = timeAs == "none" ? nil : try TimingTarget.load(timeAs) }
         if traceWall { c.traceWall = true }
         return c
     }
