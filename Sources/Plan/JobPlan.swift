@@ -73,8 +73,14 @@ public struct JobPlan: Sendable {
             }
             _ = try Checked.product(batch.globalBatch, config.model.seqLen,
                                     what: "a step of --global-batch \(batch.globalBatch) x --seq-len \(config.model.seqLen) tokens")
-            let stages = try StagePlan(config: config.model, stages: topo.pp, virtualStages: config.virtualStages,
-                                       counts: config.ppLayers)
+            // Timed as another model, the layers are balanced over the stages by that model's costs
+            // (the split the user is reasoning about); both models then use the same split.
+            var counts = config.ppLayers
+            if counts == nil, let target = config.timeAs {
+                let timedModel = target.timedConfig(of: config, microBatches: 1, dp: 1).model
+                counts = try StagePlan(config: timedModel, stages: topo.pp, virtualStages: config.virtualStages).layers.map(\.count)
+            }
+            let stages = try StagePlan(config: config.model, stages: topo.pp, virtualStages: config.virtualStages, counts: counts)
             if purpose == .training {
                 let limits = PipelineSchedule.executorLimits
                 guard batch.microBatches <= limits.microbatches else {
@@ -91,7 +97,7 @@ public struct JobPlan: Sendable {
                                         precision: emulator.precision)
             var timed: TimedModel? = nil
             if let target = config.timeAs {
-                timed = try Self.timedModel(target, of: config, world: world, batch: batch, purpose: purpose)
+                timed = try Self.timedModel(target, of: config, world: world, batch: batch, stages: stages, purpose: purpose)
             } else if purpose == .training && !config.ignoreOOM, let oom = memory.outOfMemory(device: emulator.profile) {
                 throw UsageError(oom)
             }
@@ -122,11 +128,13 @@ public struct JobPlan: Sendable {
 
     /// The plan of the timed model of `target`, checked as the run would be: its dimensions
     /// against the layout (in the words of `time_as`), and its memory against the device.
-    static func timedModel(_ target: TimingTarget, of config: RunConfig, world: Int, batch: BatchPlan, purpose: Purpose) throws -> TimedModel {
+    static func timedModel(_ target: TimingTarget, of config: RunConfig, world: Int, batch: BatchPlan, stages: StagePlan,
+                           purpose: Purpose) throws -> TimedModel {
         guard config.schedule != .zbH1 else {
             throw UsageError("time_as with --schedule zb-h1 is not supported: the kernel inventory does not split the backward into input and weight gradients; use 1f1b, gpipe or interleaved")
         }
-        let t = target.timedConfig(of: config, microBatches: batch.microBatches, dp: batch.dp)
+        var t = target.timedConfig(of: config, microBatches: batch.microBatches, dp: batch.dp)
+        t.ppLayers = stages.layers.map(\.count)
         let plan: JobPlan
         do { plan = try JobPlan(config: t, world: world, purpose: .projection) } catch {
             throw UsageError(TimingTarget.reword(String(describing: error)))
