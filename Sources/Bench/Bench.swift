@@ -54,6 +54,7 @@ public enum Bench {
         defer { Communicator.finalize() }
         var out: [String: Any] = [:]
         var config = base
+        config.timeAs = nil   // the emulator's own speed on the executed model, on one rank
         config.steps = 1000
         config.checkpointEvery = 0
         config.resume = "never"

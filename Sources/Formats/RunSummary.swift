@@ -27,9 +27,9 @@ public struct RunSummary: Codable, Sendable {
         public var droppedFraction: Double
         /// Null when the experts have no capacity limit.
         @NullIfNil public var capacityPerSequence: Int?
-        /// Per step: the most loaded expert's assignments over the mean expert's, over every
-        /// MoE layer (`imbalancePerStep`) and per MoE layer (`imbalancePerLayerPerStep[step][i]`
-        /// for layer `moeLayers[i]`); 1 is perfectly balanced.
+        /// Per step: the most loaded expert's assignments over the mean expert's, per MoE layer
+        /// (`imbalancePerLayerPerStep[step][i]` for layer `moeLayers[i]`) and overall (the most
+        /// imbalanced layer's, `imbalancePerStep`); 1 is perfectly balanced.
         public var imbalancePerStep: [Double]
         public var imbalancePerLayerPerStep: [[Double]]
 

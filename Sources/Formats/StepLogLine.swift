@@ -28,8 +28,8 @@ public struct StepLogLine: Codable, Sendable {
     public var ranks: Int
     /// Peak FLOP/s of one emulated device.
     public var peakFLOPS: Double
-    /// The most loaded expert's assignments over the mean, over all MoE layers and per MoE
-    /// layer (absent without MoE layers, and in logs written before these were recorded).
+    /// The most loaded expert's assignments over the mean: the most imbalanced MoE layer's, and
+    /// per MoE layer (absent without MoE layers, and in logs written before these were recorded).
     public var expertImbalance: Double?
     public var expertImbalancePerLayer: [Double]?
 

@@ -95,11 +95,12 @@ public struct JobPlan: Sendable {
             let emulator = try EmulatorSetup.resolve(config)
             let memory = try MemoryPlan(config: config, topology: topo, plan: batch, stagePlan: stages, schedule: schedule,
                                         precision: emulator.precision)
-            var timed: TimedModel? = nil
-            if let target = config.timeAs {
-                timed = try Self.timedModel(target, of: config, world: world, batch: batch, stages: stages, purpose: purpose)
-            } else if purpose == .training && !config.ignoreOOM, let oom = memory.outOfMemory(device: emulator.profile) {
+            // The executed model is allocated for real; timed as another, that one must fit too.
+            if purpose == .training && !config.ignoreOOM, let oom = memory.outOfMemory(device: emulator.profile) {
                 throw UsageError(oom)
+            }
+            let timed = try config.timeAs.map {
+                try Self.timedModel($0, of: config, world: world, batch: batch, stages: stages, purpose: purpose)
             }
             // An injected failure fires on the first attempt only: a restart on fewer ranks
             // (elastic) keeps the flags but no longer has that rank.
@@ -130,8 +131,11 @@ public struct JobPlan: Sendable {
     /// against the layout (in the words of `time_as`), and its memory against the device.
     static func timedModel(_ target: TimingTarget, of config: RunConfig, world: Int, batch: BatchPlan, stages: StagePlan,
                            purpose: Purpose) throws -> TimedModel {
+        guard config.clock == .modeled else {
+            throw UsageError("time_as needs --clock modeled: the measured clock times the executed kernels on this CPU, which cannot be timed as another model's; pass --time-as none to time the executed sizes")
+        }
         guard config.schedule != .zbH1 else {
-            throw UsageError("time_as with --schedule zb-h1 is not supported: the kernel inventory does not split the backward into input and weight gradients; use 1f1b, gpipe or interleaved")
+            throw UsageError("time_as with --schedule zb-h1 is not supported: the kernel inventory does not split the backward into input and weight gradients; use 1f1b, gpipe or interleaved, or --time-as none")
         }
         var t = target.timedConfig(of: config, microBatches: batch.microBatches, dp: batch.dp)
         t.ppLayers = stages.layers.map(\.count)
@@ -140,7 +144,7 @@ public struct JobPlan: Sendable {
             throw UsageError(TimingTarget.reword(String(describing: error)))
         }
         if purpose == .training && !config.ignoreOOM, let oom = plan.memory.outOfMemory(device: plan.emulator.profile) {
-            throw UsageError("time_as: the timed model (\(target.summary)) does not fit: " + oom)
+            throw UsageError("time_as: the timed model (\(target.summary)) does not fit: " + oom + ", or --time-as none to time the executed sizes")
         }
         return TimedModel(plan: plan, target: target)
     }

@@ -20,15 +20,15 @@ public struct StepRecord: Sendable {
 
     public var droppedFraction: Double { assignments == 0 ? 0 : Double(dropped) / Double(assignments) }
 
-    /// The most loaded expert's assignments over the mean expert's: per MoE layer, and over all
-    /// of them (the busiest expert of any layer over the mean of every layer's experts).
+    /// The most loaded expert's assignments over the mean expert's, per MoE layer, and overall:
+    /// the most imbalanced layer's figure (the layer whose busiest expert holds up the others most).
     public func imbalance(moeLayers: [Int]) -> (overall: Double, perLayer: [Double])? {
-        func ratio(_ v: [Int]) -> Double {
-            let mean = Double(v.reduce(0, +)) / Double(max(v.count, 1))
+        guard !moeLayers.isEmpty else { return nil }
+        let perLayer = moeLayers.map { l -> Double in
+            let v = load[l], mean = Double(v.reduce(0, +)) / Double(max(v.count, 1))
             return mean > 0 ? Double(v.max() ?? 0) / mean : 1
         }
-        guard !moeLayers.isEmpty else { return nil }
-        return (ratio(moeLayers.flatMap { load[$0] }), moeLayers.map { ratio(load[$0]) })
+        return (perLayer.max()!, perLayer)
     }
 
     /// Min, mean and max assignments per expert over the MoE layers.

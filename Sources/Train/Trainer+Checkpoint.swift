@@ -142,10 +142,11 @@ extension Trainer {
     }
 
     /// A shard's size in the emulated precision: bf16 parameters, fp32 master weights and
-    /// moments of the owned ZeRO shard.
+    /// moments of the owned ZeRO shard (the timed model's shard, with `time_as`).
     var emulatedShardBytes: Double {
-        let held = Double(params.layout.specs.reduce(0) { $0 + $1.count })
-        let owned = Double(optimizers.reduce(0) { $0 + $1.range.count })
+        let layout = job.timed?.plan.placement(of: groups.world.rank).layout ?? params.layout
+        let held = Double(layout.specs.reduce(0) { $0 + $1.count })
+        let owned = optimizers.reduce(0) { $0 + zero.chargedCount(owned: $1.range) }
         return held * emulator.precision.elementBytes + owned * emulator.precision.optimizerBytesPerParameter
     }
 

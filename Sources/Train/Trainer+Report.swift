@@ -66,7 +66,7 @@ extension Trainer {
         let i = records.compactMap { $0.imbalance(moeLayers: moeLayers)?.overall }
         if !i.isEmpty {
             let mean = i.reduce(0, +) / Double(i.count)
-            log(String(format: "expert load: the busiest expert's assignments over the mean, per step: mean %.2f, min %.2f, max %.2f",
+            log(String(format: "expert load: the busiest expert's assignments over the mean (the most imbalanced layer's), per step: mean %.2f, min %.2f, max %.2f",
                        mean, i.min()!, i.max()!))
         }
         log(String(format: "emulated (%@, %@ clock): %@ per step, %.0f tokens/s, MFU %.2f%%, HFU %.2f%%, compute %.1f%% / communication %.1f%% / idle %.1f%% of a rank's time",

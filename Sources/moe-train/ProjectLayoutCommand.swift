@@ -26,6 +26,7 @@ struct ProjectLayoutCommand: ParsableCommand {
         do {
             let config = try training.resolvedConfig()
             let p = try Projection(config: config, worldSize: world)
+            if let t = config.timeAs { print("the timed model (time_as: \(t.summary)), as a run of this configuration charges it") }
             print(String(format: "projected step: %.6f ms emulated, pipeline phase %.6f ms, bubble %.1f%% (per stage %@), MFU %.3f%%",
                          p.stepTime * 1e3, p.pipelinePhase * 1e3, 100 * p.bubble,
                          p.bubblePerStage.map { String(format: "%.1f%%", 100 * $0) }.joined(separator: " "), 100 * p.mfu))

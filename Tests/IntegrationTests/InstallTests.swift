@@ -49,7 +49,8 @@ final class InstallTests: XCTestCase {
         // README: mpirun -np 16 moe-train --tp 4 --pp 4 (2 steps); default.json from PREFIX/share/moe-train.
         let train = try shell(["mpirun", "-np", "16", "moe-train", "--tp", "4", "--pp", "4", "--steps", "2"], cwd: cwd, env: env)
         XCTAssertEqual(train.status, 0, train.output)
-        XCTAssertTrue(train.stdout.contains("model: 8 layers, d_model 128"), train.output)  // default.json
+        XCTAssertTrue(train.stdout.contains("executed: 8 layers, d_model 128"), train.output)  // default.json
+        XCTAssertTrue(train.stdout.contains("timed as: 8 layers, d_model 4096"), train.output)
         XCTAssertTrue(train.stdout.contains("done: 2 steps"), train.output)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: cwd), [], "a plain run writes nothing to its directory")
 

@@ -47,7 +47,8 @@ final class SingleRankTrainingTests: XCTestCase {
 
     /// The default config (16 experts, top-2, MQA, 8 layers) trains: the loss goes down.
     func testDefaultConfigTrains() throws {
-        let s = try summary(["--config", "configs/default.json", "--steps", "8", "--log-every", "1"])
+        // On one rank the default config's timed model does not fit: the executed sizes are timed.
+        let s = try summary(["--config", "configs/default.json", "--steps", "8", "--log-every", "1", "--time-as", "none"])
         let losses = try XCTUnwrap(s["losses"] as? [Double])
         XCTAssertLessThan(losses.last!, losses.first! - 0.5, "losses: \(losses)")
         let load = try XCTUnwrap(s["expert_load"] as? [String: Any])

@@ -243,6 +243,53 @@ final class KernelInventoryTests: XCTestCase {
         }
     }
 
+    /// Real routing (`--time-as` charges the inventory built from it): with the model's own
+    /// random router and inputs, experts get uneven rows, some none, and assignments are
+    /// dropped at capacity; the layers report each MoE layer's routing before it matters, and
+    /// the inventory built from those reports lists exactly what the layers ran, forward and
+    /// backward (full recomputation included, which routes again).
+    func testInventoryFollowsTheRealRouting() {
+        var unevenSeen = false, droppedSeen = false
+        for k in Self.cases where k.shard.ep == 1 {
+            for recompute in [Recompute.none, .full] {
+                var c = k.config
+                c.routerInitScale = 30   // peaked: uneven loads and drops
+                c.capacityFactor = 1
+                let params = Parameters(layout: ParameterLayout(config: c, shard: k.shard))
+                params.layout.initialize(params.values, seed: 11)
+                let model = Transformer(config: c, params: params, parallel: StandInParallelism(shard: k.shard), recompute: recompute)
+                let n = Self.sequences * c.seqLen
+                let input: Transformer.ChunkInput = k.shard.embedding
+                    ? .tokens(randomTokens(count: n, vocab: c.vocab, seed: 13).map { Int32(k.shard.vocabRange(c).lowerBound) + $0 % Int32(k.shard.vocabRange(c).count) })
+                    : .activation(randomTensor([k.shard.residualRows(tokens: n), c.dModel], seed: 17, std: 1))
+                let targets = k.shard.head ? randomTokens(count: n, vocab: c.vocab, seed: 5) : nil
+                let recorder = WorkRecorder()
+                let pass = Kernels.with(recorder.context) {
+                    model.forwardChunk(layers: k.layers, input: input, targets: targets, scale: scale(k))
+                }
+                let moe = k.layers.filter { c.isMoE(layer: $0) }
+                XCTAssertEqual(recorder.routings.count, moe.count, "\(k): one routing report per MoE layer")
+                let routing = Dictionary(uniqueKeysWithValues: zip(moe, recorder.routings))
+                for r in routing.values {
+                    if Set(r.received).count > 1 { unevenSeen = true }
+                }
+                if pass.stats.dropped > 0 { droppedSeen = true }
+                let args = (s: k.shard, b: Self.sequences, l: k.layers, e: k.shard.embedding, h: k.shard.head)
+                assertSameWork(recorder.work, KernelInventory.forward(config: c, shard: args.s, sequences: args.b, layers: args.l,
+                                                                      embedding: args.e, head: args.h, routing: routing),
+                               "\(k), real routing: forward")
+                recorder.reset()
+                let grad = pass.isLast ? nil : randomTensor(pass.output.shape, seed: 9, std: 0.01)
+                Kernels.with(recorder.context) { model.backwardChunk(pass, outputGradient: grad, scale: scale(k)) }
+                assertSameWork(recorder.work, KernelInventory.backward(config: c, shard: args.s, sequences: args.b, layers: args.l,
+                                                                       embedding: args.e, head: args.h, recompute: recompute, routing: routing),
+                               "\(k), real routing, recompute \(recompute): backward")
+            }
+        }
+        XCTAssertTrue(unevenSeen, "no case routed unevenly: the test would not tell balanced from real routing")
+        XCTAssertTrue(droppedSeen, "no case dropped an assignment")
+    }
+
     // MARK: - Activations
 
     func testActivationFloatsAreWhatTheForwardKeeps() {

@@ -48,6 +48,7 @@ final class OutputRecordTests: XCTestCase {
         "optimizer_state_bytes", "param_checksum", "peak_activation_bytes_per_stage", "pipeline_phase_s", "pp", "pp_layers",
         "precision", "resources", "schedule", "seed", "seq_len", "skipped_steps", "steps", "time_breakdown_s",
         "tokens_per_s_emulated", "tokens_per_s_wall", "total_params", "tp", "virtual_stages", "wall_time_s", "world_size", "zero",
+        "timed_as",
     ]
 
     /// Encodes, decodes and encodes again; the two texts agree. Returns the decoded value and the text.
@@ -67,7 +68,9 @@ final class OutputRecordTests: XCTestCase {
         let o = try object(text)
         XCTAssertEqual(Set(o.keys), Self.summaryKeys)
         XCTAssertEqual(Set(try XCTUnwrap(o["expert_load"] as? [String: Any]).keys),
-                       ["moe_layers", "per_layer_total", "per_layer_last_step", "dropped_fraction", "capacity_per_sequence"])
+                       ["moe_layers", "per_layer_total", "per_layer_last_step", "dropped_fraction", "capacity_per_sequence",
+                        "imbalance_per_step", "imbalance_per_layer_per_step"])
+        XCTAssertTrue(o["timed_as"] is NSNull, "no timing model: null")
         XCTAssertEqual(Set(try XCTUnwrap((o["comm_bytes"] as? [String: [String: Int]])?["all-reduce/tp"]).keys),
                        ["bytes", "calls", "bytes_all_ranks", "calls_all_ranks"])
         XCTAssertEqual(Set(try XCTUnwrap(o["time_breakdown_s"] as? [String: Double]).keys), ["compute", "communication", "idle", "total"])

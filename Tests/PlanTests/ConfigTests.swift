@@ -70,6 +70,7 @@ final class ConfigTests: XCTestCase {
          "checkpoint_dir": "runs/x", "checkpoint_every": 5, "keep_checkpoints": 2, "resume": "never", "attempt": 3,
          "fail_at_step": 4, "fail_rank": 1, "fail_mode": "slow", "slow_factor": 2, "mtbf_hours": 0.5, "restart_cost_s": 7,
          "checkpoint_bandwidth": 1e9,
+         "time_as": {"d_model": 1024, "heads": 8, "seq_len": 2048, "name": "t"},
          "log_every": 3, "trace": "t.json", "trace_wall": true, "summary_json": "s.json", "dump_step": 2, "dump_dir": "d"}
         """#
         return (json, try parse(json))

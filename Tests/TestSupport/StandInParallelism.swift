@@ -7,9 +7,14 @@ import Tensor
 public final class WorkRecorder: KernelAccountant {
     public private(set) var work: [KernelInventory.Work] = []
     public init() {}
+    /// Each MoE layer's routing as it reported it (`KernelAccountant.routed`), in order.
+    public private(set) var routings: [KernelInventory.ExpertRows] = []
     public func kernel(flops: Double, elements: Double) { work.append(.kernel(flops: flops, elements: elements)) }
+    public func routed(sent: Int, received: [Int]) {
+        routings.append(KernelInventory.ExpertRows(sent: Double(sent), received: received.map(Double.init)))
+    }
     func message(_ w: KernelInventory.Work) { work.append(w) }
-    public func reset() { work.removeAll() }
+    public func reset() { work.removeAll(); routings.removeAll() }
     public var context: KernelContext { KernelContext(accountant: self) }
 }
 
