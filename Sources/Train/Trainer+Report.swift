@@ -190,12 +190,17 @@ extension Trainer {
                                                 recompute: config.recompute, attention: config.attention) / stagePlan.virtualStages)
         }
         let activationScale = job.timed == nil ? 1 : microbatchFloats(t) / microbatchFloats(job)
-        let measuredActivations = Double(records.map(\.peakActivationFloats).max() ?? 0) * activationScale
+        // Each role's measured peak is its pipeline stage's (the largest over the stage's ranks).
+        func measuredActivations(_ ranks: [Int]) -> Double {
+            let stage = ranks.first.map { groups.topology.coordinates(of: $0).pp } ?? 0
+            let peak = stage < peakActivationPerStage.count ? peakActivationPerStage[stage] : Double(records.map(\.peakActivationFloats).max() ?? 0)
+            return peak * activationScale
+        }
         let memoryRoles = memory.roles.map { role in
             let b = role.breakdown
             return RunSummary.MemoryRole(role: role.name, ranks: role.ranks, parameters: b.parameters, gradients: b.gradients,
                                          optimizerState: b.optimizerState, activations: b.activations, communication: b.communication,
-                                         total: b.total, activationsMeasured: measuredActivations * emulator.precision.elementBytes,
+                                         total: b.total, activationsMeasured: measuredActivations(role.ranks) * emulator.precision.elementBytes,
                                          capacity: emulator.profile.memoryBytes)
         }
         return RunSummary(
