@@ -91,10 +91,11 @@ public final class Trainer {
             self.timedAs = timedAs
             kernels = KernelContext(accountant: timedAs)
             executor.timedAs = timedAs
-            groups.world.setSizer { [unowned timedAs] kind, group, bytes in timedAs.size(kind, group: group, bytes: bytes) }
+            groups.world.setSizer { kind, group, bytes in timedAs.size(kind, group: group, bytes: bytes) }
         } else {
             timedAs = nil
             kernels = KernelContext(accountant: clock)
+            groups.world.setSizer(nil)   // a trainer before this one on the same communicators may have set one
         }
         faults = FaultInjector(config: config, rank: groups.world.rank)
         // The run directory's logs are kept when the run checkpoints or runs under the
