@@ -77,7 +77,7 @@ public struct JobPlan: Sendable {
             // (the split the user is reasoning about); both models then use the same split.
             var counts = config.ppLayers
             if counts == nil, let target = config.timeAs {
-                let timedModel = target.timedConfig(of: config, microBatches: 1, dp: 1).model
+                let timedModel = target.timedConfig(of: config, batch: batch).model
                 counts = try StagePlan(config: timedModel, stages: topo.pp, virtualStages: config.virtualStages).layers.map(\.count)
             }
             let stages = try StagePlan(config: config.model, stages: topo.pp, virtualStages: config.virtualStages, counts: counts)
@@ -137,7 +137,7 @@ public struct JobPlan: Sendable {
         guard config.schedule != .zbH1 else {
             throw UsageError("time_as with --schedule zb-h1 is not supported: the kernel inventory does not split the backward into input and weight gradients; use 1f1b, gpipe or interleaved, or --time-as none")
         }
-        var t = target.timedConfig(of: config, microBatches: batch.microBatches, dp: batch.dp)
+        var t = target.timedConfig(of: config, batch: batch)
         t.ppLayers = stages.layers.map(\.count)
         let plan: JobPlan
         do { plan = try JobPlan(config: t, world: world, purpose: .projection) } catch {

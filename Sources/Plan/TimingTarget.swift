@@ -5,7 +5,9 @@ import Model
 /// executed model's. The numerics run at the executed dimensions; every kernel and message is
 /// costed as the same kernel or message of a model of these dimensions (`KernelInventory`),
 /// with the layers, experts, top-k, batch count and layout of the executed run. Absent keys
-/// keep the executed value. Not part of the numerics: a checkpoint resumes with or without it.
+/// keep the executed value. Not part of the numerics: a checkpoint resumes with or without it
+/// (without `pp_layers` the layers are split by the timed model's costs, so another target may
+/// split them otherwise, and the resume then reshards).
 public struct TimingTarget: Equatable, Sendable {
     public var dModel: Int?
     public var ffnHidden: Int?
@@ -31,8 +33,9 @@ public struct TimingTarget: Equatable, Sendable {
     ]
 
     /// The executed run's configuration as the timed model: its dimensions replaced, the same
-    /// number of micro-batches per data-parallel rank (so the same schedule), no target of its own.
-    func timedConfig(of c: RunConfig, microBatches: Int, dp: Int) -> RunConfig {
+    /// number of micro-batches per data-parallel rank (so the same schedule) and, unless the
+    /// target names one, the same micro-batch size; no target of its own.
+    func timedConfig(of c: RunConfig, batch: BatchPlan) -> RunConfig {
         var t = c
         t.timeAs = nil
         t.model.dModel = dModel ?? c.model.dModel
@@ -41,10 +44,10 @@ public struct TimingTarget: Equatable, Sendable {
         t.model.kvHeads = kvHeads ?? c.model.kvHeads
         t.model.seqLen = seqLen ?? c.model.seqLen
         t.model.vocab = vocab ?? c.model.vocab
-        if let b = microBatchSize { t.microBatchSize = b }
-        t.microBatches = microBatches
+        t.microBatchSize = microBatchSize ?? batch.microBatchSize
+        t.microBatches = batch.microBatches
         t.globalBatch = nil
-        t.dp = dp
+        t.dp = batch.dp
         return t
     }
 

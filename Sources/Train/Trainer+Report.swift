@@ -182,19 +182,23 @@ extension Trainer {
         let closedForm = ClosedForm.bubble(schedule.kind, stages: stages, microbatches: plan.microBatches,
                                            virtualStages: stagePlan.virtualStages, forward: mean(.forward),
                                            backwardInput: mean(.backwardInput), backwardWeight: mean(.backwardWeight))
-        // Measured activations are the executed buffers; timed as another model, they are counted
-        // in micro-batches of the executed model and given the timed model's micro-batch size.
+        // Measured activations are the executed buffers; timed as another model, each stage's are
+        // counted in micro-batches of the executed model and given the timed model's micro-batch
+        // size for that stage (the last also holds the logits, which grow with the vocabulary).
         let t = job.timing
-        func microbatchFloats(_ p: JobPlan) -> Double {
-            Double(Transformer.activationFloats(config: p.model, sequences: p.batch.microBatchSize, shard: p.placement(of: 0).shard,
-                                                recompute: config.recompute, attention: config.attention) / stagePlan.virtualStages)
+        func microbatchFloats(_ p: JobPlan, stage: Int) -> Double {
+            let shard = p.placement(of: groups.topology.rank(tp: 0, dp: 0, pp: stage)).shard
+            return Double(Transformer.activationFloats(config: p.model, sequences: p.batch.microBatchSize, shard: shard,
+                                                       recompute: config.recompute, attention: config.attention) / stagePlan.virtualStages)
         }
-        let activationScale = job.timed == nil ? 1 : microbatchFloats(t) / microbatchFloats(job)
+        func activationScale(stage: Int) -> Double {
+            job.timed == nil ? 1 : microbatchFloats(t, stage: stage) / microbatchFloats(job, stage: stage)
+        }
         // Each role's measured peak is its pipeline stage's (the largest over the stage's ranks).
         func measuredActivations(_ ranks: [Int]) -> Double {
             let stage = ranks.first.map { groups.topology.coordinates(of: $0).pp } ?? 0
             let peak = stage < peakActivationPerStage.count ? peakActivationPerStage[stage] : Double(records.map(\.peakActivationFloats).max() ?? 0)
-            return peak * activationScale
+            return peak * activationScale(stage: stage)
         }
         let memoryRoles = memory.roles.map { role in
             let b = role.breakdown
@@ -223,8 +227,8 @@ extension Trainer {
             bubbleFractionSimulatedPerStage: simulated, bubbleFractionSimulated: simulated.reduce(0, +) / Double(stages),
             bubbleFractionClosedForm: closedForm,
             pipelinePhaseS: timed.reduce(0) { $0 + $1.pipelinePhase } / n,
-            peakActivationBytesPerStage: peakActivationPerStage.map { $0 * activationScale * emulator.precision.elementBytes },
-            microbatchActivationBytes: microbatchFloats(t) * emulator.precision.elementBytes,
+            peakActivationBytesPerStage: peakActivationPerStage.enumerated().map { $1 * activationScale(stage: $0) * emulator.precision.elementBytes },
+            microbatchActivationBytes: microbatchFloats(t, stage: 0) * emulator.precision.elementBytes,
             exposedCommFraction: totalTime > 0 ? timed.reduce(0) { $0 + $1.communication } / totalTime : 0,
             timeBreakdownS: .init(compute: timed.reduce(0) { $0 + $1.compute }, communication: timed.reduce(0) { $0 + $1.communication },
                                   idle: timed.reduce(0) { $0 + $1.idle }, total: totalTime),
