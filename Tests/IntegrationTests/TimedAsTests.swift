@@ -95,6 +95,30 @@ final class TimedAsTests: XCTestCase {
         XCTAssertTrue(trace.contains("busiest"), "expert spans name the busiest expert")
     }
 
+    /// The memory figures are the timed model's, stage by stage: each stage's measured peak
+    /// (executed buffers, counted in the timed model's micro-batches for that stage, the last
+    /// one's logits included) bounds within 10% what the plan reserves; and a target without a
+    /// micro-batch size keeps the executed one (also when only --micro-batches is given).
+    func testTimedMemoryPerStageAndBatch() throws {
+        let dir = try Subprocess.tempDir()
+        let target = try targetFile(dir)
+        let r = try Subprocess.mpirun(np: 4, ["--config", "configs/tiny.json", "--pp", "4", "--layers", "4", "--steps", "2",
+                                              "--time-as", target, "--ignore-oom", "--summary-json", dir + "/s.json"])
+        XCTAssertEqual(r.status, 0, r.output)
+        guard r.status == 0 else { return }
+        let roles = try XCTUnwrap(try Subprocess.readJSON(dir + "/s.json")["memory_bytes"] as? [[String: Any]])
+        XCTAssertEqual(roles.count, 4)
+        for role in roles {
+            let planned = try XCTUnwrap(role["activations"] as? Double), measured = try XCTUnwrap(role["activations_measured"] as? Double)
+            XCTAssertEqual(measured, planned, accuracy: 0.1 * planned, "\(role["role"] ?? "")")
+        }
+        let noBatch = try targetFile(dir, #"{"d_model": 256, "heads": 8}"#)
+        let dry = try Subprocess.run(try Subprocess.binary, ["--config", "configs/tiny.json", "--micro-batches", "4", "--time-as", noBatch,
+                                                             "--dry-run"], cwd: Subprocess.repoRoot)
+        XCTAssertEqual(dry.status, 0, dry.output)
+        XCTAssertTrue(dry.stdout.contains("scaled to 4 x 32 tokens per micro-batch"), dry.stdout)
+    }
+
     /// Acceptance: invalid targets are refused with one sentence naming the key, exit status 2, on every rank.
     func testInvalidTargetsAreRejected() throws {
         let dir = try Subprocess.tempDir()
