@@ -57,6 +57,7 @@ public final class AdamW {
         let p = params.base + range.lowerBound, g = grads.base + range.lowerBound
         let mp = m.base, vp = v.base
         let n = range.count
+        guard n > 0 else { return }
         /// One vector's update: the new moments and parameters.
         @inline(__always) func update(_ g: V, _ m: V, _ v: V, _ p: V, _ mask: V) -> (m: V, v: V, p: V) {
             let gi = g * scale
