@@ -49,11 +49,14 @@ public final class DataParallel {
     /// With `time_as`: this rank's layout in the timed model. Every message and the norm's and
     /// optimizer's kernels are charged at its sizes (the same bucket, region or shard there).
     let timed: ParameterLayout?
+    /// The TP-partial elements of the timed layout (`tpPartial`'s count there).
+    let timedPartial: Double?
 
     public init(stage: Int, layout: ParameterLayout, groups: ProcessGroups, overlapGradReduce: Bool = false,
                 overlapParamGather: Bool = false, timed: ParameterLayout? = nil) {
         precondition(stage == 0 || stage == 1)
         self.timed = timed
+        timedPartial = timed.map { t in Double(t.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count }) }
         self.stage = stage
         self.overlapGradReduce = overlapGradReduce
         self.overlapParamGather = overlapParamGather && stage == 1
@@ -145,7 +148,6 @@ public final class DataParallel {
         guard groups.tp.size > 1, !tpPartial.isEmpty else { return }
         var packed = [Float]()
         for p in tpPartial { packed += UnsafeBufferPointer(start: grads.base + p.offset, count: p.count) }
-        let timedPartial = timed.map { t in Double(t.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count }) }
         groups.tp.emulating(floats: timedPartial) { groups.tp.allReduce(&packed) }
         var cursor = 0
         for p in tpPartial {
@@ -173,13 +175,14 @@ public final class DataParallel {
     public func chargedCount(owned: Range<Int>) -> Double {
         guard let timed else { return Double(owned.count) }
         let (region, group) = owned == ownedDense ? (timed.denseRegion, groups.dp) : (timed.expertRegion, groups.edp)
-        return Double(stage == 1 ? region.count / group.size : region.count)
+        return Double(stage == 1 ? Self.shard(region, parts: group.size, index: group.rank).count : region.count)
     }
 
     /// Elements of the norm's shards (dense and expert) charged: the timed model's, or these.
     var chargedNormCount: Double {
         guard let timed else { return Double(normDense.count + normExpert.count) }
-        return Double(timed.denseRegion.count / groups.dp.size + timed.expertRegion.count / groups.edp.size)
+        return Double(Self.shard(timed.denseRegion, parts: groups.dp.size, index: groups.dp.rank).count
+                      + Self.shard(timed.expertRegion, parts: groups.edp.size, index: groups.edp.rank).count)
     }
 
     /// Sum of squared gradients of the global model (every element counted once: replicated

@@ -97,9 +97,6 @@ public final class TimedAs: KernelAccountant {
         action = nil
     }
 
-    /// An action abandoned (a failed step): forget it.
-    public func reset() { action = nil; routings.removeAll() }
-
     func build(_ a: inout Action) {
         let scaled = a.routing.mapValues { $0.scaled(by: rowScale) }
         func list(_ m: Model, _ routing: [Int: KernelInventory.ExpertRows]) -> [Work] {

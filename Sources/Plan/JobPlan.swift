@@ -75,10 +75,10 @@ public struct JobPlan: Sendable {
                                     what: "a step of --global-batch \(batch.globalBatch) x --seq-len \(config.model.seqLen) tokens")
             // Timed as another model, the layers are balanced over the stages by that model's costs
             // (the split the user is reasoning about); both models then use the same split.
+            let timedConfig = config.timeAs?.timedConfig(of: config, batch: batch)
             var counts = config.ppLayers
-            if counts == nil, let target = config.timeAs {
-                let timedModel = target.timedConfig(of: config, batch: batch).model
-                counts = try StagePlan(config: timedModel, stages: topo.pp, virtualStages: config.virtualStages).layers.map(\.count)
+            if counts == nil, let timedConfig {
+                counts = try StagePlan(config: timedConfig.model, stages: topo.pp, virtualStages: config.virtualStages).layers.map(\.count)
             }
             let stages = try StagePlan(config: config.model, stages: topo.pp, virtualStages: config.virtualStages, counts: counts)
             if purpose == .training {
@@ -99,8 +99,8 @@ public struct JobPlan: Sendable {
             if purpose == .training && !config.ignoreOOM, let oom = memory.outOfMemory(device: emulator.profile) {
                 throw UsageError(oom)
             }
-            let timed = try config.timeAs.map {
-                try Self.timedModel($0, of: config, world: world, batch: batch, stages: stages, purpose: purpose)
+            let timed = try config.timeAs.map { target in
+                try Self.timedModel(target, timedConfig!, of: config, world: world, stages: stages, purpose: purpose)
             }
             // An injected failure fires on the first attempt only: a restart on fewer ranks
             // (elastic) keeps the flags but no longer has that rank.
@@ -129,7 +129,8 @@ public struct JobPlan: Sendable {
 
     /// The plan of the timed model of `target`, checked as the run would be: its dimensions
     /// against the layout (in the words of `time_as`), and its memory against the device.
-    static func timedModel(_ target: TimingTarget, of config: RunConfig, world: Int, batch: BatchPlan, stages: StagePlan,
+    /// `timedConfig` is the executed configuration with the target's dimensions (`TimingTarget.timedConfig`).
+    static func timedModel(_ target: TimingTarget, _ timedConfig: RunConfig, of config: RunConfig, world: Int, stages: StagePlan,
                            purpose: Purpose) throws -> TimedModel {
         guard config.clock == .modeled else {
             throw UsageError("time_as needs --clock modeled: the measured clock times the executed kernels on this CPU, which cannot be timed as another model's; pass --time-as none to time the executed sizes")
@@ -137,7 +138,7 @@ public struct JobPlan: Sendable {
         guard config.schedule != .zbH1 else {
             throw UsageError("time_as with --schedule zb-h1 is not supported: the kernel inventory does not split the backward into input and weight gradients; use 1f1b, gpipe or interleaved, or --time-as none")
         }
-        var t = target.timedConfig(of: config, batch: batch)
+        var t = timedConfig
         t.ppLayers = stages.layers.map(\.count)
         let plan: JobPlan
         do { plan = try JobPlan(config: t, world: world, purpose: .projection) } catch {

@@ -105,13 +105,7 @@ public struct TimingTarget: Equatable, Sendable {
 }
 
 extension TimingTarget: Codable {
-    struct Key: CodingKey {
-        let stringValue: String
-        init(_ s: String) { stringValue = s }
-        init?(stringValue s: String) { stringValue = s }
-        var intValue: Int? { nil }
-        init?(intValue: Int) { nil }
-    }
+    typealias Key = RunConfig.Key   // the config file's string keys
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: Key.self)
