@@ -63,14 +63,11 @@ public enum Attention {
                      b: kp, ldb: kw, beta: 0, c: p, ldc: T)
         for i in 0..<T {
             let row = p + i * T
-            var m = -Float.infinity
-            for j in 0...i { m = max(m, row[j]) }
-            var sum: Float = 0
-            for j in 0...i { let e = expf(row[j] - m); row[j] = e; sum += e }
-            let inv = 1 / sum
-            for j in 0...i { row[j] *= inv }
+            let m = VectorMath.maximum(row, count: i + 1)
+            let sum = VectorMath.expShifted(row, count: i + 1, shift: m)
+            VectorMath.scale(row, count: i + 1, by: Float(1 / sum))
             if i + 1 < T { (row + i + 1).update(repeating: 0, count: T - i - 1) }
-            lse?[i] = m + logf(sum)
+            lse?[i] = m + Float(log(sum))
         }
     }
 

@@ -13,15 +13,12 @@ public enum CrossEntropy {
         var total = 0.0
         for t in 0..<n {
             let row = logits.ptr + t * v
-            var m = -Float.infinity
-            for j in 0..<v { m = max(m, row[j]) }
+            let m = VectorMath.maximum(row, count: v)
             let target = Int(targets[t])
             let zTarget = row[target]
-            var s: Float = 0
-            for j in 0..<v { let e = expf(row[j] - m); row[j] = e; s += e }
-            total += Double(m) + Double(logf(s)) - Double(zTarget)
-            let inv = gradScale / s
-            for j in 0..<v { row[j] *= inv }
+            let s = VectorMath.expShifted(row, count: v, shift: m)
+            total += Double(m) + log(s) - Double(zTarget)
+            VectorMath.scale(row, count: v, by: Float(Double(gradScale) / s))
             row[target] -= gradScale
         }
         return total
@@ -40,16 +37,14 @@ public enum CrossEntropy {
         var maxima = [Float](repeating: -Float.infinity, count: n)
         for t in 0..<n {
             let row = logits.ptr + t * v
-            for j in 0..<v { maxima[t] = max(maxima[t], row[j]) }
+            maxima[t] = VectorMath.maximum(row, count: v)
         }
         maxima.withUnsafeMutableBufferPointer { parallel.tpAllReduceMax($0.baseAddress!, count: n) }
         // sums[t] = sum_j exp(z - max) over this rank's vocabulary; sums[n + t] = target logit if held here.
         var sums = [Float](repeating: 0, count: 2 * n)
         for t in 0..<n {
             let row = logits.ptr + t * v
-            var s: Float = 0
-            for j in 0..<v { let e = expf(row[j] - maxima[t]); row[j] = e; s += e }
-            sums[t] = s
+            sums[t] = Float(VectorMath.expShifted(row, count: v, shift: maxima[t]))
             let target = Int(targets[t])
             if vocab.contains(target) { sums[n + t] = logf(row[target - vocab.lowerBound]) + maxima[t] }
         }
@@ -58,8 +53,7 @@ public enum CrossEntropy {
         for t in 0..<n {
             total += Double(maxima[t]) + Double(logf(sums[t])) - Double(sums[n + t])
             let row = logits.ptr + t * v
-            let inv = gradScale / sums[t]
-            for j in 0..<v { row[j] *= inv }
+            VectorMath.scale(row, count: v, by: gradScale / sums[t])
             let target = Int(targets[t])
             if vocab.contains(target) { row[target - vocab.lowerBound] -= gradScale }
         }

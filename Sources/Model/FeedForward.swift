@@ -18,18 +18,49 @@ public enum FeedForward {
         public func activation(_ i: Int) -> Float { a[i] }
     }
 
-    static let c0: Float = 0.7978845608028654  // sqrt(2/pi)
-    static let c1: Float = 0.044715
-
-    /// GELU, tanh approximation (Hendrycks & Gimpel 2016), as in GPT-2.
-    @inline(__always) static func gelu(_ x: Float) -> Float {
-        0.5 * x * (1 + tanhf(c0 * (x + c1 * x * x * x)))
+    /// GELU, tanh approximation (Hendrycks & Gimpel 2016), as in GPT-2:
+    /// gelu(x) = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
+    /// Evaluated as x * sigmoid(2u) = x / (1 + e^(-2u)), the same function without the
+    /// cancellation of 1 + tanh(u) for negative x, in double precision four lanes at a time
+    /// (`VectorMath.exp`), then rounded once to float: within 1e-6 relative of the exact
+    /// function wherever the result is a normal float (`VectorMathTests`).
+    public static func gelu(_ h: UnsafePointer<Float>, into a: UnsafeMutablePointer<Float>, count n: Int) {
+        elementwise4(n, h, a, reads: false) { x, _ in x / (1 + VectorMath.exp(-2 * c0 * (x + c1 * x * x * x))) }
     }
 
-    @inline(__always) static func geluGrad(_ x: Float) -> Float {
-        let u = c0 * (x + c1 * x * x * x)
-        let t = tanhf(u)
-        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c0 * (1 + 3 * c1 * x * x)
+    /// a[i] = gelu'(h[i]) * a[i] (the backward's da scaled in place). With s = sigmoid(2u):
+    /// 1 + tanh(u) = 2s and 1 - tanh(u)^2 = 4 s (1 - s), so
+    /// gelu'(x) = s + 2 x s (1 - s) sqrt(2/pi) (1 + 3 * 0.044715 x^2), 1 - s = e^(-2u) s.
+    public static func geluBackward(_ h: UnsafePointer<Float>, scaling da: UnsafeMutablePointer<Float>, count n: Int) {
+        elementwise4(n, h, da, reads: true) { x, d in
+            let e = VectorMath.exp(-2 * c0 * (x + c1 * x * x * x))
+            let s = 1 / (1 + e)
+            return d * (s + 2 * x * s * (e * s) * c0 * (1 + 3 * c1 * x * x))
+        }
+    }
+
+    static let c0: Double = 0.7978845608028654  // sqrt(2/pi)
+    static let c1: Double = 0.044715
+
+    /// out[i] = f(x[i], out[i]) in double, four lanes at a time (`reads` false: out is only
+    /// written, f gets zeros); the last partial vector is padded with zeros (its extra lanes
+    /// are computed and dropped).
+    @inline(__always)
+    static func elementwise4(_ n: Int, _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, reads: Bool,
+                             _ f: (SIMD4<Double>, SIMD4<Double>) -> SIMD4<Double>) {
+        var i = 0
+        while i + 4 <= n {
+            let xv = SIMD4<Double>(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD4<Float>.self))
+            let ov = reads ? SIMD4<Double>(UnsafeRawPointer(out + i).loadUnaligned(as: SIMD4<Float>.self)) : SIMD4<Double>()
+            UnsafeMutableRawPointer(out + i).storeBytes(of: SIMD4<Float>(f(xv, ov)), as: SIMD4<Float>.self)
+            i += 4
+        }
+        if i < n {
+            var xv = SIMD4<Double>(), ov = SIMD4<Double>()
+            for j in 0..<(n - i) { xv[j] = Double(x[i + j]); if reads { ov[j] = Double(out[i + j]) } }
+            let r = f(xv, ov)
+            for j in 0..<(n - i) { out[i + j] = Float(r[j]) }
+        }
     }
 
     @inline(__always) static func sigmoid(_ x: Float) -> Float { 1 / (1 + expf(-x)) }
@@ -65,7 +96,7 @@ public enum FeedForward {
         } else {
             let w = activationWork(.gelu, rows: Double(n), hidden: Double(f))
             Kernels.account(flops: w.flops, elements: w.elements)
-            for i in 0..<(n * f) { ap[i] = gelu(hp[i]) }
+            gelu(hp, into: ap, count: n * f)
         }
         Kernels.linearForward(a, wDown, into: y)
         return Cache(x: x, h: h, g: g, a: a)
@@ -96,7 +127,7 @@ public enum FeedForward {
             precondition(cache.g == nil, "a SwiGLU cache needs the gate weights and their gradient")
             let w = activationBackwardWork(.gelu, rows: Double(n), hidden: Double(f))
             Kernels.account(flops: w.flops, elements: w.elements)
-            for i in 0..<(n * f) { dp[i] *= geluGrad(hp[i]) }
+            geluBackward(hp, scaling: dp, count: n * f)
             Kernels.linearBackward(cache.x, wUp, da, dx: dx, dw: dwUp, accumulateDx: accumulate)
         }
     }

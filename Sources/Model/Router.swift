@@ -65,13 +65,10 @@ public enum Router {
         var picked = [Bool](repeating: false, count: E)
         for t in 0..<n {
             let row = pp + t * E
-            var m = -Float.infinity
-            for e in 0..<E { m = max(m, row[e]) }
-            var s: Float = 0
-            for e in 0..<E { let v = expf(row[e] - m); row[e] = v; s += v }
-            lse[t] = m + logf(s)
-            let inv = 1 / s
-            for e in 0..<E { row[e] *= inv }
+            let m = VectorMath.maximum(row, count: E)
+            let s = VectorMath.expShifted(row, count: E, shift: m)
+            lse[t] = m + Float(log(s))
+            VectorMath.scale(row, count: E, by: Float(1 / s))
             // top-k by repeated arg-max, ties to the lower index.
             for e in 0..<E { picked[e] = false }
             var total: Float = 0
