@@ -110,14 +110,16 @@ public enum Attention {
         let keepProbabilities = keepProbabilities && kernel == .naive
         let n = x.rows, B = n / T, D = hs.headDim
         let qw = hs.qHeads * D, kw = hs.kvHeads * D
-        let q = Tensor(zeros: [n, qw]), k = Tensor(zeros: [n, kw]), v = Tensor(zeros: [n, kw])
+        // Written whole before they are read: the projections (beta 0), each (sequence, head)'s
+        // rows of P (zero above the diagonal) and its block of o.
+        let q = Tensor(uninitialized: [n, qw]), k = Tensor(uninitialized: [n, kw]), v = Tensor(uninitialized: [n, kw])
         Kernels.linearForward(x, w.wq, into: q)
         Kernels.linearForward(x, w.wk, into: k)
         Kernels.linearForward(x, w.wv, into: v)
         rotary.apply(q, heads: hs.qHeads)
         rotary.apply(k, heads: hs.kvHeads)
-        let probs = keepProbabilities ? Tensor(zeros: [B, hs.qHeads, T, T]) : Tensor(zeros: [T, T])
-        let o = Tensor(zeros: [n, qw])
+        let probs = keepProbabilities ? Tensor(uninitialized: [B, hs.qHeads, T, T]) : Tensor(uninitialized: [T, T])
+        let o = Tensor(uninitialized: [n, qw])
         let scale = 1 / Float(D).squareRoot()
         // The per-(sequence, head) loops below are one batched kernel each on a GPU:
         // S = QK^T, causal softmax, O = PV. They are costed once, from their total shapes.
@@ -153,7 +155,7 @@ public enum Attention {
                                 rotary: Rotary, dy: Tensor, dw: Weights, dx: Tensor, accumulate: Bool) {
         let n = cache.x.rows, B = n / T, D = hs.headDim
         let qw = hs.qHeads * D, kw = hs.kvHeads * D
-        let dO = Tensor(zeros: [n, qw])
+        let dO = Tensor(uninitialized: [n, qw])  // written whole (beta 0)
         Kernels.linearBackward(cache.o, w.wo, dy, dx: dO, dw: dw.wo)
         let dq = Tensor(zeros: [n, qw]), dk = Tensor(zeros: [n, kw]), dv = Tensor(zeros: [n, kw])
         let dP = Tensor(zeros: [T, T])

@@ -81,12 +81,13 @@ public enum FeedForward {
     /// x (n, C), wUp (F, C), wDown (C, F), and for SwiGLU wGate (F, C) -> y (n, C).
     public static func forward(_ x: Tensor, wUp: Tensor, wDown: Tensor, wGate: Tensor? = nil, y: Tensor) -> Cache {
         let n = x.rows, f = wUp.shape[0]
-        let h = Tensor(zeros: [n, f]), a = Tensor(zeros: [n, f])
+        // Written whole before they are read (the projections with beta 0, the activation).
+        let h = Tensor(uninitialized: [n, f]), a = Tensor(uninitialized: [n, f])
         Kernels.linearForward(x, wUp, into: h)
         let hp = h.ptr, ap = a.ptr
         var g: Tensor? = nil
         if let wGate {
-            let gate = Tensor(zeros: [n, f])
+            let gate = Tensor(uninitialized: [n, f])
             Kernels.linearForward(x, wGate, into: gate)
             let w = activationWork(.swiglu, rows: Double(n), hidden: Double(f))
             Kernels.account(flops: w.flops, elements: w.elements)
@@ -108,13 +109,13 @@ public enum FeedForward {
     public static func backward(_ cache: Cache, wUp: Tensor, wDown: Tensor, wGate: Tensor? = nil, dy: Tensor,
                                 dwUp: Tensor, dwDown: Tensor, dwGate: Tensor? = nil, dx: Tensor, accumulate: Bool) {
         let n = cache.x.rows, f = wUp.shape[0]
-        let da = Tensor(zeros: [n, f])
+        let da = Tensor(uninitialized: [n, f])  // written whole (beta 0)
         Kernels.linearBackward(cache.a, wDown, dy, dx: da, dw: dwDown)
         let dp = da.ptr, hp = cache.h.ptr
         if let g = cache.g, let wGate, let dwGate {
             let w = activationBackwardWork(.swiglu, rows: Double(n), hidden: Double(f))
             Kernels.account(flops: w.flops, elements: w.elements)
-            let dh = Tensor(zeros: [n, f])
+            let dh = Tensor(uninitialized: [n, f])
             let gp = g.ptr, dhp = dh.ptr
             for i in 0..<(n * f) {
                 let s = sigmoid(gp[i]), silu = gp[i] * s

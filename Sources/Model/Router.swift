@@ -46,7 +46,7 @@ public enum Router {
 
     /// The router's scores x R^T (N, E).
     public static func logits(_ x: Tensor, router w: Tensor) -> Tensor {
-        let logits = Tensor(zeros: [x.rows, w.shape[0]])
+        let logits = Tensor(uninitialized: [x.rows, w.shape[0]])  // written whole (beta 0)
         Kernels.linearForward(x, w, into: logits)
         return logits
     }

@@ -117,10 +117,19 @@ public enum Kernels {
         return s
     }
 
-    /// Sum of squares accumulated in Double (used for gradient norms).
+    /// Sum of squares accumulated in Double (used for gradient norms): eight lanes, each
+    /// summing every eighth element, then the lanes and the tail.
     public static func sumOfSquares(_ n: Int, _ x: UnsafePointer<Float>) -> Double {
-        var s = 0.0
-        for i in 0..<n { let v = Double(x[i]); s += v * v }
+        var lo = SIMD4<Double>(), hi = SIMD4<Double>(), i = 0
+        while i + 8 <= n {
+            let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+            let a = SIMD4<Double>(v.lowHalf), b = SIMD4<Double>(v.highHalf)
+            lo += a * a
+            hi += b * b
+            i += 8
+        }
+        var s = (lo + hi).sum()
+        while i < n { let v = Double(x[i]); s += v * v; i += 1 }
         return s
     }
 

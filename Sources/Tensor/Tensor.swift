@@ -17,6 +17,14 @@ public final class Storage: @unchecked Sendable {
         base.initialize(repeating: 0, count: max(count, 1))
     }
 
+    /// A block whose values are unspecified: for outputs that a kernel writes whole before
+    /// anything reads them (a GEMM with beta 0, an elementwise map), so that no pass zeroes them.
+    public init(uninitializedCount count: Int) {
+        precondition(count >= 0, "negative storage size")
+        self.count = count
+        base = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+    }
+
     deinit { base.deallocate() }
 }
 
@@ -31,6 +39,16 @@ public struct Tensor: @unchecked Sendable {
     public init(zeros shape: [Int]) {
         let n = shape.reduce(1, *)
         self.storage = Storage(count: n)
+        self.offset = 0
+        self.shape = shape
+        self.count = n
+    }
+
+    /// A tensor whose values are unspecified until written (`Storage(uninitializedCount:)`):
+    /// only for outputs written whole before they are read.
+    public init(uninitialized shape: [Int]) {
+        let n = shape.reduce(1, *)
+        self.storage = Storage(uninitializedCount: n)
         self.offset = 0
         self.shape = shape
         self.count = n

@@ -71,6 +71,7 @@ public enum VectorMath {
     }
 
     /// The largest of p[0..<n] (-infinity when n is 0; NaN when one of them is NaN).
+    @inlinable
     public static func maximum(_ p: UnsafePointer<Float>, count n: Int) -> Float {
         var m = SIMD8<Float>(repeating: -.infinity), i = 0
         var nan = false
@@ -87,6 +88,7 @@ public enum VectorMath {
 
     /// p[j] = e^(p[j] - shift) for j < n, eight lanes at a time; returns the sum of the new
     /// values, accumulated in double. The kernel of every softmax of the model.
+    @inlinable
     public static func expShifted(_ p: UnsafeMutablePointer<Float>, count n: Int, shift: Float) -> Double {
         var lo = SIMD4<Double>(), hi = SIMD4<Double>(), i = 0
         @inline(__always) func add(_ e: SIMD8<Float>) {
@@ -118,6 +120,7 @@ public enum VectorMath {
     }
 
     /// p[j] *= s for j < n.
+    @inlinable
     public static func scale(_ p: UnsafeMutablePointer<Float>, count n: Int, by s: Float) {
         var i = 0
         while i + 8 <= n {
