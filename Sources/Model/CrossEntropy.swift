@@ -44,9 +44,9 @@ public enum CrossEntropy {
         var sums = [Float](repeating: 0, count: 2 * n)
         for t in 0..<n {
             let row = logits.ptr + t * v
-            sums[t] = Float(VectorMath.expShifted(row, count: v, shift: maxima[t]))
             let target = Int(targets[t])
-            if vocab.contains(target) { sums[n + t] = logf(row[target - vocab.lowerBound]) + maxima[t] }
+            if vocab.contains(target) { sums[n + t] = row[target - vocab.lowerBound] }  // before it is exponentiated
+            sums[t] = Float(VectorMath.expShifted(row, count: v, shift: maxima[t]))
         }
         sums.withUnsafeMutableBufferPointer { parallel.tpAllReduce($0.baseAddress!, count: 2 * n) }
         var total = 0.0

@@ -23,7 +23,7 @@ public enum FeedForward {
     /// Evaluated as x * sigmoid(2u) = x / (1 + e^(-2u)), the same function without the
     /// cancellation of 1 + tanh(u) for negative x, in double precision four lanes at a time
     /// (`VectorMath.exp`), then rounded once to float: within 1e-6 relative of the exact
-    /// function wherever the result is a normal float (`VectorMathTests`).
+    /// function wherever the result is a normal float (`GELUAccuracyTests`).
     public static func gelu(_ h: UnsafePointer<Float>, into a: UnsafeMutablePointer<Float>, count n: Int) {
         elementwise4(n, h, a, reads: false) { x, _ in x / (1 + VectorMath.exp(-2 * c0 * (x + c1 * x * x * x))) }
     }

@@ -4,7 +4,7 @@
 /// is an offset and a shape, and sharding (tensor parallel slices, ZeRO-1 partitions)
 /// is arithmetic on offsets. Activations use their own small storages.
 
-/// An owned, zero-initialised block of `Float`s. The pointer never escapes the
+/// An owned block of `Float`s, zero-initialised unless made with `init(uninitializedCount:)`. The pointer never escapes the
 /// lifetime of the object: every `Tensor` that views it holds a strong reference.
 public final class Storage: @unchecked Sendable {
     public let count: Int
