@@ -3,12 +3,68 @@ import CMPI
 /// Element types the Communicator can move, with their MPI datatype.
 public protocol MPIScalar {
     static var mpiType: MPI_Datatype { get }
+    /// a[i] = op(a[i], b[i]) for i < count, equal to op(b[i], a[i]) bit for bit, so that two
+    /// ranks that each combine their own values with the other's agree (the two-rank
+    /// all-reduce): a sum is commutative in IEEE arithmetic; max and min return NaN if either
+    /// is NaN and order +0 above -0.
+    static func combine(into a: UnsafeMutablePointer<Self>, _ b: UnsafePointer<Self>, count: Int, _ op: ReduceOp)
 }
-extension Float: MPIScalar { public static var mpiType: MPI_Datatype { cmpi_float() } }
-extension Double: MPIScalar { public static var mpiType: MPI_Datatype { cmpi_double() } }
-extension Int32: MPIScalar { public static var mpiType: MPI_Datatype { cmpi_int32() } }
-extension Int64: MPIScalar { public static var mpiType: MPI_Datatype { cmpi_int64() } }
-extension UInt8: MPIScalar { public static var mpiType: MPI_Datatype { cmpi_uint8() } }
+
+/// `combine` for floating-point elements (one loop per operator, so that the sum vectorises).
+@inline(__always)
+func combineFloating<F: BinaryFloatingPoint>(_ a: UnsafeMutablePointer<F>, _ b: UnsafePointer<F>, _ n: Int, _ op: ReduceOp) {
+    switch op {
+    case .sum: for i in 0..<n { a[i] += b[i] }
+    case .max, .min:
+        let wantMax = op == .max
+        for i in 0..<n {
+            let x = a[i], y = b[i]
+            if x.isNaN || y.isNaN { a[i] = .nan }
+            else if x == y { a[i] = (x.sign == .minus) == wantMax ? y : x }  // +0 / -0
+            else { a[i] = (x > y) == wantMax ? x : y }
+        }
+    }
+}
+
+@inline(__always)
+func combineInteger<I: FixedWidthInteger>(_ a: UnsafeMutablePointer<I>, _ b: UnsafePointer<I>, _ n: Int, _ op: ReduceOp) {
+    switch op {
+    case .sum: for i in 0..<n { a[i] &+= b[i] }
+    case .max: for i in 0..<n { a[i] = Swift.max(a[i], b[i]) }
+    case .min: for i in 0..<n { a[i] = Swift.min(a[i], b[i]) }
+    }
+}
+
+extension Float: MPIScalar {
+    public static var mpiType: MPI_Datatype { cmpi_float() }
+    public static func combine(into a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, count: Int, _ op: ReduceOp) {
+        combineFloating(a, b, count, op)
+    }
+}
+extension Double: MPIScalar {
+    public static var mpiType: MPI_Datatype { cmpi_double() }
+    public static func combine(into a: UnsafeMutablePointer<Double>, _ b: UnsafePointer<Double>, count: Int, _ op: ReduceOp) {
+        combineFloating(a, b, count, op)
+    }
+}
+extension Int32: MPIScalar {
+    public static var mpiType: MPI_Datatype { cmpi_int32() }
+    public static func combine(into a: UnsafeMutablePointer<Int32>, _ b: UnsafePointer<Int32>, count: Int, _ op: ReduceOp) {
+        combineInteger(a, b, count, op)
+    }
+}
+extension Int64: MPIScalar {
+    public static var mpiType: MPI_Datatype { cmpi_int64() }
+    public static func combine(into a: UnsafeMutablePointer<Int64>, _ b: UnsafePointer<Int64>, count: Int, _ op: ReduceOp) {
+        combineInteger(a, b, count, op)
+    }
+}
+extension UInt8: MPIScalar {
+    public static var mpiType: MPI_Datatype { cmpi_uint8() }
+    public static func combine(into a: UnsafeMutablePointer<UInt8>, _ b: UnsafePointer<UInt8>, count: Int, _ op: ReduceOp) {
+        combineInteger(a, b, count, op)
+    }
+}
 
 /// Reduction operators.
 public enum ReduceOp: Sendable {

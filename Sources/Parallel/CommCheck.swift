@@ -101,6 +101,22 @@ public enum CommCheck {
         c.allReduce(&m, op: .max)
         expect(m == [Double(n - 1), 0], "\(name): all-reduce max gave \(m)")
 
+        // Every rank gets the same bits, also where order could matter: +0 / -0, NaN, and sums
+        // that round (two ranks combine each other's values themselves, see allReduce).
+        let edge: [Float] = [r % 2 == 0 ? 0 : -0.0, r == 0 ? .nan : Float(r), 0.1 * Float(r + 1), r % 2 == 0 ? -0.0 : 0]
+        var mx = edge, mn = edge, sm = edge.map { $0.isNaN ? 1e-8 : $0 + 1e-8 * Float(r) }
+        c.allReduce(&mx, op: .max)
+        c.allReduce(&mn, op: .min)
+        c.allReduce(&sm)
+        let bits = (mx + mn + sm).map { Int64($0.bitPattern) }
+        let everyone = c.allGather(bits)
+        let agree = (0..<n).allSatisfy { Array(everyone[($0 * bits.count)..<(($0 + 1) * bits.count)]) == bits }
+        expect(agree, "\(name): all-reduce results differ between ranks in their bits")
+        if n == 2 {
+            expect(mx[0].bitPattern == Float(0).bitPattern && mx[1].isNaN && mn[0].bitPattern == Float(-0.0).bitPattern && mn[1].isNaN,
+                   "\(name): two-rank max/min of +0/-0 and NaN gave \(mx), \(mn)")
+        }
+
         // reduce-scatter: element j of rank i's input is i + j; block r of the sum comes back.
         let per = 3
         let send: [Float] = (0..<(per * n)).map { Float(r + $0) }
