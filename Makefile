@@ -52,6 +52,7 @@ compare: build
 # Measurements against this machine's limits (not tests): one table, and $(BENCH_JSON).
 BENCH_JSON ?= bench.json
 bench: build
+	@launch/install-deps.sh --with-valgrind
 	@mkdir -p .build/bench
 	mpicc -O2 -o .build/bench/bench_mpi launch/bench_mpi.c
 	launch/bench.sh $(BENCH_JSON)

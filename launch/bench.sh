@@ -31,4 +31,22 @@ echo "bench: 16 ranks, tp 4 x pp 4, default config ($steps steps), and the same 
 mpirun -np 16 --bind-to none "$bin" --tp 4 --pp 4 --steps "$steps" --precision fp32 --time-as none \
     --summary-json "$tmp/np16.json" > /dev/null
 "$bin" --steps "$steps" --precision fp32 --time-as none --summary-json "$tmp/np1.json" > /dev/null
+if [ -z "$quick" ]; then
+    # Instruction counts do not depend on what else the machine runs (wall times here varied
+    # by 15% between identical runs). Six tiny-config steps under callgrind take about a
+    # minute with start-up; one default-config step takes several. valgrind 3.19 cannot read
+    # the Swift binary's DWARF, so it runs a copy stripped of it.
+    echo "bench: instructions per training step (tiny config, one rank, callgrind)"
+    step="$(nm "$bin" | awk '{print $3}' | grep -E '^\$s5Train7TrainerC18trainStepInContext.*KF$' | head -1)"
+    [ -n "$step" ] || { echo "bench: cannot find the training step's symbol in $bin" >&2; exit 1; }
+    cp "$bin" "$tmp/moe-train-nodwarf" && strip -g "$tmp/moe-train-nodwarf"
+    OPENBLAS_NUM_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$tmp/callgrind.out" \
+        --toggle-collect="$step" --dump-after="$step" \
+        "$tmp/moe-train-nodwarf" bench --instructions --config configs/tiny.json > /dev/null 2> "$tmp/callgrind.log" \
+        || { cat "$tmp/callgrind.log" >&2; exit 1; }
+    # One dump per step, alternating: .1 and .2 are step 1 with and without the clock, ...;
+    # the third pair (.5, .6) is the steady state.
+    callgrind_annotate --threshold=100 "$tmp/callgrind.out.5" > "$tmp/callgrind-step.txt"
+    callgrind_annotate --threshold=100 "$tmp/callgrind.out.6" > "$tmp/callgrind-step-noclock.txt"
+fi
 python3 "$here/bench_report.py" "$tmp" "$out" "$(nproc)"

@@ -48,6 +48,30 @@ public enum Bench {
                            data: prepared.data, log: { _ in })
     }
 
+    /// `moe-train bench --instructions`, for counting instructions under callgrind (`make
+    /// bench`): the same `steps` training steps on two identical trainers, one with the emulated
+    /// clock attached and recording and one without, alternating: callgrind collects and dumps
+    /// each call of the trainer's step function, so dumps 1, 3, 5 are steps with the clock and
+    /// 2, 4, 6 the same steps without. The difference of a pair is the emulator's bookkeeping,
+    /// to the instruction.
+    public static func instructionSteps(base: RunConfig, steps: Int) throws {
+        Launcher.ensureSingleThreadedBLAS(rank: 0, log: { _ in })
+        let world = Communicator.initWorld()
+        defer { Communicator.finalize() }
+        var config = base
+        config.timeAs = nil
+        config.steps = 1000
+        config.checkpointEvery = 0
+        config.resume = "never"
+        let withClock = try trainer(config, world: world), without = try trainer(config, world: world)
+        without.kernels.accountant = nil
+        without.clock.recording = false
+        for s in 1...steps {
+            _ = try withClock.trainStep(s)
+            _ = try without.trainStep(s)
+        }
+    }
+
     public static func run(base: RunConfig, quick: Bool, log: (String) -> Void) throws -> [String: Any] {
         Launcher.ensureSingleThreadedBLAS(rank: 0, log: log)
         let world = Communicator.initWorld()

@@ -15,10 +15,13 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "A fast, small run (checks that the output is well formed).") var quick = false
     @Option(help: "Write the measurements as JSON here.") var json: String?
     @Option(help: "Model config (default configs/default.json).") var config: String?
+    @Flag(help: "Only run 3 training steps with the emulated clock and 3 without, alternating, to be counted under callgrind (make bench); prints nothing.")
+    var instructions = false
 
     func run() throws {
         let base: RunConfig
         do { base = try config.map(ConfigFile.load) ?? ConfigFile.loadDefault() } catch { throw ValidationError(String(describing: error)) }
+        if instructions { return try Bench.instructionSteps(base: base, steps: 3) }
         let out = try Bench.run(base: base, quick: quick) { print($0) }
         let text = JSONText.encode(out)
         if let json { try text.write(toFile: json, atomically: true, encoding: .utf8) } else { print(text) }
