@@ -22,6 +22,17 @@ final class BenchTests: XCTestCase {
         XCTAssertTrue(gemm.allSatisfy { ($0["ratio"] as? Double ?? 0) > 0 })
     }
 
+    /// `bench --instructions` (what `make bench` counts under callgrind) runs its steps, prints
+    /// nothing and writes nothing: callgrind's dumps are its only output.
+    func testInstructionStepsRunSilently() throws {
+        let dir = try Subprocess.tempDir()
+        let r = try Subprocess.run(try Subprocess.binary, ["bench", "--instructions", "--config", Subprocess.repoRoot + "/configs/tiny.json"],
+                                   cwd: dir, timeout: 120)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertEqual(r.output.trimmingCharacters(in: .whitespacesAndNewlines), "")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
+    }
+
     func testQuickCommBenchIsWellFormed() throws {
         let dir = try Subprocess.tempDir()
         let r = try Subprocess.mpirun(np: 2, ["bench-comm", "--quick", "--json", dir + "/c.json"])
