@@ -37,9 +37,10 @@ if [ -z "$quick" ]; then
     # minute with start-up; one default-config step takes several. valgrind 3.19 cannot read
     # the Swift binary's DWARF, so it runs a copy stripped of it.
     echo "bench: instructions per training step (tiny config, one rank, callgrind)"
-    step="$(nm "$bin" | awk '{print $3}' | grep -E '^\$s5Train7TrainerC18trainStepInContext.*KF$' | head -1)"
+    step="$(nm "$bin" | awk '{print $3}' | grep -E '^\$s5Train7TrainerC18trainStepInContext.*KF$' | head -1 || true)"
     [ -n "$step" ] || { echo "bench: cannot find the training step's symbol in $bin" >&2; exit 1; }
-    cp "$bin" "$tmp/moe-train-nodwarf" && strip -g "$tmp/moe-train-nodwarf"
+    cp "$bin" "$tmp/moe-train-nodwarf"
+    strip -g "$tmp/moe-train-nodwarf"
     OPENBLAS_NUM_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$tmp/callgrind.out" \
         --toggle-collect="$step" --dump-after="$step" \
         "$tmp/moe-train-nodwarf" bench --instructions --config configs/tiny.json > /dev/null 2> "$tmp/callgrind.log" \

@@ -50,10 +50,11 @@ public enum Bench {
 
     /// `moe-train bench --instructions`, for counting instructions under callgrind (`make
     /// bench`): the same `steps` training steps on two identical trainers, one with the emulated
-    /// clock attached and recording and one without, alternating: callgrind collects and dumps
-    /// each call of the trainer's step function, so dumps 1, 3, 5 are steps with the clock and
-    /// 2, 4, 6 the same steps without. The difference of a pair is the emulator's bookkeeping,
-    /// to the instruction.
+    /// clock's accountant and recording, and one without them (as the wall-time overhead figure
+    /// of `run` does), alternating: callgrind collects and dumps each call of the trainer's step
+    /// function, so dumps 1, 3, 5 are steps with and 2, 4, 6 the same steps without. The
+    /// difference of a pair is what costing every kernel and recording spans adds, exactly; the
+    /// clock's region marks and span texts, which run in both, are not in it.
     public static func instructionSteps(base: RunConfig, steps: Int) throws {
         Launcher.ensureSingleThreadedBLAS(rank: 0, log: { _ in })
         let world = Communicator.initWorld()

@@ -19,6 +19,9 @@ public struct Communicator: @unchecked Sendable {
     /// A duplicate of `handle` that carries only emulated-clock values, so that they never
     /// match a data message's tag.
     let clockHandle: MPI_Comm
+    /// On a two-rank group, a duplicate of `handle` for the all-reduce's exchange (tag 0), so
+    /// that it never matches a caller's message and needs no tag beyond what every MPI allows.
+    let exchangeHandle: MPI_Comm?
     public let rank: Int
     public let size: Int
     /// A short name of the group ("world", "tp", "pp", "dp", "ep", "edp"), used in accounting.
@@ -41,17 +44,25 @@ public struct Communicator: @unchecked Sendable {
         /// The emulated size of every other timed operation, from (kind, group, executed
         /// emulated bytes): a run timed as another model (`--time-as`) charges its messages.
         var sizer: ((CommKind, String, Double) -> Double)? = nil
-        /// The two-rank all-reduce's receive buffer, kept at the largest size asked for so far,
-        /// so that a large reduction does not map and fault in fresh pages every step.
+        /// The two-rank all-reduce's receive buffer for messages up to `scratchLimit`, kept at
+        /// the largest such size so far, so that frequent reductions (tensor-parallel
+        /// activations) do not map and fault in fresh pages every time; larger ones (a whole
+        /// gradient) get a buffer of their own, freed after the call, as MPI's own would be.
+        static let scratchLimit = 4 << 20
         private var scratch = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
         private var scratchBytes = 64
-        func scratch(bytes: Int) -> UnsafeMutableRawPointer {
+        func withScratch<R>(bytes: Int, _ body: (UnsafeMutableRawPointer) throws -> R) rethrows -> R {
+            if bytes > Hooks.scratchLimit {
+                let own = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+                defer { own.deallocate() }
+                return try body(own)
+            }
             if bytes > scratchBytes {
                 scratch.deallocate()
                 scratchBytes = bytes
                 scratch = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
             }
-            return scratch
+            return try body(scratch)
         }
         deinit { scratch.deallocate() }
     }
@@ -120,6 +131,9 @@ public struct Communicator: @unchecked Sendable {
         var r: Int32 = 0, s: Int32 = 0
         MPI_Comm_rank(handle, &r)
         MPI_Comm_size(handle, &s)
+        var exchange: MPI_Comm? = nil
+        if s == 2 { MPI_Comm_dup(handle, &exchange) }  // collective: every member has the same size
+        self.exchangeHandle = exchange
         self.rank = Int(r)
         self.size = Int(s)
         self.name = name
@@ -178,8 +192,11 @@ public struct Communicator: @unchecked Sendable {
         perform(kind, bytes: bytes, emulatedBytes: emulatedBytes, requests: 1) { start(&$0[0]) }
     }
 
-    /// `perform` for an operation made of `requests` MPI requests (all completed here).
-    func perform(_ kind: CommKind, bytes: Int, emulatedBytes: Double, requests: Int, _ start: (inout [MPI_Request?]) -> Void) {
+    /// `perform` for an operation made of `requests` MPI requests (all completed here), and
+    /// `finish`, the local work that completes it (run before the clock advances, as part of
+    /// the operation, and before observers hear of it).
+    func perform(_ kind: CommKind, bytes: Int, emulatedBytes: Double, requests: Int,
+                 _ start: (inout [MPI_Request?]) -> Void, finish: () -> Void = {}) {
         let event = CommEvent(kind: kind, group: name, bytes: bytes, peer: nil)
         let observers = hooks.clockSuspended == 0 ? hooks.observers : []
         var reqs = [MPI_Request?](repeating: nil, count: requests)
@@ -192,6 +209,7 @@ public struct Communicator: @unchecked Sendable {
             MPI_Iallreduce(&mine, &groupStart, 1, cmpi_double(), cmpi_op_max(), clockHandle, &clockReq)
             Communicator.completeAll(&reqs)
             Communicator.complete(&clockReq)
+            finish()
             let emulatedBytes = charged(kind, emulatedBytes)
             let duration = clock.cost.collective(kind.collective, bytes: emulatedBytes, ranks: size,
                                                  link: clock.cost.links.link(for: members))
@@ -200,6 +218,7 @@ public struct Communicator: @unchecked Sendable {
         } else {
             start(&reqs)
             Communicator.completeAll(&reqs)
+            finish()
         }
         for o in observers { o.didComplete(event) }
     }
@@ -263,24 +282,21 @@ public struct Communicator: @unchecked Sendable {
     public func allReduce<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, op: ReduceOp = .sum) {
         if count == 0 { return }
         let bytes = count * MemoryLayout<T>.stride
-        if size == 2 {
-            let other = hooks.scratch(bytes: bytes).bindMemory(to: T.self, capacity: count)
-            let peer = Int32(1 - rank)
-            perform(.allReduce, bytes: bytes, emulatedBytes: emulatedBytes(T.self, count: count), requests: 2) {
-                MPI_Irecv(other, Int32(count), T.mpiType, peer, Communicator.exchangeTag, handle, &$0[0])
-                MPI_Isend(buffer, Int32(count), T.mpiType, peer, Communicator.exchangeTag, handle, &$0[1])
+        if size == 2, let exchange = exchangeHandle {
+            hooks.withScratch(bytes: bytes) { raw in
+                let other = raw.bindMemory(to: T.self, capacity: count)
+                let peer = Int32(1 - rank)
+                perform(.allReduce, bytes: bytes, emulatedBytes: emulatedBytes(T.self, count: count), requests: 2, {
+                    MPI_Irecv(other, Int32(count), T.mpiType, peer, 0, exchange, &$0[0])
+                    MPI_Isend(buffer, Int32(count), T.mpiType, peer, 0, exchange, &$0[1])
+                }, finish: { T.combine(into: buffer, other, count: count, op) })
             }
-            T.combine(into: buffer, other, count: count, op)
             return
         }
         perform(.allReduce, bytes: bytes, emulatedBytes: emulatedBytes(T.self, count: count)) {
             MPI_Iallreduce(cmpi_in_place(), buffer, Int32(count), T.mpiType, op.mpi, handle, &$0)
         }
     }
-
-    /// The tag of the two-rank all-reduce's exchange: above every tag the callers use
-    /// (pipeline messages, checkpoint copies), below Open MPI's MPI_TAG_UB (2^31 - 1).
-    static let exchangeTag: Int32 = 0x7FFF_0000
 
     public func allReduce<T: MPIScalar>(_ values: inout [T], op: ReduceOp = .sum) {
         let n = values.count

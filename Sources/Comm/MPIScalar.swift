@@ -5,8 +5,9 @@ public protocol MPIScalar {
     static var mpiType: MPI_Datatype { get }
     /// a[i] = op(a[i], b[i]) for i < count, equal to op(b[i], a[i]) bit for bit, so that two
     /// ranks that each combine their own values with the other's agree (the two-rank
-    /// all-reduce): a sum is commutative in IEEE arithmetic; max and min return NaN if either
-    /// is NaN and order +0 above -0.
+    /// all-reduce): a sum is commutative in IEEE arithmetic except for which NaN it returns,
+    /// so every NaN result becomes the one quiet NaN; max and min return that NaN if either is
+    /// NaN and order +0 above -0.
     static func combine(into a: UnsafeMutablePointer<Self>, _ b: UnsafePointer<Self>, count: Int, _ op: ReduceOp)
 }
 
@@ -14,7 +15,7 @@ public protocol MPIScalar {
 @inline(__always)
 func combineFloating<F: BinaryFloatingPoint>(_ a: UnsafeMutablePointer<F>, _ b: UnsafePointer<F>, _ n: Int, _ op: ReduceOp) {
     switch op {
-    case .sum: for i in 0..<n { a[i] += b[i] }
+    case .sum: for i in 0..<n { let s = a[i] + b[i]; a[i] = s.isNaN ? .nan : s }
     case .max, .min:
         let wantMax = op == .max
         for i in 0..<n {

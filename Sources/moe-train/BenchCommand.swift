@@ -21,7 +21,10 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         let base: RunConfig
         do { base = try config.map(ConfigFile.load) ?? ConfigFile.loadDefault() } catch { throw ValidationError(String(describing: error)) }
-        if instructions { return try Bench.instructionSteps(base: base, steps: 3) }
+        if instructions {
+            if quick || json != nil { throw ValidationError("--instructions runs steps for callgrind and writes nothing; drop \(quick ? "--quick" : "--json").") }
+            return try Bench.instructionSteps(base: base, steps: 3)
+        }
         let out = try Bench.run(base: base, quick: quick) { print($0) }
         let text = JSONText.encode(out)
         if let json { try text.write(toFile: json, atomically: true, encoding: .utf8) } else { print(text) }
