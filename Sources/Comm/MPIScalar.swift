@@ -15,7 +15,8 @@ public protocol MPIScalar {
 @inline(__always)
 func combineFloating<F: BinaryFloatingPoint>(_ a: UnsafeMutablePointer<F>, _ b: UnsafePointer<F>, _ n: Int, _ op: ReduceOp) {
     switch op {
-    case .sum: for i in 0..<n { let s = a[i] + b[i]; a[i] = s.isNaN ? .nan : s }
+    case .sum:
+        for i in 0..<n { let s = a[i] + b[i]; a[i] = s != s ? .nan : s }
     case .max, .min:
         let wantMax = op == .max
         for i in 0..<n {
@@ -39,7 +40,17 @@ func combineInteger<I: FixedWidthInteger>(_ a: UnsafeMutablePointer<I>, _ b: Uns
 extension Float: MPIScalar {
     public static var mpiType: MPI_Datatype { cmpi_float() }
     public static func combine(into a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, count: Int, _ op: ReduceOp) {
-        combineFloating(a, b, count, op)
+        guard op == .sum else { return combineFloating(a, b, count, op) }
+        // The sum eight lanes at a time, each NaN made the one quiet NaN in the same pass (a
+        // scalar NaN test per element made 2-rank all-reduces twice as slow).
+        var i = 0
+        while i + 8 <= count {
+            var v = UnsafeRawPointer(a + i).loadUnaligned(as: SIMD8<Float>.self) + UnsafeRawPointer(b + i).loadUnaligned(as: SIMD8<Float>.self)
+            v.replace(with: .nan, where: v .!= v)
+            UnsafeMutableRawPointer(a + i).storeBytes(of: v, as: SIMD8<Float>.self)
+            i += 8
+        }
+        if i < count { combineFloating(a + i, b + i, count - i, op) }
     }
 }
 extension Double: MPIScalar {

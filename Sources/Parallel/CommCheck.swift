@@ -108,7 +108,9 @@ public enum CommCheck {
         if n == 2 {
             var mx: [Float] = [r == 0 ? 0 : -0.0, r == 0 ? .nan : 1, r == 0 ? -0.0 : 0]
             var mn = mx
+            // (eleven sums, so that both the eight-lane loop and the tail are covered)
             var sm: [Float] = [r == 0 ? .nan : -.nan, .infinity * (r == 0 ? 1 : -1), 0.1 * Float(r + 1)]
+                + [r == 0 ? -.nan : .nan, 1, 2, 3, 4, 5, 6, r == 0 ? .nan : 7]
             c.allReduce(&mx, op: .max)
             c.allReduce(&mn, op: .min)
             c.allReduce(&sm)
@@ -117,7 +119,7 @@ public enum CommCheck {
             expect(Array(both[0..<bits.count]) == Array(both[bits.count...]), "\(name): all-reduce results differ between the two ranks in their bits")
             expect(mx[0].bitPattern == Float(0).bitPattern && mx[1].isNaN && mx[2].bitPattern == Float(0).bitPattern
                    && mn[0].bitPattern == Float(-0.0).bitPattern && mn[1].isNaN && mn[2].bitPattern == Float(-0.0).bitPattern
-                   && sm[0].isNaN && sm[1].isNaN && sm[2] == Float(0.1) + Float(0.2),
+                   && sm[0].isNaN && sm[1].isNaN && sm[2] == Float(0.1) + Float(0.2) && sm[3].isNaN && sm[10].isNaN && sm[4] == 2,
                    "\(name): two-rank max/min/sum of +0/-0, NaN and infinities gave \(mx), \(mn), \(sm)")
         }
 
