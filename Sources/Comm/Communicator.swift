@@ -189,25 +189,29 @@ public struct Communicator: @unchecked Sendable {
     /// a max all-reduce issued at the same time on the clock communicator (no extra round
     /// trip in sequence), and the clock advances by the cost model's time for the group.
     func perform(_ kind: CommKind, bytes: Int, emulatedBytes: Double, _ start: (inout MPI_Request?) -> Void) {
-        perform(kind, bytes: bytes, emulatedBytes: emulatedBytes, requests: 1) { start(&$0[0]) }
+        perform(kind, bytes: bytes, emulatedBytes: emulatedBytes, pair: { first, _ in start(&first) })
     }
 
-    /// `perform` for an operation made of `requests` MPI requests (all completed here), and
-    /// `finish`, the local work that completes it (run before the clock advances, as part of
-    /// the operation, and before observers hear of it).
-    func perform(_ kind: CommKind, bytes: Int, emulatedBytes: Double, requests: Int,
-                 _ start: (inout [MPI_Request?]) -> Void, finish: () -> Void = {}) {
+    /// `perform` for an operation made of up to two MPI requests (those `start` sets are
+    /// completed here), and `finish`, the local work that completes it (run before the clock
+    /// advances, as part of the operation, and before observers hear of it).
+    func perform(_ kind: CommKind, bytes: Int, emulatedBytes: Double,
+                 pair start: (inout MPI_Request?, inout MPI_Request?) -> Void, finish: () -> Void = {}) {
         let event = CommEvent(kind: kind, group: name, bytes: bytes, peer: nil)
         let observers = hooks.clockSuspended == 0 ? hooks.observers : []
-        var reqs = [MPI_Request?](repeating: nil, count: requests)
+        var first: MPI_Request? = nil, second: MPI_Request? = nil
+        func completeBoth() {
+            Communicator.complete(&first)
+            if second != nil { Communicator.complete(&second) }
+        }
         if let clock = hooks.activeClock, size > 1 {
             clock.flush()
             let wallStart = clock.wallNow
             var mine = clock.now, groupStart = 0.0
-            start(&reqs)
+            start(&first, &second)
             var clockReq: MPI_Request? = nil
             MPI_Iallreduce(&mine, &groupStart, 1, cmpi_double(), cmpi_op_max(), clockHandle, &clockReq)
-            Communicator.completeAll(&reqs)
+            completeBoth()
             Communicator.complete(&clockReq)
             finish()
             let emulatedBytes = charged(kind, emulatedBytes)
@@ -216,8 +220,8 @@ public struct Communicator: @unchecked Sendable {
             clock.collective(kind.span, groupStart: groupStart, duration: duration,
                              detail: "\(kind.rawValue) \(name) \(Int(emulatedBytes)) B", wallStart: wallStart)
         } else {
-            start(&reqs)
-            Communicator.completeAll(&reqs)
+            start(&first, &second)
+            completeBoth()
             finish()
         }
         for o in observers { o.didComplete(event) }
@@ -286,9 +290,9 @@ public struct Communicator: @unchecked Sendable {
             hooks.withScratch(bytes: bytes) { raw in
                 let other = raw.bindMemory(to: T.self, capacity: count)
                 let peer = Int32(1 - rank)
-                perform(.allReduce, bytes: bytes, emulatedBytes: emulatedBytes(T.self, count: count), requests: 2, {
-                    MPI_Irecv(other, Int32(count), T.mpiType, peer, 0, exchange, &$0[0])
-                    MPI_Isend(buffer, Int32(count), T.mpiType, peer, 0, exchange, &$0[1])
+                perform(.allReduce, bytes: bytes, emulatedBytes: emulatedBytes(T.self, count: count), pair: {
+                    MPI_Irecv(other, Int32(count), T.mpiType, peer, 0, exchange, &$0)
+                    MPI_Isend(buffer, Int32(count), T.mpiType, peer, 0, exchange, &$1)
                 }, finish: { T.combine(into: buffer, other, count: count, op) })
             }
             return

@@ -53,30 +53,21 @@ extension Float: MPIScalar {
         if i < count { combineFloating(a + i, b + i, count - i, op) }
     }
 }
-extension Double: MPIScalar {
-    public static var mpiType: MPI_Datatype { cmpi_double() }
-    public static func combine(into a: UnsafeMutablePointer<Double>, _ b: UnsafePointer<Double>, count: Int, _ op: ReduceOp) {
+// Every other element type: the shared loops above.
+extension MPIScalar where Self: BinaryFloatingPoint {
+    public static func combine(into a: UnsafeMutablePointer<Self>, _ b: UnsafePointer<Self>, count: Int, _ op: ReduceOp) {
         combineFloating(a, b, count, op)
     }
 }
-extension Int32: MPIScalar {
-    public static var mpiType: MPI_Datatype { cmpi_int32() }
-    public static func combine(into a: UnsafeMutablePointer<Int32>, _ b: UnsafePointer<Int32>, count: Int, _ op: ReduceOp) {
+extension MPIScalar where Self: FixedWidthInteger {
+    public static func combine(into a: UnsafeMutablePointer<Self>, _ b: UnsafePointer<Self>, count: Int, _ op: ReduceOp) {
         combineInteger(a, b, count, op)
     }
 }
-extension Int64: MPIScalar {
-    public static var mpiType: MPI_Datatype { cmpi_int64() }
-    public static func combine(into a: UnsafeMutablePointer<Int64>, _ b: UnsafePointer<Int64>, count: Int, _ op: ReduceOp) {
-        combineInteger(a, b, count, op)
-    }
-}
-extension UInt8: MPIScalar {
-    public static var mpiType: MPI_Datatype { cmpi_uint8() }
-    public static func combine(into a: UnsafeMutablePointer<UInt8>, _ b: UnsafePointer<UInt8>, count: Int, _ op: ReduceOp) {
-        combineInteger(a, b, count, op)
-    }
-}
+extension Double: MPIScalar { public static var mpiType: MPI_Datatype { cmpi_double() } }
+extension Int32: MPIScalar { public static var mpiType: MPI_Datatype { cmpi_int32() } }
+extension Int64: MPIScalar { public static var mpiType: MPI_Datatype { cmpi_int64() } }
+extension UInt8: MPIScalar { public static var mpiType: MPI_Datatype { cmpi_uint8() } }
 
 /// Reduction operators.
 public enum ReduceOp: Sendable {
