@@ -3,3 +3,10 @@
 // let the runtime check that each rank uses exactly one BLAS thread.
 #pragma once
 #include <cblas.h>
+
+// glibc's allocator knobs (mallopt), for how Tensor's storage is allocated.
+#include <malloc.h>
+static inline void moe_keep_large_allocations_in_heap(int mmap_threshold, int trim_threshold) {
+    mallopt(M_MMAP_THRESHOLD, mmap_threshold);
+    mallopt(M_TRIM_THRESHOLD, trim_threshold);
+}

@@ -19,7 +19,7 @@ public struct Communicator: @unchecked Sendable {
     /// A duplicate of `handle` that carries only emulated-clock values, so that they never
     /// match a data message's tag.
     let clockHandle: MPI_Comm
-    /// On a two-rank group, a duplicate of `handle` for the all-reduce's exchange (tag 0), so
+    /// On a group of 2, 4, 8, ... ranks, a duplicate of `handle` for the all-reduce's exchanges (tag 0), so
     /// that it never matches a caller's message and needs no tag beyond what every MPI allows.
     let exchangeHandle: MPI_Comm?
     public let rank: Int
@@ -103,10 +103,26 @@ public struct Communicator: @unchecked Sendable {
             setenv("OMPI_MCA_pml", "ob1", 0)
             var provided: Int32 = 0
             MPI_Init_thread(nil, nil, cmpi_thread_funneled(), &provided)
+            Communicator.blocking = Communicator.chooseBlocking()
         }
         var size: Int32 = 0
         MPI_Comm_size(cmpi_comm_world(), &size)
         return Communicator(handle: cmpi_comm_world(), name: "world", members: Array(0..<Int(size)), hooks: Hooks())
+    }
+
+    /// Blocking when the ranks on this host are no more than its cores (Open MPI's
+    /// OMPI_COMM_WORLD_LOCAL_SIZE against the cores this process may run on);
+    /// MOE_TRAIN_WAIT=block or sleep overrides.
+    static func chooseBlocking() -> Bool {
+        func env(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+        switch env("MOE_TRAIN_WAIT") {
+        case "block": return true
+        case "sleep": return false
+        default: break
+        }
+        guard let local = env("OMPI_COMM_WORLD_LOCAL_SIZE").flatMap(Int.init) else { return false }
+        // The host's cores, not this process's affinity: mpirun binds each of two ranks to one.
+        return local <= sysconf(Int32(_SC_NPROCESSORS_ONLN))
     }
 
     /// Finalises MPI. Call once, after the last operation, on every rank.
@@ -132,7 +148,8 @@ public struct Communicator: @unchecked Sendable {
         MPI_Comm_rank(handle, &r)
         MPI_Comm_size(handle, &s)
         var exchange: MPI_Comm? = nil
-        if s == 2 { MPI_Comm_dup(handle, &exchange) }  // collective: every member has the same size
+        // Collective: every member has the same size.
+        if s >= 2 && s & (s - 1) == 0 { MPI_Comm_dup(handle, &exchange) }
         self.exchangeHandle = exchange
         self.rank = Int(r)
         self.size = Int(s)
@@ -184,47 +201,40 @@ public struct Communicator: @unchecked Sendable {
 
     // MARK: - Choke point
 
-    /// Every collective passes here. `start` issues the non-blocking MPI call; its request
-    /// is completed here. With a clock attached, the participants' clocks are combined by
-    /// a max all-reduce issued at the same time on the clock communicator (no extra round
-    /// trip in sequence), and the clock advances by the cost model's time for the group.
-    func perform(_ kind: CommKind, bytes: Int, emulatedBytes: Double, _ start: (inout MPI_Request?) -> Void) {
-        perform(kind, bytes: bytes, emulatedBytes: emulatedBytes, pair: { first, _ in start(&first) })
-    }
-
-    /// `perform` for an operation made of up to two MPI requests (those `start` sets are
-    /// completed here), and `finish`, the local work that completes it (run before the clock
-    /// advances, as part of the operation, and before observers hear of it).
-    func perform(_ kind: CommKind, bytes: Int, emulatedBytes: Double,
-                 pair start: (inout MPI_Request?, inout MPI_Request?) -> Void, finish: () -> Void = {}) {
-        let event = CommEvent(kind: kind, group: name, bytes: bytes, peer: nil)
-        let observers = hooks.clockSuspended == 0 ? hooks.observers : []
-        var first: MPI_Request? = nil, second: MPI_Request? = nil
-        func completeBoth() {
-            Communicator.complete(&first)
-            if second != nil { Communicator.complete(&second) }
-        }
+    /// Every collective passes here. `start` issues the MPI call (a non-blocking one sets the
+    /// request, completed here); `finish` is the local work that completes the operation (an
+    /// all-reduce's own exchanges), run before the clock advances, as part of the operation, and
+    /// before observers hear of it. With a clock attached, the participants' clocks are combined
+    /// by a max all-reduce issued first on the clock communicator (it progresses while the
+    /// operation runs: no extra round trip in sequence), and the clock advances by the cost
+    /// model's time for the group.
+    func perform(_ kind: CommKind, bytes: Int, emulatedBytes: Double, _ start: (inout MPI_Request?) -> Void,
+                 finish: () -> Void = {}) {
+        var request: MPI_Request? = nil
         if let clock = hooks.activeClock, size > 1 {
             clock.flush()
             let wallStart = clock.wallNow
             var mine = clock.now, groupStart = 0.0
-            start(&first, &second)
             var clockReq: MPI_Request? = nil
             MPI_Iallreduce(&mine, &groupStart, 1, cmpi_double(), cmpi_op_max(), clockHandle, &clockReq)
-            completeBoth()
-            Communicator.complete(&clockReq)
+            start(&request)
+            Communicator.complete(&request)
             finish()
+            Communicator.complete(&clockReq)
             let emulatedBytes = charged(kind, emulatedBytes)
             let duration = clock.cost.collective(kind.collective, bytes: emulatedBytes, ranks: size,
                                                  link: clock.cost.links.link(for: members))
             clock.collective(kind.span, groupStart: groupStart, duration: duration,
                              detail: "\(kind.rawValue) \(name) \(Int(emulatedBytes)) B", wallStart: wallStart)
         } else {
-            start(&first, &second)
-            completeBoth()
+            start(&request)
+            Communicator.complete(&request)
             finish()
         }
-        for o in observers { o.didComplete(event) }
+        if hooks.clockSuspended == 0, !hooks.observers.isEmpty {
+            let event = CommEvent(kind: kind, group: name, bytes: bytes, peer: nil)
+            for o in hooks.observers { o.didComplete(event) }
+        }
     }
 
     /// Polls with `sched_yield` before the first sleep. Non-blocking collectives progress
@@ -233,9 +243,30 @@ public struct Communicator: @unchecked Sendable {
     /// still hands the core to a rank with work when there is one.
     static let spinPolls = 2000
 
+    /// Whether every rank has a core of its own: then collectives are MPI's blocking calls
+    /// and waits are `MPI_Wait` (MPI's own algorithms and progress, as a bare MPI program
+    /// gets them); otherwise non-blocking calls completed by `complete`, which sleeps.
+    /// Set once by `initWorld`.
+    nonisolated(unsafe) static var blocking = false
+
+    /// Whether a reduction of `T` by `op` may be MPI's blocking call: only when every
+    /// algorithm gives the same bits (two ranks, max and min, integers), so that a run's
+    /// results do not depend on whether its host had a core per rank. A floating-point sum
+    /// over more ranks is the non-blocking call in both cases (its algorithm fixes the order of
+    /// the additions), completed with `MPI_Wait` when blocking.
+    @inline(__always)
+    func blockingCall<T: MPIScalar>(_ type: T.Type, _ op: ReduceOp) -> Bool {
+        Communicator.blocking && (size <= 2 || op != .sum || !(T.self is any BinaryFloatingPoint.Type))
+    }
+
     /// Waits for a request without burning the core: polls with `sched_yield`, then sleeps
     /// that double from 2 us up to 256 us between polls.
     static func complete(_ request: inout MPI_Request?) {
+        if request == nil { return }   // the operation was a blocking call, already done
+        if Communicator.blocking {
+            MPI_Wait(&request, cmpi_status_ignore())
+            return
+        }
         var flag: Int32 = 0
         var polls = 0
         var sleepNs = 2_000
@@ -260,13 +291,14 @@ public struct Communicator: @unchecked Sendable {
     // MARK: - Collectives
 
     public func barrier() {
-        perform(.barrier, bytes: 0, emulatedBytes: 0) { MPI_Ibarrier(handle, &$0) }
+        perform(.barrier, bytes: 0, emulatedBytes: 0) { if Communicator.blocking { MPI_Barrier(handle) } else { MPI_Ibarrier(handle, &$0) } }
     }
 
     /// Broadcasts `count` elements at `buffer` from `root` to every rank of the group.
     public func broadcast<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, root: Int) {
         perform(.broadcast, bytes: count * MemoryLayout<T>.stride, emulatedBytes: emulatedBytes(T.self, count: count)) {
-            MPI_Ibcast(buffer, Int32(count), T.mpiType, Int32(root), handle, &$0)
+            if Communicator.blocking { MPI_Bcast(buffer, Int32(count), T.mpiType, Int32(root), handle) }
+            else { MPI_Ibcast(buffer, Int32(count), T.mpiType, Int32(root), handle, &$0) }
         }
     }
 
@@ -277,28 +309,91 @@ public struct Communicator: @unchecked Sendable {
 
     /// In-place all-reduce of `count` elements. How, by group size and message size (measured
     /// against the blocking `MPI_Allreduce`, README "Performance"): Open MPI 4.1's non-blocking
-    /// all-reduce (libnbc) uses a binomial tree, the whole message in every round, whenever the
-    /// call is in place, the message is under 64 KiB or there are fewer than 4 ranks. So:
-    /// - 2 ranks: each sends its buffer to the other and combines the two itself, one round
-    ///   instead of two; `MPIScalar.combine` is symmetric to the bit, so both ranks agree.
-    /// - more: in place. (Out of place, libnbc takes reduce-scatter + all-gather from 4 ranks
-    ///   and 64 KiB on; with 4 ranks on 2 cores that measured 2x slower than the binomial tree.)
+    /// all-reduce (libnbc) uses a binomial tree (reduce to one rank, then broadcast: twice
+    /// log2(n) rounds of the whole message) whenever the call is in place, the message is under
+    /// 64 KiB or there are fewer than 4 ranks. So a group of 2, 4, 8, ... ranks exchanges
+    /// with partners itself (`exchangeAllReduce`: log2(n) rounds under 64 KiB, and from 64 KiB
+    /// 2(n-1)/n of the message sent); other sizes use MPI's call.
     public func allReduce<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, op: ReduceOp = .sum) {
         if count == 0 { return }
         let bytes = count * MemoryLayout<T>.stride
-        if size == 2, let exchange = exchangeHandle {
-            hooks.withScratch(bytes: bytes) { raw in
-                let other = raw.bindMemory(to: T.self, capacity: count)
-                let peer = Int32(1 - rank)
-                perform(.allReduce, bytes: bytes, emulatedBytes: emulatedBytes(T.self, count: count), pair: {
-                    MPI_Irecv(other, Int32(count), T.mpiType, peer, 0, exchange, &$0)
-                    MPI_Isend(buffer, Int32(count), T.mpiType, peer, 0, exchange, &$1)
-                }, finish: { T.combine(into: buffer, other, count: count, op) })
+        if let exchange = exchangeHandle {
+            let halving = bytes >= Communicator.halvingBytes && count >= size
+            hooks.withScratch(bytes: halving ? bytes / 2 + MemoryLayout<T>.stride : bytes) { raw in
+                let scratch = raw.bindMemory(to: T.self, capacity: count)
+                perform(.allReduce, bytes: bytes, emulatedBytes: emulatedBytes(T.self, count: count), { _ in },
+                        finish: { exchangeAllReduce(buffer, count: count, op: op, halving: halving, on: exchange, scratch: scratch) })
             }
             return
         }
         perform(.allReduce, bytes: bytes, emulatedBytes: emulatedBytes(T.self, count: count)) {
-            MPI_Iallreduce(cmpi_in_place(), buffer, Int32(count), T.mpiType, op.mpi, handle, &$0)
+            if blockingCall(T.self, op) { MPI_Allreduce(cmpi_in_place(), buffer, Int32(count), T.mpiType, op.mpi, handle) }
+            else { MPI_Iallreduce(cmpi_in_place(), buffer, Int32(count), T.mpiType, op.mpi, handle, &$0) }
+        }
+    }
+
+    /// From this size on, `exchangeAllReduce` halves instead of doubling.
+    static let halvingBytes = 65536
+
+    /// All-reduce on a group of 2^k ranks by exchanges with the partners rank ^ 2^j on the
+    /// exchange communicator (tag 0; each round completes before the next, so messages of
+    /// two rounds between the same pair cannot cross).
+    /// - Doubling (small messages): k rounds, each sending the whole buffer to the partner and
+    ///   combining what comes back. `MPIScalar.combine` is symmetric to the bit, so both
+    ///   partners hold the same values after every round, and all ranks agree at the end.
+    /// - Halving (`halving`; Rabenseifner's reduce-scatter then all-gather): k rounds in which
+    ///   each rank sends the half of its part it gives up and combines the half it keeps (the
+    ///   lower half when its bit of the round is 0), leaving it the fully reduced block `rank`
+    ///   of 2^k; then the same rounds in reverse send the reduced blocks back. Every element is
+    ///   reduced on one rank only, and each rank sends 2(n-1)/n of the message instead of k
+    ///   times all of it.
+    /// `scratch` holds `count` elements when doubling, half of them (rounded up) when halving.
+    func exchangeAllReduce<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, op: ReduceOp, halving: Bool,
+                                         on exchange: MPI_Comm, scratch: UnsafeMutablePointer<T>) {
+        func swap(_ send: UnsafePointer<T>, _ sendCount: Int, _ recv: UnsafeMutablePointer<T>, _ recvCount: Int, with peer: Int) {
+            var r: MPI_Request? = nil, s: MPI_Request? = nil
+            MPI_Irecv(recv, Int32(recvCount), T.mpiType, Int32(peer), 0, exchange, &r)
+            MPI_Isend(send, Int32(sendCount), T.mpiType, Int32(peer), 0, exchange, &s)
+            Communicator.complete(&r)
+            Communicator.complete(&s)
+        }
+        guard halving else {
+            var mask = 1
+            while mask < size {
+                swap(buffer, count, scratch, count, with: rank ^ mask)
+                T.combine(into: buffer, scratch, count: count, op)
+                mask <<= 1
+            }
+            return
+        }
+        // [lo, hi): the part this rank still reduces; halving it from the highest bit down
+        // leaves block `rank` (in rank order) at the end.
+        var lo = 0, hi = count
+        var mask = size >> 1
+        while mask > 0 {
+            let mid = lo + (hi - lo) / 2
+            let keepLow = rank & mask == 0
+            let (keep, give) = keepLow ? ((lo, mid), (mid, hi)) : ((mid, hi), (lo, mid))
+            swap(buffer + give.0, give.1 - give.0, scratch, keep.1 - keep.0, with: rank ^ mask)
+            T.combine(into: buffer + keep.0, scratch, count: keep.1 - keep.0, op)
+            (lo, hi) = keep
+            mask >>= 1
+        }
+        // Back up: the partner of each round holds the other half of the part both held
+        // before it. Recomputing the parts top-down gives those halves without a stack.
+        mask = 1
+        while mask < size {
+            var plo = 0, phi = count, m = size >> 1
+            while m > mask {   // the part held before the round of `mask`
+                let mid = plo + (phi - plo) / 2
+                (plo, phi) = rank & m == 0 ? (plo, mid) : (mid, phi)
+                m >>= 1
+            }
+            let mid = plo + (phi - plo) / 2
+            let other = rank & mask == 0 ? (mid, phi) : (plo, mid)
+            swap(buffer + lo, hi - lo, buffer + other.0, other.1 - other.0, with: rank ^ mask)
+            (lo, hi) = (plo, phi)
+            mask <<= 1
         }
     }
 
@@ -319,7 +414,8 @@ public struct Communicator: @unchecked Sendable {
                                             countPerRank: Int, op: ReduceOp = .sum) {
         perform(.reduceScatter, bytes: countPerRank * size * MemoryLayout<T>.stride,
                 emulatedBytes: emulatedBytes(T.self, count: countPerRank * size)) {
-            MPI_Ireduce_scatter_block(send, recv, Int32(countPerRank), T.mpiType, op.mpi, handle, &$0)
+            if blockingCall(T.self, op) { MPI_Reduce_scatter_block(send, recv, Int32(countPerRank), T.mpiType, op.mpi, handle) }
+            else { MPI_Ireduce_scatter_block(send, recv, Int32(countPerRank), T.mpiType, op.mpi, handle, &$0) }
         }
     }
 
@@ -327,7 +423,8 @@ public struct Communicator: @unchecked Sendable {
     public func allGather<T: MPIScalar>(_ send: UnsafePointer<T>, _ recv: UnsafeMutablePointer<T>, countPerRank: Int) {
         perform(.allGather, bytes: countPerRank * size * MemoryLayout<T>.stride,
                 emulatedBytes: emulatedBytes(T.self, count: countPerRank * size)) {
-            MPI_Iallgather(send, Int32(countPerRank), T.mpiType, recv, Int32(countPerRank), T.mpiType, handle, &$0)
+            if Communicator.blocking { MPI_Allgather(send, Int32(countPerRank), T.mpiType, recv, Int32(countPerRank), T.mpiType, handle) }
+            else { MPI_Iallgather(send, Int32(countPerRank), T.mpiType, recv, Int32(countPerRank), T.mpiType, handle, &$0) }
         }
     }
 
@@ -362,7 +459,8 @@ public struct Communicator: @unchecked Sendable {
         let rc = recvCounts.map { Int32($0) }, rd = recvDispls.map { Int32($0) }
         let total = sendCounts.reduce(0, +)
         perform(.allToAll, bytes: total * MemoryLayout<T>.stride, emulatedBytes: emulatedBytes(T.self, count: total)) {
-            MPI_Ialltoallv(send, sc, sd, T.mpiType, recv, rc, rd, T.mpiType, handle, &$0)
+            if Communicator.blocking { MPI_Alltoallv(send, sc, sd, T.mpiType, recv, rc, rd, T.mpiType, handle) }
+            else { MPI_Ialltoallv(send, sc, sd, T.mpiType, recv, rc, rd, T.mpiType, handle, &$0) }
         }
     }
 

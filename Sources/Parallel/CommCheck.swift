@@ -101,11 +101,12 @@ public enum CommCheck {
         c.allReduce(&m, op: .max)
         expect(m == [Double(n - 1), 0], "\(name): all-reduce max gave \(m)")
 
-        // Two ranks combine each other's values themselves (see allReduce): both must hold the
-        // same bits where the order of the operands could show, +0 / -0 and NaN payloads (NaN
-        // + -NaN keeps the first operand's sign on x86). (Larger groups use MPI's algorithms,
-        // whose agreement across ranks the standard does not promise bit for bit.)
-        if n == 2 {
+        // Groups of 2, 4, 8, ... ranks reduce by exchanges of their own (see allReduce): every
+        // rank must hold the same bits where the order of the operands could show, +0 / -0 and
+        // NaN payloads (NaN + -NaN keeps the first operand's sign on x86), and where rounding
+        // does (0.1 (r + 1)). (Other sizes use MPI's algorithms, whose agreement across ranks
+        // the standard does not promise bit for bit.)
+        if n >= 2 && n & (n - 1) == 0 {
             var mx: [Float] = [r == 0 ? 0 : -0.0, r == 0 ? .nan : 1, r == 0 ? -0.0 : 0]
             var mn = mx
             // (eleven sums, so that both the eight-lane loop and the tail are covered)
@@ -115,12 +116,42 @@ public enum CommCheck {
             c.allReduce(&mn, op: .min)
             c.allReduce(&sm)
             let bits = (mx + mn + sm).map { Int64($0.bitPattern) }
-            let both = c.allGather(bits)
-            expect(Array(both[0..<bits.count]) == Array(both[bits.count...]), "\(name): all-reduce results differ between the two ranks in their bits")
+            let all = c.allGather(bits)
+            expect((0..<n).allSatisfy { Array(all[($0 * bits.count)..<(($0 + 1) * bits.count)]) == bits },
+                   "\(name): all-reduce results differ between ranks in their bits")
             expect(mx[0].bitPattern == Float(0).bitPattern && mx[1].isNaN && mx[2].bitPattern == Float(0).bitPattern
                    && mn[0].bitPattern == Float(-0.0).bitPattern && mn[1].isNaN && mn[2].bitPattern == Float(-0.0).bitPattern
-                   && sm[0].isNaN && sm[1].isNaN && sm[2] == Float(0.1) + Float(0.2) && sm[3].isNaN && sm[10].isNaN && sm[4] == 2,
-                   "\(name): two-rank max/min/sum of +0/-0, NaN and infinities gave \(mx), \(mn), \(sm)")
+                   && sm[0].isNaN && sm[1].isNaN && (n != 2 || sm[2] == Float(0.1) + Float(0.2)) && sm[3].isNaN
+                   && sm[10].isNaN && sm[4] == Float(n),
+                   "\(name): max/min/sum of +0/-0, NaN and infinities gave \(mx), \(mn), \(sm)")
+        }
+
+        // Large all-reduces (from 64 KiB such groups halve: each rank reduces one block, then
+        // the blocks travel back), with counts that do not split evenly: integer-valued sums and
+        // maxima are exact in any order; sums of 0.1 (r + 1) i must agree across ranks bit for bit.
+        for count in [16_387, 70_001] {
+            var sum = (0..<count).map { Float((r + 1) * ($0 % 1000)) }
+            var top = (0..<count).map { Float(($0 * 7 + r * 131) % 977) }
+            var fraction = (0..<count).map { 0.1 * Float(r + 1) * Float($0 % 97) }
+            c.allReduce(&sum)
+            c.allReduce(&top, op: .max)
+            c.allReduce(&fraction)
+            let wantSum = (0..<count).map { Float(n * (n + 1) / 2 * ($0 % 1000)) }
+            let wantTop = (0..<count).map { i in Float((0..<n).map { (i * 7 + $0 * 131) % 977 }.max()!) }
+            expect(sum == wantSum, "\(name): all-reduce sum of \(count) floats wrong at element \(sum.indices.first { sum[$0] != wantSum[$0] } ?? -1)")
+            expect(top == wantTop, "\(name): all-reduce max of \(count) floats wrong at element \(top.indices.first { top[$0] != wantTop[$0] } ?? -1)")
+            let ranksSum = Float(n * (n + 1) / 2)
+            var spread: Float = 0
+            for i in 0..<count {
+                let want: Float = ranksSum * 0.1 * Float(i % 97)
+                spread = max(spread, abs(fraction[i] - want) / max(abs(want), 1e-30))
+            }
+            expect(spread < 1e-5, "\(name): all-reduce sum of \(count) fractions off by \(spread) relative")
+            if n >= 2 && n & (n - 1) == 0 {
+                let digest = fraction.reduce(into: UInt64(1469598103934665603)) { h, x in h = (h ^ UInt64(x.bitPattern)) &* 1099511628211 }
+                let digests = c.allGather([Int64(bitPattern: digest)])
+                expect(Set(digests).count == 1, "\(name): all-reduce of \(count) fractions differs between ranks in its bits")
+            }
         }
 
         // reduce-scatter: element j of rank i's input is i + j; block r of the sum comes back.

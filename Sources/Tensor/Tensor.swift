@@ -1,8 +1,23 @@
+import CBLAS
+
 /// Flat fp32 storage with named, shaped views.
 ///
 /// All parameters of a model live in one `Storage` (as in llm.c), so that a parameter
 /// is an offset and a shape, and sharding (tensor parallel slices, ZeRO-1 partitions)
 /// is arithmetic on offsets. Activations use their own small storages.
+
+/// How the process allocates large buffers.
+public enum Allocation {
+    /// glibc maps every allocation of 128 KiB or more afresh and unmaps it on free, so that a
+    /// step's activations and gradients (and Open MPI's temporary buffers) fault in new zeroed
+    /// pages on every use. Call once at start: buffers up to 64 MiB come from the heap, and
+    /// freed memory is kept for reuse (up to 256 MiB at the top of the heap) instead of being
+    /// returned. Measured: one rank of the default config 4% faster per step; a 2-rank
+    /// 256 KiB reduce-scatter 150 -> 90 us.
+    public static func keepLargeBuffersInHeap() {
+        moe_keep_large_allocations_in_heap(64 << 20, 256 << 20)
+    }
+}
 
 /// An owned block of `Float`s, zero-initialised unless made with `init(uninitializedCount:)`. The pointer never escapes the
 /// lifetime of the object: every `Tensor` that views it holds a strong reference.

@@ -7,11 +7,13 @@ import Projection
 import Foundation
 import Resilience
 import Train
+import Tensor
 
 /// Entry point: parse, run, and turn every error into one message and the exit status of
 /// its class (`ExitStatus`): bad input is printed once, by rank 0, and every rank exits 2;
 /// a failure while running is printed by the rank that met it.
 let launch = LaunchEnvironment.current
+Allocation.keepLargeBuffersInHeap()
 // A rank started by mpirun stops when mpirun (or the supervisor of its job) is gone.
 Lifeline.watchIfLaunched()
 do {
