@@ -7,10 +7,11 @@ import Glibc
 /// The only code in moe-train that calls MPI.
 ///
 /// A `Communicator` is an immutable value wrapping one MPI communicator (world or a
-/// group built by `split`). Every operation is issued non-blocking and completed by
-/// `complete(_:)`, which polls with `MPI_Test` and sleeps with exponential back-off
-/// between polls: 16 ranks share 2 cores, and a rank waiting for a message must leave
-/// the core to a rank that computes. Every blocking operation also passes through `perform`,
+/// group built by `split`). When ranks outnumber the host's cores (16 ranks share 2), every
+/// operation is issued non-blocking and completed by `complete(_:)`, which polls with
+/// `MPI_Test` and sleeps with exponential back-off between polls: a rank waiting for a
+/// message must leave the core to a rank that computes. When every rank has a core, MPI's
+/// blocking calls serve instead (`blocking`). Every blocking operation also passes through `perform`,
 /// the choke point where observers (byte counters, the emulated clock, tracing) attach;
 /// collectives on the communication stream pass through `start` and `finish`, the same
 /// hooks, and point-to-point messages through `isend`, `irecv` and `wait`.
@@ -19,7 +20,7 @@ public struct Communicator: @unchecked Sendable {
     /// A duplicate of `handle` that carries only emulated-clock values, so that they never
     /// match a data message's tag.
     let clockHandle: MPI_Comm
-    /// On a group of 2, 4, 8, ... ranks, a duplicate of `handle` for the all-reduce's exchanges (tag 0), so
+    /// On a two-rank group, a duplicate of `handle` for the reductions' exchanges (tag 0), so
     /// that it never matches a caller's message and needs no tag beyond what every MPI allows.
     let exchangeHandle: MPI_Comm?
     public let rank: Int
@@ -111,8 +112,8 @@ public struct Communicator: @unchecked Sendable {
     }
 
     /// Blocking when the ranks on this host are no more than its cores (Open MPI's
-    /// OMPI_COMM_WORLD_LOCAL_SIZE against the cores this process may run on);
-    /// MOE_TRAIN_WAIT=block or sleep overrides.
+    /// OMPI_COMM_WORLD_LOCAL_SIZE against the online cores); `MOE_TRAIN_WAIT=block` or
+    /// `sleep` overrides (a host shared with other jobs, or for measuring both).
     static func chooseBlocking() -> Bool {
         func env(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
         switch env("MOE_TRAIN_WAIT") {
@@ -148,8 +149,7 @@ public struct Communicator: @unchecked Sendable {
         MPI_Comm_rank(handle, &r)
         MPI_Comm_size(handle, &s)
         var exchange: MPI_Comm? = nil
-        // Collective: every member has the same size.
-        if s >= 2 && s & (s - 1) == 0 { MPI_Comm_dup(handle, &exchange) }
+        if s == 2 { MPI_Comm_dup(handle, &exchange) }  // collective: every member has the same size
         self.exchangeHandle = exchange
         self.rank = Int(r)
         self.size = Int(s)
@@ -244,16 +244,20 @@ public struct Communicator: @unchecked Sendable {
     static let spinPolls = 2000
 
     /// Whether every rank has a core of its own: then collectives are MPI's blocking calls
-    /// and waits are `MPI_Wait` (MPI's own algorithms and progress, as a bare MPI program
-    /// gets them); otherwise non-blocking calls completed by `complete`, which sleeps.
-    /// Set once by `initWorld`.
-    nonisolated(unsafe) static var blocking = false
+    /// and waits are `MPI_Wait`, MPI's own algorithms and progress, as a bare MPI program gets
+    /// them (a waiting rank spins, which costs nothing when no other rank needs the core);
+    /// otherwise non-blocking calls completed by `complete`, which yields and then sleeps (on
+    /// 16 ranks and 2 cores, blocking calls made the headline run 7-10% slower). Set once by
+    /// `initWorld` (`chooseBlocking`).
+    public nonisolated(unsafe) internal(set) static var blocking = false
 
-    /// Whether a reduction of `T` by `op` may be MPI's blocking call: only when every
-    /// algorithm gives the same bits (two ranks, max and min, integers), so that a run's
-    /// results do not depend on whether its host had a core per rank. A floating-point sum
-    /// over more ranks is the non-blocking call in both cases (its algorithm fixes the order of
-    /// the additions), completed with `MPI_Wait` when blocking.
+    /// Whether a reduction of `T` by `op` may be MPI's blocking call: only when any algorithm
+    /// gives the same values (two ranks, max and min, integers), so that a run's results do
+    /// not depend on whether its host had a core per rank. A floating-point sum over more
+    /// ranks is the non-blocking call either way (libnbc's algorithm fixes the order of the
+    /// additions), completed with `MPI_Wait` when blocking. (Two ranks' sums are the same
+    /// bits either way; what can differ is the sign of a zero maximum and which NaN a sum
+    /// returns, which no result of training depends on.)
     @inline(__always)
     func blockingCall<T: MPIScalar>(_ type: T.Type, _ op: ReduceOp) -> Bool {
         Communicator.blocking && (size <= 2 || op != .sum || !(T.self is any BinaryFloatingPoint.Type))
@@ -307,22 +311,28 @@ public struct Communicator: @unchecked Sendable {
         values.withUnsafeMutableBufferPointer { broadcast($0.baseAddress!, count: n, root: root) }
     }
 
-    /// In-place all-reduce of `count` elements. How, by group size and message size (measured
-    /// against the blocking `MPI_Allreduce`, README "Performance"): Open MPI 4.1's non-blocking
-    /// all-reduce (libnbc) uses a binomial tree (reduce to one rank, then broadcast: twice
-    /// log2(n) rounds of the whole message) whenever the call is in place, the message is under
-    /// 64 KiB or there are fewer than 4 ranks. So a group of 2, 4, 8, ... ranks exchanges
-    /// with partners itself (`exchangeAllReduce`: log2(n) rounds under 64 KiB, and from 64 KiB
-    /// 2(n-1)/n of the message sent); other sizes use MPI's call.
+    /// In-place all-reduce of `count` elements. When every rank has a core, MPI's blocking
+    /// `MPI_Allreduce` where the order of the additions cannot show (`blockingCall`);
+    /// otherwise by group size (measured against the blocking call, README "Performance"):
+    /// Open MPI 4.1's non-blocking all-reduce (libnbc) uses a binomial tree (reduce to one
+    /// rank, then broadcast: twice log2(n) rounds of the whole message) whenever the call is in
+    /// place, the message is under 64 KiB or there are fewer than 4 ranks. So:
+    /// - 2 ranks: the two exchange their buffers and each combines them, one round instead of
+    ///   two; `MPIScalar.combine` is symmetric to the bit, so both ranks agree.
+    /// - more: libnbc, in place. Exchanging with partners instead (recursive doubling under
+    ///   64 KiB, halving and gathering above) was tried: on 4 ranks about twice as fast in
+    ///   `make bench`, but the 16-rank headline run was 11% slower (every rank wakes in every
+    ///   round, where a binomial tree's leaves wake twice).
     public func allReduce<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, op: ReduceOp = .sum) {
         if count == 0 { return }
         let bytes = count * MemoryLayout<T>.stride
-        if let exchange = exchangeHandle {
-            let halving = bytes >= Communicator.halvingBytes && count >= size
-            hooks.withScratch(bytes: halving ? bytes / 2 + MemoryLayout<T>.stride : bytes) { raw in
-                let scratch = raw.bindMemory(to: T.self, capacity: count)
-                perform(.allReduce, bytes: bytes, emulatedBytes: emulatedBytes(T.self, count: count), { _ in },
-                        finish: { exchangeAllReduce(buffer, count: count, op: op, halving: halving, on: exchange, scratch: scratch) })
+        if let exchange = exchangeHandle, !Communicator.blocking {
+            hooks.withScratch(bytes: bytes) { raw in
+                let other = raw.bindMemory(to: T.self, capacity: count)
+                perform(.allReduce, bytes: bytes, emulatedBytes: emulatedBytes(T.self, count: count), { _ in }, finish: {
+                    Communicator.swap(buffer, count, other, count, with: 1 - rank, on: exchange)
+                    T.combine(into: buffer, other, count: count, op)
+                })
             }
             return
         }
@@ -332,69 +342,15 @@ public struct Communicator: @unchecked Sendable {
         }
     }
 
-    /// From this size on, `exchangeAllReduce` halves instead of doubling.
-    static let halvingBytes = 65536
-
-    /// All-reduce on a group of 2^k ranks by exchanges with the partners rank ^ 2^j on the
-    /// exchange communicator (tag 0; each round completes before the next, so messages of
-    /// two rounds between the same pair cannot cross).
-    /// - Doubling (small messages): k rounds, each sending the whole buffer to the partner and
-    ///   combining what comes back. `MPIScalar.combine` is symmetric to the bit, so both
-    ///   partners hold the same values after every round, and all ranks agree at the end.
-    /// - Halving (`halving`; Rabenseifner's reduce-scatter then all-gather): k rounds in which
-    ///   each rank sends the half of its part it gives up and combines the half it keeps (the
-    ///   lower half when its bit of the round is 0), leaving it the fully reduced block `rank`
-    ///   of 2^k; then the same rounds in reverse send the reduced blocks back. Every element is
-    ///   reduced on one rank only, and each rank sends 2(n-1)/n of the message instead of k
-    ///   times all of it.
-    /// `scratch` holds `count` elements when doubling, half of them (rounded up) when halving.
-    func exchangeAllReduce<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, op: ReduceOp, halving: Bool,
-                                         on exchange: MPI_Comm, scratch: UnsafeMutablePointer<T>) {
-        func swap(_ send: UnsafePointer<T>, _ sendCount: Int, _ recv: UnsafeMutablePointer<T>, _ recvCount: Int, with peer: Int) {
-            var r: MPI_Request? = nil, s: MPI_Request? = nil
-            MPI_Irecv(recv, Int32(recvCount), T.mpiType, Int32(peer), 0, exchange, &r)
-            MPI_Isend(send, Int32(sendCount), T.mpiType, Int32(peer), 0, exchange, &s)
-            Communicator.complete(&r)
-            Communicator.complete(&s)
-        }
-        guard halving else {
-            var mask = 1
-            while mask < size {
-                swap(buffer, count, scratch, count, with: rank ^ mask)
-                T.combine(into: buffer, scratch, count: count, op)
-                mask <<= 1
-            }
-            return
-        }
-        // [lo, hi): the part this rank still reduces; halving it from the highest bit down
-        // leaves block `rank` (in rank order) at the end.
-        var lo = 0, hi = count
-        var mask = size >> 1
-        while mask > 0 {
-            let mid = lo + (hi - lo) / 2
-            let keepLow = rank & mask == 0
-            let (keep, give) = keepLow ? ((lo, mid), (mid, hi)) : ((mid, hi), (lo, mid))
-            swap(buffer + give.0, give.1 - give.0, scratch, keep.1 - keep.0, with: rank ^ mask)
-            T.combine(into: buffer + keep.0, scratch, count: keep.1 - keep.0, op)
-            (lo, hi) = keep
-            mask >>= 1
-        }
-        // Back up: the partner of each round holds the other half of the part both held
-        // before it. Recomputing the parts top-down gives those halves without a stack.
-        mask = 1
-        while mask < size {
-            var plo = 0, phi = count, m = size >> 1
-            while m > mask {   // the part held before the round of `mask`
-                let mid = plo + (phi - plo) / 2
-                (plo, phi) = rank & m == 0 ? (plo, mid) : (mid, phi)
-                m >>= 1
-            }
-            let mid = plo + (phi - plo) / 2
-            let other = rank & mask == 0 ? (mid, phi) : (plo, mid)
-            swap(buffer + lo, hi - lo, buffer + other.0, other.1 - other.0, with: rank ^ mask)
-            (lo, hi) = (plo, phi)
-            mask <<= 1
-        }
+    /// Sends `sendCount` elements to `peer` and receives `recvCount` from it (tag 0 on the
+    /// exchange communicator), then waits for both.
+    static func swap<T: MPIScalar>(_ send: UnsafePointer<T>, _ sendCount: Int, _ recv: UnsafeMutablePointer<T>, _ recvCount: Int,
+                                   with peer: Int, on exchange: MPI_Comm) {
+        var r: MPI_Request? = nil, s: MPI_Request? = nil
+        MPI_Irecv(recv, Int32(recvCount), T.mpiType, Int32(peer), 0, exchange, &r)
+        MPI_Isend(send, Int32(sendCount), T.mpiType, Int32(peer), 0, exchange, &s)
+        complete(&r)
+        complete(&s)
     }
 
     public func allReduce<T: MPIScalar>(_ values: inout [T], op: ReduceOp = .sum) {
@@ -409,11 +365,22 @@ public struct Communicator: @unchecked Sendable {
     }
 
     /// Sums `countPerRank * size` elements of `send` over the group and leaves block `rank`
-    /// (`countPerRank` elements) of the result in `recv`.
+    /// (`countPerRank` elements) of the result in `recv`. Two ranks that sleep while they wait
+    /// send each other the other's block and combine it with their own (one round, half the
+    /// message each way); otherwise MPI's call (blocking as for `allReduce`).
     public func reduceScatter<T: MPIScalar>(_ send: UnsafePointer<T>, _ recv: UnsafeMutablePointer<T>,
                                             countPerRank: Int, op: ReduceOp = .sum) {
-        perform(.reduceScatter, bytes: countPerRank * size * MemoryLayout<T>.stride,
-                emulatedBytes: emulatedBytes(T.self, count: countPerRank * size)) {
+        let count = countPerRank * size
+        if let exchange = exchangeHandle, !Communicator.blocking {
+            perform(.reduceScatter, bytes: count * MemoryLayout<T>.stride, emulatedBytes: emulatedBytes(T.self, count: count), { _ in },
+                    finish: {
+                let peer = 1 - rank
+                Communicator.swap(send + peer * countPerRank, countPerRank, recv, countPerRank, with: peer, on: exchange)
+                T.combine(into: recv, send + rank * countPerRank, count: countPerRank, op)
+            })
+            return
+        }
+        perform(.reduceScatter, bytes: count * MemoryLayout<T>.stride, emulatedBytes: emulatedBytes(T.self, count: count)) {
             if blockingCall(T.self, op) { MPI_Reduce_scatter_block(send, recv, Int32(countPerRank), T.mpiType, op.mpi, handle) }
             else { MPI_Ireduce_scatter_block(send, recv, Int32(countPerRank), T.mpiType, op.mpi, handle, &$0) }
         }

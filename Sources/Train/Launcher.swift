@@ -139,7 +139,8 @@ extension Launcher {
         let failures = world.allGather([Int32(report.failures.count)]).reduce(0, +)
         for f in report.failures { log("FAIL \(f)") }
         if world.rank == 0 {
-            log("comm-check: \(report.checks) checks per rank on \(world.size) ranks (tp \(tp) pp \(pp) dp \(topology.dp) ep \(ep)): "
+            let waits = Communicator.blocking ? "blocking calls, a core per rank" : "non-blocking calls, sleeping waits"
+            log("comm-check: \(report.checks) checks per rank on \(world.size) ranks (tp \(tp) pp \(pp) dp \(topology.dp) ep \(ep); \(waits)): "
                 + (failures == 0 ? "all passed" : "\(failures) FAILED"))
         }
         return failures == 0
