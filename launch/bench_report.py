@@ -118,6 +118,17 @@ def main():
     report["comm_small_excess_max"] = worst_small
     rows.append(("Communicator / bare MPI, >= 64 KiB (worst)", "%.2fx" % worst_large, "<= 1.05x", worst_large <= 1.05))
     rows.append(("Communicator / bare MPI, < 64 KiB (worst, after 1 us)", "%.2fx" % worst_small, "<= 1.10x", worst_small <= 1.10))
+    # By rank count: with a core per rank the Communicator makes MPI's blocking calls; with
+    # more ranks than cores it makes non-blocking ones and sleeps while it waits.
+    per_np = {}
+    for np_, entries in comm.items():
+        large = [e["ratio"] for e in entries if e["bytes"] >= 65536]
+        small = [(e["seconds"] - 1e-6) / e["seconds_mpi"] for e in entries if e["bytes"] < 65536]
+        per_np[np_] = {"large_worst": max(large, default=0), "small_worst": max(small, default=0)}
+        how = "a core per rank: blocking calls" if int(np_) <= cores else "%s ranks on %d cores: sleeping waits" % (np_, cores)
+        rows.append(("  on %s ranks (%s)" % (np_, how), "%.2fx; %.2fx" % (per_np[np_]["large_worst"], per_np[np_]["small_worst"]),
+                     ">= 64 KiB; < 64 KiB", None))
+    report["comm_worst_by_ranks"] = per_np
     rows.append(("bare MPI_Iallreduce / MPI_Allreduce, >= 64 KiB (worst)", "%.2fx" % worst_nb, "the non-blocking algorithm's own cost", None))
 
     # 4. Oversubscription, 6. memory

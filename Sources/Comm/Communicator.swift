@@ -104,16 +104,22 @@ public struct Communicator: @unchecked Sendable {
             setenv("OMPI_MCA_pml", "ob1", 0)
             var provided: Int32 = 0
             MPI_Init_thread(nil, nil, cmpi_thread_funneled(), &provided)
-            Communicator.blocking = Communicator.chooseBlocking()
+            // Every rank must wait the same way (a two-rank reduction is an exchange when
+            // sleeping and MPI's call when blocking): blocking only if every rank can block,
+            // whatever its host's cores or its environment.
+            var mine: Int32 = Communicator.chooseBlocking() ? 1 : 0, all: Int32 = 0
+            MPI_Allreduce(&mine, &all, 1, cmpi_int32(), cmpi_op_min(), cmpi_comm_world())
+            Communicator.blocking = all == 1
         }
         var size: Int32 = 0
         MPI_Comm_size(cmpi_comm_world(), &size)
         return Communicator(handle: cmpi_comm_world(), name: "world", members: Array(0..<Int(size)), hooks: Hooks())
     }
 
-    /// Blocking when the ranks on this host are no more than its cores (Open MPI's
-    /// OMPI_COMM_WORLD_LOCAL_SIZE against the online cores); `MOE_TRAIN_WAIT=block` or
-    /// `sleep` overrides (a host shared with other jobs, or for measuring both).
+    /// This rank could block: the ranks on its host are no more than the host's cores (Open
+    /// MPI's OMPI_COMM_WORLD_LOCAL_SIZE against the online cores); `MOE_TRAIN_WAIT=block` or
+    /// `sleep` overrides (a host shared with other jobs, or for measuring both). The job
+    /// blocks only if every rank could (`initWorld`).
     static func chooseBlocking() -> Bool {
         func env(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
         switch env("MOE_TRAIN_WAIT") {
@@ -247,7 +253,7 @@ public struct Communicator: @unchecked Sendable {
     /// and waits are `MPI_Wait`, MPI's own algorithms and progress, as a bare MPI program gets
     /// them (a waiting rank spins, which costs nothing when no other rank needs the core);
     /// otherwise non-blocking calls completed by `complete`, which yields and then sleeps (on
-    /// 16 ranks and 2 cores, blocking calls made the headline run 7-10% slower). Set once by
+    /// 16 ranks and 2 cores, blocking calls made the headline run 7-11% slower). Set once by
     /// `initWorld` (`chooseBlocking`).
     public nonisolated(unsafe) internal(set) static var blocking = false
 
@@ -320,9 +326,10 @@ public struct Communicator: @unchecked Sendable {
     /// - 2 ranks: the two exchange their buffers and each combines them, one round instead of
     ///   two; `MPIScalar.combine` is symmetric to the bit, so both ranks agree.
     /// - more: libnbc, in place. Exchanging with partners instead (recursive doubling under
-    ///   64 KiB, halving and gathering above) was tried: on 4 ranks about twice as fast in
-    ///   `make bench`, but the 16-rank headline run was 11% slower (every rank wakes in every
-    ///   round, where a binomial tree's leaves wake twice).
+    ///   64 KiB, halving and gathering above) was tried on 4 and 16 ranks sharing 2 cores:
+    ///   16-byte all-reduces took half the time (4 ranks: 15.5 against 28.7 us), but from 32 KiB
+    ///   on they took longer (256 KiB: 325 against 234 us), and the 16-rank headline run was
+    ///   11% slower: every rank must wake in every round, where a binomial tree's leaves wake twice.
     public func allReduce<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, op: ReduceOp = .sum) {
         if count == 0 { return }
         let bytes = count * MemoryLayout<T>.stride

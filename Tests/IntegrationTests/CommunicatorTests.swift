@@ -23,6 +23,16 @@ final class CommunicatorTests: XCTestCase {
     func testTwoRanksBlocking() throws { try check(np: 2, ["--tp", "2"], waits: "block") }
     func testFourRanksBlocking() throws { try check(np: 4, ["--tp", "2", "--pp", "2"], waits: "block") }
     func testFourRanksTPxDPwithEP() throws { try check(np: 4, ["--tp", "2", "--ep", "4"]) }
+    /// Ranks that would choose differently (here by their environment; in a job across hosts,
+    /// by their hosts' cores) must all wait the same way, or a two-rank reduction would be an
+    /// exchange on one rank and MPI's call on the other: the job sleeps if any rank would.
+    func testRanksThatWouldChooseDifferentlyAgree() throws {
+        let bin = try Subprocess.binary
+        let r = try Subprocess.mpirun(np: 1, ["comm-check", ":", "-np", "1", "-x", "MOE_TRAIN_WAIT=sleep", bin, "comm-check"],
+                                      extraMPIArgs: ["-x", "MOE_TRAIN_WAIT=block"], timeout: 120)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.stdout.contains("on 2 ranks") && r.stdout.contains("sleeping waits") && r.stdout.contains("all passed"), r.output)
+    }
     func testFourRanksTPxPP() throws { try check(np: 4, ["--tp", "2", "--pp", "2"]) }
     /// The transport used between hosts, on loopback.
     func testFourRanksOverTCP() throws {
