@@ -3,7 +3,7 @@
 
     bench_report.py TMPDIR OUT.json CORES
 """
-import json, os, sys
+import glob, json, os, sys
 
 
 def load(path):
@@ -125,7 +125,8 @@ def main():
         large = [e["ratio"] for e in entries if e["bytes"] >= 65536]
         small = [(e["seconds"] - 1e-6) / e["seconds_mpi"] for e in entries if e["bytes"] < 65536]
         per_np[np_] = {"large_worst": max(large, default=0), "small_worst": max(small, default=0)}
-        how = "a core per rank: blocking calls" if int(np_) <= cores else "%s ranks on %d cores: sleeping waits" % (np_, cores)
+        waits = {load(f).get("waits") for f in glob.glob(os.path.join(tmp, "comm-swift-%s-*.json" % np_))}
+        how = "%s ranks on %d cores, waits: %s" % (np_, cores, "/".join(sorted(w or "?" for w in waits)))
         rows.append(("  on %s ranks (%s)" % (np_, how), "%.2fx; %.2fx" % (per_np[np_]["large_worst"], per_np[np_]["small_worst"]),
                      ">= 64 KiB; < 64 KiB", None))
     report["comm_worst_by_ranks"] = per_np

@@ -52,7 +52,7 @@ public enum CommBench {
             }
         }
         if r == 0 { log("bench-comm: \(results.count) measurements on \(n) ranks") }
-        return ["np": n, "results": results]
+        return ["np": n, "waits": Communicator.blocking ? "block" : "sleep", "results": results]
     }
 
     static func wall() -> Double {

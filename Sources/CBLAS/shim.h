@@ -6,7 +6,7 @@
 
 // glibc's allocator knobs (mallopt), for how Tensor's storage is allocated.
 #include <malloc.h>
-static inline void moe_keep_large_allocations_in_heap(int mmap_threshold, int trim_threshold) {
-    mallopt(M_MMAP_THRESHOLD, mmap_threshold);
-    mallopt(M_TRIM_THRESHOLD, trim_threshold);
+// Returns 1 when glibc accepted both settings.
+static inline int moe_keep_large_allocations_in_heap(int mmap_threshold, int trim_threshold) {
+    return mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1 && mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1;
 }

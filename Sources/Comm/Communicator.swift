@@ -107,7 +107,8 @@ public struct Communicator: @unchecked Sendable {
             // Every rank must wait the same way (a two-rank reduction is an exchange when
             // sleeping and MPI's call when blocking): blocking only if every rank can block,
             // whatever its host's cores or its environment.
-            var mine: Int32 = Communicator.chooseBlocking() ? 1 : 0, all: Int32 = 0
+            Communicator.couldBlock = Communicator.chooseBlocking(Communicator.hostShare())
+            var mine: Int32 = Communicator.couldBlock ? 1 : 0, all: Int32 = 0
             MPI_Allreduce(&mine, &all, 1, cmpi_int32(), cmpi_op_min(), cmpi_comm_world())
             Communicator.blocking = all == 1
         }
@@ -116,20 +117,35 @@ public struct Communicator: @unchecked Sendable {
         return Communicator(handle: cmpi_comm_world(), name: "world", members: Array(0..<Int(size)), hooks: Hooks())
     }
 
-    /// This rank could block: the ranks on its host are no more than the host's cores (Open
-    /// MPI's OMPI_COMM_WORLD_LOCAL_SIZE against the online cores); `MOE_TRAIN_WAIT=block` or
-    /// `sleep` overrides (a host shared with other jobs, or for measuring both). The job
-    /// blocks only if every rank could (`initWorld`).
-    static func chooseBlocking() -> Bool {
-        func env(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
-        switch env("MOE_TRAIN_WAIT") {
+    /// The ranks on this rank's host and the CPUs they may run on together (the union of
+    /// their affinity masks: a cpuset or `taskset` counts, and ranks that mpirun bound to one
+    /// core each still add up to the cores they hold). Collective over the world.
+    static func hostShare() -> (ranks: Int, cpus: Int) {
+        var shared: MPI_Comm? = nil
+        MPI_Comm_split_type(cmpi_comm_world(), cmpi_comm_type_shared(), 0, cmpi_info_null(), &shared)
+        var ranks: Int32 = 0
+        MPI_Comm_size(shared!, &ranks)
+        let bytes = 128   // 1024 CPUs, glibc's cpu_set_t
+        var mask = [UInt8](repeating: 0, count: bytes), union = [UInt8](repeating: 0, count: bytes)
+        if cmpi_affinity_mask(&mask, Int32(bytes)) != 0 {   // unknown: every online CPU
+            let online = Swift.min(sysconf(Int32(_SC_NPROCESSORS_ONLN)), bytes * 8)
+            for cpu in 0..<online { mask[cpu / 8] |= UInt8(1 << (cpu % 8)) }
+        }
+        MPI_Allreduce(mask, &union, Int32(bytes), cmpi_uint8(), cmpi_op_bor(), shared!)
+        MPI_Comm_free(&shared)
+        return (Int(ranks), union.reduce(0) { $0 + $1.nonzeroBitCount })
+    }
+
+    /// This rank could block: the ranks on its host are no more than the CPUs they may run on
+    /// (`hostShare`); `MOE_TRAIN_WAIT=block` or `sleep` overrides (a host shared with other
+    /// jobs, a CPU quota, or for measuring both). The job blocks only if every rank could
+    /// (`initWorld`).
+    static func chooseBlocking(_ host: (ranks: Int, cpus: Int)) -> Bool {
+        switch getenv("MOE_TRAIN_WAIT").map({ String(cString: $0) }) {
         case "block": return true
         case "sleep": return false
-        default: break
+        default: return host.ranks <= host.cpus
         }
-        guard let local = env("OMPI_COMM_WORLD_LOCAL_SIZE").flatMap(Int.init) else { return false }
-        // The host's cores, not this process's affinity: mpirun binds each of two ranks to one.
-        return local <= sysconf(Int32(_SC_NPROCESSORS_ONLN))
     }
 
     /// Finalises MPI. Call once, after the last operation, on every rank.
@@ -216,6 +232,8 @@ public struct Communicator: @unchecked Sendable {
     /// model's time for the group.
     func perform(_ kind: CommKind, bytes: Int, emulatedBytes: Double, _ start: (inout MPI_Request?) -> Void,
                  finish: () -> Void = {}) {
+        let wall0 = Communicator.wallSeconds()
+        defer { Communicator.communicationWallSeconds += Communicator.wallSeconds() - wall0 }
         var request: MPI_Request? = nil
         if let clock = hooks.activeClock, size > 1 {
             clock.flush()
@@ -243,6 +261,17 @@ public struct Communicator: @unchecked Sendable {
         }
     }
 
+    /// Wall seconds this process has spent inside communication: collectives from start to
+    /// end, and waits for point-to-point messages and for collectives on the communication
+    /// stream (issuing them is not counted). Where a rank's wall time goes, beside its CPU time.
+    public nonisolated(unsafe) internal(set) static var communicationWallSeconds = 0.0
+
+    static func wallSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
     /// Polls with `sched_yield` before the first sleep. Non-blocking collectives progress
     /// only inside MPI_Test, so each of their rounds waits for the next poll: polling longer
     /// before sleeping keeps small collectives fast when a core is free, while `sched_yield`
@@ -256,21 +285,27 @@ public struct Communicator: @unchecked Sendable {
     /// 16 ranks and 2 cores, blocking calls made the headline run 7-11% slower). Set once by
     /// `initWorld` (`chooseBlocking`).
     public nonisolated(unsafe) internal(set) static var blocking = false
+    /// This rank's own choice (`chooseBlocking`), before the job agreed on `blocking`.
+    public nonisolated(unsafe) internal(set) static var couldBlock = false
+    /// How the job waits, for logs: "MPI's blocking calls" or "sleeping (non-blocking calls)".
+    public static var waitsDescription: String { blocking ? "MPI's blocking calls" : "sleeping (non-blocking calls)" }
 
-    /// Whether a reduction of `T` by `op` may be MPI's blocking call: only when any algorithm
-    /// gives the same values (two ranks, max and min, integers), so that a run's results do
-    /// not depend on whether its host had a core per rank. A floating-point sum over more
-    /// ranks is the non-blocking call either way (libnbc's algorithm fixes the order of the
-    /// additions), completed with `MPI_Wait` when blocking. (Two ranks' sums are the same
-    /// bits either way; what can differ is the sign of a zero maximum and which NaN a sum
-    /// returns, which no result of training depends on.)
+    /// Whether a reduction of `T` by `op` may be MPI's blocking call: only where any algorithm
+    /// gives the same values, so that a run's results do not depend on whether its host had a
+    /// core per rank: integers, and floating-point sums over two ranks (a + b = b + a; only
+    /// which NaN payload a NaN sum carries can differ). A floating-point maximum or minimum
+    /// is not order-free (Open MPI's `a > b ? a : b` keeps a NaN in one operand order and drops
+    /// it in the other), nor is a sum over more ranks: those take the same path either way,
+    /// the two-rank exchange or libnbc's non-blocking call, completed with `MPI_Wait` when
+    /// blocking.
     @inline(__always)
     func blockingCall<T: MPIScalar>(_ type: T.Type, _ op: ReduceOp) -> Bool {
-        Communicator.blocking && (size <= 2 || op != .sum || !(T.self is any BinaryFloatingPoint.Type))
+        Communicator.blocking && (!T.isFloatingPoint || (op == .sum && size <= 2))
     }
 
-    /// Waits for a request without burning the core: polls with `sched_yield`, then sleeps
-    /// that double from 2 us up to 256 us between polls.
+    /// Waits for a request. Blocking (`blocking`): `MPI_Wait`, which spins. Otherwise without
+    /// burning the core: polls with `sched_yield`, then sleeps that double from 2 us up to
+    /// 256 us between polls.
     static func complete(_ request: inout MPI_Request?) {
         if request == nil { return }   // the operation was a blocking call, already done
         if Communicator.blocking {
@@ -318,7 +353,7 @@ public struct Communicator: @unchecked Sendable {
     }
 
     /// In-place all-reduce of `count` elements. When every rank has a core, MPI's blocking
-    /// `MPI_Allreduce` where the order of the additions cannot show (`blockingCall`);
+    /// `MPI_Allreduce` where the order of the operands cannot show (`blockingCall`);
     /// otherwise by group size (measured against the blocking call, README "Performance"):
     /// Open MPI 4.1's non-blocking all-reduce (libnbc) uses a binomial tree (reduce to one
     /// rank, then broadcast: twice log2(n) rounds of the whole message) whenever the call is in
@@ -333,7 +368,7 @@ public struct Communicator: @unchecked Sendable {
     public func allReduce<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, op: ReduceOp = .sum) {
         if count == 0 { return }
         let bytes = count * MemoryLayout<T>.stride
-        if let exchange = exchangeHandle, !Communicator.blocking {
+        if let exchange = exchangeHandle, !blockingCall(T.self, op) {
             hooks.withScratch(bytes: bytes) { raw in
                 let other = raw.bindMemory(to: T.self, capacity: count)
                 perform(.allReduce, bytes: bytes, emulatedBytes: emulatedBytes(T.self, count: count), { _ in }, finish: {
@@ -372,13 +407,13 @@ public struct Communicator: @unchecked Sendable {
     }
 
     /// Sums `countPerRank * size` elements of `send` over the group and leaves block `rank`
-    /// (`countPerRank` elements) of the result in `recv`. Two ranks that sleep while they wait
-    /// send each other the other's block and combine it with their own (one round, half the
-    /// message each way); otherwise MPI's call (blocking as for `allReduce`).
+    /// (`countPerRank` elements) of the result in `recv`. Two ranks send each other the
+    /// other's block and combine it with their own (one round, half the message each way),
+    /// unless the blocking call serves (`blockingCall`); more ranks, MPI's call.
     public func reduceScatter<T: MPIScalar>(_ send: UnsafePointer<T>, _ recv: UnsafeMutablePointer<T>,
                                             countPerRank: Int, op: ReduceOp = .sum) {
         let count = countPerRank * size
-        if let exchange = exchangeHandle, !Communicator.blocking {
+        if let exchange = exchangeHandle, !blockingCall(T.self, op) {
             perform(.reduceScatter, bytes: count * MemoryLayout<T>.stride, emulatedBytes: emulatedBytes(T.self, count: count), { _ in },
                     finish: {
                 let peer = 1 - rank
@@ -576,6 +611,8 @@ public struct Communicator: @unchecked Sendable {
     /// compute stream then waits for the last of them, and what compute did not hide is
     /// recorded as exposed `detail`.
     public static func finish(_ ops: [PendingCollective], exposedAs kind: CommKind, detail: String) {
+        let wall0 = wallSeconds()
+        defer { communicationWallSeconds += wallSeconds() - wall0 }
         var last = -Double.infinity
         var clock: DeviceClock? = nil
         // The compute so far is recorded before any waiting (the polling below is not compute).
@@ -654,6 +691,8 @@ public struct Communicator: @unchecked Sendable {
     /// Completes a request started by `isend` or `irecv`. For a receive with a clock, the
     /// receiver's clock becomes max(own, sent_at + alpha + bytes / beta).
     public func wait(_ request: Request) {
+        let wall0 = Communicator.wallSeconds()
+        defer { Communicator.communicationWallSeconds += Communicator.wallSeconds() - wall0 }
         if request.timed && request.event.kind == .recv { hooks.clock?.flush() }
         let wallStart = hooks.clock?.wallNow ?? 0
         Communicator.complete(&request.handle)

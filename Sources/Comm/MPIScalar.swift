@@ -3,6 +3,8 @@ import CMPI
 /// Element types the Communicator can move, with their MPI datatype.
 public protocol MPIScalar {
     static var mpiType: MPI_Datatype { get }
+    /// Whether the order of a reduction's operands can change its result (`Float`, `Double`).
+    static var isFloatingPoint: Bool { get }
     /// a[i] = op(a[i], b[i]) for i < count, equal to op(b[i], a[i]) bit for bit, so that two
     /// ranks that each combine their own values with the other's agree (the two-rank
     /// all-reduce): a sum is commutative in IEEE arithmetic except for which NaN it returns,
@@ -55,11 +57,13 @@ extension Float: MPIScalar {
 }
 // Every other element type: the shared loops above.
 extension MPIScalar where Self: BinaryFloatingPoint {
+    public static var isFloatingPoint: Bool { true }
     public static func combine(into a: UnsafeMutablePointer<Self>, _ b: UnsafePointer<Self>, count: Int, _ op: ReduceOp) {
         combineFloating(a, b, count, op)
     }
 }
 extension MPIScalar where Self: FixedWidthInteger {
+    public static var isFloatingPoint: Bool { false }
     public static func combine(into a: UnsafeMutablePointer<Self>, _ b: UnsafePointer<Self>, count: Int, _ op: ReduceOp) {
         combineInteger(a, b, count, op)
     }

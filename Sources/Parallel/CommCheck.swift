@@ -101,11 +101,11 @@ public enum CommCheck {
         c.allReduce(&m, op: .max)
         expect(m == [Double(n - 1), 0], "\(name): all-reduce max gave \(m)")
 
-        // Two ranks that sleep while waiting reduce by an exchange of their own (see
-        // allReduce), and with a core each by MPI's blocking call: either way both must hold
-        // the same bits where the order of the operands could show, +0 / -0 and NaN payloads
-        // (NaN + -NaN keeps the first operand's sign on x86). (Larger groups use MPI's
-        // algorithms, whose agreement across ranks the standard does not promise bit for bit.)
+        // Two ranks reduce floats by an exchange of their own (see allReduce; a sum by MPI's
+        // blocking call when every rank has a core): both must hold the same bits where the
+        // order of the operands could show, +0 / -0 and NaN payloads (NaN + -NaN keeps the
+        // first operand's sign on x86). (Larger groups use MPI's algorithms, whose agreement
+        // across ranks the standard does not promise bit for bit.)
         if n == 2 {
             var mx: [Float] = [r == 0 ? 0 : -0.0, r == 0 ? .nan : 1, r == 0 ? -0.0 : 0]
             var mn = mx
@@ -119,19 +119,17 @@ public enum CommCheck {
             let all = c.allGather(bits)
             expect((0..<n).allSatisfy { Array(all[($0 * bits.count)..<(($0 + 1) * bits.count)]) == bits },
                    "\(name): all-reduce results differ between ranks in their bits")
-            // The signs of zero maxima and minima: +0 above -0 in the exchange's combine; MPI's
-            // blocking call (every rank has a core) returns either.
-            let signed = !Communicator.blocking
-            expect(mx[0] == 0 && mx[2] == 0 && mn[0] == 0 && mn[2] == 0 && mx[1].isNaN && mn[1].isNaN
-                   && (!signed || (mx[0].sign == .plus && mx[2].sign == .plus && mn[0].sign == .minus && mn[2].sign == .minus))
+            // Zero maxima and minima: +0 above -0, and NaN wins, whichever way the ranks wait.
+            expect(mx[0].bitPattern == Float(0).bitPattern && mx[1].isNaN && mx[2].bitPattern == Float(0).bitPattern
+                   && mn[0].bitPattern == Float(-0.0).bitPattern && mn[1].isNaN && mn[2].bitPattern == Float(-0.0).bitPattern
                    && sm[0].isNaN && sm[1].isNaN && sm[2] == Float(0.1) + Float(0.2) && sm[3].isNaN
                    && sm[10].isNaN && sm[4] == 2,
                    "\(name): max/min/sum of +0/-0, NaN and infinities gave \(mx), \(mn), \(sm)")
         }
 
-        // Large all-reduces (from 64 KiB two ranks halve: each reduces one half, then the halves
-        // travel back), with odd counts: integer-valued sums and maxima are exact in any order;
-        // sums of 0.1 (r + 1) i must be close, and agree across two ranks bit for bit.
+        // Large all-reduces with odd counts (the exchange's buffer kept between calls, MPI's
+        // segmented algorithms): integer-valued sums and maxima are exact in any order; sums
+        // of 0.1 (r + 1) i must be close, and agree across two ranks bit for bit.
         for count in [16_387, 70_001] {
             var sum = (0..<count).map { Float((r + 1) * ($0 % 1000)) }
             var top = (0..<count).map { Float(($0 * 7 + r * 131) % 977) }

@@ -8,14 +8,15 @@ import CBLAS
 
 /// How the process allocates large buffers.
 public enum Allocation {
-    /// glibc maps every allocation of 128 KiB or more afresh and unmaps it on free, so that a
-    /// step's activations and gradients (and Open MPI's temporary buffers) fault in new zeroed
-    /// pages on every use. Call once at start: buffers up to 64 MiB come from the heap, and
-    /// freed memory is kept for reuse (up to 256 MiB at the top of the heap) instead of being
-    /// returned. Measured: one rank of the default config 4% faster per step; a 2-rank
-    /// 256 KiB reduce-scatter 150 -> 90 us.
-    public static func keepLargeBuffersInHeap() {
-        moe_keep_large_allocations_in_heap(64 << 20, 256 << 20)
+    /// glibc serves allocations from 128 KiB up by mapping fresh pages (raising that threshold
+    /// only after such a block is freed, and returning heap memory above 128 KiB at its top),
+    /// so a step's activations and gradients, and Open MPI's temporary buffers, fault in new
+    /// zeroed pages again and again. Call once at start: allocations up to 32 MiB (glibc's
+    /// largest threshold on 64-bit) come from the heap, and up to 64 MiB of freed memory at
+    /// its top is kept for reuse. Returns false if glibc refused (then nothing is changed).
+    @discardableResult
+    public static func keepLargeBuffersInHeap() -> Bool {
+        moe_keep_large_allocations_in_heap(32 << 20, 64 << 20) != 0
     }
 }
 

@@ -137,9 +137,10 @@ extension Launcher {
         defer { Communicator.finalize() }
         let report = CommCheck.run(world: world, topology: topology)
         let failures = world.allGather([Int32(report.failures.count)]).reduce(0, +)
+        let able = world.allGather([Int32(Communicator.couldBlock ? 1 : 0)]).reduce(0, +)
         for f in report.failures { log("FAIL \(f)") }
         if world.rank == 0 {
-            let waits = Communicator.blocking ? "blocking calls, a core per rank" : "non-blocking calls, sleeping waits"
+            let waits = "waits: \(Communicator.waitsDescription), \(able) of \(world.size) ranks could block"
             log("comm-check: \(report.checks) checks per rank on \(world.size) ranks (tp \(tp) pp \(pp) dp \(topology.dp) ep \(ep); \(waits)): "
                 + (failures == 0 ? "all passed" : "\(failures) FAILED"))
         }

@@ -234,7 +234,8 @@ extension Trainer {
                                   idle: timed.reduce(0) { $0 + $1.idle }, total: totalTime),
             modelFLOPsPerToken: flopsPerToken, memoryBytes: memoryRoles,
             wallTimeS: wallSeconds, tokensPerSWall: tokens / max(wallSeconds, 1e-9),
-            resources: .init(computeCPUSecondsPerRank: resources.computeCPU, rssBytesPerRank: resources.rss),
+            resources: .init(computeCPUSecondsPerRank: resources.computeCPU, cpuSecondsPerRank: resources.cpu,
+                             communicationWallSecondsPerRank: resources.communicationWall, rssBytesPerRank: resources.rss),
             timedAs: job.timed.map { _ in
                 RunSummary.TimedModel(dModel: t.model.dModel, ffnHidden: t.model.ffnHidden, heads: t.model.heads, kvHeads: t.model.kvHeads,
                                       seqLen: t.model.seqLen, vocab: t.model.vocab, microBatchSize: t.batch.microBatchSize,

@@ -44,7 +44,14 @@ public final class Trainer {
     /// SHA-256 of the final parameters in the single-rank layout (set at the end of `run`).
     public internal(set) var checksum = ""
     /// Per rank: thread CPU seconds inside compute regions, and peak resident memory in bytes.
-    var resources: (computeCPU: [Double], rss: [Double]) = ([], [])
+    var resources: (computeCPU: [Double], cpu: [Double], communicationWall: [Double], rss: [Double]) = ([], [], [], [])
+
+    /// CPU seconds of the whole process (every thread, user and system).
+    static func processCPUSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
     /// Largest activation footprint of a step, in elements, per pipeline stage (max over its ranks).
     var peakActivationPerStage: [Double] = []
     /// Training communication summed over all ranks, per (kind, group): bytes and calls.
@@ -119,6 +126,7 @@ public final class Trainer {
     public func run() throws {
         if isLogger { printHeader() }
         let start = DispatchTime.now().uptimeNanoseconds
+        let cpu0 = Trainer.processCPUSeconds(), comm0 = Communicator.communicationWallSeconds
         if startStep >= config.steps && isLogger { log("nothing to do: the checkpoint is at step \(startStep) of \(config.steps)") }
         var skippedInARow = 0
         for step in (startStep + 1)..<(config.steps + 1) {
@@ -148,9 +156,11 @@ public final class Trainer {
         commTotals = worldCommTotals()
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
-        let mine = [clock.computeCPUSeconds, Double(usage.ru_maxrss) * 1024]   // Linux reports KiB
+        let mine = [clock.computeCPUSeconds, Trainer.processCPUSeconds() - cpu0, Communicator.communicationWallSeconds - comm0,
+                    Double(usage.ru_maxrss) * 1024]   // Linux reports KiB
         let all = groups.world.untimed { groups.world.allGather(mine) }
-        resources = (stride(from: 0, to: all.count, by: 2).map { all[$0] }, stride(from: 1, to: all.count, by: 2).map { all[$0] })
+        func column(_ c: Int) -> [Double] { stride(from: c, to: all.count, by: mine.count).map { all[$0] } }
+        resources = (column(0), column(1), column(2), column(3))
         let peak = Double(records.map(\.peakActivationFloats).max() ?? 0)
         let peaks = groups.world.untimed { groups.world.allGather([peak]) }
         peakActivationPerStage = (0..<groups.topology.pp).map { stage in

@@ -13,7 +13,9 @@ import Tensor
 /// its class (`ExitStatus`): bad input is printed once, by rank 0, and every rank exits 2;
 /// a failure while running is printed by the rank that met it.
 let launch = LaunchEnvironment.current
-Allocation.keepLargeBuffersInHeap()
+if !Allocation.keepLargeBuffersInHeap() && launch.rank == 0 {
+    FileHandle.standardError.write(Data("moe-train: warning: glibc refused the allocator settings (mallopt); large buffers are mapped afresh\n".utf8))
+}
 // A rank started by mpirun stops when mpirun (or the supervisor of its job) is gone.
 Lifeline.watchIfLaunched()
 do {

@@ -39,6 +39,7 @@ final class BenchTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.output)
         let c = try Subprocess.readJSON(dir + "/c.json")
         XCTAssertEqual(c["np"] as? Int, 2)
+        XCTAssertTrue(["block", "sleep"].contains(c["waits"] as? String ?? ""), "how the ranks waited: \(c["waits"] ?? "absent")")
         let results = try XCTUnwrap(c["results"] as? [[String: Any]])
         XCTAssertEqual(Set(results.compactMap { $0["op"] as? String }), ["all-reduce", "reduce-scatter", "all-gather", "all-to-all-v", "send-recv"])
         XCTAssertTrue(results.allSatisfy { ($0["seconds"] as? Double ?? 0) > 0 })

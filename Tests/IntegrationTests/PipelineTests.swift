@@ -13,6 +13,24 @@ final class PipelineTests: XCTestCase {
         return try Subprocess.readJSON(dir + "/s.json")
     }
 
+    /// Where each rank's wall time went (the summary's `resources`): its process CPU covers
+    /// its compute CPU, and a pipeline's ranks spend part of the loop waiting for each other's
+    /// activations, within the loop's wall time.
+    func testResourcesAccountEachRanksCPUAndCommunication() throws {
+        let s = try run(np: 2, ["--config", "configs/tiny.json", "--pp", "2", "--steps", "6"])
+        let r = try XCTUnwrap(s["resources"] as? [String: [Double]])
+        let wall = try XCTUnwrap(s["wall_time_s"] as? Double)
+        let compute = try XCTUnwrap(r["compute_cpu_s_per_rank"]), cpu = try XCTUnwrap(r["cpu_s_per_rank"])
+        let comm = try XCTUnwrap(r["comm_wall_s_per_rank"])
+        XCTAssertEqual([compute.count, cpu.count, comm.count], [2, 2, 2])
+        for rank in 0..<2 {
+            XCTAssertGreaterThan(compute[rank], 0, "rank \(rank)")
+            XCTAssertGreaterThanOrEqual(cpu[rank], compute[rank], "rank \(rank): process CPU below its compute CPU")
+            XCTAssertGreaterThan(comm[rank], 0, "rank \(rank): a pipeline stage never waited")
+            XCTAssertLessThan(comm[rank], wall * 1.01, "rank \(rank): more time in communication than in the loop")
+        }
+    }
+
     /// Acceptance 1: `mpirun -np 16 moe-train --tp 4 --pp 4` trains the default config on 2
     /// cores and reports bubble and MFU; GPipe works too.
     func testSixteenRanksTensorAndPipelineParallel() throws {
