@@ -142,6 +142,22 @@ def main():
     rows.append(("16 ranks on %d cores: kernel CPU / (wall x cores)" % cores, "%.2f" % eff, ">= 0.70", eff >= 0.70))
     rows.append(("wall tokens/s, 16 ranks vs 1 rank", "%.0f vs %.0f" % (s16["tokens_per_s_wall"], s1["tokens_per_s_wall"]),
                  "same model and batch", None))
+    # Where the 16 ranks' time went: the cores' time split into compute, other CPU (MPI's
+    # polling and yields, the emulator's bookkeeping) and idle; each rank's wall time inside
+    # communication; and the compute CPU against one rank's for the same steps.
+    res16, res1 = s16["resources"], s1["resources"]
+    core_s = s16["wall_time_s"] * cores
+    total_cpu = sum(res16["cpu_s_per_rank"])
+    comm_share = sum(res16["comm_wall_s_per_rank"]) / (s16["wall_time_s"] * len(res16["comm_wall_s_per_rank"]))
+    inflation = cpu / sum(res1["compute_cpu_s_per_rank"])
+    report["np16_time"] = {"compute_fraction_of_cores": cpu / core_s, "other_cpu_fraction_of_cores": (total_cpu - cpu) / core_s,
+                           "idle_fraction_of_cores": max(0.0, 1 - total_cpu / core_s), "comm_wall_fraction_per_rank": comm_share,
+                           "compute_cpu_vs_np1": inflation}
+    rows.append(("16 ranks: cores' time; ranks' wall in comm",
+                 "compute %.0f%%, other CPU %.0f%%, idle %.0f%%; %.0f%% of each rank's wall in communication" %
+                 (100 * cpu / core_s, 100 * (total_cpu - cpu) / core_s, 100 * max(0.0, 1 - total_cpu / core_s), 100 * comm_share),
+                 "where the time goes", None))
+    rows.append(("16 ranks' compute CPU / 1 rank's, same steps", "%.2fx" % inflation, "1.0 if splitting cost nothing", None))
     rss = s16["resources"]["rss_bytes_per_rank"]
     predicted = {}
     for role in s16["memory_bytes"]:
