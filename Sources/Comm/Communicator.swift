@@ -11,7 +11,8 @@ import Glibc
 /// operation is issued non-blocking and completed by `complete(_:)`, which polls with
 /// `MPI_Test` and sleeps with exponential back-off between polls: a rank waiting for a
 /// message must leave the core to a rank that computes. When every rank has a core, MPI's
-/// blocking calls serve instead (`blocking`). Every blocking operation also passes through `perform`,
+/// blocking calls serve instead (`blocking`; reductions only where no algorithm can change
+/// a result, `blockingCall`). Every blocking operation also passes through `perform`,
 /// the choke point where observers (byte counters, the emulated clock, tracing) attach;
 /// collectives on the communication stream pass through `start` and `finish`, the same
 /// hooks, and point-to-point messages through `isend`, `irecv` and `wait`.
