@@ -25,12 +25,15 @@ for np in 2 4 16; do
         mpirun -np "$np" --bind-to none "$cref" $quick > "$tmp/comm-c-$np-$rep.json"
     done
 done
-echo "bench: 16 ranks, tp 4 x pp 4, default config ($steps steps), and the same model and batch on 1 rank"
+echo "bench: 16 ranks, tp 4 x pp 4, default config ($steps steps), the same model and batch on 1 rank, and 16 ranks with --ep 4"
 # Wall time of the executed model: both timed at the executed sizes (the default config's timed
 # model does not fit one rank).
 mpirun -np 16 --bind-to none "$bin" --tp 4 --pp 4 --steps "$steps" --precision fp32 --time-as none \
     --summary-json "$tmp/np16.json" > /dev/null
 "$bin" --steps "$steps" --precision fp32 --time-as none --summary-json "$tmp/np1.json" > /dev/null
+# The same with the experts split over the TP ranks: the layout decides the expert GEMMs' rows.
+mpirun -np 16 --bind-to none "$bin" --tp 4 --pp 4 --ep 4 --steps "$steps" --precision fp32 --time-as none \
+    --summary-json "$tmp/np16ep4.json" > /dev/null
 if [ -z "$quick" ]; then
     # Instruction counts do not depend on what else the machine runs (wall times here varied
     # by 15% between identical runs). Six tiny-config steps under callgrind take about a

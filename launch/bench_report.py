@@ -142,6 +142,10 @@ def main():
     rows.append(("16 ranks on %d cores: kernel CPU / (wall x cores)" % cores, "%.2f" % eff, ">= 0.70", eff >= 0.70))
     rows.append(("wall tokens/s, 16 ranks vs 1 rank", "%.0f vs %.0f" % (s16["tokens_per_s_wall"], s1["tokens_per_s_wall"]),
                  "same model and batch", None))
+    ep4 = load(os.path.join(tmp, "np16ep4.json"))
+    report["tokens_per_s_wall_np16_ep4"] = ep4["tokens_per_s_wall"]
+    rows.append(("  16 ranks with --ep 4 (experts split over TP)", "%.0f (%.2f of 1 rank)" % (ep4["tokens_per_s_wall"],
+                 ep4["tokens_per_s_wall"] / s1["tokens_per_s_wall"]), ">= 0.90 of 1 rank", None))
     # Where the 16 ranks' time went: the cores' time split into compute, other CPU (MPI's
     # polling and yields, the emulator's bookkeeping) and idle; each rank's wall time inside
     # communication; and the compute CPU against one rank's for the same steps.
