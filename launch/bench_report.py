@@ -150,9 +150,9 @@ def main():
     # polling and yields, the emulator's bookkeeping) and idle; each rank's wall time inside
     # communication; and the compute CPU against one rank's for the same steps.
     res16, res1 = s16["resources"], s1["resources"]
-    core_s = s16["wall_time_s"] * cores
+    core_s = max(res16["wall_s_per_rank"]) * cores   # the ranks' loops overlap but for their start-up skew
     total_cpu = sum(res16["cpu_s_per_rank"])
-    comm_share = sum(res16["comm_wall_s_per_rank"]) / (s16["wall_time_s"] * len(res16["comm_wall_s_per_rank"]))
+    comm_share = sum(c / w for c, w in zip(res16["comm_wall_s_per_rank"], res16["wall_s_per_rank"])) / len(res16["wall_s_per_rank"])
     inflation = cpu / sum(res1["compute_cpu_s_per_rank"])
     report["np16_time"] = {"compute_fraction_of_cores": cpu / core_s, "other_cpu_fraction_of_cores": (total_cpu - cpu) / core_s,
                            "idle_fraction_of_cores": max(0.0, 1 - total_cpu / core_s), "comm_wall_fraction_per_rank": comm_share,

@@ -233,8 +233,8 @@ public struct Communicator: @unchecked Sendable {
     /// model's time for the group.
     func perform(_ kind: CommKind, bytes: Int, emulatedBytes: Double, _ start: (inout MPI_Request?) -> Void,
                  finish: () -> Void = {}) {
-        let wall0 = Communicator.wallSeconds()
-        defer { Communicator.communicationWallSeconds += Communicator.wallSeconds() - wall0 }
+        let spent = Communicator.Spent()
+        defer { spent.end(hooks.clock) }
         var request: MPI_Request? = nil
         if let clock = hooks.activeClock, size > 1 {
             clock.flush()
@@ -267,10 +267,20 @@ public struct Communicator: @unchecked Sendable {
     /// stream (issuing them is not counted). Where a rank's wall time goes, beside its CPU time.
     public nonisolated(unsafe) internal(set) static var communicationWallSeconds = 0.0
 
-    static func wallSeconds() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    /// The wall and thread CPU time of one operation: the wall time is added to
+    /// `communicationWallSeconds`, the CPU time reported to the clock, so that communication
+    /// inside a compute region (a layer's tensor-parallel all-reduce) is not counted as compute.
+    struct Spent {
+        let wall = Spent.seconds(CLOCK_MONOTONIC), cpu = Spent.seconds(CLOCK_THREAD_CPUTIME_ID)
+        static func seconds(_ clock: clockid_t) -> Double {
+            var ts = timespec()
+            clock_gettime(clock, &ts)
+            return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+        }
+        func end(_ clock: DeviceClock?) {
+            Communicator.communicationWallSeconds += Spent.seconds(CLOCK_MONOTONIC) - wall
+            clock?.communicated(cpuSeconds: Spent.seconds(CLOCK_THREAD_CPUTIME_ID) - cpu)
+        }
     }
 
     /// Polls with `sched_yield` before the first sleep. Non-blocking collectives progress
@@ -612,8 +622,8 @@ public struct Communicator: @unchecked Sendable {
     /// compute stream then waits for the last of them, and what compute did not hide is
     /// recorded as exposed `detail`.
     public static func finish(_ ops: [PendingCollective], exposedAs kind: CommKind, detail: String) {
-        let wall0 = wallSeconds()
-        defer { communicationWallSeconds += wallSeconds() - wall0 }
+        let spent = Spent()
+        defer { spent.end(ops.first?.comm.hooks.clock) }
         var last = -Double.infinity
         var clock: DeviceClock? = nil
         // The compute so far is recorded before any waiting (the polling below is not compute).
@@ -692,8 +702,8 @@ public struct Communicator: @unchecked Sendable {
     /// Completes a request started by `isend` or `irecv`. For a receive with a clock, the
     /// receiver's clock becomes max(own, sent_at + alpha + bytes / beta).
     public func wait(_ request: Request) {
-        let wall0 = Communicator.wallSeconds()
-        defer { Communicator.communicationWallSeconds += Communicator.wallSeconds() - wall0 }
+        let spent = Communicator.Spent()
+        defer { spent.end(hooks.clock) }
         if request.timed && request.event.kind == .recv { hooks.clock?.flush() }
         let wallStart = hooks.clock?.wallNow ?? 0
         Communicator.complete(&request.handle)

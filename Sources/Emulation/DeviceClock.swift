@@ -27,9 +27,18 @@ public final class DeviceClock {
     public var recording = true
     /// Compute takes this many times longer than the cost model says: a straggler.
     public var slowdown = 1.0
-    /// Thread CPU time spent inside compute regions (whatever the mode): the real work this
-    /// rank did, for measuring how well ranks share the cores.
-    public private(set) var computeCPUSeconds = 0.0
+    /// Thread CPU time spent inside compute regions (whatever the mode), without the
+    /// communication inside them (`communicated(cpuSeconds:)`): the real work this rank did,
+    /// for measuring how well ranks share the cores.
+    public var computeCPUSeconds: Double { regionCPUSeconds - communicationCPUInRegions }
+    var regionCPUSeconds = 0.0
+    var communicationCPUInRegions = 0.0
+
+    /// The Communicator spent `cpuSeconds` of thread CPU in an operation (polling, yielding,
+    /// copying, combining); inside a compute region that is not compute.
+    public func communicated(cpuSeconds: Double) {
+        if inRegion { communicationCPUInRegions += cpuSeconds }
+    }
     let wallOrigin = DispatchTime.now().uptimeNanoseconds
 
     // The compute region in progress: its kind and detail, the modeled seconds of the
@@ -71,7 +80,7 @@ public final class DeviceClock {
         regionSeconds = 0
         markRegion()
         let cpu0 = DeviceClock.threadCPUSeconds()
-        defer { flush(); inRegion = false; computeCPUSeconds += DeviceClock.threadCPUSeconds() - cpu0 }
+        defer { flush(); inRegion = false; regionCPUSeconds += DeviceClock.threadCPUSeconds() - cpu0 }
         return try body()
     }
 

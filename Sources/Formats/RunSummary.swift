@@ -79,25 +79,29 @@ public struct RunSummary: Codable, Sendable {
         }
     }
 
-    /// Per rank, over the training loop: thread CPU seconds inside compute regions, the
-    /// process's CPU seconds in all (compute, and MPI's polling, yields and the emulator's
-    /// bookkeeping), wall seconds inside communication (blocking calls and waits), and peak
-    /// resident memory (wall-clock figures of this machine, not of the emulated device).
+    /// Per rank, over its training loop: thread CPU seconds inside compute regions (without
+    /// the communication inside them), the process's CPU seconds in all (compute, and MPI's
+    /// polling, yields and the emulator's bookkeeping), wall seconds inside communication
+    /// (collectives and waits), the loop's wall seconds, and peak resident memory (wall-clock
+    /// figures of this machine, not of the emulated device).
     public struct Resources: Codable, Equatable, Sendable {
         public var computeCPUSecondsPerRank: [Double]
         public var cpuSecondsPerRank: [Double]
         public var communicationWallSecondsPerRank: [Double]
+        public var wallSecondsPerRank: [Double]
         public var rssBytesPerRank: [Double]
 
         enum CodingKeys: String, CodingKey {
             case computeCPUSecondsPerRank = "compute_cpu_s_per_rank", cpuSecondsPerRank = "cpu_s_per_rank"
-            case communicationWallSecondsPerRank = "comm_wall_s_per_rank", rssBytesPerRank = "rss_bytes_per_rank"
+            case communicationWallSecondsPerRank = "comm_wall_s_per_rank", wallSecondsPerRank = "wall_s_per_rank"
+            case rssBytesPerRank = "rss_bytes_per_rank"
         }
 
         public init(computeCPUSecondsPerRank: [Double], cpuSecondsPerRank: [Double], communicationWallSecondsPerRank: [Double],
-                    rssBytesPerRank: [Double]) {
+                    wallSecondsPerRank: [Double], rssBytesPerRank: [Double]) {
             self.computeCPUSecondsPerRank = computeCPUSecondsPerRank; self.cpuSecondsPerRank = cpuSecondsPerRank
-            self.communicationWallSecondsPerRank = communicationWallSecondsPerRank; self.rssBytesPerRank = rssBytesPerRank
+            self.communicationWallSecondsPerRank = communicationWallSecondsPerRank; self.wallSecondsPerRank = wallSecondsPerRank
+            self.rssBytesPerRank = rssBytesPerRank
         }
     }
 

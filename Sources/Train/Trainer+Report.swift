@@ -235,7 +235,8 @@ extension Trainer {
             modelFLOPsPerToken: flopsPerToken, memoryBytes: memoryRoles,
             wallTimeS: wallSeconds, tokensPerSWall: tokens / max(wallSeconds, 1e-9),
             resources: .init(computeCPUSecondsPerRank: resources.computeCPU, cpuSecondsPerRank: resources.cpu,
-                             communicationWallSecondsPerRank: resources.communicationWall, rssBytesPerRank: resources.rss),
+                             communicationWallSecondsPerRank: resources.communicationWall, wallSecondsPerRank: resources.loopWall,
+                             rssBytesPerRank: resources.rss),
             timedAs: job.timed.map { _ in
                 RunSummary.TimedModel(dModel: t.model.dModel, ffnHidden: t.model.ffnHidden, heads: t.model.heads, kvHeads: t.model.kvHeads,
                                       seqLen: t.model.seqLen, vocab: t.model.vocab, microBatchSize: t.batch.microBatchSize,

@@ -44,7 +44,7 @@ public final class Trainer {
     /// SHA-256 of the final parameters in the single-rank layout (set at the end of `run`).
     public internal(set) var checksum = ""
     /// Per rank: thread CPU seconds inside compute regions, and peak resident memory in bytes.
-    var resources: (computeCPU: [Double], cpu: [Double], communicationWall: [Double], rss: [Double]) = ([], [], [], [])
+    var resources: (computeCPU: [Double], cpu: [Double], communicationWall: [Double], loopWall: [Double], rss: [Double]) = ([], [], [], [], [])
 
     /// CPU seconds of the whole process (every thread, user and system).
     static func processCPUSeconds() -> Double {
@@ -152,15 +152,15 @@ public final class Trainer {
         // The job is done with its hosts' memory (every rank is past its last copy).
         if config.checkpointMode == .memory && groups.world.rank == 0 { HostMemory.release(root: hostMemory.root) }
         wallSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        let loopCPU = Trainer.processCPUSeconds() - cpu0, loopCommunication = Communicator.communicationWallSeconds - comm0
         checksum = parameterChecksum()
         commTotals = worldCommTotals()
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
-        let mine = [clock.computeCPUSeconds, Trainer.processCPUSeconds() - cpu0, Communicator.communicationWallSeconds - comm0,
-                    Double(usage.ru_maxrss) * 1024]   // Linux reports KiB
+        let mine = [clock.computeCPUSeconds, loopCPU, loopCommunication, wallSeconds, Double(usage.ru_maxrss) * 1024]   // Linux reports KiB
         let all = groups.world.untimed { groups.world.allGather(mine) }
         func column(_ c: Int) -> [Double] { stride(from: c, to: all.count, by: mine.count).map { all[$0] } }
-        resources = (column(0), column(1), column(2), column(3))
+        resources = (column(0), column(1), column(2), column(3), column(4))
         let peak = Double(records.map(\.peakActivationFloats).max() ?? 0)
         let peaks = groups.world.untimed { groups.world.allGather([peak]) }
         peakActivationPerStage = (0..<groups.topology.pp).map { stage in
