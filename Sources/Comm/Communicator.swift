@@ -233,7 +233,7 @@ public struct Communicator: @unchecked Sendable {
     /// model's time for the group.
     func perform(_ kind: CommKind, bytes: Int, emulatedBytes: Double, _ start: (inout MPI_Request?) -> Void,
                  finish: () -> Void = {}) {
-        let spent = Communicator.Spent()
+        let spent = Communicator.Spent(hooks.clock)
         defer { spent.end(hooks.clock) }
         var request: MPI_Request? = nil
         if let clock = hooks.activeClock, size > 1 {
@@ -267,11 +267,16 @@ public struct Communicator: @unchecked Sendable {
     /// stream (issuing them is not counted). Where a rank's wall time goes, beside its CPU time.
     public nonisolated(unsafe) internal(set) static var communicationWallSeconds = 0.0
 
-    /// The wall and thread CPU time of one operation: the wall time is added to
-    /// `communicationWallSeconds`, the CPU time reported to the clock, so that communication
-    /// inside a compute region (a layer's tensor-parallel all-reduce) is not counted as compute.
+    /// The wall time of one operation, added to `communicationWallSeconds`, and inside a
+    /// compute region (a layer's tensor-parallel all-reduce) its thread CPU time, reported to
+    /// the clock so that it is not counted as compute. (The thread's CPU clock is a system call,
+    /// about 0.5 us here: read only where it counts.)
     struct Spent {
-        let wall = Spent.seconds(CLOCK_MONOTONIC), cpu = Spent.seconds(CLOCK_THREAD_CPUTIME_ID)
+        let wall: Double, cpu: Double?
+        init(_ clock: DeviceClock?) {
+            wall = Spent.seconds(CLOCK_MONOTONIC)
+            cpu = clock?.inComputeRegion == true ? Spent.seconds(CLOCK_THREAD_CPUTIME_ID) : nil
+        }
         static func seconds(_ clock: clockid_t) -> Double {
             var ts = timespec()
             clock_gettime(clock, &ts)
@@ -279,7 +284,7 @@ public struct Communicator: @unchecked Sendable {
         }
         func end(_ clock: DeviceClock?) {
             Communicator.communicationWallSeconds += Spent.seconds(CLOCK_MONOTONIC) - wall
-            clock?.communicated(cpuSeconds: Spent.seconds(CLOCK_THREAD_CPUTIME_ID) - cpu)
+            if let cpu, let clock { clock.communicated(cpuSeconds: Spent.seconds(CLOCK_THREAD_CPUTIME_ID) - cpu) }
         }
     }
 
@@ -622,7 +627,7 @@ public struct Communicator: @unchecked Sendable {
     /// compute stream then waits for the last of them, and what compute did not hide is
     /// recorded as exposed `detail`.
     public static func finish(_ ops: [PendingCollective], exposedAs kind: CommKind, detail: String) {
-        let spent = Spent()
+        let spent = Spent(ops.first?.comm.hooks.clock)
         defer { spent.end(ops.first?.comm.hooks.clock) }
         var last = -Double.infinity
         var clock: DeviceClock? = nil
@@ -702,7 +707,7 @@ public struct Communicator: @unchecked Sendable {
     /// Completes a request started by `isend` or `irecv`. For a receive with a clock, the
     /// receiver's clock becomes max(own, sent_at + alpha + bytes / beta).
     public func wait(_ request: Request) {
-        let spent = Communicator.Spent()
+        let spent = Communicator.Spent(hooks.clock)
         defer { spent.end(hooks.clock) }
         if request.timed && request.event.kind == .recv { hooks.clock?.flush() }
         let wallStart = hooks.clock?.wallNow ?? 0

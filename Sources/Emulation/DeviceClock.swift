@@ -39,6 +39,9 @@ public final class DeviceClock {
     public func communicated(cpuSeconds: Double) {
         if inRegion { communicationCPUInRegions += cpuSeconds }
     }
+
+    /// Whether a compute region is open (communication now would be inside it).
+    public var inComputeRegion: Bool { inRegion }
     let wallOrigin = DispatchTime.now().uptimeNanoseconds
 
     // The compute region in progress: its kind and detail, the modeled seconds of the
