@@ -9,7 +9,6 @@
 #define _GNU_SOURCE
 #endif
 #include <sched.h>
-#include <string.h>
 #include <mpi.h>
 
 static inline MPI_Comm cmpi_comm_world(void) { return MPI_COMM_WORLD; }
@@ -44,7 +43,7 @@ static inline int cmpi_affinity_mask(unsigned char *bytes, int n) {
     cpu_set_t set;
     CPU_ZERO(&set);
     if (sched_getaffinity(0, sizeof(set), &set) != 0) return -1;
-    memset(bytes, 0, (size_t)n);
+    for (int i = 0; i < n; i++) bytes[i] = 0;
     for (int cpu = 0; cpu < CPU_SETSIZE && cpu / 8 < n; cpu++)
         if (CPU_ISSET(cpu, &set)) bytes[cpu / 8] |= (unsigned char)(1u << (cpu % 8));
     return 0;

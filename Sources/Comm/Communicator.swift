@@ -129,7 +129,7 @@ public struct Communicator: @unchecked Sendable {
         let bytes = 128   // 1024 CPUs, glibc's cpu_set_t
         var mask = [UInt8](repeating: 0, count: bytes), union = [UInt8](repeating: 0, count: bytes)
         if cmpi_affinity_mask(&mask, Int32(bytes)) != 0 {   // unknown: every online CPU
-            let online = Swift.min(sysconf(Int32(_SC_NPROCESSORS_ONLN)), bytes * 8)
+            let online = Swift.max(1, Swift.min(sysconf(Int32(_SC_NPROCESSORS_ONLN)), bytes * 8))
             for cpu in 0..<online { mask[cpu / 8] |= UInt8(1 << (cpu % 8)) }
         }
         MPI_Allreduce(mask, &union, Int32(bytes), cmpi_uint8(), cmpi_op_bor(), shared!)

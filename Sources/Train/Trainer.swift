@@ -43,7 +43,8 @@ public final class Trainer {
     public private(set) var wallSeconds = 0.0
     /// SHA-256 of the final parameters in the single-rank layout (set at the end of `run`).
     public internal(set) var checksum = ""
-    /// Per rank: thread CPU seconds inside compute regions, and peak resident memory in bytes.
+    /// Per rank, over its training loop: compute CPU seconds (the clock's), process CPU seconds,
+    /// wall seconds inside communication, the loop's wall seconds; and peak resident memory in bytes.
     var resources: (computeCPU: [Double], cpu: [Double], communicationWall: [Double], loopWall: [Double], rss: [Double]) = ([], [], [], [], [])
 
     /// CPU seconds of the whole process (every thread, user and system).
