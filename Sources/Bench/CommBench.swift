@@ -1,5 +1,6 @@
 import Foundation
 import Comm
+import Emulation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -26,9 +27,9 @@ public enum CommBench {
             func time(_ op: () -> Void) -> Double {
                 op()  // warm-up
                 world.barrier()
-                let t0 = wall()
+                let t0 = DeviceClock.seconds(CLOCK_MONOTONIC)
                 for _ in 0..<iterations { op() }
-                let mine = (wall() - t0) / Double(iterations)
+                let mine = (DeviceClock.seconds(CLOCK_MONOTONIC) - t0) / Double(iterations)
                 return world.allReduce(mine, op: .max)
             }
             var buffer = send
@@ -55,9 +56,4 @@ public enum CommBench {
         return ["np": n, "waits": Communicator.blocking ? "block" : "sleep", "results": results]
     }
 
-    static func wall() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
 }

@@ -274,17 +274,12 @@ public struct Communicator: @unchecked Sendable {
     struct Spent {
         let wall: Double, cpu: Double?
         init(_ clock: DeviceClock?) {
-            wall = Spent.seconds(CLOCK_MONOTONIC)
-            cpu = clock?.inComputeRegion == true ? Spent.seconds(CLOCK_THREAD_CPUTIME_ID) : nil
-        }
-        static func seconds(_ clock: clockid_t) -> Double {
-            var ts = timespec()
-            clock_gettime(clock, &ts)
-            return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+            wall = DeviceClock.seconds(CLOCK_MONOTONIC)
+            cpu = clock?.inComputeRegion == true ? DeviceClock.threadCPUSeconds() : nil
         }
         func end(_ clock: DeviceClock?) {
-            Communicator.communicationWallSeconds += Spent.seconds(CLOCK_MONOTONIC) - wall
-            if let cpu, let clock { clock.communicated(cpuSeconds: Spent.seconds(CLOCK_THREAD_CPUTIME_ID) - cpu) }
+            Communicator.communicationWallSeconds += DeviceClock.seconds(CLOCK_MONOTONIC) - wall
+            if let cpu, let clock { clock.communicated(cpuSeconds: DeviceClock.threadCPUSeconds() - cpu) }
         }
     }
 

@@ -208,9 +208,13 @@ public final class DeviceClock {
         advance(to: now + seconds, as: kind, detail: detail)
     }
 
-    public static func threadCPUSeconds() -> Double {
+    public static func threadCPUSeconds() -> Double { seconds(CLOCK_THREAD_CPUTIME_ID) }
+
+    /// The time of one of the system's clocks (`CLOCK_MONOTONIC`, `CLOCK_THREAD_CPUTIME_ID`,
+    /// `CLOCK_PROCESS_CPUTIME_ID`, ...) in seconds.
+    public static func seconds(_ clock: clockid_t) -> Double {
         var ts = timespec()
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+        clock_gettime(clock, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 }

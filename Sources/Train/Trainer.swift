@@ -47,12 +47,6 @@ public final class Trainer {
     /// wall seconds inside communication, the loop's wall seconds; and peak resident memory in bytes.
     var resources: (computeCPU: [Double], cpu: [Double], communicationWall: [Double], loopWall: [Double], rss: [Double]) = ([], [], [], [], [])
 
-    /// CPU seconds of the whole process (every thread, user and system).
-    static func processCPUSeconds() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
     /// Largest activation footprint of a step, in elements, per pipeline stage (max over its ranks).
     var peakActivationPerStage: [Double] = []
     /// Training communication summed over all ranks, per (kind, group): bytes and calls.
@@ -127,7 +121,7 @@ public final class Trainer {
     public func run() throws {
         if isLogger { printHeader() }
         let start = DispatchTime.now().uptimeNanoseconds
-        let cpu0 = Trainer.processCPUSeconds(), comm0 = Communicator.communicationWallSeconds
+        let cpu0 = DeviceClock.seconds(CLOCK_PROCESS_CPUTIME_ID), comm0 = Communicator.communicationWallSeconds
         if startStep >= config.steps && isLogger { log("nothing to do: the checkpoint is at step \(startStep) of \(config.steps)") }
         var skippedInARow = 0
         for step in (startStep + 1)..<(config.steps + 1) {
@@ -153,7 +147,7 @@ public final class Trainer {
         // The job is done with its hosts' memory (every rank is past its last copy).
         if config.checkpointMode == .memory && groups.world.rank == 0 { HostMemory.release(root: hostMemory.root) }
         wallSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-        let loopCPU = Trainer.processCPUSeconds() - cpu0, loopCommunication = Communicator.communicationWallSeconds - comm0
+        let loopCPU = DeviceClock.seconds(CLOCK_PROCESS_CPUTIME_ID) - cpu0, loopCommunication = Communicator.communicationWallSeconds - comm0
         checksum = parameterChecksum()
         commTotals = worldCommTotals()
         var usage = rusage()
