@@ -41,6 +41,26 @@ public enum Bench {
         }
     }
 
+    /// `base` as the benchmarks run it: the emulator's own speed on the executed model (no
+    /// timed model), on one rank, with as many steps as asked for and nothing written or resumed.
+    static func benchConfig(_ base: RunConfig) -> RunConfig {
+        var config = base
+        config.timeAs = nil
+        config.steps = 1000
+        config.checkpointEvery = 0
+        config.resume = "never"
+        return config
+    }
+
+    /// Two identical trainers: one with the emulated clock costing every kernel and recording
+    /// spans, one without either (the same steps; their difference is the emulator's bookkeeping).
+    static func clockedPair(_ config: RunConfig, world: Communicator) throws -> (withClock: Trainer, without: Trainer) {
+        let withClock = try trainer(config, world: world), without = try trainer(config, world: world)
+        without.kernels.accountant = nil
+        without.clock.recording = false
+        return (withClock, without)
+    }
+
     static func trainer(_ config: RunConfig, world: Communicator) throws -> Trainer {
         let env = LaunchEnvironment(rank: 0, worldSize: 1)
         let prepared = try Launcher.prepare(config, env: env)
@@ -59,14 +79,7 @@ public enum Bench {
         Launcher.ensureSingleThreadedBLAS(rank: 0, log: { _ in })
         let world = Communicator.initWorld()
         defer { Communicator.finalize() }
-        var config = base
-        config.timeAs = nil
-        config.steps = 1000
-        config.checkpointEvery = 0
-        config.resume = "never"
-        let withClock = try trainer(config, world: world), without = try trainer(config, world: world)
-        without.kernels.accountant = nil
-        without.clock.recording = false
+        let (withClock, without) = try clockedPair(benchConfig(base), world: world)
         for s in 1...steps {
             _ = try withClock.trainStep(s)
             _ = try without.trainStep(s)
@@ -78,11 +91,7 @@ public enum Bench {
         let world = Communicator.initWorld()
         defer { Communicator.finalize() }
         var out: [String: Any] = [:]
-        var config = base
-        config.timeAs = nil   // the emulator's own speed on the executed model, on one rank
-        config.steps = 1000
-        config.checkpointEvery = 0
-        config.resume = "never"
+        let config = benchConfig(base)
         let steps = quick ? 1 : 3
 
         // 1. GEMM shapes of one step, then each through the model's path and bare sgemm.
@@ -118,10 +127,7 @@ public enum Bench {
         out["non_gemm_fraction"] = total > 0 ? 1 - (prof.totals["GEMM"] ?? 0) / total : 0
         out["dominant_non_gemm"] = prof.totals.filter { $0.key != "GEMM" }.max { $0.value < $1.value }?.key ?? ""
         // Overhead: the same steps with the clock attached and recording, and without it.
-        let withClock = try trainer(config, world: world)
-        let without = try trainer(config, world: world)
-        without.kernels.accountant = nil   // the same step with no kernel costed and no span recorded
-        without.clock.recording = false
+        let (withClock, without) = try clockedPair(config, world: world)
         var on: [Double] = [], off: [Double] = []
         for s in 1...(quick ? 1 : 10) {
             var c0 = DeviceClock.threadCPUSeconds(); _ = try withClock.trainStep(s); on.append(DeviceClock.threadCPUSeconds() - c0)
