@@ -46,27 +46,6 @@ public struct Communicator: @unchecked Sendable {
         /// The emulated size of every other timed operation, from (kind, group, executed
         /// emulated bytes): a run timed as another model (`--time-as`) charges its messages.
         var sizer: ((CommKind, String, Double) -> Double)? = nil
-        /// The two-rank all-reduce's receive buffer for messages up to `scratchLimit`, kept at
-        /// the largest such size so far, so that frequent reductions (tensor-parallel
-        /// activations) do not map and fault in fresh pages every time; larger ones (a whole
-        /// gradient) get a buffer of their own, freed after the call, as MPI's own would be.
-        static let scratchLimit = 4 << 20
-        private var scratch = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
-        private var scratchBytes = 64
-        func withScratch<R>(bytes: Int, _ body: (UnsafeMutableRawPointer) throws -> R) rethrows -> R {
-            if bytes > Hooks.scratchLimit {
-                let own = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
-                defer { own.deallocate() }
-                return try body(own)
-            }
-            if bytes > scratchBytes {
-                scratch.deallocate()
-                scratchBytes = bytes
-                scratch = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
-            }
-            return try body(scratch)
-        }
-        deinit { scratch.deallocate() }
     }
 
     /// The emulated bytes the clock charges for an operation of `kind` that moves
@@ -380,13 +359,13 @@ public struct Communicator: @unchecked Sendable {
         if count == 0 { return }
         let bytes = count * MemoryLayout<T>.stride
         if let exchange = exchangeHandle, !blockingCall(T.self, op) {
-            hooks.withScratch(bytes: bytes) { raw in
-                let other = raw.bindMemory(to: T.self, capacity: count)
-                perform(.allReduce, bytes: bytes, emulatedBytes: emulatedBytes(T.self, count: count), { _ in }, finish: {
-                    Communicator.swap(buffer, count, other, count, with: 1 - rank, on: exchange)
-                    T.combine(into: buffer, other, count: count, op)
-                })
-            }
+            // The receive buffer comes from the heap, not fresh pages (`Allocation.keepLargeBuffersInHeap`).
+            let other = UnsafeMutablePointer<T>.allocate(capacity: count)
+            defer { other.deallocate() }
+            perform(.allReduce, bytes: bytes, emulatedBytes: emulatedBytes(T.self, count: count), { _ in }, finish: {
+                Communicator.swap(buffer, count, other, count, with: 1 - rank, on: exchange)
+                T.combine(into: buffer, other, count: count, op)
+            })
             return
         }
         perform(.allReduce, bytes: bytes, emulatedBytes: emulatedBytes(T.self, count: count)) {

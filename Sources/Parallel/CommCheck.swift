@@ -127,7 +127,7 @@ public enum CommCheck {
                    "\(name): max/min/sum of +0/-0, NaN and infinities gave \(mx), \(mn), \(sm)")
         }
 
-        // Large all-reduces with odd counts (the exchange's buffer kept between calls, MPI's
+        // Large all-reduces with odd counts (the exchange's eight-lane combine and its tail, MPI's
         // segmented algorithms): integer-valued sums and maxima are exact in any order; sums
         // of 0.1 (r + 1) i must be close, and agree across two ranks bit for bit.
         for count in [16_387, 70_001] {
