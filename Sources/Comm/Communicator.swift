@@ -319,10 +319,6 @@ public struct Communicator: @unchecked Sendable {
         }
     }
 
-    static func completeAll(_ requests: inout [MPI_Request?]) {
-        for i in requests.indices { complete(&requests[i]) }
-    }
-
     // MARK: - Collectives
 
     public func barrier() {
