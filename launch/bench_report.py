@@ -134,8 +134,10 @@ def main():
 
     # 4. Oversubscription, 6. memory
     s16, s1 = load(os.path.join(tmp, "np16.json")), load(os.path.join(tmp, "np1.json"))
-    cpu = sum(s16["resources"]["compute_cpu_s_per_rank"])
-    eff = cpu / (s16["wall_time_s"] * cores)
+    res16, res1 = s16["resources"], s1["resources"]
+    cpu = sum(res16["compute_cpu_s_per_rank"])
+    core_s = max(res16["wall_s_per_rank"]) * cores   # the ranks' loops overlap but for their start-up skew
+    eff = cpu / core_s
     report["oversubscription_cpu_efficiency"] = eff
     report["oversubscription"] = {"compute_cpu_s_total": cpu, "wall_time_s": s16["wall_time_s"], "cores": cores,
                                   "tokens_per_s_wall_np16": s16["tokens_per_s_wall"], "tokens_per_s_wall_np1": s1["tokens_per_s_wall"]}
@@ -149,17 +151,15 @@ def main():
     # Where the 16 ranks' time went: the cores' time split into compute, other CPU (MPI's
     # polling and yields, the emulator's bookkeeping) and idle; each rank's wall time inside
     # communication; and the compute CPU against one rank's for the same steps.
-    res16, res1 = s16["resources"], s1["resources"]
-    core_s = max(res16["wall_s_per_rank"]) * cores   # the ranks' loops overlap but for their start-up skew
     total_cpu = sum(res16["cpu_s_per_rank"])
+    other, idle = (total_cpu - cpu) / core_s, max(0.0, 1 - total_cpu / core_s)
     comm_share = sum(c / w for c, w in zip(res16["comm_wall_s_per_rank"], res16["wall_s_per_rank"])) / len(res16["wall_s_per_rank"])
     inflation = cpu / sum(res1["compute_cpu_s_per_rank"])
-    report["np16_time"] = {"compute_fraction_of_cores": cpu / core_s, "other_cpu_fraction_of_cores": (total_cpu - cpu) / core_s,
-                           "idle_fraction_of_cores": max(0.0, 1 - total_cpu / core_s), "comm_wall_fraction_per_rank": comm_share,
-                           "compute_cpu_vs_np1": inflation}
+    report["np16_time"] = {"compute_fraction_of_cores": eff, "other_cpu_fraction_of_cores": other,
+                           "idle_fraction_of_cores": idle, "comm_wall_fraction_per_rank": comm_share, "compute_cpu_vs_np1": inflation}
     rows.append(("16 ranks: cores' time; ranks' wall in comm",
                  "compute %.0f%%, other CPU %.0f%%, idle %.0f%%; %.0f%% of each rank's wall in communication" %
-                 (100 * cpu / core_s, 100 * (total_cpu - cpu) / core_s, 100 * max(0.0, 1 - total_cpu / core_s), 100 * comm_share),
+                 (100 * eff, 100 * other, 100 * idle, 100 * comm_share),
                  "where the time goes", None))
     rows.append(("16 ranks' compute CPU / 1 rank's, same steps", "%.2fx" % inflation, "1.0 if splitting cost nothing", None))
     rss = s16["resources"]["rss_bytes_per_rank"]
