@@ -101,11 +101,22 @@ public enum CommCheck {
         c.allReduce(&m, op: .max)
         expect(m == [Double(n - 1), 0], "\(name): all-reduce max gave \(m)")
 
+        // Every rank of any group gets the same bits, also where the order could show: +0 / -0,
+        // NaN, and sums that round (a group's ranks must hold identical reduced gradients).
+        let edge: [Float] = [r % 2 == 0 ? 0 : -0.0, r == 0 ? .nan : Float(r), 0.1 * Float(r + 1), r % 2 == 0 ? -0.0 : 0]
+        var edgeMax = edge, edgeMin = edge, edgeSum = edge.map { $0.isNaN ? 1e-8 : $0 + 1e-8 * Float(r) }
+        c.allReduce(&edgeMax, op: .max)
+        c.allReduce(&edgeMin, op: .min)
+        c.allReduce(&edgeSum)
+        let edgeBits = (edgeMax + edgeMin + edgeSum).map { Int64($0.bitPattern) }
+        let everyone = c.allGather(edgeBits)
+        expect((0..<n).allSatisfy { Array(everyone[($0 * edgeBits.count)..<(($0 + 1) * edgeBits.count)]) == edgeBits },
+               "\(name): all-reduce results differ between ranks in their bits")
+
         // Two ranks reduce floats by an exchange of their own (see allReduce; a sum by MPI's
-        // blocking call when every rank has a core): both must hold the same bits where the
-        // order of the operands could show, +0 / -0 and NaN payloads (NaN + -NaN keeps the
-        // first operand's sign on x86). (Larger groups use MPI's algorithms, whose agreement
-        // across ranks the standard does not promise bit for bit.)
+        // blocking call when every rank has a core): both must also hold the same NaN payloads
+        // (NaN + -NaN keeps the first operand's sign on x86), with +0 above -0 and NaN winning.
+        // (Larger groups use MPI's algorithms: held to agreement above, not to these rules.)
         if n == 2 {
             var mx: [Float] = [r == 0 ? 0 : -0.0, r == 0 ? .nan : 1, r == 0 ? -0.0 : 0]
             var mn = mx
@@ -129,7 +140,7 @@ public enum CommCheck {
 
         // Large all-reduces with odd counts (the exchange's eight-lane combine and its tail, MPI's
         // segmented algorithms): integer-valued sums and maxima are exact in any order; sums
-        // of 0.1 (r + 1) i must be close, and agree across two ranks bit for bit.
+        // of 0.1 (r + 1) i must be close, and agree across the ranks bit for bit.
         for count in [16_387, 70_001] {
             var sum = (0..<count).map { Float((r + 1) * ($0 % 1000)) }
             var top = (0..<count).map { Float(($0 * 7 + r * 131) % 977) }
@@ -148,11 +159,9 @@ public enum CommCheck {
                 spread = max(spread, abs(fraction[i] - want) / max(abs(want), 1e-30))
             }
             expect(spread < 1e-5, "\(name): all-reduce sum of \(count) fractions off by \(spread) relative")
-            if n == 2 {
-                let digest = fraction.reduce(into: UInt64(1469598103934665603)) { h, x in h = (h ^ UInt64(x.bitPattern)) &* 1099511628211 }
-                let digests = c.allGather([Int64(bitPattern: digest)])
-                expect(Set(digests).count == 1, "\(name): all-reduce of \(count) fractions differs between ranks in its bits")
-            }
+            let digest = fraction.reduce(into: UInt64(1469598103934665603)) { h, x in h = (h ^ UInt64(x.bitPattern)) &* 1099511628211 }
+            let digests = c.allGather([Int64(bitPattern: digest)])
+            expect(Set(digests).count == 1, "\(name): all-reduce of \(count) fractions differs between ranks in its bits")
         }
 
         // reduce-scatter: element j of rank i's input is i + j; block r of the sum comes back.
