@@ -76,7 +76,7 @@ public enum Bench {
     /// difference of a pair is what costing every kernel and recording spans adds, exactly; the
     /// clock's region marks and span texts, which run in both, are not in it.
     public static func instructionSteps(base: RunConfig, steps: Int) throws {
-        Launcher.ensureSingleThreadedBLAS(rank: 0, log: { _ in })
+        Launcher.prepareBLAS(rank: 0, log: { _ in })
         let world = Communicator.initWorld()
         defer { Communicator.finalize() }
         let (withClock, without) = try clockedPair(benchConfig(base), world: world)
@@ -87,7 +87,7 @@ public enum Bench {
     }
 
     public static func run(base: RunConfig, quick: Bool, log: (String) -> Void) throws -> [String: Any] {
-        Launcher.ensureSingleThreadedBLAS(rank: 0, log: log)
+        Launcher.prepareBLAS(rank: 0, log: log)
         let world = Communicator.initWorld()
         defer { Communicator.finalize() }
         var out: [String: Any] = [:]

@@ -68,7 +68,7 @@ public enum ScheduleComparison {
                 throw UsageError("--out \(outDir): cannot create the directory (\(error.localizedDescription))")
             }
         }
-        Launcher.ensureSingleThreadedBLAS(rank: env.rank, log: log)
+        Launcher.prepareBLAS(rank: env.rank, log: log)
         let world = Communicator.initWorld()
         defer { Communicator.finalize() }
         var rows: [ComparisonRow] = []

@@ -76,7 +76,7 @@ public enum Launcher {
                 throw UsageError("--checkpoint-mode memory: cannot keep the hosts' memory: \(problem); set MOE_TRAIN_HOST_MEMORY to a writable directory of yours, ideally on a tmpfs")
             }
         }
-        ensureSingleThreadedBLAS(rank: env.rank, log: log)
+        prepareBLAS(rank: env.rank, log: log)
         let world = Communicator.initWorld()
         defer { Communicator.finalize() }
         let groups = ProcessGroups(world: world, topology: prepared.plan.topology)
@@ -104,13 +104,15 @@ public enum Launcher {
         }
     }
 
-    /// Ranks are processes sharing few cores: each must use exactly one BLAS thread.
-    public static func ensureSingleThreadedBLAS(rank: Int, log: (String) -> Void) {
+    /// Ranks are processes sharing few cores: each must use exactly one BLAS thread. Then
+    /// OpenBLAS's work buffer is written once (`Kernels.touchBlasWorkBuffer`).
+    public static func prepareBLAS(rank: Int, log: (String) -> Void) {
         let env = ProcessInfo.processInfo.environment["OPENBLAS_NUM_THREADS"]
         if env != "1" && rank == 0 {
             log("note: OPENBLAS_NUM_THREADS is \(env.map { "\"\($0)\"" } ?? "unset"); forcing 1 BLAS thread per rank")
         }
         Kernels.setBlasThreads(1)
+        Kernels.touchBlasWorkBuffer()
         precondition(Kernels.blasThreads == 1, "OpenBLAS still uses \(Kernels.blasThreads) threads")
     }
 }
