@@ -543,6 +543,17 @@ public struct Communicator: @unchecked Sendable {
         }
     }
 
+    /// Completes the transfer of `op` now (its buffers may then be reused or freed), leaving its
+    /// place on the emulated communication stream to `finish`. ZeRO-2 frees each gradient
+    /// bucket as soon as it is reduced, while its reduction still overlaps the backward in
+    /// emulated time.
+    public static func completeTransfer(_ op: PendingCollective) {
+        precondition(!op.finished, "a collective completed after it finished")
+        let spent = Spent(op.comm.hooks.clock)
+        defer { spent.end(op.comm.hooks.clock) }
+        complete(&op.request)
+    }
+
     func start(_ kind: CommKind, bytes: Int, emulatedBytes: Double, counts: [Int] = [], detail: String,
                _ begin: (PendingCollective) -> Void) -> PendingCollective {
         let clock = hooks.activeClock

@@ -26,13 +26,14 @@ public struct MemoryBreakdown: Sendable, Equatable {
     public var communication: Double
     public var total: Double { parameters + gradients + optimizerState + activations + communication }
 
-    /// Parameters and gradients held by the rank, the parameters whose optimizer state it
-    /// holds (all of them, or its ZeRO-1 shard), activation and communication-buffer elements.
-    public init(precision: Precision, parametersHeld: Int, optimizerParameters: Int,
+    /// Parameters held by the rank, its gradient elements (as many as the parameters, unless
+    /// ZeRO-2 shards them), the parameters whose optimizer state it holds (all of them, or its
+    /// ZeRO shard), activation and communication-buffer elements.
+    public init(precision: Precision, parametersHeld: Int, gradientElements: Int? = nil, optimizerParameters: Int,
                 activationElements: Int, communicationElements: Int) {
         let e = precision.elementBytes
         parameters = Double(parametersHeld) * e
-        gradients = Double(parametersHeld) * e
+        gradients = Double(gradientElements ?? parametersHeld) * e
         optimizerState = Double(optimizerParameters) * precision.optimizerBytesPerParameter
         activations = Double(activationElements) * e
         communication = Double(communicationElements) * e

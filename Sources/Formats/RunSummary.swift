@@ -83,25 +83,34 @@ public struct RunSummary: Codable, Sendable {
     /// the communication inside them), the process's CPU seconds in all (compute, and MPI's
     /// polling, yields and the emulator's bookkeeping), wall seconds inside communication
     /// (collectives and waits), the loop's wall seconds, and peak resident memory (wall-clock
-    /// figures of this machine, not of the emulated device).
+    /// figures of this machine, not of the emulated device); and the elements of the executed
+    /// fp32 buffers: parameters, the gradients' peak (the whole buffer, or under ZeRO-2 the
+    /// shards and the buckets open at once) and the Adam moments.
     public struct Resources: Codable, Equatable, Sendable {
         public var computeCPUSecondsPerRank: [Double]
         public var cpuSecondsPerRank: [Double]
         public var communicationWallSecondsPerRank: [Double]
         public var wallSecondsPerRank: [Double]
         public var rssBytesPerRank: [Double]
+        public var parameterFloatsPerRank: [Double]?
+        public var gradientFloatsPeakPerRank: [Double]?
+        public var optimizerFloatsPerRank: [Double]?
 
         enum CodingKeys: String, CodingKey {
             case computeCPUSecondsPerRank = "compute_cpu_s_per_rank", cpuSecondsPerRank = "cpu_s_per_rank"
             case communicationWallSecondsPerRank = "comm_wall_s_per_rank", wallSecondsPerRank = "wall_s_per_rank"
-            case rssBytesPerRank = "rss_bytes_per_rank"
+            case rssBytesPerRank = "rss_bytes_per_rank", parameterFloatsPerRank = "parameter_floats_per_rank"
+            case gradientFloatsPeakPerRank = "gradient_floats_peak_per_rank", optimizerFloatsPerRank = "optimizer_floats_per_rank"
         }
 
         public init(computeCPUSecondsPerRank: [Double], cpuSecondsPerRank: [Double], communicationWallSecondsPerRank: [Double],
-                    wallSecondsPerRank: [Double], rssBytesPerRank: [Double]) {
+                    wallSecondsPerRank: [Double], rssBytesPerRank: [Double], parameterFloatsPerRank: [Double]? = nil,
+                    gradientFloatsPeakPerRank: [Double]? = nil, optimizerFloatsPerRank: [Double]? = nil) {
             self.computeCPUSecondsPerRank = computeCPUSecondsPerRank; self.cpuSecondsPerRank = cpuSecondsPerRank
             self.communicationWallSecondsPerRank = communicationWallSecondsPerRank; self.wallSecondsPerRank = wallSecondsPerRank
             self.rssBytesPerRank = rssBytesPerRank
+            self.parameterFloatsPerRank = parameterFloatsPerRank; self.gradientFloatsPeakPerRank = gradientFloatsPeakPerRank
+            self.optimizerFloatsPerRank = optimizerFloatsPerRank
         }
     }
 

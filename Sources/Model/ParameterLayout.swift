@@ -197,16 +197,26 @@ public struct ParameterLayout: Sendable {
     }
 }
 
-/// The model's parameters and their gradients, each one flat buffer in the layout's order.
+/// Where a backward writes the gradients of the parameters whose flat buffer is not held
+/// whole (ZeRO-2: each `GradientUnit`'s gradients live only while its backward runs).
+public protocol GradientStore: AnyObject {
+    /// The gradient of `spec`, for the backward running now.
+    func gradient(_ spec: ParamSpec) -> Tensor
+}
+
+/// The model's parameters and their gradients, each one flat buffer in the layout's order;
+/// or, with a `gradientStore`, the gradients are the store's and `grads` is empty.
 public final class Parameters: @unchecked Sendable {
     public let layout: ParameterLayout
     public let values: Storage
     public let grads: Storage
+    /// Set when the gradients are not one flat buffer (`wholeGradients: false`).
+    public var gradientStore: GradientStore?
 
-    public init(layout: ParameterLayout) {
+    public init(layout: ParameterLayout, wholeGradients: Bool = true) {
         self.layout = layout
         values = Storage(count: layout.totalCount)
-        grads = Storage(count: layout.totalCount)
+        grads = Storage(count: wholeGradients ? layout.totalCount : 0)
     }
 
     public func value(_ name: String) -> Tensor {
@@ -216,6 +226,8 @@ public final class Parameters: @unchecked Sendable {
 
     public func grad(_ name: String) -> Tensor {
         guard let s = layout[name] else { preconditionFailure("no parameter named \(name)") }
+        if let gradientStore { return gradientStore.gradient(s) }
+        precondition(grads.count == layout.totalCount, "the gradients of \(name) are held by no store")
         return Tensor(view: grads, offset: s.offset, shape: s.shape)
     }
 
@@ -257,4 +269,26 @@ extension ParameterLayout {
         return order.map { GradientBucket(unit: $0, dense: ranges[false]![$0] ?? 0..<0, expert: ranges[true]![$0] ?? 0..<0) }
     }
 
+    /// The `index`-th of `parts` equal ZeRO partitions of a padded region.
+    public static func zeroShard(_ region: Range<Int>, parts: Int, index: Int) -> Range<Int> {
+        let size = region.count / parts
+        return (region.lowerBound + index * size)..<(region.lowerBound + (index + 1) * size)
+    }
+
+    /// Elements of the tensors whose gradients are partial per TP rank that lie in `ranges`.
+    public func partialGradientCount(within ranges: [Range<Int>]) -> Int {
+        specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { total, s in
+            total + ranges.reduce(0) { $0 + max(0, min($1.upperBound, s.offset + s.count) - max($1.lowerBound, s.offset)) }
+        }
+    }
+
+    /// The most gradient elements ZeRO-2 keeps for whole units at once in a backward: one
+    /// unit's bucket at a time, except that with tied embeddings the head's backward opens
+    /// the embedding's bucket, which stays until the backward ends with the embedding.
+    public func peakUnitGradientFloats(tiedEmbeddings: Bool) -> Int {
+        let sizes = Dictionary(uniqueKeysWithValues: gradientBuckets.map { ($0.unit, $0.dense.count + $0.expert.count) })
+        let largest = sizes.values.max() ?? 0
+        guard tiedEmbeddings, let embedding = sizes[.embedding], sizes[.head] != nil else { return largest }
+        return embedding + (sizes.filter { $0.key != .embedding }.values.max() ?? 0)
+    }
 }

@@ -2,8 +2,8 @@ import Comm
 import Model
 import Tensor
 
-/// Data-parallel gradient reduction (ZeRO-0: all-reduce) and ZeRO Stage 1 optimizer-state sharding
-/// (Rajbhandari et al. 2020, "ZeRO", section 5.1: P_os).
+/// Data-parallel gradient reduction (ZeRO-0: all-reduce), ZeRO Stage 1 optimizer-state sharding
+/// and Stage 2 gradient sharding (Rajbhandari et al. 2020, "ZeRO", section 5.1: P_os, P_os+g).
 ///
 /// The flat parameter buffer has a dense region (replicated over the data-parallel group)
 /// and an expert region (replicated over the expert-data-parallel group), each padded to
@@ -20,7 +20,16 @@ import Tensor
 /// that falls in its ZeRO-1 shard (MPI_Ireduce_scatter with per-rank counts), so the shards
 /// are the same as without overlap. The TP-partial gradients are summed over TP after the
 /// data-parallel reduction instead of before (sums commute).
-public final class DataParallel {
+///
+/// With `--zero 2` no rank holds the whole gradient. Each unit's gradients are written into a
+/// bucket of their own (`gradient(_:)`, the `Parameters`' store) when a backward first
+/// touches them, and as soon as that backward has completed the unit (every micro-batch, as
+/// DeepSpeed's stage 2 does under gradient accumulation) the bucket is reduce-scattered over
+/// the data-parallel group, the rank adds its part to the gradient shard it keeps for the
+/// step, and the bucket is freed. The emulated clock places each reduction on the
+/// communication stream when the unit is complete and waits for it at the end of that
+/// backward (`--overlap-grad-reduce`), or at once (then it is exposed).
+public final class DataParallel: GradientStore {
     public let stage: Int
     let layout: ParameterLayout
     let groups: ProcessGroups
@@ -54,20 +63,124 @@ public final class DataParallel {
 
     public init(stage: Int, layout: ParameterLayout, groups: ProcessGroups, overlapGradReduce: Bool = false,
                 overlapParamGather: Bool = false, timed: ParameterLayout? = nil) {
-        precondition(stage == 0 || stage == 1)
+        precondition((0...2).contains(stage))
         self.timed = timed
         timedPartial = timed.map { t in Double(t.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count }) }
         self.stage = stage
         self.overlapGradReduce = overlapGradReduce
-        self.overlapParamGather = overlapParamGather && stage == 1
+        self.overlapParamGather = overlapParamGather && stage >= 1
         buckets = layout.gradientBuckets
         self.layout = layout
         self.groups = groups
         normDense = Self.shard(layout.denseRegion, parts: groups.dp.size, index: groups.dp.rank)
         normExpert = Self.shard(layout.expertRegion, parts: groups.edp.size, index: groups.edp.rank)
-        ownedDense = stage == 1 ? normDense : layout.denseRegion
-        ownedExpert = stage == 1 ? normExpert : layout.expertRegion
+        ownedDense = stage >= 1 ? normDense : layout.denseRegion
+        ownedExpert = stage >= 1 ? normExpert : layout.expertRegion
         tpPartial = layout.specs.filter { $0.placement == .replicatedPartialGrad }.map { ($0.offset, $0.count) }
+        shardGrads = Storage(count: stage == 2 ? normDense.count + normExpert.count : 0)
+        gradientFloats = stage == 2 ? shardGrads.count : layout.totalCount
+        peakGradientFloats = gradientFloats
+    }
+
+    // MARK: - ZeRO-2
+
+    /// ZeRO-2: the reduced gradients of this rank's shards for the step (dense, then expert).
+    let shardGrads: Storage
+    /// ZeRO-2: the buckets the running backward writes, by unit, until it completes them.
+    var open: [GradientUnit: (bucket: GradientBucket, storage: Storage)] = [:]
+    /// ZeRO-2: reductions whose transfer is complete, waiting for their place on the emulated stream.
+    var reduced: [Communicator.PendingCollective] = []
+    /// Gradient elements held now (the whole buffer, or the shards and the open buckets), and the peak so far.
+    public private(set) var gradientFloats: Int
+    public private(set) var peakGradientFloats: Int
+    func hold(_ delta: Int) { gradientFloats += delta; peakGradientFloats = max(peakGradientFloats, gradientFloats) }
+
+    /// The gradient of `spec` in its unit's open bucket (opened, zeroed, on first use).
+    public func gradient(_ spec: ParamSpec) -> Tensor {
+        precondition(stage == 2, "only ZeRO-2 keeps gradients per unit")
+        let unit = GradientUnit.of(parameter: spec.name)
+        let entry: (bucket: GradientBucket, storage: Storage)
+        if let e = open[unit] {
+            entry = e
+        } else {
+            guard let b = buckets.first(where: { $0.unit == unit }) else { preconditionFailure("no gradient bucket holds \(spec.name)") }
+            entry = (b, Storage(count: b.dense.count + b.expert.count))
+            open[unit] = entry
+            hold(entry.storage.count)
+        }
+        let local = spec.placement == .expert ? entry.bucket.dense.count + spec.offset - entry.bucket.expert.lowerBound
+                                              : spec.offset - entry.bucket.dense.lowerBound
+        return Tensor(view: entry.storage, offset: local, shape: spec.shape)
+    }
+
+    /// ZeRO-2: a backward has completed `unit` for its micro-batch. Its bucket is
+    /// reduce-scattered (dense over the data-parallel group, experts over the
+    /// expert-data-parallel one), this rank's part added to its shard, and the bucket freed.
+    public func unitCompleted(_ unit: GradientUnit) {
+        guard stage == 2, let entry = open.removeValue(forKey: unit) else { return }
+        let b = entry.bucket
+        accumulate(entry.storage.base, b.dense, region: layout.denseRegion, shard: normDense, at: 0, over: groups.dp,
+                   timed: timedCount(unit, \.dense), detail: "gradients of \(unit)")
+        accumulate(entry.storage.base + b.dense.count, b.expert, region: layout.expertRegion, shard: normExpert,
+                   at: normDense.count, over: groups.edp, timed: timedCount(unit, \.expert), detail: "expert gradients of \(unit)")
+        hold(-entry.storage.count)
+        if !overlapGradReduce { finishReduced() }
+    }
+
+    /// Adds this rank's part of the sum over `group` of `range` (a bucket's part of `region`,
+    /// at `send`) to the shard gradients (`shard` of the region starts at `base` there).
+    func accumulate(_ send: UnsafeMutablePointer<Float>, _ range: Range<Int>, region: Range<Int>, shard: Range<Int>, at base: Int,
+                    over group: Communicator, timed: Double?, detail: String) {
+        guard !range.isEmpty else { return }
+        let lo = max(range.lowerBound, shard.lowerBound), hi = min(range.upperBound, shard.upperBound)
+        let mine = max(0, hi - lo)
+        let destination = shardGrads.base + base + (lo - shard.lowerBound)
+        if group.size == 1 {   // the shard is the region: the bucket is this rank's part
+            if mine > 0 { Kernels.axpy(mine, 1, send + (lo - range.lowerBound), destination) }
+            return
+        }
+        let counts = Self.shardCounts(range, region: region, parts: group.size)
+        let result = Storage(count: max(mine, 1))   // the memory plan's communication buffer
+        let op = group.emulating(floats: timed) {
+            group.startReduceScatter(UnsafePointer(send), result.base, counts: counts, detail: detail)
+        }
+        Communicator.completeTransfer(op)
+        if mine > 0 { Kernels.axpy(mine, 1, result.base, destination) }
+        reduced.append(op)
+    }
+
+    /// ZeRO-2: the reductions started so far take their place on the emulated stream, and
+    /// the compute stream waits for them (the end of a backward, or at once without overlap).
+    func finishReduced() {
+        guard !reduced.isEmpty else { return }
+        Communicator.finish(reduced, exposedAs: .reduceScatter, detail: "gradient buckets")
+        reduced.removeAll()
+    }
+
+    /// ZeRO-2: a backward action ended; every unit it opened was completed by it.
+    public func backwardCompleted() {
+        guard stage == 2 else { return }
+        precondition(open.isEmpty, "a backward left the gradients of \(open.keys.map { "\($0)" }.sorted()) unreduced")
+        finishReduced()
+    }
+
+    /// Where the gradient of flat offset `offset` is once the step's gradients are reduced
+    /// (an owned offset under ZeRO-1 and 2).
+    public func gradientPointer(_ offset: Int, in grads: Storage) -> UnsafeMutablePointer<Float> {
+        guard stage == 2 else { return grads.base + offset }
+        if normDense.contains(offset) { return shardGrads.base + (offset - normDense.lowerBound) }
+        precondition(normExpert.contains(offset) || offset == normExpert.upperBound, "offset \(offset) is outside this rank's gradient shards")
+        return shardGrads.base + normDense.count + (offset - normExpert.lowerBound)
+    }
+
+    /// The storage a fault injection poisons: the whole gradient, or under ZeRO-2 the shard.
+    public func poisonTarget(_ grads: Storage) -> Storage { stage == 2 ? shardGrads : grads }
+
+    /// A new step: the shard gradients start from zero (ZeRO-2).
+    public func beginStep() {
+        guard stage == 2 else { return }
+        precondition(open.isEmpty && reduced.isEmpty)
+        shardGrads.base.update(repeating: 0, count: shardGrads.count)
     }
 
     /// The gradient unit whose bucket holds `offset` of the flat buffer.
@@ -122,13 +235,17 @@ public final class DataParallel {
     }
 
     static func shard(_ region: Range<Int>, parts: Int, index: Int) -> Range<Int> {
-        let size = region.count / parts
-        return (region.lowerBound + index * size)..<(region.lowerBound + (index + 1) * size)
+        ParameterLayout.zeroShard(region, parts: parts, index: index)
     }
 
     /// Sums gradients over the groups that share each parameter. Afterwards the owned
     /// ranges hold the gradient of the global batch.
     public func reduceGradients(_ grads: Storage) {
+        if stage == 2 {   // each bucket was reduced as the backward completed it: only the TP-partial sums are left
+            precondition(open.isEmpty && reduced.isEmpty)
+            sumTensorParallelPartialsOfShards()
+            return
+        }
         if overlapGradReduce {
             for b in buckets where !issued.contains(b.unit) { gradientsReady(b.unit, grads) }
             Communicator.finish(inFlight.map(\.op), exposedAs: stage == 1 ? .reduceScatter : .allReduce, detail: "gradient buckets")
@@ -156,6 +273,35 @@ public final class DataParallel {
         }
     }
 
+    /// ZeRO-2: the TP-partial elements of this rank's shards, summed over the TP group (every TP
+    /// rank's layout has the same offsets, so the same elements). Charged at the same
+    /// elements of the timed layout's shards.
+    func sumTensorParallelPartialsOfShards() {
+        guard groups.tp.size > 1 else { return }
+        var packed = [Float]()
+        var places: [(UnsafeMutablePointer<Float>, Int)] = []
+        for p in tpPartial {
+            for shard in [normDense, normExpert] {
+                let lo = max(p.offset, shard.lowerBound), hi = min(p.offset + p.count, shard.upperBound)
+                guard lo < hi else { continue }
+                let at = gradientPointer(lo, in: shardGrads)
+                packed += UnsafeBufferPointer(start: at, count: hi - lo)
+                places.append((at, hi - lo))
+            }
+        }
+        guard !packed.isEmpty else { return }
+        let timedCount = timed.map { t in
+            Double(t.partialGradientCount(within: [Self.shard(t.denseRegion, parts: groups.dp.size, index: groups.dp.rank),
+                                                   Self.shard(t.expertRegion, parts: groups.edp.size, index: groups.edp.rank)]))
+        }
+        groups.tp.emulating(floats: timedCount) { groups.tp.allReduce(&packed) }
+        var cursor = 0
+        for (at, n) in places {
+            packed.withUnsafeBufferPointer { at.update(from: $0.baseAddress! + cursor, count: n) }
+            cursor += n
+        }
+    }
+
     func reduce(_ grads: Storage, _ which: KeyPath<ParameterLayout, Range<Int>>, shard: Range<Int>, over group: Communicator) {
         let region = layout[keyPath: which]
         guard group.size > 1, !region.isEmpty else { return }
@@ -175,7 +321,7 @@ public final class DataParallel {
     public func chargedCount(owned: Range<Int>) -> Double {
         guard let timed else { return Double(owned.count) }
         let (region, group) = owned == ownedDense ? (timed.denseRegion, groups.dp) : (timed.expertRegion, groups.edp)
-        return Double(stage == 1 ? Self.shard(region, parts: group.size, index: group.rank).count : region.count)
+        return Double(stage >= 1 ? Self.shard(region, parts: group.size, index: group.rank).count : region.count)
     }
 
     /// Elements of the norm's shards (dense and expert) charged: the timed model's, or these.
@@ -194,7 +340,7 @@ public final class DataParallel {
             if tpRank != 0 && (s.placement == .replicated || s.placement == .replicatedPartialGrad) { continue }
             let range = s.placement == .expert ? normExpert : normDense
             let lo = max(s.offset, range.lowerBound), hi = min(s.offset + s.count, range.upperBound)
-            if lo < hi { local += Kernels.sumOfSquares(hi - lo, grads.base + lo) }
+            if lo < hi { local += Kernels.sumOfSquares(hi - lo, gradientPointer(lo, in: grads)) }
         }
         Kernels.account(flops: 2 * chargedNormCount, elements: chargedNormCount)
         return groups.world.size > 1 ? groups.world.allReduce(local) : local
@@ -204,7 +350,7 @@ public final class DataParallel {
     /// overlapped, the gathers only start here, bucket by bucket in the order the forward
     /// needs them (`parametersNeeded`).
     public func gatherParameters(_ params: Storage) {
-        guard stage == 1 else { return }
+        guard stage >= 1 else { return }
         if overlapParamGather {
             for b in buckets {
                 startGather(params, b, \.dense, region: layout.denseRegion, over: groups.dp)
@@ -256,6 +402,7 @@ public final class DataParallel {
     /// A fully reduced copy of the gradients (every region all-reduced, nothing sharded),
     /// for dumps. Bookkeeping: not charged to the emulated clock.
     public func fullyReducedCopy(_ grads: Storage) -> Storage {
+        if stage == 2 { return gatheredShardCopy() }
         let copy = Storage(count: grads.count)
         copy.base.update(from: grads.base, count: grads.count)
         groups.world.untimed {
@@ -266,6 +413,24 @@ public final class DataParallel {
             if groups.edp.size > 1, !layout.expertRegion.isEmpty {
                 groups.edp.allReduce(copy.base + layout.expertRegion.lowerBound, count: layout.expertRegion.count)
             }
+        }
+        return copy
+    }
+
+    /// ZeRO-2's view for dumps: the data-parallel-reduced shards gathered into a whole buffer,
+    /// then the TP-partial sums. Bookkeeping: not charged to the emulated clock.
+    func gatheredShardCopy() -> Storage {
+        let copy = Storage(count: layout.totalCount)
+        (copy.base + normDense.lowerBound).update(from: shardGrads.base, count: normDense.count)
+        (copy.base + normExpert.lowerBound).update(from: shardGrads.base + normDense.count, count: normExpert.count)
+        groups.world.untimed {
+            for (region, shard, group) in [(layout.denseRegion, normDense, groups.dp), (layout.expertRegion, normExpert, groups.edp)]
+            where group.size > 1 && !region.isEmpty {
+                let mine = Storage(count: shard.count)
+                mine.base.update(from: copy.base + shard.lowerBound, count: shard.count)
+                group.allGather(UnsafePointer(mine.base), copy.base + region.lowerBound, countPerRank: shard.count)
+            }
+            sumTensorParallelPartials(copy)
         }
         return copy
     }

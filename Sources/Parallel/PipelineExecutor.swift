@@ -54,9 +54,12 @@ public final class PipelineExecutor {
 
     /// `gradientsReady` hears each `GradientUnit` whose gradients the step has completed: in
     /// the last backward of each chunk (the last micro-batch's), as its backward finishes the
-    /// unit (overlapped gradient reduction starts there).
+    /// unit (overlapped gradient reduction starts there). `unitCompleted` hears the same in
+    /// every backward (each micro-batch's), and `backwardCompleted` the end of every backward
+    /// action, inside its compute (ZeRO-2 reduces each unit's gradients per micro-batch).
     public func runStep(width: Int, rows: Int, batch: (Int) -> (tokens: [Int32], targets: [Int32]), scale: LossScale,
-                        gradientsReady: ((GradientUnit) -> Void)? = nil, parametersNeeded: ((GradientUnit) -> Void)? = nil) -> StepResult {
+                        gradientsReady: ((GradientUnit) -> Void)? = nil, parametersNeeded: ((GradientUnit) -> Void)? = nil,
+                        unitCompleted: ((GradientUnit) -> Void)? = nil, backwardCompleted: (() -> Void)? = nil) -> StepResult {
         var stats = MicroBatchStats(layers: model.config.layers, experts: model.config.experts)
         var passes: [Slot: Transformer.ChunkPass] = [:]
         var received: [Slot: Tensor] = [:]       // activations (forward inputs) and gradients (backward inputs)
@@ -114,11 +117,17 @@ public final class PipelineExecutor {
                 let t0 = clock.now
                 var kernels = Kernels.context   // the caller's hooks, and this action's weight-gradient queue
                 kernels.deferredWeightGrads = queue
-                let ready = lastBackward[a.chunk] == index ? gradientsReady : nil
+                precondition(unitCompleted == nil || a.kind == .backward, "per-micro-batch gradient units need a backward that completes the weight gradients")
+                let last = lastBackward[a.chunk] == index ? gradientsReady : nil
+                let ready: ((GradientUnit) -> Void)? = last == nil && unitCompleted == nil ? nil : { unitCompleted?($0); last?($0) }
                 timedAs?.beginBackward(chunk: a.chunk, microbatch: a.microbatch, layers: pass.layers, embedding: stage == 0,
                                        head: stage == lastStage, name: a.description)
                 let dx = clock.compute(.backward, a.description) {
-                    Kernels.with(kernels) { model.backwardChunk(pass, outputGradient: grad, scale: scale, gradientsReady: ready) }
+                    Kernels.with(kernels) {
+                        let dx = model.backwardChunk(pass, outputGradient: grad, scale: scale, gradientsReady: ready)
+                        backwardCompleted?()
+                        return dx
+                    }
                 }
                 timedAs?.end()
                 end = clock.now

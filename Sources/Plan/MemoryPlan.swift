@@ -12,8 +12,9 @@ public struct MemoryPlan: Sendable {
     public let roles: [Role]
 
     /// Each rank holds its tensor/expert shard of its pipeline stage's parameters and
-    /// gradients, optimizer state for what it steps (its ZeRO-1 shard, or everything with
-    /// --zero 0), the activations of the micro-batches its schedule keeps in flight at once
+    /// gradients (under ZeRO-2 only its shard of the gradients, plus the buckets a backward
+    /// holds at once before they are reduced), optimizer state for what it steps (its ZeRO
+    /// shard, or everything with --zero 0), the activations of the micro-batches its schedule keeps in flight at once
     /// (from the schedule's simulation), and the buffers of the gradient reduction. Ranks
     /// with equal figures form one role.
     /// Under recomputation (`config.recompute`) a micro-batch keeps what `Transformer.activationFloats`
@@ -34,9 +35,24 @@ public struct MemoryPlan: Sendable {
             let placement = Placement(rank: rank, topology: topology, stages: stagePlan, model: config.model, zero: config.zero,
                   sequenceParallel: config.sequenceParallel)
             let (shard, layout) = (placement.shard, placement.layout)
-            let zero1 = config.zero == 1
+            let zero1 = config.zero >= 1
             let denseShard = layout.denseRegion.count / (zero1 ? topology.dp : 1)
             let expertShard = layout.expertRegion.count / (zero1 ? topology.expertDP : 1)
+            // ZeRO-2: the shards, the buckets open at once, and the largest part of one bucket a
+            // reduce-scatter returns to this rank (the result it adds to its shard).
+            let zero2 = config.zero == 2
+            let tied = config.model.tieEmbeddings
+            let gradients: Int? = zero2 ? denseShard + expertShard + layout.peakUnitGradientFloats(tiedEmbeddings: tied) : nil
+            let bucketResult = !zero2 ? 0 : layout.gradientBuckets.flatMap { b in
+                [(b.dense, layout.denseRegion, topology.dp, c.dp), (b.expert, layout.expertRegion, topology.expertDP, c.edp)].map { range, region, parts, index in
+                    let mine = ParameterLayout.zeroShard(region, parts: parts, index: index)
+                    return parts > 1 ? max(0, min(range.upperBound, mine.upperBound) - max(range.lowerBound, mine.lowerBound)) : 0
+                }
+            }.max() ?? 0
+            let partialReduced = zero2
+                ? layout.partialGradientCount(within: [ParameterLayout.zeroShard(layout.denseRegion, parts: topology.dp, index: c.dp),
+                                                       ParameterLayout.zeroShard(layout.expertRegion, parts: topology.expertDP, index: c.edp)])
+                : nil
             let partial = layout.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count }
             let inFlight = schedule.uniform.peakInFlight[c.pp]
             // What one micro-batch keeps in one of the rank's chunks, on average over them (each
@@ -53,10 +69,13 @@ public struct MemoryPlan: Sendable {
                 + Transformer.transientFloats(config: config.model, sequences: plan.microBatchSize, shard: shard, recompute: config.recompute,
                                               attention: config.attention)
             let b = MemoryBreakdown(precision: precision, parametersHeld: layout.specs.reduce(0) { $0 + $1.count },
+                                    gradientElements: gradients,
                                     optimizerParameters: denseShard + expertShard, activationElements: activations,
                                     // DataParallel's buffers: the ZeRO-1 shard it reduce-scatters into, the packed
-                                    // TP-partial gradients, and under ZeRO-0 with overlap the buckets' results.
-                                    communicationElements: (zero1 ? denseShard + expertShard : 0) + partial
+                                    // TP-partial gradients, and under ZeRO-0 with overlap the buckets' results;
+                                    // under ZeRO-2 one bucket's reduced part and the shards' TP-partial elements.
+                                    communicationElements: zero2 ? bucketResult + (partialReduced ?? 0)
+                                        : (zero1 ? denseShard + expertShard : 0) + partial
                                         + (!zero1 && config.overlapGradReduce ? layout.denseRegion.count + layout.expertRegion.count : 0))
             byCoordinates[key] = b
             if let i = roles.firstIndex(where: { $0.breakdown == b }) {

@@ -2,7 +2,7 @@ import Model
 
 /// Where one rank sits in the grid and what it holds: its tensor/expert shard of the layers
 /// of its pipeline chunks, and the flat parameter layout of that shard (each region padded
-/// so that ZeRO-1 splits it evenly over the data-parallel ranks). The one mapping from a
+/// so that ZeRO-1 and 2 split it evenly over the data-parallel ranks). The one mapping from a
 /// rank to its share of the model; training, memory planning, projection and export read it.
 public struct Placement: Sendable {
     public let rank: Int
@@ -17,7 +17,7 @@ public struct Placement: Sendable {
         shard = ShardSpec(tp: topology.tp, tpRank: c.tp, ep: topology.ep, epRank: c.ep, layers: stages.heldLayers(rank: c.pp),
                           embedding: stages.holdsEmbedding(rank: c.pp), head: stages.holdsHead(rank: c.pp), sequenceParallel: sequenceParallel)
         layout = ParameterLayout(config: model, shard: shard,
-                                 denseAlignment: zero == 1 ? topology.dp : 1,
-                                 expertAlignment: zero == 1 ? topology.expertDP : 1)
+                                 denseAlignment: zero >= 1 ? topology.dp : 1,
+                                 expertAlignment: zero >= 1 ? topology.expertDP : 1)
     }
 }

@@ -99,26 +99,58 @@ public struct Projection {
             }
             forward.append(f); backward.append(b); modelComm.append(comm)
         }
+        // ZeRO-2: every backward reduce-scatters each unit's bucket as it completes it, on the
+        // communication stream waited for at the backward's end (overlapped) or at once.
+        var zero2Comm = [Double](repeating: 0, count: topo.pp)
+        if config.zero == 2 {
+            for s in 0..<topo.pp {
+                let rank = topo.rank(tp: 0, dp: 0, pp: s)
+                let placement = job.placement(of: rank)
+                let buckets = placement.layout.gradientBuckets
+                for chunk in 0..<plan.virtualStages {
+                    let vs = plan.virtualStage(rank: s, chunk: chunk)
+                    var t = 0.0, compute = 0.0
+                    var stream = CommunicationStream()
+                    for u in KernelInventory.backwardUnits(config: c, shard: placement.shard, sequences: batch.microBatchSize,
+                                                           layers: plan.layers[vs], embedding: vs == 0, head: vs == plan.virtualStageCount - 1,
+                                                           recompute: recompute, attention: config.attention) {
+                        let w = seconds(u.work, rank: rank)
+                        t += w; compute += w
+                        guard let b = buckets.first(where: { $0.unit == u.unit }) else { continue }
+                        for d in bucketDurations(b, .reduceScatter, rank: rank) {
+                            if config.overlapGradReduce { _ = stream.run(issued: t, duration: d) } else { t += d }
+                        }
+                    }
+                    let exposed = max(t, stream.free) - compute
+                    backward[s][chunk] += exposed
+                    zero2Comm[s] += exposed * Double(batch.microBatches)
+                }
+            }
+        }
         // After the pipeline, per stage: the gradient reduction, the norm, the optimizer, the gather.
         var reduce: [Double] = [], update: [Double] = [], dataComm: [Double] = []
         for s in 0..<topo.pp {
             let rank = topo.rank(tp: 0, dp: 0, pp: s)
             let layout = job.placement(of: rank).layout
             let dp = group(.dp, of: rank), edp = group(.edp, of: rank), tp = group(.tp, of: rank)
-            let zero1 = config.zero == 1
+            let zero1 = config.zero >= 1, zero2 = config.zero == 2
             var r = 0.0
             var dpc = 0.0
-            let partial = Double(layout.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count })
+            // The TP-partial gradients: all of them, or under ZeRO-2 those in the rank's shards.
+            let at = topo.coordinates(of: rank)
+            let partial = Double(zero2 ? layout.partialGradientCount(within: [ParameterLayout.zeroShard(layout.denseRegion, parts: dp.size, index: at.dp),
+                                                                               ParameterLayout.zeroShard(layout.expertRegion, parts: edp.size, index: at.edp)])
+                                       : layout.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count })
             if tp.size > 1 && partial > 0 { r += cost.collective(.allReduce, bytes: partial * bytes, ranks: tp.size, link: tp.link) }
             let dense = Double(layout.denseRegion.count), expert = Double(layout.expertRegion.count)
             // Overlapped, the data-parallel reduction is placed on the communication stream
             // once the pipeline's timeline is known (below); here only its exposed part is added.
-            if !config.overlapGradReduce {
+            if !config.overlapGradReduce && !zero2 {
                 if dp.size > 1 && dense > 0 { r += cost.collective(zero1 ? .reduceScatter : .allReduce, bytes: dense * bytes, ranks: dp.size, link: dp.link) }
                 if edp.size > 1 && expert > 0 { r += cost.collective(zero1 ? .reduceScatter : .allReduce, bytes: expert * bytes, ranks: edp.size, link: edp.link) }
             }
             let ownedDense = zero1 ? dense / Double(dp.size) : dense, ownedExpert = zero1 ? expert / Double(edp.size) : expert
-            dpc = r
+            dpc = r + zero2Comm[s]
             r += cost.kernel(flops: 2 * (ownedDense + ownedExpert), elements: ownedDense + ownedExpert)  // the norm's sum of squares
             reduce.append(r)
             var u = 0.0
@@ -143,7 +175,7 @@ public struct Projection {
         // (its buckets run on the communication stream from the end of the optimizer, in the
         // forward's order), and the waits this puts into the first forward of each chunk.
         var ready: [[GradientUnit: Double]] = Array(repeating: [:], count: topo.pp)
-        if config.overlapParamGather && config.zero == 1 {
+        if config.overlapParamGather && config.zero >= 1 {
             for s in 0..<topo.pp {
                 let rank = topo.rank(tp: 0, dp: 0, pp: s)
                 var stream = CommunicationStream()
@@ -201,7 +233,7 @@ public struct Projection {
             for s in 0..<topo.pp { dataComm[s] += waits[s].values.reduce(0, +) }
         }
         let ends = (0..<topo.pp).map { s in sim.timelines[s].last.map(\.end) ?? 0 }
-        if config.overlapGradReduce {
+        if config.overlapGradReduce && config.zero < 2 {
             // Each bucket leaves when the last backward of its chunk completes its unit (the
             // trainer's `gradientsReady`), runs on the communication stream, and what is still
             // running when the stage's pipeline work ends is exposed.

@@ -21,7 +21,7 @@ extension Trainer {
         }
         let overlaps = [(config.sequenceParallel, "sequence parallelism over the \(config.tp) TP ranks"),
                         (config.overlapGradReduce, "gradient reduction overlapped with the backward"),
-                        (config.overlapParamGather && config.zero == 1, "parameter all-gather overlapped with the next forward")].filter(\.0).map(\.1)
+                        (config.overlapParamGather && config.zero >= 1, "parameter all-gather overlapped with the next forward")].filter(\.0).map(\.1)
         if !overlaps.isEmpty { log("communication: " + overlaps.joined(separator: "; ")) }
         if config.checkpointEvery > 0 {
             var line = "checkpoints: every \(config.checkpointEvery) steps to \(config.runDirectory), \(config.checkpointMode.rawValue)"
@@ -236,7 +236,8 @@ extension Trainer {
             wallTimeS: wallSeconds, tokensPerSWall: tokens / max(wallSeconds, 1e-9),
             resources: .init(computeCPUSecondsPerRank: resources.computeCPU, cpuSecondsPerRank: resources.cpu,
                              communicationWallSecondsPerRank: resources.communicationWall, wallSecondsPerRank: resources.loopWall,
-                             rssBytesPerRank: resources.rss),
+                             rssBytesPerRank: resources.rss, parameterFloatsPerRank: resources.parameters,
+                             gradientFloatsPeakPerRank: resources.gradientsPeak, optimizerFloatsPerRank: resources.optimizer),
             timedAs: job.timed.map { _ in
                 RunSummary.TimedModel(dModel: t.model.dModel, ffnHidden: t.model.ffnHidden, heads: t.model.heads, kvHeads: t.model.kvHeads,
                                       seqLen: t.model.seqLen, vocab: t.model.vocab, microBatchSize: t.batch.microBatchSize,

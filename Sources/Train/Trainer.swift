@@ -45,7 +45,8 @@ public final class Trainer {
     public internal(set) var checksum = ""
     /// Per rank, over its training loop: compute CPU seconds (the clock's), process CPU seconds,
     /// wall seconds inside communication, the loop's wall seconds; and peak resident memory in bytes.
-    var resources: (computeCPU: [Double], cpu: [Double], communicationWall: [Double], loopWall: [Double], rss: [Double]) = ([], [], [], [], [])
+    var resources: (computeCPU: [Double], cpu: [Double], communicationWall: [Double], loopWall: [Double], rss: [Double],
+                    parameters: [Double], gradientsPeak: [Double], optimizer: [Double]) = ([], [], [], [], [], [], [], [])
 
     /// Largest activation footprint of a step, in elements, per pipeline stage (max over its ranks).
     var peakActivationPerStage: [Double] = []
@@ -69,13 +70,14 @@ public final class Trainer {
         let placement = job.placement(of: groups.world.rank)
         let layout = placement.layout
         parallel = MPIModelParallelism(groups: groups, shard: placement.shard)
-        params = Parameters(layout: layout)
+        params = Parameters(layout: layout, wholeGradients: config.zero < 2)
         layout.initialize(params.values, seed: config.seed)
         model = Transformer(config: config.model, params: params, parallel: parallel, recompute: config.recompute,
                             attention: config.attention)
         zero = DataParallel(stage: config.zero, layout: layout, groups: groups, overlapGradReduce: config.overlapGradReduce,
                             overlapParamGather: config.overlapParamGather,
                             timed: job.timed.map { $0.plan.placement(of: groups.world.rank).layout })
+        if config.zero == 2 { params.gradientStore = zero }
         let hyper = AdamW.Hyper(beta1: config.beta1, beta2: config.beta2, eps: config.adamEps, weightDecay: config.weightDecay)
         optimizers = [zero.ownedDense, zero.ownedExpert].filter { !$0.isEmpty }.map { AdamW(layout: layout, range: $0, hyper: hyper) }
         lrSchedule = LRSchedule(peak: config.lr, minRatio: config.minLRRatio, warmup: config.warmupSteps, total: config.steps)
@@ -152,10 +154,11 @@ public final class Trainer {
         commTotals = worldCommTotals()
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
-        let mine = [clock.computeCPUSeconds, loopCPU, loopCommunication, wallSeconds, Double(usage.ru_maxrss) * 1024]   // Linux reports KiB
+        let mine = [clock.computeCPUSeconds, loopCPU, loopCommunication, wallSeconds, Double(usage.ru_maxrss) * 1024,   // Linux reports KiB
+                    Double(params.values.count), Double(zero.peakGradientFloats), Double(optimizers.reduce(0) { $0 + 2 * $1.range.count })]
         let all = groups.world.untimed { groups.world.allGather(mine) }
         func column(_ c: Int) -> [Double] { stride(from: c, to: all.count, by: mine.count).map { all[$0] } }
-        resources = (column(0), column(1), column(2), column(3), column(4))
+        resources = (column(0), column(1), column(2), column(3), column(4), column(5), column(6), column(7))
         let peak = Double(records.map(\.peakActivationFloats).max() ?? 0)
         let peaks = groups.world.untimed { groups.world.allGather([peak]) }
         peakActivationPerStage = (0..<groups.topology.pp).map { stage in
@@ -190,19 +193,22 @@ public final class Trainer {
         let scale = LossScale(tokens: plan.globalBatch * T, sequences: plan.globalBatch)
         let clockStart = clock.now, flopsStart = clock.executedFLOPs, spanStart = clock.spans.count
         params.zeroGrads()
+        zero.beginStep()
         let rankFirst = groups.coordinates.dp * plan.perRank
         // Overlapped gradient reduction starts each bucket as the backward completes it (an
         // injected NaN goes in before its bucket leaves, as it would without overlap).
-        let ready: ((GradientUnit) -> Void)? = zero.overlapGradReduce ? { [zero, faults, params] unit in
+        let ready: ((GradientUnit) -> Void)? = zero.overlapGradReduce && zero.stage < 2 ? { [zero, faults, params] unit in
             if zero.unit(holding: 0) == unit { faults.poison(params.grads, step: step) }
             zero.gradientsReady(unit, params.grads)
         } : nil
         let result = executor.runStep(width: c.dModel, rows: model.parallel.shard.residualRows(tokens: plan.microBatchSize * T), batch: { m in
             data.batch(step: step, first: rankFirst + m * plan.microBatchSize, count: plan.microBatchSize, seqLen: T)
-        }, scale: scale, gradientsReady: ready, parametersNeeded: zero.overlapParamGather ? { [zero] in zero.parametersNeeded($0) } : nil)
+        }, scale: scale, gradientsReady: ready, parametersNeeded: zero.overlapParamGather ? { [zero] in zero.parametersNeeded($0) } : nil,
+           unitCompleted: zero.stage == 2 ? { [zero] in zero.unitCompleted($0) } : nil,
+           backwardCompleted: zero.stage == 2 ? { [zero] in zero.backwardCompleted() } : nil)
         zero.finishParameterGather()   // every unit was needed by the forward; nothing is left in flight
         lastDurations = result.durations
-        if !zero.overlapGradReduce { faults.poison(params.grads, step: step) }
+        if ready == nil { faults.poison(zero.poisonTarget(params.grads), step: step) }
         // The step's figures over the data-parallel replicas and pipeline stages (TP ranks agree).
         let stats = reduceStats(result.stats)
         let dumpGrads = config.dumpStep == step ? zero.fullyReducedCopy(params.grads) : nil
@@ -236,7 +242,8 @@ public final class Trainer {
                 for optimizer in optimizers {
                     let n = zero.chargedCount(owned: optimizer.range)
                     Kernels.account(flops: 16 * n, elements: n * emulator.precision.optimizerStepBytesPerParameter / emulator.precision.elementBytes)
-                    optimizer.step(params: params.values, grads: params.grads, lr: lr, gradScale: clip)
+                    optimizer.step(params: params.values, gradients: zero.gradientPointer(optimizer.range.lowerBound, in: params.grads),
+                                   lr: lr, gradScale: clip)
                 }
             }
             zero.gatherParameters(params.values)

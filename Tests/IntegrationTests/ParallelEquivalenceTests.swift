@@ -17,6 +17,10 @@ final class ParallelEquivalenceTests: XCTestCase {
         // Overlapped gradient reduction: buckets reduce-scattered into the same ZeRO-1 shards, or all-reduced.
         (4, ["--ep", "2", "--overlap-grad-reduce", "--overlap-param-gather"]),
         (4, ["--pp", "2", "--zero", "0", "--overlap-grad-reduce"]),
+        // ZeRO-2: each unit's gradients reduce-scattered into the shards every micro-batch, and freed.
+        (2, ["--zero", "2"]),
+        (4, ["--tp", "2", "--pp", "2", "--zero", "2", "--overlap-grad-reduce"]),
+        (4, ["--ep", "2", "--zero", "2", "--overlap-param-gather"]),
     ]
 
     func run(np: Int, _ args: [String], extraMPIArgs: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
@@ -94,6 +98,38 @@ final class ParallelEquivalenceTests: XCTestCase {
     }
 
     /// Acceptance 3: at dp = 2 each rank holds half the optimizer state (up to padding).
+    /// ZeRO-2's executed gradient buffers are what the memory plan says (in fp32 at the
+    /// executed sizes): the shards plus the buckets one backward holds at once; under ZeRO-0
+    /// and 1 the whole buffer. The parameters and the Adam moments are the same in all three.
+    func testZeroTwoHoldsShardsOfTheGradients() throws {
+        var peaks: [Int: [Double]] = [:]
+        for zero in 0...2 {
+            for (np, flags) in [(2, [String]()), (4, ["--pp", "2"]), (4, ["--tp", "2", "--ep", "2"])] {
+                let s = try run(np: np, ["--steps", "2", "--precision", "fp32", "--zero", String(zero)] + flags)
+                let resources = try XCTUnwrap(s["resources"] as? [String: [Double]])
+                let gradients = try XCTUnwrap(resources["gradient_floats_peak_per_rank"]), parameters = try XCTUnwrap(resources["parameter_floats_per_rank"])
+                let roles = try XCTUnwrap(s["memory_bytes"] as? [[String: Any]])
+                for role in roles {
+                    for rank in try XCTUnwrap(role["ranks"] as? [Int]) {
+                        let planned = try XCTUnwrap(role["gradients"] as? Double) / 4
+                        if zero < 2 {
+                            // The whole buffer; the plan counts the parameters without the padding that
+                            // splits each region evenly over the data-parallel ranks (under one element per rank and region).
+                            XCTAssertEqual(gradients[rank], parameters[rank])
+                            XCTAssertTrue((0..<Double(2 * np)).contains(gradients[rank] - planned), "zero \(zero) \(flags) rank \(rank): \(gradients[rank]) against \(planned) planned")
+                        } else {
+                            XCTAssertEqual(gradients[rank], planned, "zero 2 \(flags) rank \(rank): executed gradient peak against the plan")
+                        }
+                    }
+                }
+                if np == 2 { peaks[zero] = gradients }
+                print("zero \(zero) -np \(np) \(flags.joined(separator: " ")): gradient floats at peak per rank \(gradients.map { Int($0) }), parameters \(parameters.map { Int($0) })")
+            }
+        }
+        let z1 = try XCTUnwrap(peaks[1]), z2 = try XCTUnwrap(peaks[2])
+        for (a, b) in zip(z2, z1) { XCTAssertLessThan(a, b, "two data-parallel ranks: ZeRO-2 holds less gradient than ZeRO-1") }
+    }
+
     func testZeroOneHalvesOptimizerState() throws {
         let one = try run(np: 1, ["--steps", "1"])
         let two = try run(np: 2, ["--steps", "1", "--zero", "1"])
@@ -145,6 +181,27 @@ final class ParallelEquivalenceTests: XCTestCase {
     ///    per step, plus the packed all-reduce of router and replicated-KV gradients;
     ///  - EP all-to-all: per MoE layer 4 exchanges (dispatch, return, and the two of the
     ///    backward) of this rank's kept assignments' rows, plus the count exchange.
+    /// ZeRO-2 reduce-scatters each micro-batch's gradients (M = 2 per replica and step: 16
+    /// sequences, 4 per micro-batch, 2 replicas) where ZeRO-1 reduce-scatters the step's once:
+    /// M times the bytes, in one call per unit and micro-batch.
+    func testZeroTwoReducesEveryMicroBatch() throws {
+        let M = 2
+        func reduceScatters(_ zero: Int) throws -> [String: [String: Int]] {
+            let s = try run(np: 2, ["--steps", "1", "--zero", String(zero)])
+            return try XCTUnwrap(s["comm_bytes"] as? [String: [String: Int]]).filter { $0.key.hasPrefix("reduce-scatter/") }
+        }
+        let one = try reduceScatters(1), two = try reduceScatters(2)
+        XCTAssertEqual(Set(one.keys), ["reduce-scatter/dp", "reduce-scatter/edp"])
+        XCTAssertEqual(Set(two.keys), Set(one.keys))
+        for (key, z1) in one {
+            let z2 = try XCTUnwrap(two[key])
+            XCTAssertEqual(z2["bytes"], M * z1["bytes"]!, key)
+            XCTAssertEqual(z1["calls"], 1, key)
+            // The embedding, the head and each of the 2 layers hold dense parameters; the 2 MoE layers the experts.
+            XCTAssertEqual(z2["calls"], M * (key.hasSuffix("/edp") ? 2 : 4), key)
+        }
+    }
+
     func testCommunicationBytesMatchClosedForms() throws {
         let s = try run(np: 2, ["--steps", "1", "--tp", "2", "--ep", "2", "--log-every", "1"])
         let comm = try XCTUnwrap(s["comm_bytes"] as? [String: [String: Int]])

@@ -77,6 +77,13 @@ final class ReshardTests: XCTestCase {
                   to: Layout(np: 2, flags: ["--tp", "2"]))
     }
 
+    /// ZeRO-2 ranks save what ZeRO-1 ranks save (the parameters of their stage and the Adam
+    /// state of their shard): its checkpoints reshard to ZeRO-1 and back.
+    func testZeroTwoToZeroOneAndBack() throws {
+        try check(from: Layout(np: 4, flags: ["--zero", "2", "--pp", "2"]), to: Layout(np: 2, flags: ["--zero", "1"]))
+        try check(from: Layout(np: 2, flags: ["--zero", "1"]), to: Layout(np: 4, flags: ["--zero", "2", "--tp", "2"]))
+    }
+
     func testZeroZeroToZeroOneWithTensorParallel() throws {
         try check(from: Layout(np: 2, flags: ["--zero", "0"]), to: Layout(np: 4, flags: ["--zero", "1", "--tp", "2"]))
     }

@@ -36,7 +36,8 @@ final class OutputRecordTests: XCTestCase {
                                 capacity: 42949672960)],
             wallTimeS: 0.267182717, tokensPerSWall: 5748.874842080448,
             resources: .init(computeCPUSecondsPerRank: [0.0997], cpuSecondsPerRank: [0.1203], communicationWallSecondsPerRank: [0.0101],
-                             wallSecondsPerRank: [0.2671], rssBytesPerRank: [43999232]))
+                             wallSecondsPerRank: [0.2671], rssBytesPerRank: [43999232], parameterFloatsPerRank: [92576],
+                             gradientFloatsPeakPerRank: [92576], optimizerFloatsPerRank: [92576]))
     }
 
     /// Every key of the summary, at every level: the keys the untyped summary wrote.
@@ -76,7 +77,8 @@ final class OutputRecordTests: XCTestCase {
                        ["bytes", "calls", "bytes_all_ranks", "calls_all_ranks"])
         XCTAssertEqual(Set(try XCTUnwrap(o["time_breakdown_s"] as? [String: Double]).keys), ["compute", "communication", "idle", "total"])
         XCTAssertEqual(Set(try XCTUnwrap(o["resources"] as? [String: Any]).keys),
-                       ["compute_cpu_s_per_rank", "cpu_s_per_rank", "comm_wall_s_per_rank", "wall_s_per_rank", "rss_bytes_per_rank"])
+                       ["compute_cpu_s_per_rank", "cpu_s_per_rank", "comm_wall_s_per_rank", "wall_s_per_rank", "rss_bytes_per_rank",
+                        "parameter_floats_per_rank", "gradient_floats_peak_per_rank", "optimizer_floats_per_rank"])
         XCTAssertEqual(Set(try XCTUnwrap((o["memory_bytes"] as? [[String: Any]])?.first).keys),
                        ["role", "ranks", "parameters", "gradients", "optimizer_state", "activations", "communication", "total",
                         "activations_measured", "capacity"])

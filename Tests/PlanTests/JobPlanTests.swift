@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 import Plan
 import Schedule
+import Model
 
 /// Bad input that needs no MPI, checked in-process against the one place that validates it:
 /// building the `JobPlan`. (A few real `mpirun` cases in IntegrationTests/BadInputTests keep
@@ -66,6 +67,62 @@ final class JobPlanTests: XCTestCase {
         XCTAssertNoThrow(try JobPlan(config: c, world: 1, purpose: .projection))
         c = try tiny(); c.model.tieEmbeddings = true; c.pp = 2
         assertRejected(c, world: 2, mentions: ["tied embeddings", "--pp 2"])
+        c = try tiny(); c.pp = 2; c.zero = 2; c.schedule = .zbH1
+        assertRejected(c, world: 2, mentions: ["--zero 2", "zb-h1"])
+        c = try tiny(); c.zero = 3
+        assertRejected(c, world: 2, mentions: ["--zero", "3"])
+    }
+
+    /// The memory plan's bytes per rank follow the ZeRO paper's per-parameter accounting in
+    /// mixed precision (section 3.1 and 5: 2 + 2 + 12 bytes; stage 1 divides the 12 by the
+    /// data-parallel degree, stage 2 the 2 + 12 of gradients and optimizer state), plus what
+    /// stage 2 holds while a backward runs: the buckets open at once before they are reduced.
+    func testMemoryPlanFollowsTheZeroStageFormulas() throws {
+        for (world, tie) in [(4, false), (2, true)] {
+            var bytesPerParameter: [Double] = []
+            var pad = 0.0   // the padding that makes the regions split evenly, per parameter
+            var openBuckets = 0.0, psiOfRank0 = 1.0
+            for zero in 0...2 {
+                var c = try tiny()
+                c.zero = zero; c.precision = .bf16; c.model.tieEmbeddings = tie
+                let job = try JobPlan(config: c, world: world)
+                XCTAssertEqual(job.topology.dp, world)
+                let layout = job.placement(of: 0).layout
+                let psi = Double(layout.specs.reduce(0) { $0 + $1.count })
+                let padded = Double(layout.totalCount), nd = Double(world)
+                if zero == 1 { pad = (padded - psi) / psi }
+                psiOfRank0 = psi
+                XCTAssertEqual(job.memory.roles.count, 1, "data-parallel replicas hold the same")
+                let b = try XCTUnwrap(job.memory.roles.first).breakdown
+                XCTAssertEqual(b.parameters, 2 * psi)
+                switch zero {
+                case 0:
+                    XCTAssertEqual(b.gradients, 2 * psi)
+                    XCTAssertEqual(b.optimizerState, 12 * psi)
+                case 1:
+                    XCTAssertEqual(b.gradients, 2 * psi)
+                    XCTAssertEqual(b.optimizerState, 12 * padded / nd)
+                default:
+                    let open = Double(layout.peakUnitGradientFloats(tiedEmbeddings: tie))
+                    XCTAssertEqual(b.gradients, 2 * (padded / nd + open))
+                    openBuckets = open
+                    XCTAssertEqual(b.optimizerState, 12 * padded / nd)
+                    // The open buckets are one unit, or with tied embeddings the embedding and one more.
+                    let size = { (b: GradientBucket) in Double(b.dense.count + b.expert.count) }
+                    let embedding = size(try XCTUnwrap(layout.gradientBuckets.first { $0.unit == .embedding }))
+                    let others = layout.gradientBuckets.filter { $0.unit != .embedding }.map(size).max()!
+                    XCTAssertEqual(open, tie ? embedding + others : max(embedding, others))
+                }
+                bytesPerParameter.append((b.parameters + b.gradients + b.optimizerState) / psi)
+            }
+            XCTAssertEqual(bytesPerParameter[0], 16, accuracy: 1e-9)
+            XCTAssertEqual(bytesPerParameter[1], 4 + 12 / Double(world) * (1 + pad), accuracy: 1e-9)
+            XCTAssertEqual(bytesPerParameter[2], 2 + 14 / Double(world) * (1 + pad) + 2 * openBuckets / psiOfRank0, accuracy: 1e-9)
+            // (Stage 2 saves only where the shards' savings exceed the open buckets: not on two ranks
+            // with tied embeddings, where one 2-layer model's embedding and layer buckets are most of it.)
+            print(String(format: "world %d%@: bytes per parameter, stage 0 %.3f, stage 1 %.3f, stage 2 %.3f (2 + 14/Nd = %.3f, plus the open buckets)",
+                         world, tie ? ", tied embeddings" : "", bytesPerParameter[0], bytesPerParameter[1], bytesPerParameter[2], 2 + 14 / Double(world)))
+        }
     }
 
     func testOutOfMemoryIsRefusedForTrainingOnly() throws {
