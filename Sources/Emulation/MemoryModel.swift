@@ -26,13 +26,13 @@ public struct MemoryBreakdown: Sendable, Equatable {
     public var communication: Double
     public var total: Double { parameters + gradients + optimizerState + activations + communication }
 
-    /// Parameters held by the rank, its gradient elements (as many as the parameters, unless
-    /// ZeRO-2 shards them), the parameters whose optimizer state it holds (all of them, or its
+    /// Parameters held by the rank (`parameterElements` when ZeRO-3 holds fewer at once), its
+    /// gradient elements (as many as the parameters, unless ZeRO-2 or 3 shards them), the parameters whose optimizer state it holds (all of them, or its
     /// ZeRO shard), activation and communication-buffer elements.
-    public init(precision: Precision, parametersHeld: Int, gradientElements: Int? = nil, optimizerParameters: Int,
-                activationElements: Int, communicationElements: Int) {
+    public init(precision: Precision, parametersHeld: Int, parameterElements: Int? = nil, gradientElements: Int? = nil,
+                optimizerParameters: Int, activationElements: Int, communicationElements: Int) {
         let e = precision.elementBytes
-        parameters = Double(parametersHeld) * e
+        parameters = Double(parameterElements ?? parametersHeld) * e
         gradients = Double(gradientElements ?? parametersHeld) * e
         optimizerState = Double(optimizerParameters) * precision.optimizerBytesPerParameter
         activations = Double(activationElements) * e

@@ -204,23 +204,52 @@ public protocol GradientStore: AnyObject {
     func gradient(_ spec: ParamSpec) -> Tensor
 }
 
+/// Where the layers read parameters that the rank does not hold whole (ZeRO-3: each
+/// `GradientUnit`'s parameters are gathered before its forward and its backward, and freed).
+public protocol ParameterStore: AnyObject {
+    /// The value of `spec`, gathered for the pass running now.
+    func value(_ spec: ParamSpec) -> Tensor
+}
+
 /// The model's parameters and their gradients, each one flat buffer in the layout's order;
-/// or, with a `gradientStore`, the gradients are the store's and `grads` is empty.
+/// or, with a `gradientStore`, the gradients are the store's and `grads` is empty; with a
+/// `valueStore`, `values` holds only the ranges `heldValues` of the flat buffer (one after
+/// the other) and the layers read the store's.
 public final class Parameters: @unchecked Sendable {
     public let layout: ParameterLayout
     public let values: Storage
     public let grads: Storage
+    /// The ranges of the flat buffer `values` holds, in order (the whole buffer, or ZeRO-3's shards).
+    public let heldValues: [Range<Int>]
     /// Set when the gradients are not one flat buffer (`wholeGradients: false`).
     public var gradientStore: GradientStore?
+    /// Set when the values are not held whole (`heldValues` is not the whole buffer).
+    public var valueStore: ParameterStore?
 
-    public init(layout: ParameterLayout, wholeGradients: Bool = true) {
+    public init(layout: ParameterLayout, wholeGradients: Bool = true, heldValues: [Range<Int>]? = nil) {
         self.layout = layout
-        values = Storage(count: layout.totalCount)
+        self.heldValues = heldValues ?? [0..<layout.totalCount]
+        values = Storage(count: self.heldValues.reduce(0) { $0 + $1.count })
         grads = Storage(count: wholeGradients ? layout.totalCount : 0)
+    }
+
+    /// Whether `values` is the whole flat buffer.
+    public var holdsAllValues: Bool { heldValues == [0..<layout.totalCount] }
+
+    /// The held value of flat offset `offset` (an offset inside `heldValues`, or the end of one).
+    public func valuePointer(_ offset: Int) -> UnsafeMutablePointer<Float> {
+        var base = 0
+        for r in heldValues {
+            if r.contains(offset) || offset == r.upperBound { return values.base + base + (offset - r.lowerBound) }
+            base += r.count
+        }
+        preconditionFailure("offset \(offset) is not held by this rank")
     }
 
     public func value(_ name: String) -> Tensor {
         guard let s = layout[name] else { preconditionFailure("no parameter named \(name)") }
+        if let valueStore { return valueStore.value(s) }
+        precondition(holdsAllValues, "the parameters of \(name) are held by no store")
         return Tensor(view: values, offset: s.offset, shape: s.shape)
     }
 

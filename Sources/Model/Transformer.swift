@@ -275,14 +275,17 @@ public final class Transformer {
     /// `outputGradient`, received from the next chunk. Returns the gradient of the chunk's
     /// input (to send to the previous chunk), or nil for the first chunk. `gradientsReady` is
     /// told each `GradientUnit` as soon as this backward has added its last gradient term
-    /// (the head, each layer in reverse, the embedding).
+    /// (the head, each layer in reverse, the embedding), and `parametersNeeded` each unit just
+    /// before its backward (and, under full recomputation, its forward again) reads it.
     @discardableResult
     public func backwardChunk(_ pass: ChunkPass, outputGradient: Tensor?, scale: LossScale,
-                              gradientsReady: ((GradientUnit) -> Void)? = nil) -> Tensor? {
+                              gradientsReady: ((GradientUnit) -> Void)? = nil,
+                              parametersNeeded: ((GradientUnit) -> Void)? = nil) -> Tensor? {
         var pass = pass
         let n = pass.output.rows, c = config.dModel
         var dx: Tensor
         if let head = pass.head {
+            parametersNeeded?(.head)
             let xf = gathered(head.xf)
             let partial = Tensor(zeros: [xf.rows, c])
             Kernels.linearBackward(xf, params.value(headName), head.dLogits, dx: partial, dw: params.grad(headName))
@@ -296,12 +299,14 @@ public final class Transformer {
             dx = g
         }
         for l in pass.layers.reversed() {
+            parametersNeeded?(.layer(l))
             // Full recomputation: the layer's forward again, from its kept input, just before its backward.
             let cache = recompute == .full ? blockForward(l, pass.inputs.removeLast()).1 : pass.caches.removeLast()
             dx = blockBackward(l, cache, dOut: dx, scale: scale)  // caches freed as their backward ends
             gradientsReady?(.layer(l))
         }
         if let tokens = pass.tokens {
+            parametersNeeded?(.embedding)
             Embedding.backward(tokens: tokens, dy: gathered(dx), dTable: params.grad("tok_emb"), vocab: vocab)
             gradientsReady?(.embedding)
             return nil

@@ -29,7 +29,15 @@ import Tensor
 /// step, and the bucket is freed. The emulated clock places each reduction on the
 /// communication stream when the unit is complete and waits for it at the end of that
 /// backward (`--overlap-grad-reduce`), or at once (then it is exposed).
-public final class DataParallel: GradientStore {
+///
+/// With `--zero 3` (FSDP's full sharding) each rank also holds only its shard of the
+/// parameters. Before a unit's forward, and again before its backward, the unit's parameters
+/// are all-gathered from the shards into a buffer of their own (`need`), which is freed when
+/// the pass moves on to the next unit; with `--overlap-param-gather` the next unit's gather is
+/// started on the communication stream as soon as a unit is gathered (FSDP's prefetch), so it
+/// overlaps the unit's compute. Gradients are ZeRO-2's; the optimizer steps the shard in place,
+/// and nothing is gathered after it.
+public final class DataParallel: GradientStore, ParameterStore {
     public let stage: Int
     let layout: ParameterLayout
     let groups: ProcessGroups
@@ -63,7 +71,7 @@ public final class DataParallel: GradientStore {
 
     public init(stage: Int, layout: ParameterLayout, groups: ProcessGroups, overlapGradReduce: Bool = false,
                 overlapParamGather: Bool = false, timed: ParameterLayout? = nil) {
-        precondition((0...2).contains(stage))
+        precondition((0...3).contains(stage))
         self.timed = timed
         timedPartial = timed.map { t in Double(t.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count }) }
         self.stage = stage
@@ -77,9 +85,123 @@ public final class DataParallel: GradientStore {
         ownedDense = stage >= 1 ? normDense : layout.denseRegion
         ownedExpert = stage >= 1 ? normExpert : layout.expertRegion
         tpPartial = layout.specs.filter { $0.placement == .replicatedPartialGrad }.map { ($0.offset, $0.count) }
-        shardGrads = Storage(count: stage == 2 ? normDense.count + normExpert.count : 0)
-        gradientFloats = stage == 2 ? shardGrads.count : layout.totalCount
+        shardGrads = Storage(count: stage >= 2 ? normDense.count + normExpert.count : 0)
+        gradientFloats = stage >= 2 ? shardGrads.count : layout.totalCount
         peakGradientFloats = gradientFloats
+    }
+
+    // MARK: - ZeRO-3
+
+    /// ZeRO-3: the parameters (their `values` hold this rank's shards), set by `attach`.
+    var parameters: Parameters?
+    /// ZeRO-3: the units whose parameters are gathered, and the gathers started ahead.
+    var gathered: [GradientUnit: Storage] = [:]
+    var prefetched: [GradientUnit: (storage: Storage, ops: [Communicator.PendingCollective])] = [:]
+    /// ZeRO-3: the units of the pass running now, in the order it reads them.
+    var passOrder: [GradientUnit] = []
+    /// Parameter elements held now (the whole buffer, or the shards and the gathered units), and the peak so far.
+    public private(set) var parameterFloats = 0
+    public private(set) var peakParameterFloats = 0
+    func holdParameters(_ delta: Int) { parameterFloats += delta; peakParameterFloats = max(peakParameterFloats, parameterFloats) }
+
+    /// The parameters this data-parallel group steps and, under ZeRO-3, reads through `value`.
+    public func attach(_ p: Parameters) {
+        precondition(stage < 3 || p.heldValues == [normDense, normExpert], "ZeRO-3 parameters must hold this rank's shards")
+        parameters = p
+        parameterFloats = p.values.count
+        peakParameterFloats = parameterFloats
+        if stage == 3 { p.valueStore = self }
+    }
+
+    /// ZeRO-3: a forward or backward pass begins; it will read `order`'s units in that order.
+    public func beginPass(_ order: [GradientUnit]) {
+        guard stage == 3 else { return }
+        precondition(gathered.isEmpty && prefetched.isEmpty, "a pass began while another's parameters were gathered")
+        passOrder = order
+    }
+
+    /// ZeRO-3: the pass is about to read `unit`: the units read before it are freed, its
+    /// parameters are gathered (or the gather started ahead is waited for), and with
+    /// `overlapParamGather` the next unit's gather starts on the communication stream.
+    public func need(_ unit: GradientUnit) {
+        guard stage == 3 else { return }
+        for u in Array(gathered.keys) where u != unit { holdParameters(-gathered.removeValue(forKey: u)!.count) }
+        if gathered[unit] == nil {
+            if let p = prefetched.removeValue(forKey: unit) {
+                Communicator.finish(p.ops, exposedAs: .allGather, detail: "parameters of \(unit)")
+                gathered[unit] = p.storage
+            } else {
+                let (storage, ops) = startGathering(unit)
+                Communicator.finish(ops, exposedAs: .allGather, detail: "parameters of \(unit)")
+                gathered[unit] = storage
+            }
+        }
+        if overlapParamGather, let i = passOrder.firstIndex(of: unit), i + 1 < passOrder.count {
+            let next = passOrder[i + 1]
+            if gathered[next] == nil && prefetched[next] == nil { prefetched[next] = startGathering(next) }
+        }
+    }
+
+    /// ZeRO-3: the pass ended; its gathered parameters are freed.
+    public func endPass() {
+        guard stage == 3 else { return }
+        precondition(prefetched.isEmpty, "a pass ended with a parameter gather still in flight")
+        for (_, storage) in gathered { holdParameters(-storage.count) }
+        gathered.removeAll()
+        passOrder = []
+    }
+
+    /// ZeRO-3: a buffer for `unit`'s parameters, this rank's shard of them copied in, and the
+    /// in-place all-gathers (dense over the data-parallel group, experts over the
+    /// expert-data-parallel one) that fill in the rest, started.
+    func startGathering(_ unit: GradientUnit) -> (Storage, [Communicator.PendingCollective]) {
+        guard let b = buckets.first(where: { $0.unit == unit }), let p = parameters else { preconditionFailure("no parameters of \(unit)") }
+        let storage = Storage(uninitializedCount: b.dense.count + b.expert.count)
+        holdParameters(storage.count)
+        var ops: [Communicator.PendingCollective] = []
+        for (range, region, shard, at, group, part) in [(b.dense, layout.denseRegion, normDense, 0, groups.dp, \GradientBucket.dense),
+                                                        (b.expert, layout.expertRegion, normExpert, b.dense.count, groups.edp, \GradientBucket.expert)]
+        where !range.isEmpty {
+            let lo = max(range.lowerBound, shard.lowerBound), hi = min(range.upperBound, shard.upperBound)
+            if lo < hi { (storage.base + at + (lo - range.lowerBound)).update(from: p.valuePointer(lo), count: hi - lo) }
+            guard group.size > 1 else { continue }   // the shard is the region: the bucket is all this rank's
+            let counts = Self.shardCounts(range, region: region, parts: group.size)
+            ops.append(group.emulating(floats: timedCount(unit, part)) {
+                group.startAllGather(storage.base + at, counts: counts, detail: "parameters of \(unit)")
+            })
+        }
+        return (storage, ops)
+    }
+
+    /// ZeRO-3: the value of `spec` in its unit's gathered buffer.
+    public func value(_ spec: ParamSpec) -> Tensor {
+        let unit = GradientUnit.of(parameter: spec.name)
+        guard let storage = gathered[unit], let b = buckets.first(where: { $0.unit == unit }) else {
+            preconditionFailure("\(spec.name) was read before its unit's parameters were gathered")
+        }
+        let local = spec.placement == .expert ? b.dense.count + spec.offset - b.expert.lowerBound : spec.offset - b.dense.lowerBound
+        return Tensor(view: storage, offset: local, shape: spec.shape)
+    }
+
+    /// Every parameter of the rank's layout in one flat buffer: `parameters.values`, or under
+    /// ZeRO-3 the shards gathered (for checksums, dumps). Bookkeeping: not charged.
+    public func wholeValues() -> Storage {
+        guard let p = parameters else { preconditionFailure("no parameters attached") }
+        guard stage == 3 else { return p.values }
+        let whole = Storage(count: layout.totalCount)
+        groups.world.untimed {
+            for (region, shard, group) in [(layout.denseRegion, normDense, groups.dp), (layout.expertRegion, normExpert, groups.edp)]
+            where !region.isEmpty {
+                let mine = Storage(count: shard.count)
+                if !shard.isEmpty { mine.base.update(from: p.valuePointer(shard.lowerBound), count: shard.count) }
+                if group.size > 1 {
+                    group.allGather(UnsafePointer(mine.base), whole.base + region.lowerBound, countPerRank: shard.count)
+                } else {
+                    (whole.base + region.lowerBound).update(from: mine.base, count: shard.count)
+                }
+            }
+        }
+        return whole
     }
 
     // MARK: - ZeRO-2
@@ -97,7 +219,7 @@ public final class DataParallel: GradientStore {
 
     /// The gradient of `spec` in its unit's open bucket (opened, zeroed, on first use).
     public func gradient(_ spec: ParamSpec) -> Tensor {
-        precondition(stage == 2, "only ZeRO-2 keeps gradients per unit")
+        precondition(stage >= 2, "only ZeRO-2 and 3 keep gradients per unit")
         let unit = GradientUnit.of(parameter: spec.name)
         let entry: (bucket: GradientBucket, storage: Storage)
         if let e = open[unit] {
@@ -117,7 +239,7 @@ public final class DataParallel: GradientStore {
     /// reduce-scattered (dense over the data-parallel group, experts over the
     /// expert-data-parallel one), this rank's part added to its shard, and the bucket freed.
     public func unitCompleted(_ unit: GradientUnit) {
-        guard stage == 2, let entry = open.removeValue(forKey: unit) else { return }
+        guard stage >= 2, let entry = open.removeValue(forKey: unit) else { return }
         let b = entry.bucket
         accumulate(entry.storage.base, b.dense, region: layout.denseRegion, shard: normDense, at: 0, over: groups.dp,
                    timed: timedCount(unit, \.dense), detail: "gradients of \(unit)")
@@ -159,7 +281,7 @@ public final class DataParallel: GradientStore {
 
     /// ZeRO-2: a backward action ended; every unit it opened was completed by it.
     public func backwardCompleted() {
-        guard stage == 2 else { return }
+        guard stage >= 2 else { return }
         precondition(open.isEmpty, "a backward left the gradients of \(open.keys.map { "\($0)" }.sorted()) unreduced")
         finishReduced()
     }
@@ -167,18 +289,18 @@ public final class DataParallel: GradientStore {
     /// Where the gradient of flat offset `offset` is once the step's gradients are reduced
     /// (an owned offset under ZeRO-1 and 2).
     public func gradientPointer(_ offset: Int, in grads: Storage) -> UnsafeMutablePointer<Float> {
-        guard stage == 2 else { return grads.base + offset }
+        guard stage >= 2 else { return grads.base + offset }
         if normDense.contains(offset) { return shardGrads.base + (offset - normDense.lowerBound) }
         precondition(normExpert.contains(offset) || offset == normExpert.upperBound, "offset \(offset) is outside this rank's gradient shards")
         return shardGrads.base + normDense.count + (offset - normExpert.lowerBound)
     }
 
     /// The storage a fault injection poisons: the whole gradient, or under ZeRO-2 the shard.
-    public func poisonTarget(_ grads: Storage) -> Storage { stage == 2 ? shardGrads : grads }
+    public func poisonTarget(_ grads: Storage) -> Storage { stage >= 2 ? shardGrads : grads }
 
     /// A new step: the shard gradients start from zero (ZeRO-2).
     public func beginStep() {
-        guard stage == 2 else { return }
+        guard stage >= 2 else { return }
         precondition(open.isEmpty && reduced.isEmpty)
         shardGrads.base.update(repeating: 0, count: shardGrads.count)
     }
@@ -241,7 +363,7 @@ public final class DataParallel: GradientStore {
     /// Sums gradients over the groups that share each parameter. Afterwards the owned
     /// ranges hold the gradient of the global batch.
     public func reduceGradients(_ grads: Storage) {
-        if stage == 2 {   // each bucket was reduced as the backward completed it: only the TP-partial sums are left
+        if stage >= 2 {   // each bucket was reduced as the backward completed it: only the TP-partial sums are left
             precondition(open.isEmpty && reduced.isEmpty)
             sumTensorParallelPartialsOfShards()
             return
@@ -350,7 +472,7 @@ public final class DataParallel: GradientStore {
     /// overlapped, the gathers only start here, bucket by bucket in the order the forward
     /// needs them (`parametersNeeded`).
     public func gatherParameters(_ params: Storage) {
-        guard stage >= 1 else { return }
+        guard stage == 1 || stage == 2 else { return }   // ZeRO-3 keeps its parameters sharded
         if overlapParamGather {
             for b in buckets {
                 startGather(params, b, \.dense, region: layout.denseRegion, over: groups.dp)
@@ -402,7 +524,7 @@ public final class DataParallel: GradientStore {
     /// A fully reduced copy of the gradients (every region all-reduced, nothing sharded),
     /// for dumps. Bookkeeping: not charged to the emulated clock.
     public func fullyReducedCopy(_ grads: Storage) -> Storage {
-        if stage == 2 { return gatheredShardCopy() }
+        if stage >= 2 { return gatheredShardCopy() }
         let copy = Storage(count: grads.count)
         copy.base.update(from: grads.base, count: grads.count)
         groups.world.untimed {

@@ -42,6 +42,11 @@ public final class PipelineExecutor {
 
     struct Slot: Hashable { let mb: Int; let chunk: Int }
 
+    /// The units a forward of `layers` on virtual stage `stage` reads, in order.
+    func units(layers: Range<Int>, stage: Int) -> [GradientUnit] {
+        (stage == 0 ? [.embedding] : []) + layers.map { .layer($0) } + (stage == plan.virtualStageCount - 1 ? [.head] : [])
+    }
+
     /// Message tags: unique per (payload, micro-batch, receiving virtual stage), so that a
     /// send and its receive agree whatever chunk each side calls it; under MPI's guaranteed
     /// tag bound of 32767 for up to 250 micro-batches and 64 virtual stages.
@@ -52,14 +57,32 @@ public final class PipelineExecutor {
         return (a.microbatch * 64 + receiver) * 2 + (activation ? 0 : 1)
     }
 
-    /// `gradientsReady` hears each `GradientUnit` whose gradients the step has completed: in
-    /// the last backward of each chunk (the last micro-batch's), as its backward finishes the
-    /// unit (overlapped gradient reduction starts there). `unitCompleted` hears the same in
-    /// every backward (each micro-batch's), and `backwardCompleted` the end of every backward
-    /// action, inside its compute (ZeRO-2 reduces each unit's gradients per micro-batch).
+    /// What the data-parallel side hears during a step (every hook runs inside the compute of
+    /// the action it belongs to).
+    public struct Hooks {
+        /// Each `GradientUnit` whose gradients the step has completed: in the last backward of
+        /// each chunk (the last micro-batch's), as its backward finishes the unit (overlapped
+        /// gradient reduction starts there).
+        public var gradientsReady: ((GradientUnit) -> Void)?
+        /// Each unit just before a forward first reads its parameters (overlapped parameter
+        /// gathers wait there; ZeRO-3 gathers them).
+        public var parametersNeeded: ((GradientUnit) -> Void)?
+        /// The same before each unit's backward (ZeRO-3 gathers its parameters again).
+        public var parametersNeededInBackward: ((GradientUnit) -> Void)?
+        /// Each unit every backward completes (each micro-batch's), and the end of every
+        /// backward action (ZeRO-2 and 3 reduce each unit's gradients per micro-batch).
+        public var unitCompleted: ((GradientUnit) -> Void)?
+        public var backwardCompleted: (() -> Void)?
+        /// A forward or backward action begins, reading these units in this order; and ends.
+        public var passBegins: (([GradientUnit]) -> Void)?
+        public var passEnds: (() -> Void)?
+        public init() {}
+    }
+
     public func runStep(width: Int, rows: Int, batch: (Int) -> (tokens: [Int32], targets: [Int32]), scale: LossScale,
-                        gradientsReady: ((GradientUnit) -> Void)? = nil, parametersNeeded: ((GradientUnit) -> Void)? = nil,
-                        unitCompleted: ((GradientUnit) -> Void)? = nil, backwardCompleted: (() -> Void)? = nil) -> StepResult {
+                        hooks: Hooks = Hooks()) -> StepResult {
+        let gradientsReady = hooks.gradientsReady, parametersNeeded = hooks.parametersNeeded
+        let unitCompleted = hooks.unitCompleted, backwardCompleted = hooks.backwardCompleted
         var stats = MicroBatchStats(layers: model.config.layers, experts: model.config.experts)
         var passes: [Slot: Transformer.ChunkPass] = [:]
         var received: [Slot: Tensor] = [:]       // activations (forward inputs) and gradients (backward inputs)
@@ -97,8 +120,11 @@ public final class PipelineExecutor {
                 timedAs?.beginForward(chunk: a.chunk, microbatch: a.microbatch, layers: layers, embedding: stage == 0,
                                       head: stage == lastStage, name: a.description)
                 let pass = clock.compute(.forward, a.description) {
-                    model.forwardChunk(layers: layers, input: input, targets: stage == lastStage ? io.targets : nil, scale: scale,
-                                       parametersNeeded: parametersNeeded)
+                    hooks.passBegins?(units(layers: layers, stage: stage))
+                    let pass = model.forwardChunk(layers: layers, input: input, targets: stage == lastStage ? io.targets : nil, scale: scale,
+                                                  parametersNeeded: parametersNeeded)
+                    hooks.passEnds?()
+                    return pass
                 }
                 timedAs?.end()
                 end = clock.now
@@ -124,7 +150,10 @@ public final class PipelineExecutor {
                                        head: stage == lastStage, name: a.description)
                 let dx = clock.compute(.backward, a.description) {
                     Kernels.with(kernels) {
-                        let dx = model.backwardChunk(pass, outputGradient: grad, scale: scale, gradientsReady: ready)
+                        hooks.passBegins?(units(layers: pass.layers, stage: stage).reversed())
+                        let dx = model.backwardChunk(pass, outputGradient: grad, scale: scale, gradientsReady: ready,
+                                                     parametersNeeded: hooks.parametersNeededInBackward)
+                        hooks.passEnds?()
                         backwardCompleted?()
                         return dx
                     }

@@ -40,9 +40,25 @@ public struct MemoryPlan: Sendable {
             let expertShard = layout.expertRegion.count / (zero1 ? topology.expertDP : 1)
             // ZeRO-2: the shards, the buckets open at once, and the largest part of one bucket a
             // reduce-scatter returns to this rank (the result it adds to its shard).
-            let zero2 = config.zero == 2
+            let zero2 = config.zero >= 2
             let tied = config.model.tieEmbeddings
             let gradients: Int? = zero2 ? denseShard + expertShard + layout.peakUnitGradientFloats(tiedEmbeddings: tied) : nil
+            // ZeRO-3: the parameter shards and the units gathered at once: one, or with the
+            // prefetch (`--overlap-param-gather`) a unit and the next one a pass reads.
+            var parameters: Int? = nil
+            if config.zero == 3 {
+                let size = Dictionary(uniqueKeysWithValues: layout.gradientBuckets.map { ($0.unit, $0.dense.count + $0.expert.count) })
+                var gathered = 0
+                for chunk in 0..<stagePlan.virtualStages {
+                    let vs = stagePlan.virtualStage(rank: c.pp, chunk: chunk)
+                    let order = (vs == 0 ? [GradientUnit.embedding] : []) + stagePlan.layers[vs].map { GradientUnit.layer($0) }
+                        + (vs == stagePlan.virtualStageCount - 1 ? [.head] : [])
+                    let sizes = order.map { size[$0] ?? 0 }
+                    gathered = max(gathered, sizes.max() ?? 0)
+                    if config.overlapParamGather { for (a, b) in zip(sizes, sizes.dropFirst()) { gathered = max(gathered, a + b) } }
+                }
+                parameters = denseShard + expertShard + gathered
+            }
             let bucketResult = !zero2 ? 0 : layout.gradientBuckets.flatMap { b in
                 [(b.dense, layout.denseRegion, topology.dp, c.dp), (b.expert, layout.expertRegion, topology.expertDP, c.edp)].map { range, region, parts, index in
                     let mine = ParameterLayout.zeroShard(region, parts: parts, index: index)
@@ -69,7 +85,7 @@ public struct MemoryPlan: Sendable {
                 + Transformer.transientFloats(config: config.model, sequences: plan.microBatchSize, shard: shard, recompute: config.recompute,
                                               attention: config.attention)
             let b = MemoryBreakdown(precision: precision, parametersHeld: layout.specs.reduce(0) { $0 + $1.count },
-                                    gradientElements: gradients,
+                                    parameterElements: parameters, gradientElements: gradients,
                                     optimizerParameters: denseShard + expertShard, activationElements: activations,
                                     // DataParallel's buffers: the ZeRO-1 shard it reduce-scatters into, the packed
                                     // TP-partial gradients, and under ZeRO-0 with overlap the buckets' results;

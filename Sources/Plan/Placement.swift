@@ -9,6 +9,10 @@ public struct Placement: Sendable {
     public let coordinates: Topology.Coordinates
     public let shard: ShardSpec
     public let layout: ParameterLayout
+    /// The ranges of the flat parameter buffer the rank holds: all of it, or under ZeRO-3 its
+    /// shard of the dense region (over the data-parallel ranks) and of the expert region (over
+    /// the expert-data-parallel ones).
+    public let heldValues: [Range<Int>]
 
     public init(rank: Int, topology: Topology, stages: StagePlan, model: ModelConfig, zero: Int, sequenceParallel: Bool = false) {
         let c = topology.coordinates(of: rank)
@@ -19,5 +23,9 @@ public struct Placement: Sendable {
         layout = ParameterLayout(config: model, shard: shard,
                                  denseAlignment: zero >= 1 ? topology.dp : 1,
                                  expertAlignment: zero >= 1 ? topology.expertDP : 1)
+        heldValues = zero == 3
+            ? [ParameterLayout.zeroShard(layout.denseRegion, parts: topology.dp, index: c.dp),
+               ParameterLayout.zeroShard(layout.expertRegion, parts: topology.expertDP, index: c.edp)]
+            : [0..<layout.totalCount]
     }
 }

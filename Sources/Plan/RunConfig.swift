@@ -14,7 +14,7 @@ public struct RunConfig: Equatable, Sendable {
     public var pp = 1
     public var dp: Int? = nil          // derived from the world size when nil
     public var ep = 1
-    public var zero = 1                // ZeRO stage: 0 replicates optimizer state, 1 shards it over data parallelism, 2 the gradients too
+    public var zero = 1                // ZeRO stage: 0 replicates optimizer state, 1 shards it over data parallelism, 2 the gradients too, 3 the parameters too
     public var schedule = ScheduleKind.oneFOneB
     public var virtualStages = 1       // model chunks per pipeline rank (interleaved)
     /// Activation recomputation (`Recompute`): none, selective (the attention core) or full.
@@ -108,13 +108,15 @@ public struct RunConfig: Equatable, Sendable {
         try V.require(pp, in: 1...model.layers, "--pp", note: "at most one stage per layer")
         if let dp { try V.require(dp, in: 1...maxCount, "--dp") }
         try V.require(ep, in: 1...model.experts, "--ep", note: "at most one rank per expert")
-        try V.require(zero, in: 0...2, "--zero")
-        try V.require(zero != 2 || schedule != .zbH1,
-                      "--zero 2 with --schedule zb-h1 is not supported: ZeRO-2 reduces each layer's gradients as its backward completes them, and zb-h1 defers the weight gradients; use 1f1b, gpipe or interleaved")
+        try V.require(zero, in: 0...3, "--zero")
+        try V.require(zero < 2 || schedule != .zbH1,
+                      "--zero \(zero) with --schedule zb-h1 is not supported: ZeRO-\(zero) reduces each layer's gradients as its backward completes them, and zb-h1 defers the weight gradients; use 1f1b, gpipe or interleaved")
+        try V.require(zero < 3 || !model.tieEmbeddings,
+                      "--zero 3 with tied embeddings is not supported: the head would read the embedding's parameters after they were freed; untie them or use --zero 2")
         try V.require(!overlapGradReduce || schedule != .zbH1,
                       "--overlap-grad-reduce with --schedule zb-h1 is not supported: the deferred weight gradients complete a layer's gradients after its backward; use 1f1b, gpipe or interleaved")
         try V.require(!overlapParamGather || zero >= 1,
-                      "--overlap-param-gather needs --zero 1 or 2 (it overlaps the all-gather of the updated parameters; --zero \(zero) has none)")
+                      "--overlap-param-gather needs --zero 1, 2 or 3 (it overlaps the all-gather of the parameters; --zero \(zero) has none)")
         try V.require(!sequenceParallel || tp > 1,
                       "--sequence-parallel needs --tp above 1 (it splits each micro-batch's tokens over the tensor-parallel group); --tp is \(tp)")
         try V.require(virtualStages, in: 1...model.layers, "--virtual-stages")

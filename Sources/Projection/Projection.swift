@@ -99,31 +99,56 @@ public struct Projection {
             }
             forward.append(f); backward.append(b); modelComm.append(comm)
         }
-        // ZeRO-2: every backward reduce-scatters each unit's bucket as it completes it, on the
-        // communication stream waited for at the backward's end (overlapped) or at once.
-        var zero2Comm = [Double](repeating: 0, count: topo.pp)
-        if config.zero == 2 {
+        // ZeRO-2 and 3: every backward reduce-scatters each unit's bucket as it completes it,
+        // on the communication stream waited for at the backward's end (overlapped) or at once;
+        // ZeRO-3 gathers each unit's parameters before it in every forward and backward, at
+        // once or started one unit ahead (`overlapParamGather`). `passSeconds` replays what the
+        // trainer's clock does, in the order it does it.
+        var shardedComm = [Double](repeating: 0, count: topo.pp)
+        func passSeconds(compute: [Double], gathers: [[Double]], reductions: [[Double]]) -> Double {
+            var t = 0.0, stream = CommunicationStream()
+            var ahead: (issued: Double, durations: [Double])? = nil
+            var deferred: [(issued: Double, duration: Double)] = []
+            func finish(_ ops: [(issued: Double, duration: Double)]) {
+                guard !ops.isEmpty else { return }
+                for op in ops { _ = stream.run(issued: op.issued, duration: op.duration) }
+                t = max(t, stream.free)
+            }
+            for i in compute.indices {
+                if let a = ahead { finish(a.durations.map { (a.issued, $0) }); ahead = nil } else { finish(gathers[i].map { (t, $0) }) }
+                if config.overlapParamGather && i + 1 < compute.count { ahead = (t, gathers[i + 1]) }
+                t += compute[i]
+                if config.overlapGradReduce { deferred += reductions[i].map { (t, $0) } } else { finish(reductions[i].map { (t, $0) }) }
+            }
+            finish(deferred)
+            return t
+        }
+        if config.zero >= 2 {
             for s in 0..<topo.pp {
                 let rank = topo.rank(tp: 0, dp: 0, pp: s)
                 let placement = job.placement(of: rank)
                 let buckets = placement.layout.gradientBuckets
+                func durations(_ unit: GradientUnit, _ kind: CostModel.Collective) -> [Double] {
+                    buckets.first { $0.unit == unit }.map { bucketDurations($0, kind, rank: rank) } ?? []
+                }
                 for chunk in 0..<plan.virtualStages {
                     let vs = plan.virtualStage(rank: s, chunk: chunk)
-                    var t = 0.0, compute = 0.0
-                    var stream = CommunicationStream()
-                    for u in KernelInventory.backwardUnits(config: c, shard: placement.shard, sequences: batch.microBatchSize,
-                                                           layers: plan.layers[vs], embedding: vs == 0, head: vs == plan.virtualStageCount - 1,
-                                                           recompute: recompute, attention: config.attention) {
-                        let w = seconds(u.work, rank: rank)
-                        t += w; compute += w
-                        guard let b = buckets.first(where: { $0.unit == u.unit }) else { continue }
-                        for d in bucketDurations(b, .reduceScatter, rank: rank) {
-                            if config.overlapGradReduce { _ = stream.run(issued: t, duration: d) } else { t += d }
-                        }
-                    }
-                    let exposed = max(t, stream.free) - compute
-                    backward[s][chunk] += exposed
-                    zero2Comm[s] += exposed * Double(batch.microBatches)
+                    let (first, last) = (vs == 0, vs == plan.virtualStageCount - 1)
+                    let fw = KernelInventory.forwardUnits(config: c, shard: placement.shard, sequences: batch.microBatchSize, layers: plan.layers[vs],
+                                                          embedding: first, head: last, attention: config.attention)
+                    let bw = KernelInventory.backwardUnits(config: c, shard: placement.shard, sequences: batch.microBatchSize,
+                                                           layers: plan.layers[vs], embedding: first, head: last,
+                                                           recompute: recompute, attention: config.attention)
+                    let gather = config.zero == 3
+                    let fwCompute = fw.map { seconds($0.work, rank: rank) }, bwCompute = bw.map { seconds($0.work, rank: rank) }
+                    let f = gather ? passSeconds(compute: fwCompute, gathers: fw.map { durations($0.unit, .allGather) },
+                                                 reductions: fw.map { _ in [] }) : fwCompute.reduce(0, +)
+                    let b = passSeconds(compute: bwCompute, gathers: bw.map { gather ? durations($0.unit, .allGather) : [] },
+                                        reductions: bw.map { durations($0.unit, .reduceScatter) })
+                    let exposed = (f - fwCompute.reduce(0, +)) + (b - bwCompute.reduce(0, +))
+                    forward[s][chunk] += f - fwCompute.reduce(0, +)
+                    backward[s][chunk] += b - bwCompute.reduce(0, +)
+                    shardedComm[s] += exposed * Double(batch.microBatches)
                 }
             }
         }
@@ -133,7 +158,7 @@ public struct Projection {
             let rank = topo.rank(tp: 0, dp: 0, pp: s)
             let layout = job.placement(of: rank).layout
             let dp = group(.dp, of: rank), edp = group(.edp, of: rank), tp = group(.tp, of: rank)
-            let zero1 = config.zero >= 1, zero2 = config.zero == 2
+            let zero1 = config.zero >= 1, zero2 = config.zero >= 2
             var r = 0.0
             var dpc = 0.0
             // The TP-partial gradients: all of them, or under ZeRO-2 those in the rank's shards.
@@ -150,7 +175,7 @@ public struct Projection {
                 if edp.size > 1 && expert > 0 { r += cost.collective(zero1 ? .reduceScatter : .allReduce, bytes: expert * bytes, ranks: edp.size, link: edp.link) }
             }
             let ownedDense = zero1 ? dense / Double(dp.size) : dense, ownedExpert = zero1 ? expert / Double(edp.size) : expert
-            dpc = r + zero2Comm[s]
+            dpc = r + shardedComm[s]
             r += cost.kernel(flops: 2 * (ownedDense + ownedExpert), elements: ownedDense + ownedExpert)  // the norm's sum of squares
             reduce.append(r)
             var u = 0.0
@@ -158,7 +183,7 @@ public struct Projection {
                 u += cost.kernel(flops: 16 * n, elements: n * emulator.precision.optimizerStepBytesPerParameter / bytes)
             }
             var gathers = 0.0   // overlapped, the gathers wait on the communication stream for the next forward (below)
-            if zero1 && !config.overlapParamGather {
+            if zero1 && config.zero < 3 && !config.overlapParamGather {   // ZeRO-3 keeps its parameters sharded
                 if dp.size > 1 && dense > 0 { gathers += cost.collective(.allGather, bytes: dense * bytes, ranks: dp.size, link: dp.link) }
                 if edp.size > 1 && expert > 0 { gathers += cost.collective(.allGather, bytes: expert * bytes, ranks: edp.size, link: edp.link) }
             }
@@ -175,7 +200,7 @@ public struct Projection {
         // (its buckets run on the communication stream from the end of the optimizer, in the
         // forward's order), and the waits this puts into the first forward of each chunk.
         var ready: [[GradientUnit: Double]] = Array(repeating: [:], count: topo.pp)
-        if config.overlapParamGather && config.zero >= 1 {
+        if config.overlapParamGather && (config.zero == 1 || config.zero == 2) {
             for s in 0..<topo.pp {
                 let rank = topo.rank(tp: 0, dp: 0, pp: s)
                 var stream = CommunicationStream()

@@ -79,7 +79,7 @@ public enum ProjectionReport {
                 }
             }
             if let m = layout.microBatches { try Validation.require(m, in: 1...Validation.maxCount, "--micro-batches") }
-            if let z = layout.zero { try Validation.require(z, in: 0...2, "--zero") }
+            if let z = layout.zero { try Validation.require(z, in: 0...3, "--zero") }
             if let v = layout.virtualStages { try Validation.require(v, in: 1...max(Int(a.layers), 1), "--virtual-stages") }
             try Validation.require(a.usdPerGPUHour, in: 0.000001...1e6, "--usd-per-gpu-hour")
             if let f = failures {

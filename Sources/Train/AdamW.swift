@@ -46,11 +46,12 @@ public final class AdamW {
     /// the same IEEE operations in the same order as one at a time, so the result is the same
     /// to the bit.
     public func step(params: Storage, grads: Storage, lr: Double, gradScale: Float = 1) {
-        step(params: params, gradients: grads.base + range.lowerBound, lr: lr, gradScale: gradScale)
+        step(parameters: params.base + range.lowerBound, gradients: grads.base + range.lowerBound, lr: lr, gradScale: gradScale)
     }
 
-    /// The same update, the gradients of `range` starting at `gradients` (ZeRO-2 keeps only its shard).
-    public func step(params: Storage, gradients: UnsafePointer<Float>, lr: Double, gradScale: Float = 1) {
+    /// The same update, the parameters and gradients of `range` starting at `parameters` and
+    /// `gradients` (ZeRO-2 keeps only its shard of the gradients, ZeRO-3 of both).
+    public func step(parameters: UnsafeMutablePointer<Float>, gradients: UnsafePointer<Float>, lr: Double, gradScale: Float = 1) {
         stepCount += 1
         typealias V = SIMD8<Float>
         let b1 = Float(hyper.beta1), b2 = Float(hyper.beta2)
@@ -59,7 +60,7 @@ public final class AdamW {
         let lrF = V(repeating: Float(lr)), eps = V(repeating: Float(hyper.eps)), wd = V(repeating: Float(hyper.weightDecay))
         let vb1 = V(repeating: b1), vb2 = V(repeating: b2), c1 = V(repeating: 1 - b1), c2 = V(repeating: 1 - b2)
         let scale = V(repeating: gradScale)
-        let p = params.base + range.lowerBound, g = gradients
+        let p = parameters, g = gradients
         let mp = m.base, vp = v.base
         let n = range.count
         guard n > 0 else { return }

@@ -16,8 +16,11 @@ import Resilience
 /// data-parallel or tensor-parallel ranks are equal in every copy, and so are their moments,
 /// so any holder will do.
 extension Checkpoint {
+    /// `heldValues`: the ranges of `layout`'s flat buffer the reader holds (all of it, unless
+    /// it runs ZeRO-3); a ZeRO-3 writer's shards hold theirs (`Placement.heldValues`).
     public static func reshardShard(_ candidate: Candidate, writer: JobPlan, layout: ParameterLayout,
-                                    optimizerRanges: [Range<Int>]) throws -> LoadedShard {
+                                    optimizerRanges: [Range<Int>], heldValues: [Range<Int>]? = nil) throws -> LoadedShard {
+        let held = heldValues ?? [0..<layout.totalCount]
         let checkpoint = candidate.name
         func problem(_ why: String) -> CheckpointProblem { CheckpointProblem("\(checkpoint): \(why)") }
         let offsets = GlobalParameters.offsets(writer.singleLayout)
@@ -31,7 +34,7 @@ extension Checkpoint {
         }
         var needParam = [Bool](repeating: false, count: globalCount)
         var needMoment = [Bool](repeating: false, count: globalCount)
-        for g in global where g >= 0 { needParam[g] = true }
+        for r in held { for j in r where global[j] >= 0 { needParam[global[j]] = true } }
         for r in optimizerRanges { for j in r where global[j] >= 0 { needMoment[global[j]] = true } }
 
         // Where each needed element is: (shard, its local index); for a moment, (shard,
@@ -52,8 +55,12 @@ extension Checkpoint {
             guard header.metadata["rank"] == String(a) else {
                 throw problem("\(shardName(a)): its header says rank \(header.metadata["rank"] ?? "none")")
             }
-            let theirs = writer.placement(of: a).layout
-            guard let p = header.entries["params"], p.dtype == "F32", p.shape == [theirs.totalCount] else {
+            let placement = writer.placement(of: a), theirs = placement.layout
+            // Where each flat offset of the writer's layout is in its "params" tensor (-1: not held).
+            var entryIndex = [Int](repeating: -1, count: theirs.totalCount)
+            var cursor = 0
+            for r in placement.heldValues { for j in r { entryIndex[j] = cursor; cursor += 1 } }
+            guard let p = header.entries["params"], p.dtype == "F32", p.shape == [cursor] else {
                 throw problem("\(shardName(a)): its parameter shard does not fit the writer's layout")
             }
             headers.append(header)
@@ -78,7 +85,7 @@ extension Checkpoint {
                 guard let o = offsets[s.name] else { continue }
                 s.forEachElement { l, gi in
                     let g = o + gi, local = s.offset + l
-                    if needParam[g] && !haveParam[g] { haveParam[g] = true; paramAt[a].append((local, g)) }
+                    if needParam[g] && !haveParam[g] && entryIndex[local] >= 0 { haveParam[g] = true; paramAt[a].append((entryIndex[local], g)) }
                     if needMoment[g] && !haveMoment[g], let owner = ranges.first(where: { $0.range.contains(local) }) {
                         haveMoment[g] = true
                         momentAt[a][owner.index, default: []].append((local - owner.range.lowerBound, g))
@@ -123,7 +130,7 @@ extension Checkpoint {
         }
         if let g = v.indices.first(where: { needMoment[$0] && v[$0] < 0 }) { throw problem("Adam's second moment of element \(g) is negative") }
 
-        let params = global.map { $0 >= 0 ? values[$0] : 0 }
+        let params = held.flatMap { r in r.map { global[$0] >= 0 ? values[global[$0]] : 0 } }
         let moments = optimizerRanges.map { r in
             (m: r.map { global[$0] >= 0 ? m[global[$0]] : 0 }, v: r.map { global[$0] >= 0 ? v[global[$0]] : 0 }, steps: stepCount ?? 0)
         }

@@ -30,22 +30,19 @@ public enum Export {
         let l = manifest.layout
         let job: JobPlan
         do { job = try Checkpoint.writerPlan(of: path, manifest: manifest) } catch { throw UsageError("export: \(error)") }
-        var storages: [(ParameterLayout, Storage)] = []
-        for rank in 0..<l.world {
-            let layout = job.placement(of: rank).layout
-            guard let shard = FileManager.default.contents(atPath: manifest.shards[rank].path) else {
-                throw UsageError("export: cannot read \(Checkpoint.shardName(rank))")
-            }
-            let (tensors, _) = try SafeTensors.decode([UInt8](shard))
-            guard let p = tensors["params"], p.dtype == "F32", p.shape == [layout.totalCount] else {
-                throw UsageError("export: \(Checkpoint.shardName(rank)) does not match its layout")
-            }
-            let st = Storage(count: layout.totalCount)
-            p.floats.withUnsafeBufferPointer { st.base.update(from: $0.baseAddress!, count: layout.totalCount) }
-            storages.append((layout, st))
-        }
+        // The single-rank layout read as a resharding reader would: each element from a shard that
+        // holds it (under ZeRO-3 each shard holds part of its stage's parameters).
         let single = job.singleLayout
-        let global = GlobalParameters.assemble(storages.map { ($0.0, UnsafePointer($0.1.base)) }, single: single)
+        precondition(single.totalCount == single.globalCount, "the single-rank layout has no padding")
+        let flat: [Float]
+        do {
+            flat = try Checkpoint.reshardShard(Checkpoint.Candidate(step: manifest.step, path: path, manifest: manifest, writer: job),
+                                               writer: job, layout: single, optimizerRanges: []).params
+        } catch {
+            throw UsageError("export: \(error)")
+        }
+        // The flat buffer puts the experts after the dense tensors; the file and the checksum follow the model's order.
+        let global = single.specs.flatMap { flat[$0.offset..<($0.offset + $0.count)] }
         var entries: [SafeTensors.Entry] = []
         var offset = 0
         global.withUnsafeBufferPointer { g in

@@ -17,7 +17,8 @@ extension Trainer {
     /// ranges of the writer's shards that hold this rank's elements.
     public func readShard(of candidate: Checkpoint.Candidate) throws -> Checkpoint.LoadedShard {
         if let writer = candidate.writer {
-            return try Checkpoint.reshardShard(candidate, writer: writer, layout: params.layout, optimizerRanges: optimizers.map(\.range))
+            return try Checkpoint.reshardShard(candidate, writer: writer, layout: params.layout, optimizerRanges: optimizers.map(\.range),
+                                               heldValues: params.heldValues)
         }
         return try Checkpoint.readShard(candidate, rank: groups.world.rank, params: params, optimizers: optimizers)
     }
@@ -145,8 +146,8 @@ extension Trainer {
     /// moments of the owned ZeRO shard (the timed model's shard, with `time_as`).
     var emulatedShardBytes: Double {
         let layout = job.timed?.plan.placement(of: groups.world.rank).layout ?? params.layout
-        let held = Double(layout.specs.reduce(0) { $0 + $1.count })
         let owned = optimizers.reduce(0) { $0 + zero.chargedCount(owned: $1.range) }
+        let held = config.zero == 3 ? owned : Double(layout.specs.reduce(0) { $0 + $1.count })   // ZeRO-3 holds its shard of the parameters
         return held * emulator.precision.elementBytes + owned * emulator.precision.optimizerBytesPerParameter
     }
 

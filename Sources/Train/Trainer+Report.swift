@@ -21,7 +21,8 @@ extension Trainer {
         }
         let overlaps = [(config.sequenceParallel, "sequence parallelism over the \(config.tp) TP ranks"),
                         (config.overlapGradReduce, "gradient reduction overlapped with the backward"),
-                        (config.overlapParamGather && config.zero >= 1, "parameter all-gather overlapped with the next forward")].filter(\.0).map(\.1)
+                        (config.overlapParamGather && (config.zero == 1 || config.zero == 2), "parameter all-gather overlapped with the next forward"),
+                        (config.overlapParamGather && config.zero == 3, "each layer's parameter gather started while the layer before it computes")].filter(\.0).map(\.1)
         if !overlaps.isEmpty { log("communication: " + overlaps.joined(separator: "; ")) }
         if config.checkpointEvery > 0 {
             var line = "checkpoints: every \(config.checkpointEvery) steps to \(config.runDirectory), \(config.checkpointMode.rawValue)"
@@ -110,7 +111,7 @@ extension Trainer {
     /// SHA-256 over all parameters in the single-rank layout and order, as little-endian fp32.
     /// Collective: every rank sends its canonical shards; rank 0 returns the hex digest.
     public func parameterChecksum() -> String {
-        guard let global = GlobalParameters.gather(params.values, layout: params.layout, single: singleLayout, groups: groups, layoutOf: layoutOf) else {
+        guard let global = GlobalParameters.gather(zero.wholeValues(), layout: params.layout, single: singleLayout, groups: groups, layoutOf: layoutOf) else {
             return ""
         }
         return global.withUnsafeBufferPointer { SHA256Hex.of(floats: $0) }

@@ -70,14 +70,22 @@ public final class Trainer {
         let placement = job.placement(of: groups.world.rank)
         let layout = placement.layout
         parallel = MPIModelParallelism(groups: groups, shard: placement.shard)
-        params = Parameters(layout: layout, wholeGradients: config.zero < 2)
-        layout.initialize(params.values, seed: config.seed)
+        params = Parameters(layout: layout, wholeGradients: config.zero < 2, heldValues: placement.heldValues)
+        if params.holdsAllValues {
+            layout.initialize(params.values, seed: config.seed)
+        } else {   // ZeRO-3: the whole layout drawn once, its shards kept
+            let whole = Storage(count: layout.totalCount)
+            layout.initialize(whole, seed: config.seed)
+            var at = 0
+            for r in params.heldValues { (params.values.base + at).update(from: whole.base + r.lowerBound, count: r.count); at += r.count }
+        }
         model = Transformer(config: config.model, params: params, parallel: parallel, recompute: config.recompute,
                             attention: config.attention)
         zero = DataParallel(stage: config.zero, layout: layout, groups: groups, overlapGradReduce: config.overlapGradReduce,
                             overlapParamGather: config.overlapParamGather,
                             timed: job.timed.map { $0.plan.placement(of: groups.world.rank).layout })
-        if config.zero == 2 { params.gradientStore = zero }
+        if config.zero >= 2 { params.gradientStore = zero }
+        zero.attach(params)
         let hyper = AdamW.Hyper(beta1: config.beta1, beta2: config.beta2, eps: config.adamEps, weightDecay: config.weightDecay)
         optimizers = [zero.ownedDense, zero.ownedExpert].filter { !$0.isEmpty }.map { AdamW(layout: layout, range: $0, hyper: hyper) }
         lrSchedule = LRSchedule(peak: config.lr, minRatio: config.minLRRatio, warmup: config.warmupSteps, total: config.steps)
@@ -155,7 +163,7 @@ public final class Trainer {
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
         let mine = [clock.computeCPUSeconds, loopCPU, loopCommunication, wallSeconds, Double(usage.ru_maxrss) * 1024,   // Linux reports KiB
-                    Double(params.values.count), Double(zero.peakGradientFloats), Double(optimizers.reduce(0) { $0 + 2 * $1.range.count })]
+                    Double(zero.peakParameterFloats), Double(zero.peakGradientFloats), Double(optimizers.reduce(0) { $0 + 2 * $1.range.count })]
         let all = groups.world.untimed { groups.world.allGather(mine) }
         func column(_ c: Int) -> [Double] { stride(from: c, to: all.count, by: mine.count).map { all[$0] } }
         resources = (column(0), column(1), column(2), column(3), column(4), column(5), column(6), column(7))
@@ -203,9 +211,7 @@ public final class Trainer {
         } : nil
         let result = executor.runStep(width: c.dModel, rows: model.parallel.shard.residualRows(tokens: plan.microBatchSize * T), batch: { m in
             data.batch(step: step, first: rankFirst + m * plan.microBatchSize, count: plan.microBatchSize, seqLen: T)
-        }, scale: scale, gradientsReady: ready, parametersNeeded: zero.overlapParamGather ? { [zero] in zero.parametersNeeded($0) } : nil,
-           unitCompleted: zero.stage == 2 ? { [zero] in zero.unitCompleted($0) } : nil,
-           backwardCompleted: zero.stage == 2 ? { [zero] in zero.backwardCompleted() } : nil)
+        }, scale: scale, hooks: stepHooks(ready))
         zero.finishParameterGather()   // every unit was needed by the forward; nothing is left in flight
         lastDurations = result.durations
         if ready == nil { faults.poison(zero.poisonTarget(params.grads), step: step) }
@@ -222,7 +228,7 @@ public final class Trainer {
         let z = stats.zSum / Double(scale.tokens) / moeCount
         let lr = lrSchedule.rate(step: step)
         if let dumpGrads, let dir = config.dumpDir {
-            let values = GlobalParameters.gather(params.values, layout: params.layout, single: singleLayout, groups: groups, layoutOf: layoutOf)
+            let values = GlobalParameters.gather(zero.wholeValues(), layout: params.layout, single: singleLayout, groups: groups, layoutOf: layoutOf)
             let grads = GlobalParameters.gather(dumpGrads, layout: params.layout, single: singleLayout, groups: groups, layoutOf: layoutOf)
             if let values, let grads {
                 let batch = data.batch(step: step, first: 0, count: plan.globalBatch, seqLen: T)
@@ -242,8 +248,8 @@ public final class Trainer {
                 for optimizer in optimizers {
                     let n = zero.chargedCount(owned: optimizer.range)
                     Kernels.account(flops: 16 * n, elements: n * emulator.precision.optimizerStepBytesPerParameter / emulator.precision.elementBytes)
-                    optimizer.step(params: params.values, gradients: zero.gradientPointer(optimizer.range.lowerBound, in: params.grads),
-                                   lr: lr, gradScale: clip)
+                    optimizer.step(parameters: params.valuePointer(optimizer.range.lowerBound),
+                                   gradients: zero.gradientPointer(optimizer.range.lowerBound, in: params.grads), lr: lr, gradScale: clip)
                 }
             }
             zero.gatherParameters(params.values)
@@ -259,6 +265,26 @@ public final class Trainer {
                           dropped: stats.dropped, assignments: stats.assignments, skipped: skipped,
                           wallSeconds: wall, tokens: scale.tokens, timing: timing,
                           peakActivationFloats: result.peakActivationFloats)
+    }
+
+    /// The data-parallel side's part in a step: overlapped reduction (`ready`) and gathers
+    /// (ZeRO-1 and 2), per-micro-batch reduction (ZeRO-2 and 3), gathers per pass (ZeRO-3).
+    func stepHooks(_ ready: ((GradientUnit) -> Void)?) -> PipelineExecutor.Hooks {
+        var h = PipelineExecutor.Hooks()
+        h.gradientsReady = ready
+        if zero.stage == 3 {
+            h.parametersNeeded = { [zero] in zero.need($0) }
+            h.parametersNeededInBackward = { [zero] in zero.need($0) }
+            h.passBegins = { [zero] in zero.beginPass($0) }
+            h.passEnds = { [zero] in zero.endPass() }
+        } else if zero.overlapParamGather {
+            h.parametersNeeded = { [zero] in zero.parametersNeeded($0) }
+        }
+        if zero.stage >= 2 {
+            h.unitCompleted = { [zero] in zero.unitCompleted($0) }
+            h.backwardCompleted = { [zero] in zero.backwardCompleted() }
+        }
+        return h
     }
 
     /// Appends the step to the run directory's step log and beats the heartbeat (rank 0).

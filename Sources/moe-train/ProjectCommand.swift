@@ -22,7 +22,7 @@ struct ProjectCommand: ParsableCommand {
     @Option(help: "Pipeline stages (default: the account's 15).") var pp: Int?
     @Option(help: "Data-parallel replicas (default: as many as the GPUs allow).") var dp: Int?
     @Option(help: "Expert-parallel size (default: tp, experts over the TP ranks).") var ep: Int?
-    @Option(help: "ZeRO stage: 0, 1 (default: Adam state sharded over data-parallel ranks) or 2 (gradients too).") var zero: Int?
+    @Option(help: "ZeRO stage: 0, 1 (default: Adam state sharded over data-parallel ranks), 2 (gradients too) or 3 (parameters too, gathered per layer).") var zero: Int?
     @Option(help: "Pipeline schedule: gpipe, 1f1b or interleaved.") var schedule: ScheduleKind?
     @Option(name: .customLong("micro-batches"), help: "Micro-batches per step (default: one sequence each).") var microBatches: Int?
     @Option(name: .customLong("virtual-stages"), help: "Chunks per rank (interleaved).") var virtualStages: Int?

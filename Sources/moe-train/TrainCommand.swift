@@ -20,14 +20,14 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Pipeline stages.") var pp: Int?
     @Option(help: "Data-parallel ranks (derived from the world size; given, it must match).") var dp: Int?
     @Option(help: "Expert-parallel ranks (divides tp*dp and the expert count).") var ep: Int?
-    @Option(help: "ZeRO stage: 0 keeps Adam state whole, 1 shards it over data-parallel ranks, 2 shards the gradients too (each layer's reduced as its backward completes it).") var zero: Int?
+    @Option(help: "ZeRO stage: 0 keeps Adam state whole, 1 shards it over data-parallel ranks, 2 shards the gradients too (each layer's reduced as its backward completes it), 3 the parameters too (each layer's gathered before its forward and backward).") var zero: Int?
     @Option(help: "Pipeline schedule: gpipe, 1f1b, interleaved or zb-h1.") var schedule: ScheduleKind?
     @Option(name: .customLong("virtual-stages"), help: "Model chunks per pipeline rank (interleaved schedule).") var virtualStages: Int?
     @Option(help: "Activation recomputation: none, selective (the attention core's probabilities are recomputed in the backward) or full (each layer keeps only its input and reruns its forward before its backward).") var recompute: Recompute?
     @Option(help: "How the emulated GPU runs attention: fused (FlashAttention-2: the probabilities never reach HBM; the default) or naive (score GEMM, softmax and PV as separate kernels, the probabilities kept). The numbers are the same.") var attention: AttentionKernel?
     @Flag(name: .customLong("sequence-parallel"), inversion: .prefixedNo, help: "Sequence parallelism (needs --tp above 1): norms, residuals and the activations between layers and stages split over the tensor-parallel group by tokens; all-gather before and reduce-scatter after each tensor-parallel region instead of one all-reduce. The numbers are the same.") var sequenceParallel: Bool?
     @Flag(name: .customLong("overlap-grad-reduce"), inversion: .prefixedNo, help: "Reduce data-parallel gradients in buckets (one per layer) on the communication stream while the backward goes on, as Megatron-LM's overlap_grad_reduce (under --zero 2: each micro-batch's buckets overlap the rest of its backward). The numbers are the same up to summation order.") var overlapGradReduce: Bool?
-    @Flag(name: .customLong("overlap-param-gather"), inversion: .prefixedNo, help: "Start ZeRO-1's all-gather of the updated parameters bucket by bucket after the optimizer and let the next forward wait for each layer's bucket only when it needs it, as Megatron-LM's overlap_param_gather (needs --zero 1 or 2). The numbers are the same.") var overlapParamGather: Bool?
+    @Flag(name: .customLong("overlap-param-gather"), inversion: .prefixedNo, help: "Start ZeRO-1's all-gather of the updated parameters bucket by bucket after the optimizer and let the next forward wait for each layer's bucket only when it needs it, as Megatron-LM's overlap_param_gather (needs --zero 1, 2 or 3; under --zero 3 each layer's gather starts while the layer before it computes, as FSDP's prefetch). The numbers are the same.") var overlapParamGather: Bool?
     @Option(name: .customLong("pp-layers"), help: "Layers per pipeline stage (per virtual stage with --virtual-stages: pp x v numbers), e.g. 1,3,3,1 (default: balanced by estimated cost).") var ppLayers: String?
 
     // Model

@@ -21,6 +21,9 @@ final class ParallelEquivalenceTests: XCTestCase {
         (2, ["--zero", "2"]),
         (4, ["--tp", "2", "--pp", "2", "--zero", "2", "--overlap-grad-reduce"]),
         (4, ["--ep", "2", "--zero", "2", "--overlap-param-gather"]),
+        // ZeRO-3: each unit's parameters gathered from the shards before its forward and backward, and freed.
+        (2, ["--zero", "3"]),
+        (4, ["--tp", "2", "--pp", "2", "--zero", "3", "--overlap-param-gather", "--overlap-grad-reduce", "--recompute", "full"]),
     ]
 
     func run(np: Int, _ args: [String], extraMPIArgs: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
@@ -98,19 +101,27 @@ final class ParallelEquivalenceTests: XCTestCase {
     }
 
     /// Acceptance 3: at dp = 2 each rank holds half the optimizer state (up to padding).
-    /// ZeRO-2's executed gradient buffers are what the memory plan says (in fp32 at the
-    /// executed sizes): the shards plus the buckets one backward holds at once; under ZeRO-0
-    /// and 1 the whole buffer. The parameters and the Adam moments are the same in all three.
-    func testZeroTwoHoldsShardsOfTheGradients() throws {
-        var peaks: [Int: [Double]] = [:]
-        for zero in 0...2 {
-            for (np, flags) in [(2, [String]()), (4, ["--pp", "2"]), (4, ["--tp", "2", "--ep", "2"])] {
+    /// The executed buffers are what the memory plan says (in fp32 at the executed sizes):
+    /// under ZeRO-2 and 3 the gradient shards plus the buckets one backward holds at once,
+    /// under ZeRO-0 and 1 the whole buffer; under ZeRO-3 the parameter shards plus the units
+    /// gathered at once (one, or two with the prefetch), elsewhere the whole buffer.
+    func testShardedBuffersMatchThePlan() throws {
+        var peaks: [String: [Double]] = [:]
+        for zero in 0...3 {
+            for (np, flags) in [(2, [String]()), (4, ["--pp", "2"]), (4, ["--tp", "2", "--ep", "2"])]
+                + (zero == 3 ? [(2, ["--overlap-param-gather"]), (4, ["--pp", "2", "--overlap-param-gather"])] : []) {
                 let s = try run(np: np, ["--steps", "2", "--precision", "fp32", "--zero", String(zero)] + flags)
                 let resources = try XCTUnwrap(s["resources"] as? [String: [Double]])
                 let gradients = try XCTUnwrap(resources["gradient_floats_peak_per_rank"]), parameters = try XCTUnwrap(resources["parameter_floats_per_rank"])
                 let roles = try XCTUnwrap(s["memory_bytes"] as? [[String: Any]])
                 for role in roles {
                     for rank in try XCTUnwrap(role["ranks"] as? [Int]) {
+                        let plannedParameters = try XCTUnwrap(role["parameters"] as? Double) / 4
+                        if zero == 3 {
+                            XCTAssertEqual(parameters[rank], plannedParameters, "zero 3 \(flags) rank \(rank): executed parameter peak against the plan")
+                        } else {
+                            XCTAssertTrue((0..<Double(2 * np)).contains(parameters[rank] - plannedParameters), "zero \(zero) \(flags) rank \(rank)")
+                        }
                         let planned = try XCTUnwrap(role["gradients"] as? Double) / 4
                         if zero < 2 {
                             // The whole buffer; the plan counts the parameters without the padding that
@@ -118,16 +129,18 @@ final class ParallelEquivalenceTests: XCTestCase {
                             XCTAssertEqual(gradients[rank], parameters[rank])
                             XCTAssertTrue((0..<Double(2 * np)).contains(gradients[rank] - planned), "zero \(zero) \(flags) rank \(rank): \(gradients[rank]) against \(planned) planned")
                         } else {
-                            XCTAssertEqual(gradients[rank], planned, "zero 2 \(flags) rank \(rank): executed gradient peak against the plan")
+                            XCTAssertEqual(gradients[rank], planned, "zero \(zero) \(flags) rank \(rank): executed gradient peak against the plan")
                         }
                     }
                 }
-                if np == 2 { peaks[zero] = gradients }
+                if np == 2 && flags.isEmpty { peaks["gradients \(zero)"] = gradients; peaks["parameters \(zero)"] = parameters }
                 print("zero \(zero) -np \(np) \(flags.joined(separator: " ")): gradient floats at peak per rank \(gradients.map { Int($0) }), parameters \(parameters.map { Int($0) })")
             }
         }
-        let z1 = try XCTUnwrap(peaks[1]), z2 = try XCTUnwrap(peaks[2])
+        let z1 = try XCTUnwrap(peaks["gradients 1"]), z2 = try XCTUnwrap(peaks["gradients 2"])
         for (a, b) in zip(z2, z1) { XCTAssertLessThan(a, b, "two data-parallel ranks: ZeRO-2 holds less gradient than ZeRO-1") }
+        let p2 = try XCTUnwrap(peaks["parameters 2"]), p3 = try XCTUnwrap(peaks["parameters 3"])
+        for (a, b) in zip(p3, p2) { XCTAssertLessThan(a, b, "two data-parallel ranks: ZeRO-3 holds fewer parameters at once than ZeRO-2") }
     }
 
     func testZeroOneHalvesOptimizerState() throws {

@@ -31,6 +31,8 @@ extension ProjectionTests {
                             (4, ["--tp", "2", "--pp", "2", "--ep", "2", "--sequence-parallel"]),
                             (4, ["--tp", "2", "--pp", "2", "--zero", "2"]),
                             (4, ["--ep", "2", "--zero", "2", "--overlap-grad-reduce", "--overlap-param-gather"]),
+                            (4, ["--pp", "2", "--zero", "3"]),
+                            (4, ["--tp", "2", "--ep", "2", "--zero", "3", "--overlap-param-gather", "--recompute", "full"]),
                             (4, ["--pp", "2", "--virtual-stages", "2", "--schedule", "interleaved", "--layers", "4",
                                  "--gpus-per-node", "1", "--overlap-grad-reduce", "--overlap-param-gather"])] {
             let dir = try Subprocess.tempDir()

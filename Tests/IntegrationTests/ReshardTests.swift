@@ -84,6 +84,13 @@ final class ReshardTests: XCTestCase {
         try check(from: Layout(np: 2, flags: ["--zero", "1"]), to: Layout(np: 4, flags: ["--zero", "2", "--tp", "2"]))
     }
 
+    /// ZeRO-3 ranks save their shard of the parameters: another layout reads each element
+    /// from the shard that holds it (and `export` consolidates them).
+    func testZeroThreeToZeroOneAndBack() throws {
+        try check(from: Layout(np: 4, flags: ["--zero", "3", "--tp", "2"]), to: Layout(np: 2, flags: ["--zero", "1"]))
+        try check(from: Layout(np: 2, flags: ["--zero", "1", "--pp", "2"]), to: Layout(np: 4, flags: ["--zero", "3"]))
+    }
+
     func testZeroZeroToZeroOneWithTensorParallel() throws {
         try check(from: Layout(np: 2, flags: ["--zero", "0"]), to: Layout(np: 4, flags: ["--zero", "1", "--tp", "2"]))
     }

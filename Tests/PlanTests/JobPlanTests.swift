@@ -69,22 +69,28 @@ final class JobPlanTests: XCTestCase {
         assertRejected(c, world: 2, mentions: ["tied embeddings", "--pp 2"])
         c = try tiny(); c.pp = 2; c.zero = 2; c.schedule = .zbH1
         assertRejected(c, world: 2, mentions: ["--zero 2", "zb-h1"])
-        c = try tiny(); c.zero = 3
-        assertRejected(c, world: 2, mentions: ["--zero", "3"])
+        c = try tiny(); c.zero = 4
+        assertRejected(c, world: 2, mentions: ["--zero", "4"])
+        c = try tiny(); c.pp = 2; c.zero = 3; c.schedule = .zbH1
+        assertRejected(c, world: 2, mentions: ["--zero 3", "zb-h1"])
+        c = try tiny(); c.zero = 3; c.model.tieEmbeddings = true
+        assertRejected(c, world: 2, mentions: ["--zero 3", "tied embeddings"])
     }
 
     /// The memory plan's bytes per rank follow the ZeRO paper's per-parameter accounting in
     /// mixed precision (section 3.1 and 5: 2 + 2 + 12 bytes; stage 1 divides the 12 by the
-    /// data-parallel degree, stage 2 the 2 + 12 of gradients and optimizer state), plus what
-    /// stage 2 holds while a backward runs: the buckets open at once before they are reduced.
+    /// data-parallel degree, stage 2 the 2 + 12 of gradients and optimizer state, stage 3 all
+    /// 16), plus what stages 2 and 3 hold while a pass runs: the gradient buckets open at once
+    /// before they are reduced, and (stage 3) the units' parameters gathered at once: one, or
+    /// with the prefetch a unit and the next.
     func testMemoryPlanFollowsTheZeroStageFormulas() throws {
-        for (world, tie) in [(4, false), (2, true)] {
+        for (world, tie, prefetch) in [(4, false, false), (4, false, true), (2, true, false)] {
             var bytesPerParameter: [Double] = []
             var pad = 0.0   // the padding that makes the regions split evenly, per parameter
-            var openBuckets = 0.0, psiOfRank0 = 1.0
-            for zero in 0...2 {
+            var openBuckets = 0.0, gatheredUnits = 0.0, psiOfRank0 = 1.0
+            for zero in 0...(tie ? 2 : 3) {   // ZeRO-3 does not take tied embeddings
                 var c = try tiny()
-                c.zero = zero; c.precision = .bf16; c.model.tieEmbeddings = tie
+                c.zero = zero; c.precision = .bf16; c.model.tieEmbeddings = tie; c.overlapParamGather = prefetch && zero >= 1
                 let job = try JobPlan(config: c, world: world)
                 XCTAssertEqual(job.topology.dp, world)
                 let layout = job.placement(of: 0).layout
@@ -94,7 +100,16 @@ final class JobPlanTests: XCTestCase {
                 psiOfRank0 = psi
                 XCTAssertEqual(job.memory.roles.count, 1, "data-parallel replicas hold the same")
                 let b = try XCTUnwrap(job.memory.roles.first).breakdown
-                XCTAssertEqual(b.parameters, 2 * psi)
+                let size = { (b: GradientBucket) in Double(b.dense.count + b.expert.count) }
+                if zero == 3 {
+                    // The tiny model is one chunk: embedding, its layers, head, read in that order.
+                    let units = [GradientUnit.embedding] + (0..<c.model.layers).map { GradientUnit.layer($0) } + [.head]
+                    let sizes = units.map { u in size(layout.gradientBuckets.first { $0.unit == u }!) }
+                    gatheredUnits = prefetch ? zip(sizes, sizes.dropFirst()).map { $0 + $1 }.max()! : sizes.max()!
+                    XCTAssertEqual(b.parameters, 2 * (padded / nd + gatheredUnits))
+                } else {
+                    XCTAssertEqual(b.parameters, 2 * psi)
+                }
                 switch zero {
                 case 0:
                     XCTAssertEqual(b.gradients, 2 * psi)
@@ -108,7 +123,6 @@ final class JobPlanTests: XCTestCase {
                     openBuckets = open
                     XCTAssertEqual(b.optimizerState, 12 * padded / nd)
                     // The open buckets are one unit, or with tied embeddings the embedding and one more.
-                    let size = { (b: GradientBucket) in Double(b.dense.count + b.expert.count) }
                     let embedding = size(try XCTUnwrap(layout.gradientBuckets.first { $0.unit == .embedding }))
                     let others = layout.gradientBuckets.filter { $0.unit != .embedding }.map(size).max()!
                     XCTAssertEqual(open, tie ? embedding + others : max(embedding, others))
@@ -118,10 +132,15 @@ final class JobPlanTests: XCTestCase {
             XCTAssertEqual(bytesPerParameter[0], 16, accuracy: 1e-9)
             XCTAssertEqual(bytesPerParameter[1], 4 + 12 / Double(world) * (1 + pad), accuracy: 1e-9)
             XCTAssertEqual(bytesPerParameter[2], 2 + 14 / Double(world) * (1 + pad) + 2 * openBuckets / psiOfRank0, accuracy: 1e-9)
+            if !tie {
+                XCTAssertEqual(bytesPerParameter[3], 16 / Double(world) * (1 + pad) + 2 * (openBuckets + gatheredUnits) / psiOfRank0, accuracy: 1e-9)
+            }
             // (Stage 2 saves only where the shards' savings exceed the open buckets: not on two ranks
             // with tied embeddings, where one 2-layer model's embedding and layer buckets are most of it.)
-            print(String(format: "world %d%@: bytes per parameter, stage 0 %.3f, stage 1 %.3f, stage 2 %.3f (2 + 14/Nd = %.3f, plus the open buckets)",
-                         world, tie ? ", tied embeddings" : "", bytesPerParameter[0], bytesPerParameter[1], bytesPerParameter[2], 2 + 14 / Double(world)))
+            print(String(format: "world %d%@%@: bytes per parameter, stage 0 %.3f, stage 1 %.3f, stage 2 %.3f (2 + 14/Nd = %.3f, plus the open buckets)%@",
+                         world, tie ? ", tied embeddings" : "", prefetch ? ", prefetch" : "", bytesPerParameter[0], bytesPerParameter[1],
+                         bytesPerParameter[2], 2 + 14 / Double(world),
+                         tie ? "" : String(format: ", stage 3 %.3f (16/Nd = %.3f, plus the open buckets and gathered units)", bytesPerParameter[3], 16 / Double(world))))
         }
     }
 
