@@ -105,10 +105,27 @@ extension ProjectionTests {
         XCTAssertTrue(r.stdout.contains("with async checkpoints: snapshot"), r.stdout)
     }
 
+    /// With sequence parallelism, ZeRO-2 and ZeRO-3 fit the account's TP8 x PP15 run on its
+    /// 40 GB A100s, where ZeRO-1 does not; the projection says so with its MFU and days.
+    func testZeroThreeFitsTheAccountsRunOnA100s() throws {
+        let bin = try Subprocess.binary
+        let flags = ["--sequence-parallel", "--overlap-param-gather", "--overlap-grad-reduce"]
+        for zero in 1...3 {
+            let r = try Subprocess.run(bin, ["project", "--zero", String(zero)] + flags, cwd: Subprocess.repoRoot)
+            XCTAssertEqual(r.status, 0, r.output)
+            let memory = try XCTUnwrap(r.stdout.split(separator: "\n").first { $0.contains("memory per GPU") }, r.stdout)
+            print("ZeRO-\(zero): \(memory.trimmingCharacters(in: .whitespaces))")
+            XCTAssertTrue(r.stdout.contains("ZeRO-\(zero),"), r.stdout)
+            XCTAssertEqual(memory.contains("does NOT fit"), zero == 1, String(memory))
+            XCTAssertTrue(r.stdout.contains("MFU") && r.stdout.contains(" days,"), r.stdout)
+        }
+    }
+
     /// The sweep over a 25,000-GPU cluster prints its table and its rejections. (Its time is
-    /// reported in the README, not asserted: tests never assert on wall-clock speed.)
+    /// reported in the README, not asserted: tests never assert on wall-clock speed.) One ZeRO
+    /// stage here: without `--zero` the sweep tries ZeRO-1 and 3, twice the layouts.
     func testSweepReportsLayoutsAndRejections() throws {
-        let r = try Subprocess.run(try Subprocess.binary, ["project", "--sweep", "--device", "a100-80gb"],
+        let r = try Subprocess.run(try Subprocess.binary, ["project", "--sweep", "--device", "a100-80gb", "--zero", "1"],
                                    cwd: Subprocess.repoRoot, timeout: 300)
         XCTAssertEqual(r.status, 0, r.output)
         XCTAssertTrue(r.stdout.contains("layouts tried"), r.stdout)
@@ -175,7 +192,7 @@ extension ProjectionTests {
         let r = try Subprocess.run(bin, ["project", "--config", file, "--json", dir + "/p.json"], cwd: Subprocess.repoRoot)
         XCTAssertEqual(r.status, 0, r.output)
         XCTAssertTrue(r.stdout.contains("published run korthikanti2022-t5-175b-full"), r.stdout)
-        XCTAssertTrue(r.stdout.contains("64 GPUs = TP8 x PP8 x DP1, dense, 64 micro-batches of 1 x 2048 tokens"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("64 GPUs = TP8 x PP8 x DP1, ZeRO-0, dense, 64 micro-batches of 1 x 2048 tokens"), r.stdout)
         XCTAssertTrue(r.stdout.contains("iteration_time_s: published 18.13, predicted"), r.stdout)
         let p = try Subprocess.readJSON(dir + "/p.json")
         let v = try Subprocess.run(bin, ["validate", file, "--json", dir + "/v.json"], cwd: Subprocess.repoRoot)
