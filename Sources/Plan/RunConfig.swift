@@ -111,6 +111,8 @@ public struct RunConfig: Equatable, Sendable {
         try V.require(zero, in: 0...3, "--zero")
         try V.require(zero < 2 || schedule != .zbH1,
                       "--zero \(zero) with --schedule zb-h1 is not supported: ZeRO-\(zero) reduces each layer's gradients as its backward completes them, and zb-h1 defers the weight gradients; use 1f1b, gpipe or interleaved")
+        try V.require(zero < 2 || !model.tieEmbeddings || virtualStages == 1,
+                      "--zero \(zero) with tied embeddings and --virtual-stages \(virtualStages) is not supported: the head's chunk would open the embedding's gradient bucket, which only the first chunk's backward completes; use --virtual-stages 1 or --zero 1")
         try V.require(zero < 3 || !model.tieEmbeddings,
                       "--zero 3 with tied embeddings is not supported: the head would read the embedding's parameters after they were freed; untie them or use --zero 2")
         try V.require(!overlapGradReduce || schedule != .zbH1,

@@ -6,8 +6,8 @@ import Plan
 
 /// `moe-train project --sweep`: every layout of the account's model on its cluster (TP a
 /// divisor of the GPUs per node, PP a divisor of the layers, as many data-parallel
-/// replicas as the GPUs allow, GPipe / 1F1B / interleaved, ZeRO-1 and ZeRO-3 unless
-/// `--zero` names one stage), projected, the ones that do not
+/// replicas as the GPUs allow, GPipe / 1F1B / interleaved, ZeRO-1, 2 and 3 unless `--zero`
+/// names one stage), projected, the ones that do not
 /// fit in memory or do not divide rejected with their reason, the best ten by throughput.
 public enum LayoutSweep {
     public struct Candidate {
@@ -27,7 +27,7 @@ public enum LayoutSweep {
         var rejected: [String: Int] = [:]
         var tried = 0
         let layers = Int(a.layers)
-        for zero in base.zero.map({ [$0] }) ?? [1, 3] {
+        for zero in base.zero.map({ [$0] }) ?? [1, 2, 3] {
         for tp in (1...gpusPerNode).filter({ gpusPerNode % $0 == 0 }) {
             for pp in (1...layers).filter({ layers % $0 == 0 }) {
                 for (kind, v) in [(ScheduleKind.oneFOneB, 1), (.gpipe, 1), (.interleaved, 2)] {

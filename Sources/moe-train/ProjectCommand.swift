@@ -32,7 +32,7 @@ struct ProjectCommand: ParsableCommand {
     @Option(help: "Attention kernel of the emulated GPU: fused (FlashAttention-2, the default) or naive (the probabilities through HBM).") var attention: AttentionKernel?
     @Flag(name: .customLong("sequence-parallel"), help: "Sequence parallelism over the tensor-parallel group (Korthikanti et al. 2022).") var sequenceParallel = false
     @Flag(name: .customLong("overlap-grad-reduce"), help: "Data-parallel gradient reduction in per-layer buckets overlapped with the backward.") var overlapGradReduce = false
-    @Flag(name: .customLong("overlap-param-gather"), help: "ZeRO-1's parameter all-gather in per-layer buckets overlapped with the next forward.") var overlapParamGather = false
+    @Flag(name: .customLong("overlap-param-gather"), help: "The parameter all-gather in per-layer buckets overlapped with the next forward (ZeRO-1 and 2), or each layer's gather with the layer before it (ZeRO-3).") var overlapParamGather = false
     @Option(name: .customLong("usd-per-gpu-hour"), help: "Price per GPU-hour (default: the account's).") var usdPerGPUHour: Double?
     @Option(name: .customLong("mtbf-hours"), help: "Mean time between failures of one GPU, hours: adds expected failures and goodput.") var mtbfHours: Double?
     @Option(name: .customLong("checkpoint-every"), help: "Checkpoint interval in steps (default: the Young/Daly optimum).") var checkpointEvery: Int?
@@ -46,7 +46,7 @@ struct ProjectCommand: ParsableCommand {
             let path = try accountPath()
             if PublishedMeasurement.isMeasurement(path) {
                 // A published run brings its own layout, device and batch.
-                let given = [("--device", device != nil), ("--tp", tp != nil), ("--pp", pp != nil), ("--dp", dp != nil), ("--ep", ep != nil),
+                let given = [("--device", device != nil), ("--tp", tp != nil), ("--pp", pp != nil), ("--dp", dp != nil), ("--ep", ep != nil), ("--zero", zero != nil),
                              ("--schedule", schedule != nil), ("--micro-batches", microBatches != nil), ("--virtual-stages", virtualStages != nil),
                              ("--gpus-per-node", gpusPerNode != nil), ("--recompute", recompute != nil || noRecompute), ("--attention", attention != nil), ("--sequence-parallel", sequenceParallel), ("--overlap-grad-reduce", overlapGradReduce),
                              ("--overlap-param-gather", overlapParamGather), ("--sweep", sweep),

@@ -19,11 +19,12 @@ final class ParallelEquivalenceTests: XCTestCase {
         (4, ["--pp", "2", "--zero", "0", "--overlap-grad-reduce"]),
         // ZeRO-2: each unit's gradients reduce-scattered into the shards every micro-batch, and freed.
         (2, ["--zero", "2"]),
-        (4, ["--tp", "2", "--pp", "2", "--zero", "2", "--overlap-grad-reduce"]),
+        (4, ["--tp", "2", "--zero", "2", "--overlap-grad-reduce"]),
         (4, ["--ep", "2", "--zero", "2", "--overlap-param-gather"]),
         // ZeRO-3: each unit's parameters gathered from the shards before its forward and backward, and freed.
         (2, ["--zero", "3"]),
-        (4, ["--tp", "2", "--pp", "2", "--zero", "3", "--overlap-param-gather", "--overlap-grad-reduce", "--recompute", "full"]),
+        (4, ["--pp", "2", "--zero", "3", "--overlap-param-gather", "--overlap-grad-reduce", "--recompute", "full"]),
+        (4, ["--tp", "2", "--ep", "2", "--zero", "3", "--sequence-parallel"]),
     ]
 
     func run(np: Int, _ args: [String], extraMPIArgs: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
@@ -100,7 +101,6 @@ final class ParallelEquivalenceTests: XCTestCase {
         XCTAssertTrue(header.contains("layers.0.ffn.w_gate") && header.contains("layers.1.moe.w_gate"), "the dump holds the gate weights")
     }
 
-    /// Acceptance 3: at dp = 2 each rank holds half the optimizer state (up to padding).
     /// The executed buffers are what the memory plan says (in fp32 at the executed sizes):
     /// under ZeRO-2 and 3 the gradient shards plus the buckets one backward holds at once,
     /// under ZeRO-0 and 1 the whole buffer; under ZeRO-3 the parameter shards plus the units
@@ -143,6 +143,7 @@ final class ParallelEquivalenceTests: XCTestCase {
         for (a, b) in zip(p3, p2) { XCTAssertLessThan(a, b, "two data-parallel ranks: ZeRO-3 holds fewer parameters at once than ZeRO-2") }
     }
 
+    /// Acceptance 3: at dp = 2 each rank holds half the optimizer state (up to padding).
     func testZeroOneHalvesOptimizerState() throws {
         let one = try run(np: 1, ["--steps", "1"])
         let two = try run(np: 2, ["--steps", "1", "--zero", "1"])

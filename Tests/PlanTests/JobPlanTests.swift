@@ -75,6 +75,8 @@ final class JobPlanTests: XCTestCase {
         assertRejected(c, world: 2, mentions: ["--zero 3", "zb-h1"])
         c = try tiny(); c.zero = 3; c.model.tieEmbeddings = true
         assertRejected(c, world: 2, mentions: ["--zero 3", "tied embeddings"])
+        c = try tiny(); c.zero = 2; c.model.tieEmbeddings = true; c.schedule = .interleaved; c.virtualStages = 2
+        assertRejected(c, world: 1, mentions: ["--zero 2", "tied embeddings", "--virtual-stages 2"])
     }
 
     /// The memory plan's bytes per rank follow the ZeRO paper's per-parameter accounting in
