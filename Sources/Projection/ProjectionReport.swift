@@ -140,7 +140,7 @@ public enum ProjectionReport {
             "name": m.name, "metric": metric.rawValue, "published": published, "predicted": predicted, "error": predicted / published - 1,
             "step_time_s": p.stepTime, "mfu": p.mfu, "bubble_fraction": p.bubble, "exposed_comm_fraction": p.exposedCommFraction,
             "memory_bytes_per_gpu": mem.total, "fits_in_memory": mem.total <= device.memoryBytes, "gpus": world,
-            "tp": config.tp, "pp": config.pp, "dp": p.plan.batch.dp, "ep": config.ep, "micro_batches": p.plan.batch.microBatches,
+            "tp": config.tp, "pp": config.pp, "dp": p.plan.batch.dp, "ep": config.ep, "zero": config.zero, "micro_batches": p.plan.batch.microBatches,
             "schedule": config.schedule.rawValue, "device": device.name, "recompute": config.recompute.rawValue,
         ]
         if let json { try AtomicFile.write(JSONText.encode(out), to: json) }
@@ -178,7 +178,7 @@ public enum ProjectionReport {
             "model_parallel_comm_s_per_stage": p.modelParallelCommPerStage, "data_parallel_comm_s_per_stage": p.dataParallelCommPerStage,
             "pipeline_phase_s": p.pipelinePhase, "memory_bytes_per_gpu": mem.total, "memory_breakdown": mem.json,
             "fits_in_memory": mem.total <= device.memoryBytes, "days": days, "gpu_hours": gpuHours, "cost_usd": cost,
-            "gpus": world, "tp": config.tp, "pp": config.pp, "dp": dp, "ep": config.ep, "micro_batches": M,
+            "gpus": world, "tp": config.tp, "pp": config.pp, "dp": dp, "ep": config.ep, "zero": config.zero, "micro_batches": M,
             "schedule": config.schedule.rawValue, "device": device.name, "recompute": layout.recompute.rawValue,
         ]
         if let f = failures, let mtbfHours = f.mtbfHours {

@@ -69,9 +69,10 @@ extension ProjectionTests {
         XCTAssertEqual(r.status, 0, r.output)
         let p = try Subprocess.readJSON(dir + "/p.json")
         for key in ["total_params", "active_params", "flops_per_token_forward", "total_flops", "step_time_s", "mfu", "bubble_fraction",
-                    "exposed_comm_fraction", "memory_bytes_per_gpu", "days", "gpu_hours", "cost_usd", "goodput"] {
+                    "exposed_comm_fraction", "memory_bytes_per_gpu", "days", "gpu_hours", "cost_usd", "goodput", "zero"] {
             XCTAssertNotNil(p[key], "missing \(key)")
         }
+        XCTAssertEqual(p["zero"] as? Int, 1, "the account's ZeRO stage unless --zero says otherwise")
         let g = try XCTUnwrap(p["goodput"] as? [String: Any])
         let goodput = try XCTUnwrap(g["goodput"] as? Double)
         XCTAssertGreaterThan(goodput, 0)
