@@ -91,6 +91,20 @@ final class ReshardTests: XCTestCase {
         try check(from: Layout(np: 2, flags: ["--zero", "1", "--pp", "2"]), to: Layout(np: 4, flags: ["--zero", "3"]))
     }
 
+    /// The same layout resumes bit for bit: a ZeRO-3 run with asynchronous checkpoints and the
+    /// prefetch, stopped after step 4's checkpoint, ends where the uninterrupted run ends.
+    func testZeroThreeResumesToTheSameBits() throws {
+        let dir = try Subprocess.tempDir()
+        let run = dir + "/run"
+        let flags = ["--zero", "3", "--overlap-param-gather", "--steps", "8", "--checkpoint-dir", run]
+        let whole = try summary(2, flags + ["--checkpoint-every", "4", "--checkpoint-mode", "async"], dir + "/a.json")
+        try FileManager.default.removeItem(atPath: run + "/step-000008")
+        let resumed = try summary(2, flags, dir + "/b.json")
+        XCTAssertEqual((resumed["resume"] as? [String: Any])?["step"] as? Int, 4)
+        XCTAssertEqual(resumed["param_checksum"] as? String, whole["param_checksum"] as? String)
+        XCTAssertEqual(resumed["losses"] as? [Double], (whole["losses"] as? [Double]).map { Array($0.suffix(4)) })
+    }
+
     func testZeroZeroToZeroOneWithTensorParallel() throws {
         try check(from: Layout(np: 2, flags: ["--zero", "0"]), to: Layout(np: 4, flags: ["--zero", "1", "--tp", "2"]))
     }

@@ -18,7 +18,7 @@ final class TimedAsTests: XCTestCase {
     /// Acceptance: with balanced routing (top-k = experts: every expert gets every token, none
     /// dropped), `project-layout` given the same target predicts the emulated step time of the
     /// executed run within 2%, on layouts with tensor, pipeline, expert and data parallelism,
-    /// sequence parallelism, full recomputation, and overlapped reduction and gathers.
+    /// sequence parallelism, full recomputation, overlapped reduction and gathers, and ZeRO-2 and 3.
     func testProjectionOfTheTimedModelMatchesTheTimedRun() throws {
         let bin = try Subprocess.binary
         let dir = try Subprocess.tempDir()
@@ -26,7 +26,10 @@ final class TimedAsTests: XCTestCase {
         for flags in [["--tp", "2", "--pp", "2"], ["--tp", "2", "--ep", "2"], ["--tp", "2", "--pp", "2", "--ep", "2", "--sequence-parallel"],
                       ["--tp", "2", "--pp", "2", "--recompute", "full"],
                       ["--pp", "2", "--virtual-stages", "2", "--schedule", "interleaved", "--layers", "4", "--gpus-per-node", "1",
-                       "--overlap-grad-reduce", "--overlap-param-gather"]] {
+                       "--overlap-grad-reduce", "--overlap-param-gather"],
+                      // ZeRO-2 and 3 over two data-parallel replicas: per-unit reductions and gathers at the timed sizes.
+                      ["--pp", "2", "--zero", "2", "--overlap-grad-reduce"],
+                      ["--pp", "2", "--zero", "3", "--overlap-param-gather"]] {
             let common = ["--config", "configs/tiny.json", "--steps", "3", "--experts", "4", "--top-k", "4", "--time-as", target,
                           "--ignore-oom"] + flags
             let real = try Subprocess.mpirun(np: 4, common + ["--summary-json", dir + "/s.json"])
