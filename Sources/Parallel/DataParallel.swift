@@ -80,8 +80,8 @@ public final class DataParallel: GradientStore, ParameterStore {
         buckets = layout.gradientBuckets
         self.layout = layout
         self.groups = groups
-        normDense = Self.shard(layout.denseRegion, parts: groups.dp.size, index: groups.dp.rank)
-        normExpert = Self.shard(layout.expertRegion, parts: groups.edp.size, index: groups.edp.rank)
+        normDense = Self.shard(layout.denseRegion, parts: groups.zeroDP.size, index: groups.zeroDP.rank)
+        normExpert = Self.shard(layout.expertRegion, parts: groups.zeroEDP.size, index: groups.zeroEDP.rank)
         ownedDense = stage >= 1 ? normDense : layout.denseRegion
         ownedExpert = stage >= 1 ? normExpert : layout.expertRegion
         tpPartial = layout.specs.filter { $0.placement == .replicatedPartialGrad }.map { ($0.offset, $0.count) }
@@ -159,8 +159,8 @@ public final class DataParallel: GradientStore, ParameterStore {
         let storage = Storage(uninitializedCount: b.dense.count + b.expert.count)
         holdParameters(storage.count)
         var ops: [Communicator.PendingCollective] = []
-        for (range, region, shard, at, group, part) in [(b.dense, layout.denseRegion, normDense, 0, groups.dp, \GradientBucket.dense),
-                                                        (b.expert, layout.expertRegion, normExpert, b.dense.count, groups.edp, \GradientBucket.expert)]
+        for (range, region, shard, at, group, part) in [(b.dense, layout.denseRegion, normDense, 0, groups.zeroDP, \GradientBucket.dense),
+                                                        (b.expert, layout.expertRegion, normExpert, b.dense.count, groups.zeroEDP, \GradientBucket.expert)]
         where !range.isEmpty {
             let lo = max(range.lowerBound, shard.lowerBound), hi = min(range.upperBound, shard.upperBound)
             if lo < hi { (storage.base + at + (lo - range.lowerBound)).update(from: p.valuePointer(lo), count: hi - lo) }
@@ -190,7 +190,7 @@ public final class DataParallel: GradientStore, ParameterStore {
         guard stage == 3 else { return p.values }
         let whole = Storage(count: layout.totalCount)
         groups.world.untimed {
-            for (region, shard, group) in [(layout.denseRegion, normDense, groups.dp), (layout.expertRegion, normExpert, groups.edp)]
+            for (region, shard, group) in [(layout.denseRegion, normDense, groups.zeroDP), (layout.expertRegion, normExpert, groups.zeroEDP)]
             where !region.isEmpty {
                 let mine = Storage(count: shard.count)
                 if !shard.isEmpty { mine.base.update(from: p.valuePointer(shard.lowerBound), count: shard.count) }
@@ -241,34 +241,52 @@ public final class DataParallel: GradientStore, ParameterStore {
     public func unitCompleted(_ unit: GradientUnit) {
         guard stage >= 2, let entry = open.removeValue(forKey: unit) else { return }
         let b = entry.bucket
-        accumulate(entry.storage.base, b.dense, region: layout.denseRegion, shard: normDense, at: 0, over: groups.dp,
+        accumulate(entry.storage.base, b.dense, region: layout.denseRegion, shard: normDense, at: 0, over: groups.zeroDP, replicas: groups.replicaDP,
                    timed: timedCount(unit, \.dense), detail: "gradients of \(unit)")
         accumulate(entry.storage.base + b.dense.count, b.expert, region: layout.expertRegion, shard: normExpert,
-                   at: normDense.count, over: groups.edp, timed: timedCount(unit, \.expert), detail: "expert gradients of \(unit)")
+                   at: normDense.count, over: groups.zeroEDP, replicas: groups.replicaEDP, timed: timedCount(unit, \.expert), detail: "expert gradients of \(unit)")
         hold(-entry.storage.count)
         if !overlapGradReduce { finishReduced() }
     }
 
     /// Adds this rank's part of the sum over `group` of `range` (a bucket's part of `region`,
-    /// at `send`) to the shard gradients (`shard` of the region starts at `base` there).
+    /// at `send`) to the shard gradients (`shard` of the region starts at `base` there); under
+    /// hybrid sharding that part is first all-reduced over the shard's `replicas`.
     func accumulate(_ send: UnsafeMutablePointer<Float>, _ range: Range<Int>, region: Range<Int>, shard: Range<Int>, at base: Int,
-                    over group: Communicator, timed: Double?, detail: String) {
+                    over group: Communicator, replicas: Communicator?, timed: Double?, detail: String) {
         guard !range.isEmpty else { return }
         let lo = max(range.lowerBound, shard.lowerBound), hi = min(range.upperBound, shard.upperBound)
         let mine = max(0, hi - lo)
         let destination = shardGrads.base + base + (lo - shard.lowerBound)
-        if group.size == 1 {   // the shard is the region: the bucket is this rank's part
-            if mine > 0 { Kernels.axpy(mine, 1, send + (lo - range.lowerBound), destination) }
-            return
+        var part = UnsafePointer(send + (lo - range.lowerBound))   // with one rank per group the bucket is this rank's part
+        var buffers: [Storage] = []   // the memory plan's communication buffers, alive until the part is added
+        if group.size > 1 {
+            let counts = Self.shardCounts(range, region: region, parts: group.size)
+            let result = Storage(count: max(mine, 1))
+            buffers.append(result)
+            let op = group.emulating(floats: timed) {
+                group.startReduceScatter(UnsafePointer(send), result.base, counts: counts, detail: detail)
+            }
+            Communicator.completeTransfer(op)
+            reduced.append(op)
+            part = UnsafePointer(result.base)
         }
-        let counts = Self.shardCounts(range, region: region, parts: group.size)
-        let result = Storage(count: max(mine, 1))   // the memory plan's communication buffer
-        let op = group.emulating(floats: timed) {
-            group.startReduceScatter(UnsafePointer(send), result.base, counts: counts, detail: detail)
+        // Every replica of this shard holds the same part (`mine` is the same for all of them). Every
+        // rank takes part for every bucket, even with nothing of it in its shard, and is charged an
+        // even share of the bucket, as FSDP's per-unit shards are even: all ranks keep the same time.
+        if let replicas {
+            let summed = Storage(count: mine)
+            buffers.append(summed)
+            // Charged as an even share of the bucket, on every rank alike (`project` costs the same).
+            let op = replicas.emulating(floats: (timed ?? Double(range.count)) / Double(group.size)) {
+                replicas.startAllReduce(part, summed.base, count: mine, detail: detail + " across replicas")
+            }
+            Communicator.completeTransfer(op)
+            reduced.append(op)
+            part = UnsafePointer(summed.base)
         }
-        Communicator.completeTransfer(op)
-        if mine > 0 { Kernels.axpy(mine, 1, result.base, destination) }
-        reduced.append(op)
+        if mine > 0 { Kernels.axpy(mine, 1, part, destination) }
+        withExtendedLifetime(buffers) {}
     }
 
     /// ZeRO-2: the reductions started so far take their place on the emulated stream, and
@@ -315,8 +333,8 @@ public final class DataParallel: GradientStore, ParameterStore {
     public func gradientsReady(_ unit: GradientUnit, _ grads: Storage) {
         guard overlapGradReduce, !issued.contains(unit), let b = buckets.first(where: { $0.unit == unit }) else { return }
         issued.insert(unit)
-        start(grads, b, \.dense, region: layout.denseRegion, over: groups.dp)
-        start(grads, b, \.expert, region: layout.expertRegion, over: groups.edp)
+        start(grads, b, \.dense, region: layout.denseRegion, over: groups.zeroDP)
+        start(grads, b, \.expert, region: layout.expertRegion, over: groups.zeroEDP)
     }
 
     /// The elements of `part` of `unit`'s bucket in the timed model (nil without one).
@@ -378,8 +396,8 @@ public final class DataParallel: GradientStore, ParameterStore {
             return
         }
         sumTensorParallelPartials(grads)
-        reduce(grads, \.denseRegion, shard: normDense, over: groups.dp)
-        reduce(grads, \.expertRegion, shard: normExpert, over: groups.edp)
+        reduce(grads, \.denseRegion, shard: normDense, over: groups.zeroDP)
+        reduce(grads, \.expertRegion, shard: normExpert, over: groups.zeroEDP)
     }
 
     /// Router and replicated-KV gradients are partial on each TP rank: one packed all-reduce.
@@ -413,8 +431,8 @@ public final class DataParallel: GradientStore, ParameterStore {
         }
         guard !packed.isEmpty else { return }
         let timedCount = timed.map { t in
-            Double(t.partialGradientCount(within: [Self.shard(t.denseRegion, parts: groups.dp.size, index: groups.dp.rank),
-                                                   Self.shard(t.expertRegion, parts: groups.edp.size, index: groups.edp.rank)]))
+            Double(t.partialGradientCount(within: [Self.shard(t.denseRegion, parts: groups.zeroDP.size, index: groups.zeroDP.rank),
+                                                   Self.shard(t.expertRegion, parts: groups.zeroEDP.size, index: groups.zeroEDP.rank)]))
         }
         groups.tp.emulating(floats: timedCount) { groups.tp.allReduce(&packed) }
         var cursor = 0
@@ -426,15 +444,26 @@ public final class DataParallel: GradientStore, ParameterStore {
 
     func reduce(_ grads: Storage, _ which: KeyPath<ParameterLayout, Range<Int>>, shard: Range<Int>, over group: Communicator) {
         let region = layout[keyPath: which]
-        guard group.size > 1, !region.isEmpty else { return }
-        group.emulating(floats: timedCount(which)) {
-            if stage == 1 {
-                let tmp = Storage(count: shard.count)
-                group.reduceScatter(UnsafePointer(grads.base + region.lowerBound), tmp.base, countPerRank: shard.count)
-                (grads.base + shard.lowerBound).update(from: tmp.base, count: shard.count)
+        // Hybrid sharding: the shard is summed over its replicas too (the whole region when each group is one rank).
+        let replicas = which == \ParameterLayout.denseRegion ? groups.replicaDP : groups.replicaEDP
+        guard group.size > 1 || replicas != nil, !region.isEmpty else { return }
+        if stage == 1 {
+            let tmp = Storage(count: shard.count)
+            if group.size > 1 {
+                group.emulating(floats: timedCount(which)) {
+                    group.reduceScatter(UnsafePointer(grads.base + region.lowerBound), tmp.base, countPerRank: shard.count)
+                }
             } else {
-                group.allReduce(grads.base + region.lowerBound, count: region.count)
+                tmp.base.update(from: grads.base + shard.lowerBound, count: shard.count)
             }
+            if let replicas, shard.count > 0 {
+                replicas.emulating(floats: timedCount(which).map { $0 / Double(group.size) }) {
+                    replicas.allReduce(tmp.base, count: shard.count)
+                }
+            }
+            (grads.base + shard.lowerBound).update(from: tmp.base, count: shard.count)
+        } else {
+            group.emulating(floats: timedCount(which)) { group.allReduce(grads.base + region.lowerBound, count: region.count) }
         }
     }
 
@@ -442,15 +471,15 @@ public final class DataParallel: GradientStore, ParameterStore {
     /// shard in the timed model, or these.
     public func chargedCount(owned: Range<Int>) -> Double {
         guard let timed else { return Double(owned.count) }
-        let (region, group) = owned == ownedDense ? (timed.denseRegion, groups.dp) : (timed.expertRegion, groups.edp)
+        let (region, group) = owned == ownedDense ? (timed.denseRegion, groups.zeroDP) : (timed.expertRegion, groups.zeroEDP)
         return Double(stage >= 1 ? Self.shard(region, parts: group.size, index: group.rank).count : region.count)
     }
 
     /// Elements of the norm's shards (dense and expert) charged: the timed model's, or these.
     var chargedNormCount: Double {
         guard let timed else { return Double(normDense.count + normExpert.count) }
-        return Double(Self.shard(timed.denseRegion, parts: groups.dp.size, index: groups.dp.rank).count
-                      + Self.shard(timed.expertRegion, parts: groups.edp.size, index: groups.edp.rank).count)
+        return Double(Self.shard(timed.denseRegion, parts: groups.zeroDP.size, index: groups.zeroDP.rank).count
+                      + Self.shard(timed.expertRegion, parts: groups.zeroEDP.size, index: groups.zeroEDP.rank).count)
     }
 
     /// Sum of squared gradients of the global model (every element counted once: replicated
@@ -458,8 +487,11 @@ public final class DataParallel: GradientStore, ParameterStore {
     public func globalSumOfSquares(_ grads: Storage) -> Double {
         var local = 0.0
         let tpRank = groups.coordinates.tp
+        // Under hybrid sharding every replica of a shard holds the same gradients: the first counts them.
+        let countDense = (groups.replicaDP?.rank ?? 0) == 0, countExpert = (groups.replicaEDP?.rank ?? 0) == 0
         for s in layout.specs {
             if tpRank != 0 && (s.placement == .replicated || s.placement == .replicatedPartialGrad) { continue }
+            if !(s.placement == .expert ? countExpert : countDense) { continue }
             let range = s.placement == .expert ? normExpert : normDense
             let lo = max(s.offset, range.lowerBound), hi = min(s.offset + s.count, range.upperBound)
             if lo < hi { local += Kernels.sumOfSquares(hi - lo, gradientPointer(lo, in: grads)) }
@@ -475,13 +507,13 @@ public final class DataParallel: GradientStore, ParameterStore {
         guard stage == 1 || stage == 2 else { return }   // ZeRO-3 keeps its parameters sharded
         if overlapParamGather {
             for b in buckets {
-                startGather(params, b, \.dense, region: layout.denseRegion, over: groups.dp)
-                startGather(params, b, \.expert, region: layout.expertRegion, over: groups.edp)
+                startGather(params, b, \.dense, region: layout.denseRegion, over: groups.zeroDP)
+                startGather(params, b, \.expert, region: layout.expertRegion, over: groups.zeroEDP)
             }
             return
         }
-        gather(params, \.denseRegion, shard: normDense, over: groups.dp)
-        gather(params, \.expertRegion, shard: normExpert, over: groups.edp)
+        gather(params, \.denseRegion, shard: normDense, over: groups.zeroDP)
+        gather(params, \.expertRegion, shard: normExpert, over: groups.zeroEDP)
     }
 
     func startGather(_ params: Storage, _ b: GradientBucket, _ part: KeyPath<GradientBucket, Range<Int>>, region: Range<Int>, over group: Communicator) {
@@ -546,7 +578,7 @@ public final class DataParallel: GradientStore, ParameterStore {
         (copy.base + normDense.lowerBound).update(from: shardGrads.base, count: normDense.count)
         (copy.base + normExpert.lowerBound).update(from: shardGrads.base + normDense.count, count: normExpert.count)
         groups.world.untimed {
-            for (region, shard, group) in [(layout.denseRegion, normDense, groups.dp), (layout.expertRegion, normExpert, groups.edp)]
+            for (region, shard, group) in [(layout.denseRegion, normDense, groups.zeroDP), (layout.expertRegion, normExpert, groups.zeroEDP)]
             where group.size > 1 && !region.isEmpty {
                 let mine = Storage(count: shard.count)
                 mine.base.update(from: copy.base + shard.lowerBound, count: shard.count)

@@ -11,6 +11,10 @@ public struct ProcessGroups: Sendable {
     public let dp: Communicator
     public let ep: Communicator
     public let edp: Communicator
+    /// The groups ZeRO shards over: `dp` and `edp`, or under hybrid sharding (`--zero-group`)
+    /// their sub-groups; and the replicas of each shard (nil when there is one copy).
+    public let zeroDP: Communicator, zeroEDP: Communicator
+    public let replicaDP: Communicator?, replicaEDP: Communicator?
 
     public var rank: Int { world.rank }
     public var coordinates: Topology.Coordinates { topology.coordinates(of: world.rank) }
@@ -24,5 +28,10 @@ public struct ProcessGroups: Sendable {
         self.topology = topology
         self.world = world
         tp = make(.tp); pp = make(.pp); dp = make(.dp); ep = make(.ep); edp = make(.edp)
+        let hybrid = topology.zeroReplicas > 1   // the same on every rank: every rank splits or none
+        zeroDP = hybrid ? make(.dpShard) : dp
+        zeroEDP = hybrid ? make(.edpShard) : edp
+        replicaDP = hybrid ? make(.dpReplica) : nil
+        replicaEDP = hybrid ? make(.edpReplica) : nil
     }
 }

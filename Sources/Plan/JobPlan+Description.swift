@@ -8,7 +8,8 @@ extension JobPlan {
     /// per rank. `data` lines (the data source, from the trainer) go after the batch.
     public func headerLines(data: [String] = []) -> [String] {
         let c = config.model, t = topology
-        var lines = ["moe-train: \(t.world) rank(s), tp \(t.tp) pp \(t.pp) dp \(t.dp) ep \(t.ep)"]
+        var lines = ["moe-train: \(t.world) rank(s), tp \(t.tp) pp \(t.pp) dp \(t.dp) ep \(t.ep)"
+                     + (t.zeroReplicas > 1 ? ", ZeRO-\(config.zero) over groups of \(t.zeroGroup) data-parallel ranks (\(t.zeroReplicas) replicas)" : "")]
         lines.append(modelLine(timed == nil ? "model" : "executed"))
         lines.append("batch: \(batch.globalBatch) sequences x \(c.seqLen) tokens per step = \(batch.microBatches) micro-batches of \(batch.microBatchSize) per data-parallel rank")
         if let timed {

@@ -59,7 +59,8 @@ public struct JobPlan: Sendable {
         do {
             try config.validate()
             try Validation.require(world, in: 1...Validation.maxCount, "the world size (ranks)")
-            let topo = try Topology(world: world, tp: config.tp, pp: config.pp, dp: config.dp, ep: config.ep, model: config.model)
+            let topo = try Topology(world: world, tp: config.tp, pp: config.pp, dp: config.dp, ep: config.ep, zeroGroup: config.zeroGroup,
+                                    model: config.model)
             if topo.pp > 1 && config.model.tieEmbeddings {
                 throw UsageError("tied embeddings with --pp \(topo.pp) are not supported: the embedding (first stage) and the LM head (last stage) would need a tied-gradient all-reduce; untie them or use --pp 1")
             }

@@ -36,8 +36,9 @@ public struct MemoryPlan: Sendable {
                   sequenceParallel: config.sequenceParallel)
             let (shard, layout) = (placement.shard, placement.layout)
             let zero1 = config.zero >= 1
-            let denseShard = layout.denseRegion.count / (zero1 ? topology.dp : 1)
-            let expertShard = layout.expertRegion.count / (zero1 ? topology.expertDP : 1)
+            let denseShard = layout.denseRegion.count / (zero1 ? topology.zeroGroup : 1)
+            let expertShard = layout.expertRegion.count / (zero1 ? topology.expertZeroGroup : 1)
+            let shards = Placement.zeroShards(layout, topology, c)
             // ZeRO-2: the shards, the buckets open at once, and the largest part of one bucket a
             // reduce-scatter returns to this rank (the result it adds to its shard).
             let zero2 = config.zero >= 2
@@ -59,16 +60,18 @@ public struct MemoryPlan: Sendable {
                 }
                 parameters = denseShard + expertShard + gathered
             }
-            let bucketResult = !zero2 ? 0 : layout.gradientBuckets.flatMap { b in
-                [(b.dense, layout.denseRegion, topology.dp, c.dp), (b.expert, layout.expertRegion, topology.expertDP, c.edp)].map { range, region, parts, index in
-                    let mine = ParameterLayout.zeroShard(region, parts: parts, index: index)
-                    return parts > 1 ? max(0, min(range.upperBound, mine.upperBound) - max(range.lowerBound, mine.lowerBound)) : 0
+            // Under hybrid sharding the replica all-reduce of that part needs as much again.
+            var bucketResult = 0
+            if zero2 {
+                let replicaBuffer = topology.zeroReplicas > 1 ? 1 : 0
+                for b in layout.gradientBuckets {
+                    for (range, parts, mine) in [(b.dense, topology.zeroGroup, shards[0]), (b.expert, topology.expertZeroGroup, shards[1])] {
+                        let part = max(0, min(range.upperBound, mine.upperBound) - max(range.lowerBound, mine.lowerBound))
+                        bucketResult = max(bucketResult, part * ((parts > 1 ? 1 : 0) + replicaBuffer))
+                    }
                 }
-            }.max() ?? 0
-            let partialReduced = zero2
-                ? layout.partialGradientCount(within: [ParameterLayout.zeroShard(layout.denseRegion, parts: topology.dp, index: c.dp),
-                                                       ParameterLayout.zeroShard(layout.expertRegion, parts: topology.expertDP, index: c.edp)])
-                : nil
+            }
+            let partialReduced = zero2 ? layout.partialGradientCount(within: shards) : nil
             let partial = layout.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count }
             let inFlight = schedule.uniform.peakInFlight[c.pp]
             // What one micro-batch keeps in one of the rank's chunks, on average over them (each

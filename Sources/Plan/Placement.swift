@@ -21,11 +21,15 @@ public struct Placement: Sendable {
         shard = ShardSpec(tp: topology.tp, tpRank: c.tp, ep: topology.ep, epRank: c.ep, layers: stages.heldLayers(rank: c.pp),
                           embedding: stages.holdsEmbedding(rank: c.pp), head: stages.holdsHead(rank: c.pp), sequenceParallel: sequenceParallel)
         layout = ParameterLayout(config: model, shard: shard,
-                                 denseAlignment: zero >= 1 ? topology.dp : 1,
-                                 expertAlignment: zero >= 1 ? topology.expertDP : 1)
-        heldValues = zero == 3
-            ? [ParameterLayout.zeroShard(layout.denseRegion, parts: topology.dp, index: c.dp),
-               ParameterLayout.zeroShard(layout.expertRegion, parts: topology.expertDP, index: c.edp)]
-            : [0..<layout.totalCount]
+                                 denseAlignment: zero >= 1 ? topology.zeroGroup : 1,
+                                 expertAlignment: zero >= 1 ? topology.expertZeroGroup : 1)
+        heldValues = zero == 3 ? Self.zeroShards(layout, topology, c) : [0..<layout.totalCount]
+    }
+
+    /// The rank's ZeRO shards of the dense and the expert region: over its data-parallel
+    /// (expert-data-parallel) ranks, or under hybrid sharding over its group of them.
+    public static func zeroShards(_ layout: ParameterLayout, _ topology: Topology, _ c: Topology.Coordinates) -> [Range<Int>] {
+        [ParameterLayout.zeroShard(layout.denseRegion, parts: topology.zeroGroup, index: c.dp % topology.zeroGroup),
+         ParameterLayout.zeroShard(layout.expertRegion, parts: topology.expertZeroGroup, index: c.edp % topology.expertZeroGroup)]
     }
 }

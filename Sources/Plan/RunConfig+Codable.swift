@@ -71,6 +71,7 @@ extension RunConfig: Codable {
         Field("dp", \.dp),
         Field("ep", \.ep),
         Field("zero", \.zero),
+        Field("zero_group", \.zeroGroup),
         Field("schedule", \.schedule),
         Field("virtual_stages", \.virtualStages),
         Field("recompute", \.recompute),

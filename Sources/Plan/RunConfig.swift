@@ -15,6 +15,7 @@ public struct RunConfig: Equatable, Sendable {
     public var dp: Int? = nil          // derived from the world size when nil
     public var ep = 1
     public var zero = 1                // ZeRO stage: 0 replicates optimizer state, 1 shards it over data parallelism, 2 the gradients too, 3 the parameters too
+    public var zeroGroup: Int?         // hybrid sharding: ZeRO shards over groups of this many data-parallel ranks, replicated across groups
     public var schedule = ScheduleKind.oneFOneB
     public var virtualStages = 1       // model chunks per pipeline rank (interleaved)
     /// Activation recomputation (`Recompute`): none, selective (the attention core) or full.
@@ -109,6 +110,12 @@ public struct RunConfig: Equatable, Sendable {
         if let dp { try V.require(dp, in: 1...maxCount, "--dp") }
         try V.require(ep, in: 1...model.experts, "--ep", note: "at most one rank per expert")
         try V.require(zero, in: 0...3, "--zero")
+        if let g = zeroGroup {
+            try V.require(g, in: 1...maxCount, "--zero-group")
+            try V.require(zero >= 1, "--zero-group \(g) needs --zero 1, 2 or 3 (it shards ZeRO's state over groups of data-parallel ranks; --zero 0 shards nothing)")
+            try V.require(zero != 1 || !overlapGradReduce,
+                          "--zero-group \(g) with --zero 1 and --overlap-grad-reduce is not supported: the buckets' replica all-reduce would follow their reduce-scatter after the backward; use --zero 2 or 3, or leave out the overlap")
+        }
         try V.require(zero < 2 || schedule != .zbH1,
                       "--zero \(zero) with --schedule zb-h1 is not supported: ZeRO-\(zero) reduces each layer's gradients as its backward completes them, and zb-h1 defers the weight gradients; use 1f1b, gpipe or interleaved")
         try V.require(zero < 2 || !model.tieEmbeddings || virtualStages == 1,

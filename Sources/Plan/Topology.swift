@@ -14,6 +14,10 @@ public struct Topology: Sendable, Equatable {
     public let pp: Int
     public let dp: Int
     public let ep: Int
+    /// Data-parallel ranks ZeRO shards over (`--zero-group`, hybrid sharding): groups of this
+    /// many consecutive data-parallel ranks each hold one copy of the sharded state, and the
+    /// groups are replicas of one another. `dp` unless set.
+    public let zeroGroup: Int
 
     public struct InvalidLayout: Error, CustomStringConvertible {
         public let description: String
@@ -21,7 +25,8 @@ public struct Topology: Sendable, Equatable {
 
     /// Builds and validates the grid against the model it must hold. Throws one sentence
     /// naming the numbers for the first rule that fails.
-    public init(world: Int, tp: Int = 1, pp: Int = 1, dp requestedDP: Int? = nil, ep: Int = 1, model: ModelConfig) throws {
+    public init(world: Int, tp: Int = 1, pp: Int = 1, dp requestedDP: Int? = nil, ep: Int = 1, zeroGroup: Int? = nil,
+                model: ModelConfig) throws {
         func fail(_ s: String) -> InvalidLayout { InvalidLayout(description: s) }
         guard world >= 1 else { throw fail("world size must be at least 1 (got \(world))") }
         guard tp >= 1 else { throw fail("--tp must be at least 1 (got \(tp))") }
@@ -45,8 +50,20 @@ public struct Topology: Sendable, Equatable {
         guard (tp * dp) % ep == 0 else {
             throw fail("--ep \(ep) does not divide tp \(tp) x dp \(dp) = \(tp * dp), the ranks of one pipeline stage")
         }
-        self.world = world; self.tp = tp; self.pp = pp; self.dp = dp; self.ep = ep
+        let group = zeroGroup ?? dp
+        guard group >= 1, dp % group == 0 else {
+            throw fail("--zero-group \(group) does not divide the \(dp) data-parallel ranks (world \(world) / (tp \(tp) x pp \(pp)))")
+        }
+        guard (group * tp) % ep == 0 else {
+            throw fail("--zero-group \(group) x tp \(tp) = \(group * tp) is not divisible by --ep \(ep): the experts' shard groups must be whole expert-parallel groups")
+        }
+        self.world = world; self.tp = tp; self.pp = pp; self.dp = dp; self.ep = ep; self.zeroGroup = group
     }
+
+    /// Expert-data-parallel ranks one ZeRO shard group of the experts spans (`expertDP` unless hybrid).
+    public var expertZeroGroup: Int { zeroGroup * tp / ep }
+    /// Copies of each ZeRO shard: the data-parallel groups of `zeroGroup` ranks (1 unless hybrid).
+    public var zeroReplicas: Int { dp / zeroGroup }
 
     /// Ranks that share one expert's weights: expert data parallelism.
     public var expertDP: Int { tp * dp / ep }
@@ -75,7 +92,12 @@ public struct Topology: Sendable, Equatable {
 
     /// The groups a rank belongs to, each as (color, key) for a communicator split:
     /// ranks with equal color form one group, ordered by key.
-    public enum Group: String, CaseIterable, Sendable { case tp, pp, dp, ep, edp }
+    public enum Group: String, CaseIterable, Sendable {
+        case tp, pp, dp, ep, edp
+        /// Hybrid sharding: ZeRO's shard group within the data-parallel (expert-data-parallel)
+        /// group, and the replicas of one shard across those groups.
+        case dpShard = "dp-shard", dpReplica = "dp-replica", edpShard = "edp-shard", edpReplica = "edp-replica"
+    }
 
     public func split(_ group: Group, rank: Int) -> (color: Int, key: Int) {
         let c = coordinates(of: rank)
@@ -85,6 +107,10 @@ public struct Topology: Sendable, Equatable {
         case .pp: return (c.dp * tp + c.tp, c.pp)
         case .ep: return (c.pp * (tp * dp / ep) + c.edp, c.ep)
         case .edp: return (c.pp * ep + c.ep, c.edp)
+        case .dpShard: return ((c.pp * tp + c.tp) * zeroReplicas + c.dp / zeroGroup, c.dp % zeroGroup)
+        case .dpReplica: return ((c.pp * tp + c.tp) * zeroGroup + c.dp % zeroGroup, c.dp / zeroGroup)
+        case .edpShard: return ((c.pp * ep + c.ep) * zeroReplicas + c.edp / expertZeroGroup, c.edp % expertZeroGroup)
+        case .edpReplica: return ((c.pp * ep + c.ep) * expertZeroGroup + c.edp % expertZeroGroup, c.edp / expertZeroGroup)
         }
     }
 
@@ -98,10 +124,17 @@ public struct Topology: Sendable, Equatable {
         case .pp: return (0..<pp).map { self.rank(tp: c.tp, dp: c.dp, pp: $0) }
         case .ep: return (0..<ep).map { stageBase + c.edp * ep + $0 }           // stage indices edp*ep ..< edp*ep + ep
         case .edp: return (0..<(tp * dp / ep)).map { stageBase + $0 * ep + c.ep }  // stage indices with the same ep index
+        case .dpShard: return (0..<zeroGroup).map { self.rank(tp: c.tp, dp: c.dp / zeroGroup * zeroGroup + $0, pp: c.pp) }
+        case .dpReplica: return (0..<zeroReplicas).map { self.rank(tp: c.tp, dp: $0 * zeroGroup + c.dp % zeroGroup, pp: c.pp) }
+        case .edpShard: return (0..<expertZeroGroup).map { stageBase + (c.edp / expertZeroGroup * expertZeroGroup + $0) * ep + c.ep }
+        case .edpReplica: return (0..<zeroReplicas).map { stageBase + ($0 * expertZeroGroup + c.edp % expertZeroGroup) * ep + c.ep }
         }
     }
 
     public func size(of group: Group) -> Int {
-        switch group { case .tp: return tp; case .pp: return pp; case .dp: return dp; case .ep: return ep; case .edp: return expertDP }
+        switch group {
+        case .tp: return tp; case .pp: return pp; case .dp: return dp; case .ep: return ep; case .edp: return expertDP
+        case .dpShard: return zeroGroup; case .edpShard: return expertZeroGroup; case .dpReplica, .edpReplica: return zeroReplicas
+        }
     }
 }

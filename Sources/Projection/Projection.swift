@@ -71,10 +71,17 @@ public struct Projection {
         /// The collectives of one gradient bucket on the communication stream of `rank`: its dense
         /// part over the data-parallel group, its expert part over the expert-data-parallel one.
         func bucketDurations(_ b: GradientBucket, _ kind: CostModel.Collective, rank: Int) -> [Double] {
-            let dp = group(.dp, of: rank), edp = group(.edp, of: rank)
+            // ZeRO's shard groups (the data-parallel groups unless hybrid), and under hybrid sharding the
+            // all-reduce of each rank's even share of the reduced bucket over its replicas.
             var out: [Double] = []
-            if dp.size > 1 && !b.dense.isEmpty { out.append(cost.collective(kind, bytes: Double(b.dense.count) * bytes, ranks: dp.size, link: dp.link)) }
-            if edp.size > 1 && !b.expert.isEmpty { out.append(cost.collective(kind, bytes: Double(b.expert.count) * bytes, ranks: edp.size, link: edp.link)) }
+            for (range, shardGroup, replicaGroup) in [(b.dense, Topology.Group.dpShard, Topology.Group.dpReplica),
+                                                      (b.expert, .edpShard, .edpReplica)] where !range.isEmpty {
+                let g = group(shardGroup, of: rank), replicas = group(replicaGroup, of: rank)
+                if g.size > 1 { out.append(cost.collective(kind, bytes: Double(range.count) * bytes, ranks: g.size, link: g.link)) }
+                if kind == .reduceScatter && replicas.size > 1 {
+                    out.append(cost.collective(.allReduce, bytes: Double(range.count) / Double(g.size) * bytes, ranks: replicas.size, link: replicas.link))
+                }
+            }
             return out
         }
         // Per pipeline stage (its tp 0, dp 0 rank): forward and backward of each chunk.
@@ -157,14 +164,15 @@ public struct Projection {
         for s in 0..<topo.pp {
             let rank = topo.rank(tp: 0, dp: 0, pp: s)
             let layout = job.placement(of: rank).layout
-            let dp = group(.dp, of: rank), edp = group(.edp, of: rank), tp = group(.tp, of: rank)
+            // ZeRO shards over these (the data-parallel groups unless hybrid sharding), and the replicas of a shard.
+            let dp = group(.dpShard, of: rank), edp = group(.edpShard, of: rank), tp = group(.tp, of: rank)
+            let dpReplicas = group(.dpReplica, of: rank), edpReplicas = group(.edpReplica, of: rank)
             let zero1 = config.zero >= 1, zero2 = config.zero >= 2
             var r = 0.0
             var dpc = 0.0
             // The TP-partial gradients: all of them, or under ZeRO-2 those in the rank's shards.
             let at = topo.coordinates(of: rank)
-            let partial = Double(zero2 ? layout.partialGradientCount(within: [ParameterLayout.zeroShard(layout.denseRegion, parts: dp.size, index: at.dp),
-                                                                               ParameterLayout.zeroShard(layout.expertRegion, parts: edp.size, index: at.edp)])
+            let partial = Double(zero2 ? layout.partialGradientCount(within: Placement.zeroShards(layout, topo, at))
                                        : layout.specs.filter { $0.placement == .replicatedPartialGrad }.reduce(0) { $0 + $1.count })
             if tp.size > 1 && partial > 0 { r += cost.collective(.allReduce, bytes: partial * bytes, ranks: tp.size, link: tp.link) }
             let dense = Double(layout.denseRegion.count), expert = Double(layout.expertRegion.count)
@@ -173,6 +181,13 @@ public struct Projection {
             if !config.overlapGradReduce && !zero2 {
                 if dp.size > 1 && dense > 0 { r += cost.collective(zero1 ? .reduceScatter : .allReduce, bytes: dense * bytes, ranks: dp.size, link: dp.link) }
                 if edp.size > 1 && expert > 0 { r += cost.collective(zero1 ? .reduceScatter : .allReduce, bytes: expert * bytes, ranks: edp.size, link: edp.link) }
+                // Hybrid sharding: each shard summed over its replicas.
+                if dpReplicas.size > 1 && dense > 0 {
+                    r += cost.collective(.allReduce, bytes: dense / Double(dp.size) * bytes, ranks: dpReplicas.size, link: dpReplicas.link)
+                }
+                if edpReplicas.size > 1 && expert > 0 {
+                    r += cost.collective(.allReduce, bytes: expert / Double(edp.size) * bytes, ranks: edpReplicas.size, link: edpReplicas.link)
+                }
             }
             let ownedDense = zero1 ? dense / Double(dp.size) : dense, ownedExpert = zero1 ? expert / Double(edp.size) : expert
             dpc = r + shardedComm[s]

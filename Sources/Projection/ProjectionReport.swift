@@ -14,8 +14,8 @@ public enum ProjectionReport {
         public var attention = AttentionKernel.fused
         public var sequenceParallel = false
         public var overlapGradReduce = false, overlapParamGather = false
-        /// ZeRO stage (default: the configuration's, 1).
-        public var zero: Int?
+        /// ZeRO stage (default: the configuration's, 1), and the hybrid-sharding group (default: every data-parallel rank).
+        public var zero: Int?, zeroGroup: Int?
         public init() {}
     }
 
@@ -54,6 +54,7 @@ public enum ProjectionReport {
         c.sequenceParallel = l.sequenceParallel && tp > 1
         c.overlapGradReduce = l.overlapGradReduce; c.overlapParamGather = l.overlapParamGather
         if let z = l.zero { c.zero = z }
+        c.zeroGroup = l.zeroGroup
         let dp = l.dp ?? Int(a.gpus) / (tp * pp)
         c.tp = tp; c.pp = pp; c.ep = l.ep ?? tp
         c.model.ffnHidden = Int((a.expertParams / (2 * a.dModel * a.layers) / Double(tp)).rounded()) * tp
@@ -80,6 +81,7 @@ public enum ProjectionReport {
             }
             if let m = layout.microBatches { try Validation.require(m, in: 1...Validation.maxCount, "--micro-batches") }
             if let z = layout.zero { try Validation.require(z, in: 0...3, "--zero") }
+            if let g = layout.zeroGroup { try Validation.require(g, in: 1...gpus, "--zero-group", note: "the account has \(gpus) GPUs") }
             if let v = layout.virtualStages { try Validation.require(v, in: 1...max(Int(a.layers), 1), "--virtual-stages") }
             try Validation.require(a.usdPerGPUHour, in: 0.000001...1e6, "--usd-per-gpu-hour")
             if let f = failures {
@@ -106,7 +108,7 @@ public enum ProjectionReport {
                       (config.overlapParamGather && config.zero >= 1, "overlapped parameter gather")].filter(\.0).map { ", " + $0.1 }.joined()
         let overlapped = config.overlapGradReduce || (config.overlapParamGather && config.zero >= 1)
         return [
-            "the emulator's prediction (\(config.schedule.rawValue), \(device.name) cost model, \(config.attention.rawValue) attention, \(recompute)\(extras)): \(world) GPUs = TP\(config.tp) x PP\(config.pp) x DP\(batch.dp), ZeRO-\(config.zero), \(experts), \(M) micro-batches of \(batch.microBatchSize) x \(config.model.seqLen) tokens",
+            "the emulator's prediction (\(config.schedule.rawValue), \(device.name) cost model, \(config.attention.rawValue) attention, \(recompute)\(extras)): \(world) GPUs = TP\(config.tp) x PP\(config.pp) x DP\(batch.dp), ZeRO-\(config.zero)\(config.zeroGroup.map { " over groups of \($0)" } ?? ""), \(experts), \(M) micro-batches of \(batch.microBatchSize) x \(config.model.seqLen) tokens",
             String(format: "  step %.2f s for %.3g tokens; pipeline bubble %.1f%% (closed form %.1f%%); MFU %.1f%%, HFU %.1f%%",
                    p.stepTime, Double(p.tokensPerStep), 100 * p.bubble,
                    100 * ClosedForm.bubble(config.schedule, stages: config.pp, microbatches: M,

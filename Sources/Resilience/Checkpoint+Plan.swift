@@ -12,6 +12,7 @@ extension Checkpoint {
         let l = manifest.layout
         (config.tp, config.pp, config.dp, config.ep, config.zero, config.virtualStages, config.ppLayers) =
             (l.tp, l.pp, l.dp, l.ep, l.zero, l.virtualStages, l.ppLayers)
+        config.zeroGroup = l.zeroGroup < l.dp ? l.zeroGroup : nil
         if l.virtualStages > 1 { config.schedule = .interleaved }
         do {
             return try JobPlan(config: config, world: l.world, purpose: .projection)

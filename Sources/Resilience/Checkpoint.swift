@@ -18,28 +18,34 @@ public enum Checkpoint {
     /// The layout a checkpoint was written with: it must match to resume.
     public struct Layout: Equatable, CustomStringConvertible {
         public let world, tp, pp, dp, ep, zero, virtualStages: Int
+        /// The data-parallel ranks ZeRO sharded over (`dp` unless hybrid sharding).
+        public let zeroGroup: Int
         public let ppLayers: [Int]
         public var json: [String: Any] {
-            ["world": world, "tp": tp, "pp": pp, "dp": dp, "ep": ep, "zero": zero, "virtual_stages": virtualStages, "pp_layers": ppLayers]
+            ["world": world, "tp": tp, "pp": pp, "dp": dp, "ep": ep, "zero": zero, "zero_group": zeroGroup, "virtual_stages": virtualStages,
+             "pp_layers": ppLayers]
         }
-        public init(world: Int, tp: Int, pp: Int, dp: Int, ep: Int, zero: Int, virtualStages: Int, ppLayers: [Int]) {
+        public init(world: Int, tp: Int, pp: Int, dp: Int, ep: Int, zero: Int, zeroGroup: Int? = nil, virtualStages: Int, ppLayers: [Int]) {
             self.world = world; self.tp = tp; self.pp = pp; self.dp = dp; self.ep = ep; self.zero = zero
+            self.zeroGroup = zeroGroup ?? dp
             self.virtualStages = virtualStages; self.ppLayers = ppLayers
         }
         /// The layout of a planned job.
         public init(_ plan: JobPlan) {
             let t = plan.topology
-            self.init(world: t.world, tp: t.tp, pp: t.pp, dp: t.dp, ep: t.ep, zero: plan.config.zero,
+            self.init(world: t.world, tp: t.tp, pp: t.pp, dp: t.dp, ep: t.ep, zero: plan.config.zero, zeroGroup: t.zeroGroup,
                       virtualStages: plan.stages.virtualStages, ppLayers: plan.stages.layers.map(\.count))
         }
         init?(json o: [String: Any]) {
             guard let w = o["world"] as? Int, let tp = o["tp"] as? Int, let pp = o["pp"] as? Int, let dp = o["dp"] as? Int,
                   let ep = o["ep"] as? Int, let z = o["zero"] as? Int, let v = o["virtual_stages"] as? Int,
                   let l = o["pp_layers"] as? [Int] else { return nil }
-            self.init(world: w, tp: tp, pp: pp, dp: dp, ep: ep, zero: z, virtualStages: v, ppLayers: l)
+            // Manifests from before hybrid sharding hold no zero_group: they sharded over every data-parallel rank.
+            self.init(world: w, tp: tp, pp: pp, dp: dp, ep: ep, zero: z, zeroGroup: o["zero_group"] as? Int, virtualStages: v, ppLayers: l)
         }
         public var description: String {
-            "\(world) ranks: tp \(tp) pp \(pp) dp \(dp) ep \(ep), zero \(zero)" + (pp > 1 ? ", stages \(ppLayers.map(String.init).joined(separator: ","))" : "")
+            "\(world) ranks: tp \(tp) pp \(pp) dp \(dp) ep \(ep), zero \(zero)" + (zeroGroup < dp ? " over groups of \(zeroGroup)" : "")
+                + (pp > 1 ? ", stages \(ppLayers.map(String.init).joined(separator: ","))" : "")
                 + (virtualStages > 1 ? ", \(virtualStages) virtual stages" : "")
         }
     }

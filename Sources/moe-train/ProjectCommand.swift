@@ -23,6 +23,7 @@ struct ProjectCommand: ParsableCommand {
     @Option(help: "Data-parallel replicas (default: as many as the GPUs allow).") var dp: Int?
     @Option(help: "Expert-parallel size (default: tp, experts over the TP ranks).") var ep: Int?
     @Option(help: "ZeRO stage: 0, 1 (default: Adam state sharded over data-parallel ranks), 2 (gradients too) or 3 (parameters too, gathered per layer).") var zero: Int?
+    @Option(name: .customLong("zero-group"), help: "Hybrid sharding: ZeRO shards over groups of this many data-parallel ranks, replicated across groups (default: all of them).") var zeroGroup: Int?
     @Option(help: "Pipeline schedule: gpipe, 1f1b or interleaved.") var schedule: ScheduleKind?
     @Option(name: .customLong("micro-batches"), help: "Micro-batches per step (default: one sequence each).") var microBatches: Int?
     @Option(name: .customLong("virtual-stages"), help: "Chunks per rank (interleaved).") var virtualStages: Int?
@@ -46,7 +47,7 @@ struct ProjectCommand: ParsableCommand {
             let path = try accountPath()
             if PublishedMeasurement.isMeasurement(path) {
                 // A published run brings its own layout, device and batch.
-                let given = [("--device", device != nil), ("--tp", tp != nil), ("--pp", pp != nil), ("--dp", dp != nil), ("--ep", ep != nil), ("--zero", zero != nil),
+                let given = [("--device", device != nil), ("--tp", tp != nil), ("--pp", pp != nil), ("--dp", dp != nil), ("--ep", ep != nil), ("--zero", zero != nil), ("--zero-group", zeroGroup != nil),
                              ("--schedule", schedule != nil), ("--micro-batches", microBatches != nil), ("--virtual-stages", virtualStages != nil),
                              ("--gpus-per-node", gpusPerNode != nil), ("--recompute", recompute != nil || noRecompute), ("--attention", attention != nil), ("--sequence-parallel", sequenceParallel), ("--overlap-grad-reduce", overlapGradReduce),
                              ("--overlap-param-gather", overlapParamGather), ("--sweep", sweep),
@@ -61,7 +62,7 @@ struct ProjectCommand: ParsableCommand {
             if let p = usdPerGPUHour { account.usdPerGPUHour = p }
             var layout = ProjectionReport.Layout()
             layout.device = device; layout.tp = tp; layout.pp = pp; layout.dp = dp; layout.ep = ep; layout.schedule = schedule
-            layout.zero = zero
+            layout.zero = zero; layout.zeroGroup = zeroGroup
             layout.microBatches = microBatches; layout.virtualStages = virtualStages; layout.gpusPerNode = gpusPerNode
             if noRecompute, let r = recompute, r != .none {
                 throw UsageError("--no-recompute and --recompute \(r.rawValue) contradict each other; give one")

@@ -21,6 +21,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Data-parallel ranks (derived from the world size; given, it must match).") var dp: Int?
     @Option(help: "Expert-parallel ranks (divides tp*dp and the expert count).") var ep: Int?
     @Option(help: "ZeRO stage: 0 keeps Adam state whole, 1 shards it over data-parallel ranks, 2 shards the gradients too (each layer's reduced as its backward completes it), 3 the parameters too (each layer's gathered before its forward and backward).") var zero: Int?
+    @Option(name: .customLong("zero-group"), help: "Hybrid sharding (HSDP): ZeRO shards over groups of this many consecutive data-parallel ranks, each group a replica of the others, the gradients all-reduced across groups (default: every data-parallel rank, one group).") var zeroGroup: Int?
     @Option(help: "Pipeline schedule: gpipe, 1f1b, interleaved or zb-h1.") var schedule: ScheduleKind?
     @Option(name: .customLong("virtual-stages"), help: "Model chunks per pipeline rank (interleaved schedule).") var virtualStages: Int?
     @Option(help: "Activation recomputation: none, selective (the attention core's probabilities are recomputed in the backward) or full (each layer keeps only its input and reruns its forward before its backward).") var recompute: Recompute?
@@ -97,7 +98,7 @@ struct TrainCommand: ParsableCommand {
     func resolvedConfig() throws -> RunConfig {
         var c = try config.map(ConfigFile.load) ?? ConfigFile.loadDefault()
         func set<T>(_ v: T?, _ apply: (T) -> Void) { if let v { apply(v) } }
-        set(tp) { c.tp = $0 }; set(pp) { c.pp = $0 }; set(dp) { c.dp = $0 }; set(ep) { c.ep = $0 }; set(zero) { c.zero = $0 }
+        set(tp) { c.tp = $0 }; set(pp) { c.pp = $0 }; set(dp) { c.dp = $0 }; set(ep) { c.ep = $0 }; set(zero) { c.zero = $0 }; set(zeroGroup) { c.zeroGroup = $0 }
         set(schedule) { c.schedule = $0 }; set(virtualStages) { c.virtualStages = $0 }; set(recompute) { c.recompute = $0 }; set(attention) { c.attention = $0 }
         set(sequenceParallel) { c.sequenceParallel = $0 }; set(overlapGradReduce) { c.overlapGradReduce = $0 }
         set(overlapParamGather) { c.overlapParamGather = $0 }

@@ -25,6 +25,10 @@ final class ParallelEquivalenceTests: XCTestCase {
         (2, ["--zero", "3"]),
         (4, ["--pp", "2", "--zero", "3", "--overlap-param-gather", "--overlap-grad-reduce", "--recompute", "full"]),
         (4, ["--tp", "2", "--ep", "2", "--zero", "3", "--sequence-parallel"]),
+        // Hybrid sharding: ZeRO over groups of data-parallel ranks, each shard all-reduced over its replicas.
+        (4, ["--zero", "1", "--zero-group", "2"]),
+        (4, ["--zero", "3", "--zero-group", "2", "--overlap-param-gather", "--overlap-grad-reduce"]),
+        (4, ["--tp", "2", "--ep", "2", "--zero", "2", "--zero-group", "1"]),
     ]
 
     func run(np: Int, _ args: [String], extraMPIArgs: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
@@ -109,7 +113,8 @@ final class ParallelEquivalenceTests: XCTestCase {
         var peaks: [String: [Double]] = [:]
         for zero in 0...3 {
             for (np, flags) in [(2, [String]()), (4, ["--pp", "2"]), (4, ["--tp", "2", "--ep", "2"])]
-                + (zero == 3 ? [(2, ["--overlap-param-gather"]), (4, ["--pp", "2", "--overlap-param-gather"])] : []) {
+                + (zero == 3 ? [(2, ["--overlap-param-gather"]), (4, ["--pp", "2", "--overlap-param-gather"])] : [])
+                + (zero >= 1 ? [(4, ["--zero-group", "2"])] : []) {
                 let s = try run(np: np, ["--steps", "2", "--precision", "fp32", "--zero", String(zero)] + flags)
                 let resources = try XCTUnwrap(s["resources"] as? [String: [Double]])
                 let gradients = try XCTUnwrap(resources["gradient_floats_peak_per_rank"]), parameters = try XCTUnwrap(resources["parameter_floats_per_rank"])

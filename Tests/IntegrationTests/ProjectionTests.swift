@@ -32,6 +32,8 @@ extension ProjectionTests {
                             (4, ["--pp", "2", "--zero", "2"]),
                             (4, ["--ep", "2", "--zero", "2", "--overlap-grad-reduce", "--overlap-param-gather"]),
                             (4, ["--pp", "2", "--zero", "3"]),
+                            (4, ["--zero", "2", "--zero-group", "2"]),
+                            (4, ["--pp", "2", "--zero", "1", "--zero-group", "1"]),
                             (4, ["--tp", "2", "--ep", "2", "--zero", "3", "--overlap-param-gather", "--recompute", "full"]),
                             (4, ["--pp", "2", "--virtual-stages", "2", "--schedule", "interleaved", "--layers", "4",
                                  "--gpus-per-node", "1", "--overlap-grad-reduce", "--overlap-param-gather"])] {

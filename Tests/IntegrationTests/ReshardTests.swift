@@ -91,6 +91,12 @@ final class ReshardTests: XCTestCase {
         try check(from: Layout(np: 2, flags: ["--zero", "1", "--pp", "2"]), to: Layout(np: 4, flags: ["--zero", "3"]))
     }
 
+    /// Hybrid sharding: ZeRO's state over groups of data-parallel ranks, replicated across them.
+    func testHybridShardingToZeroOneAndBack() throws {
+        try check(from: Layout(np: 4, flags: ["--zero", "3", "--zero-group", "2"]), to: Layout(np: 2, flags: ["--zero", "1"]))
+        try check(from: Layout(np: 2, flags: ["--zero", "1"]), to: Layout(np: 4, flags: ["--zero", "2", "--zero-group", "2"]))
+    }
+
     /// The same layout resumes bit for bit: a ZeRO-3 run with asynchronous checkpoints and the
     /// prefetch, stopped after step 4's checkpoint, ends where the uninterrupted run ends.
     func testZeroThreeResumesToTheSameBits() throws {

@@ -75,6 +75,12 @@ final class JobPlanTests: XCTestCase {
         assertRejected(c, world: 2, mentions: ["--zero 3", "zb-h1"])
         c = try tiny(); c.zero = 3; c.model.tieEmbeddings = true
         assertRejected(c, world: 2, mentions: ["--zero 3", "tied embeddings"])
+        c = try tiny(); c.zero = 1; c.zeroGroup = 3
+        assertRejected(c, world: 4, mentions: ["--zero-group 3", "4 data-parallel ranks"])
+        c = try tiny(); c.zero = 0; c.zeroGroup = 2
+        assertRejected(c, world: 4, mentions: ["--zero-group 2", "--zero 0"])
+        c = try tiny(); c.zero = 1; c.zeroGroup = 2; c.overlapGradReduce = true
+        assertRejected(c, world: 4, mentions: ["--zero-group 2", "--overlap-grad-reduce"])
         c = try tiny(); c.zero = 2; c.model.tieEmbeddings = true; c.schedule = .interleaved; c.virtualStages = 2
         assertRejected(c, world: 1, mentions: ["--zero 2", "tied embeddings", "--virtual-stages 2"])
     }
@@ -143,6 +149,29 @@ final class JobPlanTests: XCTestCase {
                          world, tie ? ", tied embeddings" : "", prefetch ? ", prefetch" : "", bytesPerParameter[0], bytesPerParameter[1],
                          bytesPerParameter[2], 2 + 14 / Double(world),
                          tie ? "" : String(format: ", stage 3 %.3f (16/Nd = %.3f, plus the open buckets and gathered units)", bytesPerParameter[3], 16 / Double(world))))
+        }
+    }
+
+    /// Hybrid sharding divides the sharded state by the group, not by every data-parallel rank.
+    func testHybridShardingDividesByTheGroup() throws {
+        for zero in 1...3 {
+            var c = try tiny()
+            c.zero = zero; c.precision = .bf16; c.zeroGroup = 2
+            let job = try JobPlan(config: c, world: 4)
+            XCTAssertEqual(job.topology.dp, 4)
+            XCTAssertEqual(job.topology.zeroReplicas, 2)
+            let layout = job.placement(of: 0).layout
+            let padded = Double(layout.totalCount), psi = Double(layout.specs.reduce(0) { $0 + $1.count })
+            let b = try XCTUnwrap(job.memory.roles.first).breakdown
+            XCTAssertEqual(job.memory.roles.count, 1)
+            XCTAssertEqual(b.optimizerState, 12 * padded / 2, "zero \(zero)")
+            if zero >= 2 {
+                XCTAssertEqual(b.gradients, 2 * (padded / 2 + Double(layout.peakUnitGradientFloats(tiedEmbeddings: false))), "zero \(zero)")
+            } else {
+                XCTAssertEqual(b.gradients, 2 * psi)
+            }
+            XCTAssertEqual(job.placement(of: 1).heldValues, zero == 3 ? Placement.zeroShards(layout, job.topology, job.topology.coordinates(of: 1)) : [0..<layout.totalCount])
+            XCTAssertEqual(job.placement(of: 2).heldValues, job.placement(of: 0).heldValues, "rank 2 is rank 0's replica")
         }
     }
 

@@ -50,16 +50,26 @@ final class TopologyTests: XCTestCase {
         for r in 0..<16 { XCTAssertTrue(t.members(.ep, of: r).allSatisfy { t.coordinates(of: $0).pp == t.coordinates(of: r).pp }) }
     }
 
-    /// The arithmetic member lists agree with the split colours and keys the communicators use.
+    /// The arithmetic member lists agree with the split colours and keys the communicators use,
+    /// with and without hybrid sharding (ZeRO's shard and replica groups).
     func testMembersAgreeWithSplitColours() throws {
-        for (world, tp, pp, ep) in [(16, 2, 2, 4), (24, 2, 3, 2), (8, 1, 1, 8), (32, 4, 2, 16), (12, 2, 1, 2), (12, 1, 3, 4)] {
-            let t = try Topology(world: world, tp: tp, pp: pp, ep: ep, model: model)
+        for (world, tp, pp, ep, zeroGroup) in [(16, 2, 2, 4, nil), (24, 2, 3, 2, nil), (8, 1, 1, 8, nil), (32, 4, 2, 16, nil), (12, 2, 1, 2, nil),
+                                               (12, 1, 3, 4, nil), (16, 2, 2, 4, 2), (24, 2, 3, 2, 1), (12, 2, 1, 2, 3), (32, 4, 1, 8, 2)] as [(Int, Int, Int, Int, Int?)] {
+            let t = try Topology(world: world, tp: tp, pp: pp, ep: ep, zeroGroup: zeroGroup, model: model)
+            if zeroGroup != nil {
+                XCTAssertEqual(t.members(.dpShard, of: 0).count * t.members(.dpReplica, of: 0).count, t.dp)
+                XCTAssertEqual(t.members(.edpShard, of: 0).count * t.members(.edpReplica, of: 0).count, t.expertDP)
+                // A shard group of the experts spans exactly the data-parallel ranks of its dense shard group.
+                for r in 0..<world {
+                    XCTAssertEqual(Set(t.members(.edpShard, of: r).map { t.coordinates(of: $0).dp / t.zeroGroup }), [t.coordinates(of: r).dp / t.zeroGroup])
+                }
+            }
             for g in Topology.Group.allCases {
                 for r in 0..<world {
                     let mine = t.split(g, rank: r)
                     let bySplit = (0..<world).filter { t.split(g, rank: $0).color == mine.color }
                         .sorted { t.split(g, rank: $0).key < t.split(g, rank: $1).key }
-                    XCTAssertEqual(t.members(g, of: r), bySplit, "\(g) of rank \(r) in world \(world) tp \(tp) pp \(pp) ep \(ep)")
+                    XCTAssertEqual(t.members(g, of: r), bySplit, "\(g) of rank \(r) in world \(world) tp \(tp) pp \(pp) ep \(ep) zero group \(String(describing: zeroGroup))")
                 }
             }
         }
