@@ -331,6 +331,8 @@ public final class DataParallel: GradientStore, ParameterStore {
     /// Overlapped reduction: `unit`'s gradients are complete; its bucket starts on the
     /// communication stream (once per step).
     public func gradientsReady(_ unit: GradientUnit, _ grads: Storage) {
+        precondition(stage == 0 || groups.replicaDP == nil && groups.replicaEDP == nil,
+                     "overlapped ZeRO-1 buckets have no replica all-reduce (refused when planning)")
         guard overlapGradReduce, !issued.contains(unit), let b = buckets.first(where: { $0.unit == unit }) else { return }
         issued.insert(unit)
         start(grads, b, \.dense, region: layout.denseRegion, over: groups.zeroDP)
@@ -487,14 +489,18 @@ public final class DataParallel: GradientStore, ParameterStore {
     public func globalSumOfSquares(_ grads: Storage) -> Double {
         var local = 0.0
         let tpRank = groups.coordinates.tp
-        // Under hybrid sharding every replica of a shard holds the same gradients: the first counts them.
+        // Under hybrid sharding every replica of a shard holds the same gradients: the first counts
+        // them, and the others add only what is not finite (a NaN injected on one replica must still
+        // make the norm non-finite and skip the step everywhere).
         let countDense = (groups.replicaDP?.rank ?? 0) == 0, countExpert = (groups.replicaEDP?.rank ?? 0) == 0
         for s in layout.specs {
             if tpRank != 0 && (s.placement == .replicated || s.placement == .replicatedPartialGrad) { continue }
-            if !(s.placement == .expert ? countExpert : countDense) { continue }
+            let counted = s.placement == .expert ? countExpert : countDense
             let range = s.placement == .expert ? normExpert : normDense
             let lo = max(s.offset, range.lowerBound), hi = min(s.offset + s.count, range.upperBound)
-            if lo < hi { local += Kernels.sumOfSquares(hi - lo, gradientPointer(lo, in: grads)) }
+            guard lo < hi else { continue }
+            let sum = Kernels.sumOfSquares(hi - lo, gradientPointer(lo, in: grads))
+            if counted || !sum.isFinite { local += sum }
         }
         Kernels.account(flops: 2 * chargedNormCount, elements: chargedNormCount)
         return groups.world.size > 1 ? groups.world.allReduce(local) : local

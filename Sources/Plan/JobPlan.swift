@@ -61,6 +61,9 @@ public struct JobPlan: Sendable {
             try Validation.require(world, in: 1...Validation.maxCount, "the world size (ranks)")
             let topo = try Topology(world: world, tp: config.tp, pp: config.pp, dp: config.dp, ep: config.ep, zeroGroup: config.zeroGroup,
                                     model: config.model)
+            if topo.zeroReplicas > 1 && config.zero == 1 && config.overlapGradReduce {
+                throw UsageError("--zero-group \(topo.zeroGroup) with --zero 1 and --overlap-grad-reduce is not supported: the buckets' replica all-reduce would follow their reduce-scatter after the backward; use --zero 2 or 3, or leave out the overlap")
+            }
             if topo.pp > 1 && config.model.tieEmbeddings {
                 throw UsageError("tied embeddings with --pp \(topo.pp) are not supported: the embedding (first stage) and the LM head (last stage) would need a tied-gradient all-reduce; untie them or use --pp 1")
             }

@@ -113,8 +113,6 @@ public struct RunConfig: Equatable, Sendable {
         if let g = zeroGroup {
             try V.require(g, in: 1...maxCount, "--zero-group")
             try V.require(zero >= 1, "--zero-group \(g) needs --zero 1, 2 or 3 (it shards ZeRO's state over groups of data-parallel ranks; --zero 0 shards nothing)")
-            try V.require(zero != 1 || !overlapGradReduce,
-                          "--zero-group \(g) with --zero 1 and --overlap-grad-reduce is not supported: the buckets' replica all-reduce would follow their reduce-scatter after the backward; use --zero 2 or 3, or leave out the overlap")
         }
         try V.require(zero < 2 || schedule != .zbH1,
                       "--zero \(zero) with --schedule zb-h1 is not supported: ZeRO-\(zero) reduces each layer's gradients as its backward completes them, and zb-h1 defers the weight gradients; use 1f1b, gpipe or interleaved")

@@ -41,6 +41,7 @@ public enum Checkpoint {
                   let ep = o["ep"] as? Int, let z = o["zero"] as? Int, let v = o["virtual_stages"] as? Int,
                   let l = o["pp_layers"] as? [Int] else { return nil }
             // Manifests from before hybrid sharding hold no zero_group: they sharded over every data-parallel rank.
+            if let g = o["zero_group"] as? Int, !(1...max(dp, 1)).contains(g) || dp % g != 0 { return nil }
             self.init(world: w, tp: tp, pp: pp, dp: dp, ep: ep, zero: z, zeroGroup: o["zero_group"] as? Int, virtualStages: v, ppLayers: l)
         }
         public var description: String {

@@ -148,6 +148,15 @@ final class ParallelEquivalenceTests: XCTestCase {
         for (a, b) in zip(p3, p2) { XCTAssertLessThan(a, b, "two data-parallel ranks: ZeRO-3 holds fewer parameters at once than ZeRO-2") }
     }
 
+    /// Hybrid sharding counts each shard once in the gradient norm, yet a NaN in the shard of
+    /// a replica that does not count it still makes the norm non-finite: the step is skipped.
+    func testHybridShardingSkipsANaNOnAnyReplica() throws {
+        for zero in ["1", "2"] {
+            let s = try run(np: 4, ["--steps", "4", "--zero", zero, "--zero-group", "2", "--fail-at-step", "3", "--fail-mode", "nan", "--fail-rank", "2"])
+            XCTAssertEqual(s["skipped_steps"] as? [Int], [3], "zero \(zero): rank 2 is the second replica of rank 0's shard")
+        }
+    }
+
     /// Acceptance 3: at dp = 2 each rank holds half the optimizer state (up to padding).
     func testZeroOneHalvesOptimizerState() throws {
         let one = try run(np: 1, ["--steps", "1"])

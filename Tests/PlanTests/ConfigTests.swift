@@ -59,7 +59,7 @@ final class ConfigTests: XCTestCase {
         {"vocab": 512, "d_model": 96, "layers": 6, "heads": 6, "kv_heads": 2, "ffn_hidden": 192, "experts": 8, "top_k": 1,
          "moe_every": 2, "capacity_factor": 2.5, "aux_loss_coef": 0.02, "z_loss_coef": 0.001, "tie_embeddings": true,
          "seq_len": 32, "rope_theta": 5000, "norm_eps": 1e-6, "init_std": 0.01, "router_init_scale": 3,
-         "tp": 2, "pp": 3, "dp": 4, "ep": 2, "zero": 0, "zero_group": 2, "schedule": "interleaved", "virtual_stages": 2, "recompute": "selective", "attention": "naive", "pp_layers": [1, 1, 1, 1, 1, 1],
+         "tp": 2, "pp": 3, "dp": 4, "ep": 2, "zero": 2, "zero_group": 2, "schedule": "interleaved", "virtual_stages": 2, "recompute": "selective", "attention": "naive", "pp_layers": [1, 1, 1, 1, 1, 1],
          "sequence_parallel": true, "overlap_grad_reduce": true, "overlap_param_gather": true, "ffn": "swiglu",
          "global_batch": 24, "micro_batch_size": 3, "micro_batches": 2,
          "steps": 77, "lr": 0.0005, "min_lr_ratio": 0.2, "warmup_steps": 3, "weight_decay": 0.05, "beta1": 0.8, "beta2": 0.99,
