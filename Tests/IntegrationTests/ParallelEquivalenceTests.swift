@@ -29,6 +29,7 @@ final class ParallelEquivalenceTests: XCTestCase {
         (4, ["--zero", "1", "--zero-group", "2"]),
         (4, ["--zero", "3", "--zero-group", "2", "--overlap-param-gather", "--overlap-grad-reduce"]),
         (4, ["--tp", "2", "--ep", "2", "--zero", "2", "--zero-group", "1"]),
+        (4, ["--tp", "2", "--zero", "3", "--zero-group", "1"]),   // the experts' shard groups are 2 ranks, with replicas
     ]
 
     func run(np: Int, _ args: [String], extraMPIArgs: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
