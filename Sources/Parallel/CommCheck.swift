@@ -104,25 +104,9 @@ public enum CommCheck {
         // Every rank of any group gets the same bits, also where the order could show: +0 / -0,
         // NaN, and sums that round (a group's ranks must hold identical reduced gradients).
         let edge: [Float] = [r % 2 == 0 ? 0 : -0.0, r == 0 ? .nan : Float(r), 0.1 * Float(r + 1), r % 2 == 0 ? -0.0 : 0]
-        var edgeMax = edge, edgeMin = edge, edgeSum = edge.map { $0.isNaN ? 1e-8 : $0 + 1e-8 * Float(r) }
-        c.allReduce(&edgeMax, op: .max)
-        c.allReduce(&edgeMin, op: .min)
-        c.allReduce(&edgeSum)
-        let edgeBits = (edgeMax + edgeMin + edgeSum).map { Int64($0.bitPattern) }
-        let everyone = c.allGather(edgeBits)
-        expect((0..<n).allSatisfy { Array(everyone[($0 * edgeBits.count)..<(($0 + 1) * edgeBits.count)]) == edgeBits },
-               "\(name): all-reduce results differ between ranks in their bits")
-
-        // Two ranks reduce floats by an exchange of their own (see allReduce; a sum by MPI's
-        // blocking call when every rank has a core): both must also hold the same NaN payloads
-        // (NaN + -NaN keeps the first operand's sign on x86), with +0 above -0 and NaN winning.
-        // (Larger groups use MPI's algorithms: held to agreement above, not to these rules.)
-        if n == 2 {
-            var mx: [Float] = [r == 0 ? 0 : -0.0, r == 0 ? .nan : 1, r == 0 ? -0.0 : 0]
-            var mn = mx
-            // (eleven sums, so that both the eight-lane loop and the tail are covered)
-            var sm: [Float] = [r == 0 ? .nan : -.nan, .infinity * (r == 0 ? 1 : -1), 0.1 * Float(r + 1)]
-                + [r == 0 ? -.nan : .nan, 1, 2, 3, 4, 5, 6, r == 0 ? .nan : 7]
+        /// Max, min and sum of three arrays over the group, required to agree on every rank bit for bit.
+        func reducedAlike(max mx: [Float], min mn: [Float], sum sm: [Float]) -> (max: [Float], min: [Float], sum: [Float]) {
+            var (mx, mn, sm) = (mx, mn, sm)
             c.allReduce(&mx, op: .max)
             c.allReduce(&mn, op: .min)
             c.allReduce(&sm)
@@ -130,6 +114,19 @@ public enum CommCheck {
             let all = c.allGather(bits)
             expect((0..<n).allSatisfy { Array(all[($0 * bits.count)..<(($0 + 1) * bits.count)]) == bits },
                    "\(name): all-reduce results differ between ranks in their bits")
+            return (mx, mn, sm)
+        }
+        _ = reducedAlike(max: edge, min: edge, sum: edge.map { $0.isNaN ? 1e-8 : $0 + 1e-8 * Float(r) })
+
+        // Two ranks reduce floats by an exchange of their own (see allReduce; a sum by MPI's
+        // blocking call when every rank has a core): both must also hold the same NaN payloads
+        // (NaN + -NaN keeps the first operand's sign on x86), with +0 above -0 and NaN winning.
+        // (Larger groups use MPI's algorithms: held to agreement above, not to these rules.)
+        if n == 2 {
+            let zeros: [Float] = [r == 0 ? 0 : -0.0, r == 0 ? .nan : 1, r == 0 ? -0.0 : 0]
+            // (eleven sums, so that both the eight-lane loop and the tail are covered)
+            let (mx, mn, sm) = reducedAlike(max: zeros, min: zeros, sum: [r == 0 ? .nan : -.nan, .infinity * (r == 0 ? 1 : -1), 0.1 * Float(r + 1)]
+                                                + [r == 0 ? -.nan : .nan, 1, 2, 3, 4, 5, 6, r == 0 ? .nan : 7])
             // Zero maxima and minima: +0 above -0, and NaN wins, whichever way the ranks wait.
             expect(mx[0].bitPattern == Float(0).bitPattern && mx[1].isNaN && mx[2].bitPattern == Float(0).bitPattern
                    && mn[0].bitPattern == Float(-0.0).bitPattern && mn[1].isNaN && mn[2].bitPattern == Float(-0.0).bitPattern

@@ -188,17 +188,22 @@ public final class DataParallel: GradientStore, ParameterStore {
     public func wholeValues() -> Storage {
         guard let p = parameters else { preconditionFailure("no parameters attached") }
         guard stage == 3 else { return p.values }
+        return groups.world.untimed { assembledShards { UnsafePointer(p.valuePointer($0)) } }
+    }
+
+    /// The rank's dense and expert shards (each from `shardStart`, given the shard's first flat
+    /// offset) gathered over their ZeRO groups into one whole flat buffer (collective; the
+    /// caller decides how it is charged).
+    func assembledShards(_ shardStart: (Int) -> UnsafePointer<Float>) -> Storage {
         let whole = Storage(count: layout.totalCount)
-        groups.world.untimed {
-            for (region, shard, group) in [(layout.denseRegion, normDense, groups.zeroDP), (layout.expertRegion, normExpert, groups.zeroEDP)]
-            where !region.isEmpty {
-                let mine = Storage(count: shard.count)
-                if !shard.isEmpty { mine.base.update(from: p.valuePointer(shard.lowerBound), count: shard.count) }
-                if group.size > 1 {
-                    group.allGather(UnsafePointer(mine.base), whole.base + region.lowerBound, countPerRank: shard.count)
-                } else {
-                    (whole.base + region.lowerBound).update(from: mine.base, count: shard.count)
-                }
+        for (region, shard, group) in [(layout.denseRegion, normDense, groups.zeroDP), (layout.expertRegion, normExpert, groups.zeroEDP)]
+        where !region.isEmpty {
+            let mine = Storage(count: shard.count)
+            if !shard.isEmpty { mine.base.update(from: shardStart(shard.lowerBound), count: shard.count) }
+            if group.size > 1 {
+                group.allGather(UnsafePointer(mine.base), whole.base + region.lowerBound, countPerRank: shard.count)
+            } else {
+                (whole.base + region.lowerBound).update(from: mine.base, count: shard.count)
             }
         }
         return whole
@@ -580,18 +585,10 @@ public final class DataParallel: GradientStore, ParameterStore {
     /// ZeRO-2's view for dumps: the data-parallel-reduced shards gathered into a whole buffer,
     /// then the TP-partial sums. Bookkeeping: not charged to the emulated clock.
     func gatheredShardCopy() -> Storage {
-        let copy = Storage(count: layout.totalCount)
-        (copy.base + normDense.lowerBound).update(from: shardGrads.base, count: normDense.count)
-        (copy.base + normExpert.lowerBound).update(from: shardGrads.base + normDense.count, count: normExpert.count)
         groups.world.untimed {
-            for (region, shard, group) in [(layout.denseRegion, normDense, groups.zeroDP), (layout.expertRegion, normExpert, groups.zeroEDP)]
-            where group.size > 1 && !region.isEmpty {
-                let mine = Storage(count: shard.count)
-                mine.base.update(from: copy.base + shard.lowerBound, count: shard.count)
-                group.allGather(UnsafePointer(mine.base), copy.base + region.lowerBound, countPerRank: shard.count)
-            }
+            let copy = assembledShards { UnsafePointer(gradientPointer($0, in: shardGrads)) }
             sumTensorParallelPartials(copy)
+            return copy
         }
-        return copy
     }
 }

@@ -42,10 +42,6 @@ public final class PipelineExecutor {
 
     struct Slot: Hashable { let mb: Int; let chunk: Int }
 
-    /// The units a forward of `layers` on virtual stage `stage` reads, in order.
-    func units(layers: Range<Int>, stage: Int) -> [GradientUnit] {
-        (stage == 0 ? [.embedding] : []) + layers.map { .layer($0) } + (stage == plan.virtualStageCount - 1 ? [.head] : [])
-    }
 
     /// Message tags: unique per (payload, micro-batch, receiving virtual stage), so that a
     /// send and its receive agree whatever chunk each side calls it; under MPI's guaranteed
@@ -120,7 +116,7 @@ public final class PipelineExecutor {
                 timedAs?.beginForward(chunk: a.chunk, microbatch: a.microbatch, layers: layers, embedding: stage == 0,
                                       head: stage == lastStage, name: a.description)
                 let pass = clock.compute(.forward, a.description) {
-                    hooks.passBegins?(units(layers: layers, stage: stage))
+                    hooks.passBegins?(plan.units(virtualStage: stage))
                     let pass = model.forwardChunk(layers: layers, input: input, targets: stage == lastStage ? io.targets : nil, scale: scale,
                                                   parametersNeeded: parametersNeeded)
                     hooks.passEnds?()
@@ -150,7 +146,7 @@ public final class PipelineExecutor {
                                        head: stage == lastStage, name: a.description)
                 let dx = clock.compute(.backward, a.description) {
                     Kernels.with(kernels) {
-                        hooks.passBegins?(units(layers: pass.layers, stage: stage).reversed())
+                        hooks.passBegins?(plan.units(virtualStage: stage).reversed())
                         let dx = model.backwardChunk(pass, outputGradient: grad, scale: scale, gradientsReady: ready,
                                                      parametersNeeded: hooks.parametersNeededInBackward)
                         hooks.passEnds?()

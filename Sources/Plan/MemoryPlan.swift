@@ -51,10 +51,7 @@ public struct MemoryPlan: Sendable {
                 let size = Dictionary(uniqueKeysWithValues: layout.gradientBuckets.map { ($0.unit, $0.dense.count + $0.expert.count) })
                 var gathered = 0
                 for chunk in 0..<stagePlan.virtualStages {
-                    let vs = stagePlan.virtualStage(rank: c.pp, chunk: chunk)
-                    let order = (vs == 0 ? [GradientUnit.embedding] : []) + stagePlan.layers[vs].map { GradientUnit.layer($0) }
-                        + (vs == stagePlan.virtualStageCount - 1 ? [.head] : [])
-                    let sizes = order.map { size[$0] ?? 0 }
+                    let sizes = stagePlan.units(virtualStage: stagePlan.virtualStage(rank: c.pp, chunk: chunk)).map { size[$0] ?? 0 }
                     gathered = max(gathered, sizes.max() ?? 0)
                     if config.overlapParamGather { for (a, b) in zip(sizes, sizes.dropFirst()) { gathered = max(gathered, a + b) } }
                 }

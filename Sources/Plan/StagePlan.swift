@@ -79,6 +79,12 @@ public struct StagePlan: Sendable, Equatable, CustomStringConvertible {
 
     public func layers(rank: Int, chunk: Int) -> Range<Int> { layers[virtualStage(rank: rank, chunk: chunk)] }
 
+    /// The `GradientUnit`s a forward of virtual stage `vs` reads, in order: the embedding on the
+    /// first, its layers, the head on the last (a backward reads them in reverse).
+    public func units(virtualStage vs: Int) -> [GradientUnit] {
+        (vs == 0 ? [.embedding] : []) + layers[vs].map { .layer($0) } + (vs == virtualStageCount - 1 ? [.head] : [])
+    }
+
     /// Every layer rank `rank` holds, over its chunks.
     public func heldLayers(rank: Int) -> [Int] { (0..<virtualStages).flatMap { Array(layers(rank: rank, chunk: $0)) } }
 
